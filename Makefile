@@ -1,0 +1,35 @@
+# Two commands do everything from a fresh clone: `make demo` and `make test`.
+# The virtual environment is created on first use; uv makes the install fast, pip is the fallback.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: demo test test-slow lint bench clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+$(STAMP): $(BIN)/python pyproject.toml
+	$(BIN)/python -m pip install -q --upgrade pip uv || true
+	if [ -x $(BIN)/uv ]; then \
+	  $(BIN)/uv pip install --python $(BIN)/python -e '.[dev,spark]'; \
+	else \
+	  $(BIN)/python -m pip install -e '.[dev,spark]'; \
+	fi
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/leadscore demo
+
+lint: $(STAMP)
+	$(BIN)/ruff check leadscore tests benchmarks
+
+test: $(STAMP) lint
+	$(BIN)/python -m pytest -q
+
+test-slow: $(STAMP)
+	$(BIN)/python -m pytest -q -m slow
+
+clean:
+	rm -rf $(VENV) .demo mlruns.db mlruns .pytest_cache

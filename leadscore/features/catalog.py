@@ -1,0 +1,306 @@
+"""The feature registry: every feature declared once, as data.
+
+A feature says what it counts, over which window, and how to say it to an advisor. The feature
+job (`features.job`) turns this catalogue into one SQL pass; training, HTTP serving and batch all
+read the same catalogue, so there is no second copy of a feature anywhere.
+
+Windows are half-open on the right and closed on the left: an event counts in the 7-day window
+at ``as_of`` when ``as_of - 7d <= ts < as_of`` (and it was ingested by ``as_of``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+from leadscore.schema import (
+    BROWSE_TYPES,
+    HIGH_INTENT_TYPES,
+    STANDARD_EVENT_TYPES,
+)
+
+WINDOWS_DAYS: tuple[int, ...] = (1, 3, 7, 30, 90)
+#: The feature job never looks further back than this many days for event aggregates.
+LOOKBACK_DAYS = 90
+
+
+@dataclass(frozen=True)
+class Feature:
+    """Base: a named numeric or categorical column and the sentence that explains it."""
+
+    name: str
+    says: str
+    #: "float" features go to the model as float64; "category" as pandas category.
+    dtype: str = "float"
+
+    def sentence(self, value: object) -> str:
+        """Render the advisor sentence; missing values read as 'none recorded'."""
+        if value is None or (isinstance(value, float) and value != value):
+            return self.says.split("{")[0].rstrip(" :") + ": none recorded"
+        return self.says.format(value=value)
+
+
+@dataclass(frozen=True)
+class Count(Feature):
+    """Events of the given types in the window. ``events=None`` counts every type;
+    ``other=True`` counts only types outside the contract's standard list."""
+
+    events: tuple[str, ...] | None = None
+    window_days: int = 7
+    other: bool = False
+
+
+@dataclass(frozen=True)
+class DistinctModels(Feature):
+    window_days: int = 30
+
+
+@dataclass(frozen=True)
+class TopModelShare(Feature):
+    window_days: int = 30
+
+
+@dataclass(frozen=True)
+class DaysSince(Feature):
+    """Days since the last visible event of these types (``None`` = any), within the lookback."""
+
+    events: tuple[str, ...] | None = None
+
+
+@dataclass(frozen=True)
+class NightShare(Feature):
+    """Share of events in the window whose dealer-local hour falls in [start, end) across
+    midnight (22 -> 6 means 22:00-05:59)."""
+
+    window_days: int = 14
+    local_hours: tuple[int, int] = (22, 6)
+
+
+@dataclass(frozen=True)
+class Sessions(Feature):
+    """Browsing sessions that start in the window: an event opens a session when no visible
+    event precedes it within ``gap_minutes``."""
+
+    window_days: int = 7
+    gap_minutes: int = 30
+
+
+@dataclass(frozen=True)
+class Trend(Feature):
+    """Rate over the short window divided by the rate over the long window (1 = steady)."""
+
+    short_days: int = 7
+    long_days: int = 30
+
+
+@dataclass(frozen=True)
+class ContactStat(Feature):
+    """Contact history; ``stat`` is one of attempts, responses, response_rate, replies,
+    phone_response_rate, message_response_rate, days_since, uncontacted_hours."""
+
+    stat: str = "attempts"
+
+
+@dataclass(frozen=True)
+class Static(Feature):
+    """A lead attribute (``column`` of the leads table) or ``lead_age_days``."""
+
+    column: str = ""
+
+
+def _slug(types: Iterable[str]) -> str:
+    return "_".join(types)
+
+
+def _counts() -> list[Feature]:
+    out: list[Feature] = []
+    pretty = {
+        "page_view": "Viewed pages",
+        "config_view": "Opened the configurator",
+        "finance_calc": "Used the finance calculator",
+        "price_inquiry": "Asked for a price",
+        "test_drive_booked": "Booked a test drive",
+        "test_drive_done": "Took a test drive",
+        "store_visit": "Visited the showroom",
+        "call_inbound": "Called the dealer",
+        "wechat_reply": "Replied on WeChat",
+    }
+    for etype, verb in pretty.items():
+        for w in WINDOWS_DAYS:
+            out.append(
+                Count(
+                    f"{etype}_{w}d",
+                    says=f"{verb} {{value:.0f}} times in the last {w} days",
+                    events=(etype,),
+                    window_days=w,
+                )
+            )
+    for w in WINDOWS_DAYS:
+        out.append(
+            Count(
+                f"browse_{w}d",
+                says=f"Browsed {{value:.0f}} pages and configurations in the last {w} days",
+                events=BROWSE_TYPES,
+                window_days=w,
+            )
+        )
+        out.append(
+            Count(
+                f"high_intent_{w}d",
+                says=f"{{value:.0f}} price requests, test drives, visits or calls in the last {w} days",
+                events=HIGH_INTENT_TYPES,
+                window_days=w,
+            )
+        )
+        out.append(
+            Count(
+                f"events_{w}d",
+                says=f"{{value:.0f}} interactions in the last {w} days",
+                events=None,
+                window_days=w,
+            )
+        )
+    out.append(
+        Count(
+            "other_events_30d",
+            says="{value:.0f} other interactions in the last 30 days",
+            other=True,
+            window_days=30,
+        )
+    )
+    return out
+
+
+def _recency() -> list[Feature]:
+    out: list[Feature] = [
+        DaysSince("days_since_any", says="Last active {value:.1f} days ago", events=None),
+        DaysSince(
+            "days_since_finance_calc",
+            says="Used the finance calculator {value:.1f} days ago",
+            events=("finance_calc",),
+        ),
+        DaysSince(
+            "days_since_config_view",
+            says="Opened the configurator {value:.1f} days ago",
+            events=("config_view",),
+        ),
+    ]
+    for etype in HIGH_INTENT_TYPES + ("test_drive_done", "wechat_reply"):
+        out.append(
+            DaysSince(
+                f"days_since_{etype}",
+                says=f"Last {etype.replace('_', ' ')} {{value:.1f}} days ago",
+                events=(etype,),
+            )
+        )
+    return out
+
+
+def _behaviour() -> list[Feature]:
+    return [
+        DistinctModels(
+            "models_viewed_30d", says="Looked at {value:.0f} different models in 30 days",
+            window_days=30,
+        ),
+        TopModelShare(
+            "top_model_share_30d", says="{value:.0%} of model views on one model",
+            window_days=30,
+        ),
+        NightShare(
+            "night_share_14d", says="{value:.0%} of activity between 22:00 and 06:00",
+            window_days=14,
+        ),
+        NightShare(
+            "night_share_30d",
+            says="{value:.0%} of activity between 22:00 and 06:00 (30 days)",
+            window_days=30,
+        ),
+        Sessions("sessions_7d", says="{value:.0f} browsing sessions in the last 7 days",
+                 window_days=7),
+        Sessions("sessions_30d", says="{value:.0f} browsing sessions in the last 30 days",
+                 window_days=30),
+        Trend("trend_7_30", says="Activity this week is {value:.1f}x the monthly pace"),
+    ]
+
+
+def _contacts() -> list[Feature]:
+    return [
+        ContactStat("contact_attempts", says="Contacted {value:.0f} times so far",
+                    stat="attempts"),
+        ContactStat("contact_responses", says="Answered {value:.0f} contact attempts",
+                    stat="responses"),
+        ContactStat("contact_response_rate", says="Answered {value:.0%} of contact attempts",
+                    stat="response_rate"),
+        ContactStat("contact_replies", says="Replied to {value:.0f} messages",
+                    stat="replies"),
+        ContactStat("phone_response_rate", says="Answered {value:.0%} of calls",
+                    stat="phone_response_rate"),
+        ContactStat("message_response_rate", says="Replied to {value:.0%} of messages",
+                    stat="message_response_rate"),
+        ContactStat("days_since_contact", says="Last contacted {value:.1f} days ago",
+                    stat="days_since"),
+        ContactStat(
+            "uncontacted_hours",
+            says="Waited {value:.0f} hours for a first contact",
+            stat="uncontacted_hours",
+        ),
+    ]
+
+
+def _static() -> list[Feature]:
+    return [
+        Static("source", says="Came from {value}", dtype="category", column="source"),
+        Static("intended_model", says="Interested in {value}", dtype="category",
+               column="intended_model"),
+        Static("budget", says="Budget {value:,.0f}", column="budget"),
+        Static("lead_age_days", says="Lead is {value:.0f} days old", column="lead_age_days"),
+    ]
+
+
+def build_catalog() -> tuple[Feature, ...]:
+    feats = [*_static(), *_counts(), *_recency(), *_behaviour(), *_contacts()]
+    names = [f.name for f in feats]
+    dupes = {n for n in names if names.count(n) > 1}
+    if dupes:  # a programming error, caught by the test suite on first import
+        raise ValueError(f"duplicate feature names: {sorted(dupes)}")
+    return tuple(feats)
+
+
+#: The one registry. Built from plain dataclasses; importing it does no I/O.
+CATALOG: tuple[Feature, ...] = build_catalog()
+BY_NAME: dict[str, Feature] = {f.name: f for f in CATALOG}
+
+#: Feature services: the feature lists models pick from.
+STATIC = tuple(f.name for f in CATALOG if isinstance(f, Static))
+CONTACT_HISTORY = tuple(f.name for f in CATALOG if isinstance(f, ContactStat))
+LEAD_BEHAVIOUR = tuple(f.name for f in CATALOG)
+
+
+def get(names: Sequence[str]) -> list[Feature]:
+    unknown = [n for n in names if n not in BY_NAME]
+    if unknown:
+        raise KeyError(f"unknown features: {unknown}; see leadscore.features.catalog")
+    return [BY_NAME[n] for n in names]
+
+
+def categorical(names: Sequence[str]) -> list[str]:
+    return [n for n in names if BY_NAME[n].dtype == "category"]
+
+
+__all__ = [
+    "BY_NAME",
+    "CATALOG",
+    "LOOKBACK_DAYS",
+    "STANDARD_EVENT_TYPES",
+    "Count",
+    "ContactStat",
+    "DaysSince",
+    "DistinctModels",
+    "Feature",
+    "NightShare",
+    "Sessions",
+    "Static",
+    "TopModelShare",
+    "Trend",
+    "get",
+]
