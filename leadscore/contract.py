@@ -67,13 +67,14 @@ TABLES: dict[str, tuple[Column, ...]] = {
 OPTIONAL_TABLES = {"contacts"}
 
 _SQL_TYPE = {"str": "VARCHAR", "ts": "TIMESTAMPTZ", "float": "DOUBLE"}
+#: Source types accepted per kind. Text is parsed row by row (a row that does not parse is
+#: quarantined); "NULL" is the type of an all-empty Parquet column.
 _OK_FAMILIES = {
-    "str": ("VARCHAR",),
-    "ts": ("TIMESTAMP", "DATE", "VARCHAR"),
+    "str": ("VARCHAR", "NULL"),
+    "ts": ("TIMESTAMP", "TIMESTAMP WITH TIME ZONE", "DATE", "VARCHAR", "NULL"),
     "float": ("DOUBLE", "FLOAT", "DECIMAL", "INTEGER", "BIGINT", "SMALLINT", "TINYINT",
-              "HUGEINT", "UBIGINT", "UINTEGER", "USMALLINT", "UTINYINT", "NULL"),
+              "HUGEINT", "UBIGINT", "UINTEGER", "USMALLINT", "UTINYINT", "VARCHAR", "NULL"),
 }
-
 
 @dataclass
 class TableReport:
@@ -141,20 +142,36 @@ def find_file(data_dir: Path, table: str) -> Path | None:
     return None
 
 
+def _lit(text: str) -> str:
+    """A SQL string literal."""
+    return "'" + text.replace("'", "''") + "'"
+
+
 def _scan_sql(path: Path) -> str:
-    p = str(path).replace("'", "''")
+    """The file's rows plus ``_file`` (its source file) and ``_row`` (0-based row in that file)."""
+    p = _lit(str(path))
     if path.is_dir():
-        return f"read_parquet('{p}/**/*.parquet', file_row_number=true)"
+        glob = _lit(f"{path}/**/*.parquet")
+        return (
+            f"(SELECT * EXCLUDE (filename, file_row_number), filename AS _file, "
+            f"file_row_number AS _row FROM read_parquet({glob}, filename=true, "
+            f"file_row_number=true, union_by_name=true))"
+        )
     if path.suffix == ".csv":
         return (
-            f"(SELECT *, row_number() OVER () - 1 AS file_row_number FROM "
-            f"read_csv('{p}', all_varchar=true, header=true))"
+            f"(SELECT *, {p} AS _file, row_number() OVER () - 1 AS _row "
+            f"FROM read_csv({p}, all_varchar=true, header=true))"
         )
-    return f"read_parquet('{p}', file_row_number=true)"
+    return (
+        f"(SELECT * EXCLUDE (file_row_number), {p} AS _file, file_row_number AS _row "
+        f"FROM read_parquet({p}, file_row_number=true))"
+    )
 
 
 def _family(duck_type: str) -> str:
-    t = duck_type.upper()
+    t = duck_type.upper().strip('"')
+    if t.startswith(("TIMESTAMP WITH TIME ZONE", "TIMESTAMPTZ")):
+        return "TIMESTAMP WITH TIME ZONE"
     if t.startswith("TIMESTAMP"):
         return "TIMESTAMP"
     if t.startswith("DECIMAL"):
@@ -162,81 +179,118 @@ def _family(duck_type: str) -> str:
     return t.split("(")[0]
 
 
-def _cast(col: Column, present: bool, duck_type: str) -> str:
-    if not present:
-        return f"CAST(NULL AS {_SQL_TYPE[col.kind]})"
-    q = f'"{col.name}"'
-    if col.kind == "str":
-        return f"NULLIF(trim(CAST({q} AS VARCHAR)), '')"
-    if col.kind == "ts":
-        if _family(duck_type) == "VARCHAR":
-            return f"TRY_CAST(NULLIF(trim({q}), '') AS TIMESTAMPTZ)"
-        return f"CAST({q} AS TIMESTAMPTZ)"  # naive timestamps are UTC by contract
-    if _family(duck_type) == "VARCHAR":
-        return f"TRY_CAST(NULLIF(trim({q}), '') AS DOUBLE)"
-    return f"CAST({q} AS DOUBLE)"
+@dataclass(frozen=True)
+class _Col:
+    """How one contract column is read from one file: SQL over the raw column ``ref``."""
+
+    col: Column
+    family: str | None  # the source's type family; None when the file lacks the column
+
+    @property
+    def q(self) -> str:
+        return f'"{self.col.name}"'
+
+    @property
+    def src(self) -> str:
+        """The raw value's name once typed values have taken the contract's names."""
+        return f'"_src_{self.col.name}"'
+
+    @property
+    def text(self) -> bool:
+        return self.family == "VARCHAR"
+
+    @property
+    def empty(self) -> bool:
+        return self.family in (None, "NULL")
+
+    def typed(self, ref: str | None = None) -> str:
+        """The value in the contract's type (NULL when empty or, for text, unparseable)."""
+        kind, q = self.col.kind, ref or self.q
+        if self.empty:
+            return f"CAST(NULL AS {_SQL_TYPE[kind]})"
+        if kind == "str":
+            return f"NULLIF(trim(CAST({q} AS VARCHAR)), '')"
+        if self.text:
+            return f"TRY_CAST(NULLIF(trim({q}), '') AS {_SQL_TYPE[kind]})"
+        if kind == "ts" and self.family != "TIMESTAMP WITH TIME ZONE":
+            return f"timezone('UTC', CAST({q} AS TIMESTAMP))"  # naive means UTC by contract
+        return f"CAST({q} AS {_SQL_TYPE[kind]})"
+
+    def present(self, ref: str | None = None) -> str:
+        """The raw value is there (not null, not blank)."""
+        q = ref or self.q
+        if self.empty:
+            return "FALSE"
+        if self.text:
+            return f"(NULLIF(trim({q}), '') IS NOT NULL)"
+        return f"({q} IS NOT NULL)"
+
+    def parses(self) -> bool:
+        """Whether a present value may fail to parse (text read into a non-text kind)."""
+        return self.text and self.col.kind != "str"
+
+    def original(self, ref: str | None = None) -> str:
+        """The raw value as text, for the quarantine file and the report's examples."""
+        return "CAST(NULL AS VARCHAR)" if self.empty else f"CAST({ref or self.q} AS VARCHAR)"
 
 
-def _raw_present(col: Column, present: bool) -> str:
-    if not present:
-        return "FALSE"
-    return f"(\"{col.name}\" IS NOT NULL AND trim(CAST(\"{col.name}\" AS VARCHAR)) <> '')"
-
-
-def _check_columns(con, table: str, path: Path, scan: str) -> dict[str, str]:
+def _check_columns(con, table: str, path: Path, scan: str) -> dict[str, _Col]:
     desc = con.sql(f"SELECT * FROM {scan} LIMIT 0").description
-    types = {d[0]: str(d[1]) for d in desc}
+    types = {d[0]: str(d[1]) for d in desc if d[0] not in ("_file", "_row")}
+    out: dict[str, _Col] = {}
     for col in TABLES[table]:
-        if col.required and col.name not in types:
-            raise ContractError(
-                f"{path}: missing column '{col.name}' (required by the {table} contract; "
-                f"found: {', '.join(k for k in types if k != 'file_row_number')})"
-            )
-        if col.name in types and _family(types[col.name]) not in _OK_FAMILIES[col.kind]:
+        if col.name not in types:
+            if col.required:
+                raise ContractError(
+                    f"{path}: missing column '{col.name}' (required by the {table} contract; "
+                    f"found: {', '.join(types)})"
+                )
+            out[col.name] = _Col(col, None)
+            continue
+        fam = _family(types[col.name])
+        if fam not in _OK_FAMILIES[col.kind]:
             raise ContractError(
                 f"{path}: column '{col.name}' has type {types[col.name]}, expected "
                 f"{_SQL_TYPE[col.kind]}"
             )
-    return types
+        out[col.name] = _Col(col, fam)
+    return out
 
 
-def _check_parse_rates(con, table: str, path: Path) -> None:
+def _check_parse_rates(con, path: Path, scan: str, cols: dict[str, _Col]) -> None:
     """A column whose values mostly fail to parse is a wrong file, not a few bad rows."""
-    for col in TABLES[table]:
-        if col.kind == "str":
-            continue
-        n_raw, n_bad = con.sql(
-            f"SELECT count(*) FILTER (WHERE _raw_{col.name}), "
-            f"count(*) FILTER (WHERE _raw_{col.name} AND \"{col.name}\" IS NULL) "
-            f"FROM _typed_{table}"
-        ).fetchone()
+    parsed = [c for c in cols.values() if c.parses()]
+    if not parsed:
+        return
+    aggs = []
+    for c in parsed:
+        bad = f"{c.present()} AND {c.typed()} IS NULL"
+        aggs += [f"count(*) FILTER (WHERE {c.present()})", f"count(*) FILTER (WHERE {bad})",
+                 f"arg_min({c.q}, _row) FILTER (WHERE {bad})"]
+    res = con.execute(f"SELECT {', '.join(aggs)} FROM {scan}").fetchall()[0]
+    for i, c in enumerate(parsed):
+        n_raw, n_bad, ex = res[3 * i: 3 * i + 3]
         if n_raw >= 10 and n_bad > WHOLE_COLUMN_BAD_SHARE * n_raw:
-            ex = con.sql(
-                f"SELECT _orig_{col.name} FROM _typed_{table} WHERE _raw_{col.name} "
-                f"AND \"{col.name}\" IS NULL LIMIT 1"
-            ).fetchone()[0]
             raise ContractError(
-                f"{path}: column '{col.name}' is not of type {_SQL_TYPE[col.kind]}: "
+                f"{path}: column '{c.col.name}' is not of type {_SQL_TYPE[c.col.kind]}: "
                 f"{n_bad:,} of {n_raw:,} values cannot be parsed (e.g. {ex!r})"
             )
 
 
-def _reasons(table: str, clock_sql: str) -> list[tuple[str, str, str | None]]:
-    """(reason, SQL condition on the typed row, offending field) in priority order."""
-    rules: list[tuple[str, str, str | None]] = []
-    for col in TABLES[table]:
-        if col.not_null:
-            rules.append((f"missing_{col.name}", f"NOT _raw_{col.name}", col.name))
-        if col.kind != "str":
-            rules.append(
-                (f"unparseable_{col.name}", f"_raw_{col.name} AND \"{col.name}\" IS NULL",
-                 col.name)
-            )
+def _reasons(table: str, cols: dict[str, _Col], clock_sql: str) -> list[tuple[str, str, str]]:
+    """(reason, SQL condition, offending field) in priority order, over rows holding the typed
+    values under the contract's names and the raw ones as ``_src_<name>``."""
+    rules: list[tuple[str, str, str]] = []
+    for name, c in cols.items():
+        present = c.present(c.src)
+        if c.col.not_null:
+            rules.append((f"missing_{name}", f"NOT {present}", name))
+        if c.parses():
+            rules.append((f"unparseable_{name}", f'{present} AND "{name}" IS NULL', name))
     if table == "leads":
         rules += [
             ("created_at_after_clock", f"created_at > {clock_sql}", "created_at"),
             ("unknown_tz", "tz IS NOT NULL AND tz NOT IN (SELECT name FROM _tz_names)", "tz"),
-            ("conflicting_lead_id", "_dup_rank > 1", "lead_id"),
         ]
     elif table == "events":
         rules += [
@@ -264,85 +318,99 @@ def _empty_table(con, table: str) -> None:
 
 def _load_table(con, table: str, path: Path | None, clock_sql: str,
                 quarantine_dir: Path | None) -> TableReport:
+    """Validate one file into the clean table ``table``.
+
+    Three passes over the source, none of which materialises more than the clean table plus
+    the (small) sets of duplicate and bad rows: (1) exact duplicates, found through a hash of
+    the contract's columns and confirmed on the values; (2) bad rows with their reason and raw
+    values; (3) the clean table: every row that is neither, in the file's order.
+    """
     rep = TableReport(table=table, file=str(path) if path else None)
+    qfile = quarantine_dir / f"{table}.parquet" if quarantine_dir is not None else None
+    if qfile is not None and qfile.exists():
+        qfile.unlink()  # a quarantine file always belongs to the latest load
     if path is None:
         if table not in OPTIONAL_TABLES:
             raise ContractError(f"no {table}.parquet, {table}.csv or {table}/ folder found")
         _empty_table(con, table)
         return rep
     scan = _scan_sql(path)
-    types = _check_columns(con, table, path, scan)
-    cols = TABLES[table]
-    present = {c.name: c.name in types for c in cols}
-    raw_cols = [c.name for c in cols if present[c.name]]
-    # 1. exact duplicates over the contract's columns: keep the first occurrence.
-    dedup_key = ", ".join(f'"{c}"' for c in raw_cols)
-    typed = ",\n  ".join(
-        [f'{_cast(c, present[c.name], types.get(c.name, ""))} AS "{c.name}"' for c in cols]
-        + [f"{_raw_present(c, present[c.name])} AS _raw_{c.name}" for c in cols]
-        + [
-            (f'CAST("{c.name}" AS VARCHAR) AS _orig_{c.name}' if present[c.name]
-             else f"CAST(NULL AS VARCHAR) AS _orig_{c.name}")
-            for c in cols
-        ]
-    )
+    cols = _check_columns(con, table, path, scan)
+    if path.suffix == ".csv":  # parse the text once; the passes below read it several times
+        con.execute(f"CREATE OR REPLACE TEMP TABLE _src_{table} AS SELECT * FROM {scan}")
+        scan = f"_src_{table}"
+    _check_parse_rates(con, path, scan, cols)
+    rep.rows_read = con.execute(f"SELECT count(*) FROM {scan}").fetchall()[0][0]
+
+    # 1. exact duplicates over the contract's columns (as read): keep the first occurrence
+    raw = ", ".join(c.q for c in cols.values() if c.family is not None)
     con.execute(
-        f"""CREATE OR REPLACE TEMP TABLE _typed_{table} AS
-        SELECT {typed}, file_row_number AS _row,
-               row_number() OVER (PARTITION BY {dedup_key} ORDER BY file_row_number) AS _copy
-        FROM {scan}"""
+        f"""CREATE OR REPLACE TEMP TABLE _drop_{table} AS
+        WITH hashed AS (SELECT hash({raw}) AS _h FROM {scan}),
+        suspects AS (SELECT _h FROM hashed GROUP BY _h HAVING count(*) > 1)
+        SELECT _file, _row FROM (
+            SELECT _file, _row,
+                   row_number() OVER (PARTITION BY {raw} ORDER BY _file, _row) AS _copy
+            FROM {scan} WHERE hash({raw}) IN (SELECT _h FROM suspects)
+        ) WHERE _copy > 1"""
     )
-    _check_parse_rates(con, table, path)
-    rep.rows_read = con.sql(f"SELECT count(*) FROM _typed_{table}").fetchone()[0]
-    rep.duplicates = con.sql(
-        f"SELECT count(*) FROM _typed_{table} WHERE _copy > 1"
-    ).fetchone()[0]
-    if table == "leads":
-        con.execute(
-            "CREATE OR REPLACE TEMP TABLE _typed_leads AS SELECT *, "
-            "row_number() OVER (PARTITION BY lead_id ORDER BY _copy > 1, _row) AS _dup_rank "
-            "FROM _typed_leads"
-        )
-    rules = _reasons(table, clock_sql)
+    rep.duplicates = con.execute(f"SELECT count(*) FROM _drop_{table}").fetchall()[0][0]
+
+    # 2. bad rows: the first broken rule names the reason
+    rules = _reasons(table, cols, clock_sql)
     case = "CASE " + " ".join(f"WHEN {cond} THEN '{name}'" for name, cond, _ in rules) + " END"
+    typed = ", ".join(f'{c.typed()} AS "{n}"' for n, c in cols.items())
+    srcs = ", ".join(f"{'NULL' if c.family is None else c.q} AS {c.src}" for c in cols.values())
+    rows = f"""(SELECT {typed}, {srcs}, _file, _row FROM {scan} s
+                ANTI JOIN _drop_{table} d USING (_file, _row))"""
+    checked = f"SELECT *, {case} AS _reason FROM {rows}"
+    if table == "leads":  # a lead_id seen again with other values: the first valid row wins
+        checked = f"""SELECT * EXCLUDE (_rank, _reason), coalesce(_reason,
+                CASE WHEN _rank > 1 THEN 'conflicting_lead_id' END) AS _reason
+            FROM (SELECT *, row_number() OVER (
+                    PARTITION BY lead_id ORDER BY _reason IS NOT NULL, _file, _row) AS _rank
+                  FROM ({checked}))"""
+        rules.append(("conflicting_lead_id", "", "lead_id"))
+    originals = ", ".join(f'{c.original(c.src)} AS "{n}"' for n, c in cols.items())
     con.execute(
-        f"""CREATE OR REPLACE TEMP TABLE _checked_{table} AS
-        SELECT *, {case} AS _reason FROM _typed_{table} WHERE _copy = 1"""
+        f"""CREATE OR REPLACE TEMP TABLE _bad_{table} AS
+        SELECT {originals}, _file, _row, _reason FROM ({checked}) WHERE _reason IS NOT NULL"""
     )
-    keep = ", ".join(f'"{c.name}"' for c in cols)
-    norm = {"channel": "lower(channel) AS channel", "outcome": "lower(outcome) AS outcome"}
-    keep_sel = ", ".join(norm.get(c.name, f'"{c.name}"') for c in cols)
+
+    # 3. the clean table
+    keep = {"channel": "lower(channel) AS channel", "outcome": "lower(outcome) AS outcome"}
+    sel = ", ".join(keep.get(n, f'"{n}"') for n in cols)
     con.execute(
-        f"CREATE OR REPLACE TABLE {table} AS SELECT {keep_sel} FROM _checked_{table} "
-        f"WHERE _reason IS NULL ORDER BY _row"
+        f"""CREATE OR REPLACE TABLE {table} AS
+        SELECT {sel} FROM (SELECT {typed}, _file, _row FROM {scan}) s
+        ANTI JOIN (SELECT _file, _row FROM _drop_{table}
+                   UNION ALL SELECT _file, _row FROM _bad_{table}) x USING (_file, _row)"""
     )
-    rep.rows_ok = con.sql(f"SELECT count(*) FROM {table}").fetchone()[0]
+    rep.rows_ok = con.execute(f"SELECT count(*) FROM {table}").fetchall()[0][0]
+
     field_of = {name: fld for name, _, fld in rules}
-    for reason, n in con.sql(
-        f"SELECT _reason, count(*) FROM _checked_{table} WHERE _reason IS NOT NULL "
-        f"GROUP BY 1 ORDER BY 2 DESC"
+    for reason, n in con.execute(
+        f"SELECT _reason, count(*) FROM _bad_{table} GROUP BY 1 ORDER BY 2 DESC, 1"
     ).fetchall():
         rep.quarantined[reason] = n
-        fld = field_of.get(reason)
-        val = f"_orig_{fld}" if fld else "NULL"
+        fld = field_of[reason]
         rep.examples[reason] = [
             {"row": int(r), "field": fld, "value": v}
-            for r, v in con.sql(
-                f"SELECT _row, {val} FROM _checked_{table} WHERE _reason = '{reason}' "
-                f"ORDER BY _row LIMIT {EXAMPLES_PER_REASON}"
+            for r, v in con.execute(
+                f'SELECT _row, "{fld}" FROM _bad_{table} WHERE _reason = ? '
+                f"ORDER BY _file, _row LIMIT {EXAMPLES_PER_REASON}", [reason]
             ).fetchall()
         ]
-    if rep.n_quarantined and quarantine_dir is not None:
+    if rep.n_quarantined and qfile is not None:
         quarantine_dir.mkdir(parents=True, exist_ok=True)
-        origs = ", ".join(f'_orig_{c.name} AS "{c.name}"' for c in cols)
-        qfile = quarantine_dir / f"{table}.parquet"
-        src = str(path).replace("'", "''")
         con.execute(
-            f"COPY (SELECT {origs}, '{src}' AS _file, _row, _reason FROM _checked_{table} "
-            f"WHERE _reason IS NOT NULL ORDER BY _row) TO '{qfile}' (FORMAT parquet)"
+            f"COPY (SELECT * FROM _bad_{table} ORDER BY _file, _row) TO {_lit(str(qfile))} "
+            f"(FORMAT parquet)"
         )
-    for tmp in ("_typed_", "_checked_"):
+    for tmp in ("_drop_", "_bad_", "_src_"):
         con.execute(f"DROP TABLE IF EXISTS {tmp}{table}")
+    if rep.n_quarantined + rep.duplicates + rep.rows_ok != rep.rows_read:  # pragma: no cover
+        raise RuntimeError(f"{table}: rows were lost while loading {path}")
     return rep
 
 
@@ -362,6 +430,7 @@ def load(
     if not data_dir.is_dir():
         raise ContractError(f"{data_dir}: not a folder")
     con = con or connect()
+    con.execute("SET TimeZone='UTC'")  # text without an offset is UTC by contract
     clock = pd.Timestamp.now(tz="UTC") if clock is None else pd.Timestamp(clock)
     if clock.tzinfo is None:
         clock = clock.tz_localize("UTC")
@@ -397,7 +466,10 @@ def register_frames(
             continue
         sel = []
         for col in TABLES[table]:
-            if col.name in df.columns:
+            naive = col.name in df.columns and pd.api.types.is_datetime64_dtype(df[col.name])
+            if naive and not isinstance(df[col.name].dtype, pd.DatetimeTZDtype):
+                expr = f"timezone('UTC', CAST(\"{col.name}\" AS TIMESTAMP))"  # naive = UTC
+            elif col.name in df.columns:
                 expr = f'CAST("{col.name}" AS {_SQL_TYPE[col.kind]})'
             else:
                 expr = f"CAST(NULL AS {_SQL_TYPE[col.kind]})"

@@ -20,7 +20,12 @@ import pandas as pd
 import pyarrow as pa
 
 from leadscore.features import catalog as cat
-from leadscore.schema import CLOSING_TYPES, MESSAGE_CHANNELS, RESPONSE_OUTCOMES, STANDARD_EVENT_TYPES
+from leadscore.schema import (
+    CLOSING_TYPES,
+    MESSAGE_CHANNELS,
+    RESPONSE_OUTCOMES,
+    STANDARD_EVENT_TYPES,
+)
 
 US_PER_DAY = 86_400_000_000
 ID_COLUMNS = ("lead_id", "dealer_id", "as_of", "is_open", "is_owner")

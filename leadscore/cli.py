@@ -1,0 +1,210 @@
+"""The ``leadscore`` command line: one entry point, one subcommand per job."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from enum import Enum
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help="Lead score, contact timing and churn risk for car dealer groups.",
+)
+
+
+class Engine(str, Enum):
+    duckdb = "duckdb"
+    spark = "spark"
+
+
+class Split(str, Enum):
+    time = "time"
+    entity = "entity"
+
+
+class ModelName(str, Enum):
+    conversion = "conversion"
+    contact = "contact"
+    churn = "churn"
+
+
+def _logging(verbose: bool) -> None:
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+def _timestamps(text: str) -> list:
+    import pandas as pd
+
+    out = []
+    for part in text.split(","):
+        part = part.strip()
+        if not part:
+            continue
+        try:
+            t = pd.Timestamp(part)
+        except ValueError as e:
+            raise typer.BadParameter(f"--as-of: cannot read {part!r} as a timestamp") from e
+        out.append(t.tz_localize("UTC") if t.tzinfo is None else t.tz_convert("UTC"))
+    if not out:
+        raise typer.BadParameter("--as-of needs at least one timestamp")
+    return out
+
+
+def _fail(msg: str) -> None:
+    typer.secho(f"error: {msg}", fg=typer.colors.RED, err=True)
+    raise typer.Exit(2)
+
+
+@app.command()
+def simulate(
+    out: Annotated[Path, typer.Option(help="Folder to write leads/events/contacts/truth")],
+    leads: Annotated[int, typer.Option(min=10, help="Number of leads")] = 50_000,
+    days: Annotated[int, typer.Option(min=14, help="Days simulated")] = 180,
+    dealers: Annotated[int, typer.Option(min=1, help="Dealers in the group")] = 6,
+    seed: Annotated[int, typer.Option(help="Random seed (same seed, same data)")] = 0,
+) -> None:
+    """Simulate a dealer group: leads, behaviour events, advisors' contacts, and the truth."""
+    from leadscore import simulate as sim
+
+    cfg = sim.SimConfig(n_leads=leads, days=days, n_dealers=dealers, seed=seed)
+    summary = sim.write(sim.simulate(cfg), out)
+    typer.echo(json.dumps(summary, indent=1, default=str))
+
+
+@app.command()
+def validate(
+    data: Annotated[Path, typer.Option(help="Folder with leads/events/contacts files")],
+    quarantine: Annotated[Path | None, typer.Option(help="Where bad rows go")] = None,
+) -> None:
+    """Check the input files against the data contract; bad rows go to quarantine."""
+    from leadscore import contract
+
+    try:
+        ds = contract.load(data, quarantine_dir=quarantine or data / "quarantine")
+    except contract.ContractError as e:
+        _fail(str(e))
+    typer.echo(ds.summary())
+
+
+@app.command()
+def features(
+    data: Annotated[Path, typer.Option(help="Folder with leads/events/contacts files")],
+    as_of: Annotated[str, typer.Option("--as-of", help="Cutoff(s), comma-separated, UTC")],
+    out: Annotated[Path, typer.Option(help="Parquet file to write")],
+    engine: Annotated[Engine, typer.Option(help="duckdb (embedded) or spark")] = Engine.duckdb,
+    only_open: Annotated[bool, typer.Option(help="Only leads still open at the cutoff")] = False,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+) -> None:
+    """Point-in-time features for every lead at one or more cutoffs."""
+    _logging(verbose)
+    from leadscore import contract
+    from leadscore.features import job
+
+    cutoffs = _timestamps(as_of)
+    if engine is Engine.spark:
+        _fail("the Spark engine is not available yet; use --engine duckdb")
+    try:
+        ds = contract.load(data, quarantine_dir=data / "quarantine")
+    except contract.ContractError as e:
+        _fail(str(e))
+    table = job.compute(ds.con, cutoffs, only_open=only_open)
+    import pyarrow.parquet as pq
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(table, out)
+    typer.echo(ds.summary())
+    typer.echo(f"wrote {table.num_rows:,} rows × {table.num_columns} columns to {out}")
+
+
+@app.command()
+def train(
+    data: Annotated[Path, typer.Option(help="Folder with leads/events/contacts files")],
+    model: Annotated[ModelName | None, typer.Option(help="Which model")] = None,
+    config: Annotated[Path | None, typer.Option(help="Experiment YAML")] = None,
+    as_of: Annotated[str | None, typer.Option("--as-of", help="Cutoff(s) instead of rolling")] = None,
+    horizon_days: Annotated[float | None, typer.Option(help="Label horizon in days")] = None,
+    split: Annotated[Split | None, typer.Option(help="time (default) or entity")] = None,
+    seed: Annotated[int | None, typer.Option(help="Random seed")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="End with one JSON line")] = False,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+) -> None:
+    """Train a model, log the run to MLflow, register a version."""
+    _logging(verbose)
+    from leadscore.contract import ContractError
+    from leadscore.training.config import ExperimentConfig
+    from leadscore.training.run import train as run_train
+
+    if config is None and model is None:
+        _fail("give --model or --config")
+    raw: dict = {}
+    if config is not None:
+        import yaml
+
+        raw = yaml.safe_load(config.read_text()) or {}
+    if model is not None:
+        if raw.get("model") not in (None, model.value):
+            _fail(f"--model {model.value} contradicts the config's model {raw['model']}")
+        raw["model"] = model.value
+    if as_of:
+        raw["as_of"] = [str(t) for t in _timestamps(as_of)]
+    if horizon_days is not None:
+        raw["horizon_days"] = horizon_days
+    if split is not None:
+        raw["split"] = split.value
+    if seed is not None:
+        raw["seed"] = seed
+    try:
+        cfg = ExperimentConfig.model_validate(raw)
+        res = run_train(data, cfg)
+    except (ContractError, ValueError) as e:
+        _fail(str(e))
+    m = res.metrics
+    typer.echo(f"{res.model}: run {res.run_id}, version {res.version} ({res.alias})")
+    for note in res.notes:
+        typer.echo(f"  {note}")
+    for k in ("roc_auc", "pr_auc", "log_loss", "brier", "ece", "lift_top10", "capture_top10",
+              "oracle_auc", "oracle_gap"):
+        if k in m:
+            typer.echo(f"  {k:14s} {m[k]:.4f}")
+    if as_json:
+        typer.echo(res.as_json())
+
+
+@app.command()
+def promote(
+    model: Annotated[ModelName, typer.Option(help="Which model")],
+    version: Annotated[str | None, typer.Option(help="Make this version champion")] = None,
+    best: Annotated[bool, typer.Option("--best", help="Promote the challenger if it wins")] = False,
+) -> None:
+    """Move the champion alias: by hand (--version) or through the spec's gate (--best)."""
+    from leadscore.training import promote as pr
+
+    if (version is None) == (not best):
+        _fail("give exactly one of --version V or --best")
+    d = pr.promote_version(model.value, version) if version else pr.promote_best(model.value)
+    typer.echo(d.reason)
+
+
+@app.command()
+def demo(
+    workdir: Annotated[Path, typer.Option(help="Where the demo writes its data")] = Path(".demo"),
+    leads: Annotated[int, typer.Option(help="Leads to simulate")] = 20_000,
+) -> None:
+    """Simulate → validate → features → train the models, printing each step."""
+    from leadscore.demo import run
+
+    run(workdir, leads)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    app()

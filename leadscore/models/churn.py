@@ -1,0 +1,24 @@
+"""Churn risk: will this lead (or owner) go dark — no engagement within H days?
+
+Engagement defaults to every inbound (lead-initiated) event type and H to 30 days; both are
+configurable because owners' rhythms (service at ~90 days) differ from shoppers'.
+"""
+
+from leadscore.features.catalog import LEAD_BEHAVIOUR
+from leadscore.models.spec import Gate, ModelSpec, NoneWithin
+from leadscore.schema import INBOUND_TYPES
+
+SPEC = ModelSpec(
+    name="churn",
+    description="Probability that a lead or owner shows no engagement within the horizon.",
+    entity="open_or_owner",
+    label=NoneWithin(INBOUND_TYPES, days=30),
+    features=LEAD_BEHAVIOUR,
+    calibration="isotonic",
+    gate=Gate("roc_auc", min_gain=0.002),
+    grades=(0.7, 0.5, 0.3),
+    truth_column="p_churn",
+    known_limits=(
+        "Owners' engagement is sparse; a 30-day horizon flags most owners between services.",
+    ),
+)

@@ -1,0 +1,30 @@
+"""Lead score: will this open lead order within 30 days?
+
+Dealer practice: most buyers decide online before they visit; many configurator views plus a
+finance-calculator click is the classic signal of a buyer about to act. So configurator and
+finance activity are monotone increasing: an advisor must never see a lead's score drop because
+the lead used the finance calculator once more.
+"""
+
+from leadscore.features.catalog import LEAD_BEHAVIOUR, WINDOWS_DAYS
+from leadscore.models.spec import Gate, ModelSpec, Within
+
+SPEC = ModelSpec(
+    name="conversion",
+    description="Probability that an open lead places an order within 30 days.",
+    entity="open",
+    label=Within(("order",), days=30),
+    features=LEAD_BEHAVIOUR,
+    monotone={
+        **{f"finance_calc_{w}d": +1 for w in WINDOWS_DAYS},
+        **{f"config_view_{w}d": +1 for w in WINDOWS_DAYS},
+    },
+    calibration="isotonic",
+    gate=Gate("roc_auc", min_gain=0.002),
+    grades=(0.5, 0.25, 0.1),
+    truth_column="p_order_30d",
+    known_limits=(
+        "Trained on leads open at weekly cutoffs; leads already ordered or lost are not scored.",
+        "Contact by advisors is treated as context, not as a cause: the score is not an uplift.",
+    ),
+)

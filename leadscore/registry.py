@@ -1,0 +1,162 @@
+"""The seam between training and serving: the MLflow model registry.
+
+Training logs a :class:`~leadscore.artifact.LeadModel` as an MLflow pyfunc (so data scientists
+can ``mlflow.pyfunc.load_model`` it) and registers it as ``leadscore-<model>``; serving and batch
+resolve an alias (``@champion``) to a version and load the same artifact files. Aliases, not
+stages: stages are deprecated in MLflow 3.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from leadscore.artifact import LeadModel, find_artifact_dir
+
+log = logging.getLogger(__name__)
+
+DEFAULT_TRACKING_URI = "sqlite:///mlruns.db"
+CHAMPION = "champion"
+CHALLENGER = "challenger"
+PREFIX = "leadscore-"
+
+
+def tracking_uri() -> str:
+    return os.environ.get("MLFLOW_TRACKING_URI", DEFAULT_TRACKING_URI)
+
+
+def configure() -> None:
+    """Point MLflow at the tracking store; quiet its chatty loggers."""
+    import mlflow
+
+    mlflow.set_tracking_uri(tracking_uri())
+    mlflow.set_registry_uri(tracking_uri())
+    for name in ("mlflow", "alembic"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
+def client():
+    from mlflow import MlflowClient
+
+    configure()
+    return MlflowClient()
+
+
+def registered_name(model: str) -> str:
+    return model if model.startswith(PREFIX) else f"{PREFIX}{model}"
+
+
+def _pyfunc_class():
+    import mlflow.pyfunc
+
+    class LeadModelPyfunc(mlflow.pyfunc.PythonModel):
+        """Calibrated probability from a feature frame; categories as strings."""
+
+        def load_context(self, context):
+            self.model = LeadModel.load(find_artifact_dir(Path(context.artifacts["leadmodel"])))
+
+        def predict(self, context, model_input, params=None):
+            p = self.model.predict_proba(pd.DataFrame(model_input))
+            return pd.DataFrame({"probability": p})
+
+    return LeadModelPyfunc
+
+
+def signature_frame(model: LeadModel, df: pd.DataFrame) -> pd.DataFrame:
+    """MLflow signatures know no category type and break on integer columns with missing
+    values: categories go as strings, every number as float."""
+    out = model.frame(df)
+    for f in model.categories:
+        out[f] = out[f].astype("object").where(out[f].notna(), None)
+    return out
+
+
+def log_model(
+    model: LeadModel, example: pd.DataFrame, registered_model: str | None
+) -> tuple[str, str | None]:
+    """Log the artifact under the active run as pyfunc ``model``; returns the model URI and
+    the registered version (None when not registering)."""
+    import mlflow
+    from mlflow.models import infer_signature
+
+    example = signature_frame(model, example.head(5))
+    signature = infer_signature(example, pd.DataFrame({"probability": [0.5] * len(example)}))
+    with tempfile.TemporaryDirectory() as tmp:
+        art = model.save(Path(tmp) / "leadmodel")
+        info = mlflow.pyfunc.log_model(
+            name="model",
+            python_model=_pyfunc_class()(),
+            artifacts={"leadmodel": str(art)},
+            signature=signature,
+            input_example=example,
+            registered_model_name=registered_model,
+            # explicit requirements: inferring them spawns a subprocess that costs ~10 s
+            pip_requirements=_requirements(),
+            code_paths=[str(Path(__file__).parent)],
+        )
+    version = getattr(info, "registered_model_version", None)
+    return info.model_uri, (str(version) if version is not None else None)
+
+
+def _requirements() -> list[str]:
+    from importlib.metadata import version
+
+    return [f"{p}=={version(p)}" for p in ("lightgbm", "pandas", "numpy", "pyarrow")]
+
+
+@dataclass
+class Resolved:
+    name: str
+    version: str
+    run_id: str
+    alias: str
+
+
+def resolve(model: str, alias: str = CHAMPION) -> Resolved | None:
+    """Which version an alias points at, or None when the model or alias does not exist."""
+    from mlflow.exceptions import MlflowException
+
+    name = registered_name(model)
+    try:
+        mv = client().get_model_version_by_alias(name, alias)
+    except MlflowException:
+        return None
+    return Resolved(name=name, version=str(mv.version), run_id=mv.run_id, alias=alias)
+
+
+def load_version(model: str, version: str, dst: Path | None = None) -> LeadModel:
+    import mlflow
+
+    configure()
+    name = registered_name(model)
+    local = mlflow.artifacts.download_artifacts(
+        artifact_uri=f"models:/{name}/{version}",
+        dst_path=str(dst) if dst else None,
+    )
+    lm = LeadModel.load(find_artifact_dir(Path(local)))
+    lm.meta = {**lm.meta, "registered_name": name, "version": str(version)}
+    return lm
+
+
+def load(model: str, alias: str = CHAMPION) -> tuple[LeadModel, Resolved] | None:
+    """The model an alias points at, or None if it is not registered (callers skip it)."""
+    res = resolve(model, alias)
+    if res is None:
+        return None
+    return load_version(model, res.version), res
+
+
+def set_alias(model: str, alias: str, version: str) -> None:
+    client().set_registered_model_alias(registered_name(model), alias, str(version))
+
+
+def latest_version(model: str) -> str | None:
+    versions = client().search_model_versions(f"name='{registered_name(model)}'")
+    if not versions:
+        return None
+    return str(max(int(v.version) for v in versions))

@@ -1,0 +1,74 @@
+"""Experiment configs: the YAML a data scientist writes, validated by pydantic."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from leadscore.models.spec import ModelSpec
+
+
+class SearchDim(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    low: float
+    high: float
+    kind: Literal["float", "log", "int"] = "float"
+
+
+class Sweep(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    n_trials: int = Field(20, ge=1, le=500)
+    metric: Literal["roc_auc", "log_loss"] = "roc_auc"
+    space: dict[str, SearchDim]
+
+
+class ExperimentConfig(BaseModel):
+    """One experiment. Unknown keys are errors, so a typo never silently does nothing."""
+
+    model_config = ConfigDict(extra="forbid")
+    model: Literal["conversion", "contact", "churn"]
+    run_name: str | None = None
+    description: str = ""
+    params: dict[str, float | int | str] = Field(default_factory=dict)
+    horizon_days: float | None = Field(None, gt=0)
+    split: Literal["time", "entity"] = "time"
+    as_of: list[str] | None = None
+    seed: int = 0
+    exclude_features: list[str] = Field(default_factory=list)
+    calibration: Literal["isotonic", "sigmoid"] | None = None
+    engagement_events: list[str] | None = None
+    sweep: Sweep | None = None
+
+    @field_validator("as_of")
+    @classmethod
+    def _ts(cls, v):
+        if v is None:
+            return v
+        import pandas as pd
+
+        for t in v:
+            pd.Timestamp(t)  # raises with the offending value
+        return v
+
+    @classmethod
+    def from_yaml(cls, path: Path) -> ExperimentConfig:
+        data = yaml.safe_load(Path(path).read_text()) or {}
+        return cls.model_validate(data)
+
+    def apply(self, spec: ModelSpec) -> ModelSpec:
+        if self.exclude_features:
+            unknown = set(self.exclude_features) - set(spec.features)
+            if unknown:
+                raise ValueError(f"exclude_features not in {spec.name}: {sorted(unknown)}")
+            feats = tuple(f for f in spec.features if f not in self.exclude_features)
+            mono = {k: v for k, v in spec.monotone.items() if k in feats}
+            spec = replace(spec, features=feats, monotone=mono)
+        if self.calibration:
+            spec = replace(spec, calibration=self.calibration)
+        if self.engagement_events:
+            spec = replace(spec, label=replace(spec.label, events=tuple(self.engagement_events)))
+        return spec.validate()

@@ -1,0 +1,219 @@
+"""Training sets from rolling snapshots: features at each cutoff, labels strictly after it.
+
+Honesty rules, each enforced here and tested:
+- features see only rows with ``ts < as_of`` and ``ingested_at <= as_of`` (the feature job);
+- labels look only at (as_of, as_of + horizon];
+- a row whose label window ends after the data ends is right-censored: dropped, never negative;
+- out-of-time validation purges training cutoffs whose label window reaches into the test
+  period, so the same lead's future cannot leak from a training label into a test row.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import duckdb
+import numpy as np
+import pandas as pd
+
+from leadscore.features import catalog, job
+from leadscore.models.spec import ModelSpec, NoneWithin
+
+log = logging.getLogger(__name__)
+
+WARMUP_DAYS = 14
+TEST_SHARE = 0.25
+SPLITS = ("fit", "valid", "calib", "test")
+
+
+@dataclass
+class TrainingSet:
+    frame: pd.DataFrame  # lead_id, dealer_id, as_of, features..., label, split
+    cutoffs: list[pd.Timestamp]
+    data_end: pd.Timestamp
+    n_censored: int
+    split_kind: str
+    notes: list[str] = field(default_factory=list)
+
+    def part(self, name: str) -> pd.DataFrame:
+        return self.frame[self.frame["split"] == name]
+
+    def counts(self) -> dict[str, int]:
+        return {s: int((self.frame["split"] == s).sum()) for s in SPLITS}
+
+
+def data_bounds(con: duckdb.DuckDBPyConnection) -> tuple[pd.Timestamp, pd.Timestamp]:
+    """First lead creation and last observed event: the span labels can be read from."""
+    start, end = con.sql(
+        "SELECT (SELECT min(created_at) FROM leads), (SELECT max(ts) FROM events)"
+    ).df().iloc[0]
+    if pd.isna(start) or pd.isna(end):
+        raise ValueError("no leads or no events: nothing to train on")
+    return pd.Timestamp(start).tz_convert("UTC"), pd.Timestamp(end).tz_convert("UTC")
+
+
+def rolling_cutoffs(
+    start: pd.Timestamp, end: pd.Timestamp, every_days: int, horizon_days: float,
+    warmup_days: int = WARMUP_DAYS,
+) -> list[pd.Timestamp]:
+    """Midnight-aligned cutoffs every ``every_days`` whose label window is fully observed."""
+    first = (start + pd.Timedelta(days=warmup_days)).ceil("D")
+    last = end - pd.Timedelta(days=horizon_days)
+    out = []
+    t = first
+    while t <= last:
+        out.append(t)
+        t += pd.Timedelta(days=every_days)
+    return out
+
+
+def label_rows(
+    con: duckdb.DuckDBPyConnection, rows: pd.DataFrame, spec: ModelSpec,
+    data_end: pd.Timestamp,
+) -> pd.DataFrame:
+    """``label`` (0/1) and ``censored`` for each (lead_id, as_of) row, from events after as_of."""
+    keys = rows[["lead_id", "as_of"]].drop_duplicates()
+    con.register("_label_rows", keys)
+    types = ", ".join(f"'{t}'" for t in spec.label.events)
+    hours = float(spec.label.hours)
+    hits = con.sql(
+        f"""
+        SELECT r.lead_id, r.as_of,
+               count(e.lead_id) > 0 AS hit
+        FROM _label_rows r
+        LEFT JOIN events e
+          ON e.lead_id = r.lead_id AND e.event_type IN ({types})
+         AND e.ts > r.as_of
+         AND e.ts <= r.as_of + to_microseconds(CAST({hours} * 3600e6 AS BIGINT))
+        GROUP BY r.lead_id, r.as_of
+        """
+    ).df()
+    con.unregister("_label_rows")
+    hits["as_of"] = pd.to_datetime(hits["as_of"], utc=True)
+    out = rows[["lead_id", "as_of"]].merge(hits, on=["lead_id", "as_of"], how="left")
+    hit = out["hit"].fillna(False).astype(bool).to_numpy()
+    y = ~hit if isinstance(spec.label, NoneWithin) else hit
+    window_end = out["as_of"] + pd.Timedelta(hours=hours)
+    censored = (window_end > data_end).to_numpy()
+    return pd.DataFrame(
+        {"label": y.astype("int8"), "censored": censored}, index=rows.index
+    )
+
+
+def _lead_bucket(lead_ids: pd.Series, seed: int) -> np.ndarray:
+    """A stable per-lead uniform number in [0, 1): the same lead always lands in one part."""
+    h = pd.util.hash_pandas_object(lead_ids.astype(str) + f"|{seed}", index=False)
+    return (h.to_numpy() % 10_000) / 10_000.0
+
+
+def assign_splits(
+    frame: pd.DataFrame, kind: str, horizon_days: float, seed: int,
+    test_share: float = TEST_SHARE,
+) -> tuple[pd.Series, list[str]]:
+    """Split labels: fit / valid (early stopping) / calib (calibration) / test, or '' (purged)."""
+    notes: list[str] = []
+    u = _lead_bucket(frame["lead_id"], seed)
+    split = pd.Series("", index=frame.index, dtype="object")
+    if kind == "entity":
+        split[:] = np.select([u < 0.6, u < 0.7, u < 0.8], ["fit", "valid", "calib"], "test")
+        return split, notes
+    if kind != "time":
+        raise ValueError(f"split must be 'time' or 'entity', not {kind!r}")
+    cut = np.sort(frame["as_of"].unique())
+    if len(cut) < 3:
+        raise ValueError(
+            f"out-of-time validation needs at least 3 usable cutoffs, found {len(cut)}; "
+            "use --split entity with a single --as-of for short data"
+        )
+    n_test = max(1, round(test_share * len(cut)))
+    first_test = pd.Timestamp(cut[-n_test])
+    gap = pd.Timedelta(days=horizon_days)
+    is_test = frame["as_of"] >= first_test
+    in_train_period = frame["as_of"] + gap <= first_test
+    purged = int((~is_test & ~in_train_period).sum())
+    if not in_train_period.any():
+        raise ValueError(
+            "no training cutoff ends its label window before the test period; "
+            "give more history or use --split entity"
+        )
+    split[is_test] = "test"
+    tr = in_train_period.to_numpy()
+    split[tr] = np.select([u[tr] < 0.8, u[tr] < 0.9], ["fit", "valid"], "calib")
+    notes.append(
+        f"out-of-time: test cutoffs from {first_test.date()}, {purged:,} rows purged whose "
+        f"label window overlaps the test period"
+    )
+    return split, notes
+
+
+def fingerprint(data_dir: Path, cutoffs: list[pd.Timestamp], extra: dict | None = None) -> str:
+    """Hash of the input files' bytes and the cutoffs: two runs with the same fingerprint saw
+    the same data."""
+    h = hashlib.sha256()
+    for p in sorted(Path(data_dir).rglob("*")):
+        if not p.is_file() or "quarantine" in p.parts or p.name.startswith("."):
+            continue
+        h.update(str(p.relative_to(data_dir)).encode())
+        with p.open("rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                h.update(chunk)
+    h.update(json.dumps([str(c) for c in cutoffs], sort_keys=True).encode())
+    if extra:
+        h.update(json.dumps(extra, sort_keys=True, default=str).encode())
+    return h.hexdigest()[:16]
+
+
+def build(
+    con: duckdb.DuckDBPyConnection,
+    spec: ModelSpec,
+    *,
+    split: str = "time",
+    as_of: list[pd.Timestamp] | None = None,
+    seed: int = 0,
+    feature_cache: Path | None = None,
+) -> TrainingSet:
+    """Features at the cutoffs, the spec's entity filter, labels, censoring and splits."""
+    start, end = data_bounds(con)
+    horizon = spec.label.days
+    if as_of:
+        cutoffs = sorted(pd.Timestamp(t) for t in as_of)
+    else:
+        cutoffs = rolling_cutoffs(start, end, spec.cutoff_every_days, horizon)
+    if not cutoffs:
+        raise ValueError(
+            f"no cutoff between {start} + {WARMUP_DAYS}d and {end} - {horizon:g}d: "
+            "the data is too short for this horizon; pass --as-of and --horizon-days"
+        )
+    if feature_cache is not None and feature_cache.is_file():
+        frame = pd.read_parquet(feature_cache)
+    else:
+        frame = job.to_pandas(job.compute(con, cutoffs, catalog.CATALOG))
+        if feature_cache is not None:
+            feature_cache.parent.mkdir(parents=True, exist_ok=True)
+            frame.to_parquet(feature_cache)
+    if spec.entity == "open":
+        frame = frame[frame["is_open"]]
+    elif spec.entity == "open_or_owner":
+        frame = frame[frame["is_open"] | frame["is_owner"]]
+    else:
+        raise ValueError(f"unknown entity {spec.entity!r}")
+    frame = frame.reset_index(drop=True)
+    lab = label_rows(con, frame, spec, end)
+    n_censored = int(lab["censored"].sum())
+    frame = pd.concat([frame, lab], axis=1)
+    frame = frame[~frame["censored"]].drop(columns="censored").reset_index(drop=True)
+    if frame.empty:
+        raise ValueError("every row is right-censored: the label window passes the data's end")
+    parts, notes = assign_splits(frame, split, horizon, seed)
+    frame["split"] = parts.to_numpy()
+    frame = frame[frame["split"] != ""].reset_index(drop=True)
+    if n_censored:
+        notes.append(f"{n_censored:,} right-censored rows excluded (label window past {end})")
+    ts = TrainingSet(frame=frame, cutoffs=cutoffs, data_end=end, n_censored=n_censored,
+                     split_kind=split, notes=notes)
+    log.info("training set %s: %s", spec.name, ts.counts())
+    return ts

@@ -1,0 +1,175 @@
+"""One training run end to end: data → training set → fit → evaluate → MLflow → registry."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from leadscore import contract, models, registry
+from leadscore.features import catalog
+from leadscore.models.spec import ModelSpec
+from leadscore.training import dataset, evaluate, plots
+from leadscore.training.config import ExperimentConfig
+from leadscore.training.trainer import FitResult, fit
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class RunResult:
+    model: str
+    run_id: str
+    version: str | None
+    alias: str | None
+    metrics: dict[str, float]
+    notes: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def as_json(self) -> str:
+        clean = {k: (None if isinstance(v, float) and not np.isfinite(v) else v)
+                 for k, v in self.metrics.items()}
+        return json.dumps({"model": self.model, "run_id": self.run_id,
+                           "registered_version": self.version, "alias": self.alias,
+                           "metrics": clean, "seconds": round(self.seconds, 1)})
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("LEADSCORE_CACHE", ".leadscore_cache"))
+
+
+def load_truth(data_dir: Path) -> pd.DataFrame | None:
+    p = Path(data_dir) / "truth.parquet"
+    return pd.read_parquet(p) if p.is_file() else None
+
+
+def resolve_spec(cfg: ExperimentConfig) -> ModelSpec:
+    spec = models.get(cfg.model).with_horizon(cfg.horizon_days)
+    return cfg.apply(spec)
+
+
+def model_card(spec: ModelSpec, ts: dataset.TrainingSet, fr: FitResult,
+               m: dict[str, float], fingerprint: str) -> str:
+    counts = ts.counts()
+    rows = "\n".join(f"| {k} | {v:.4f} |" for k, v in m.items() if isinstance(v, float))
+    limits = "\n".join(f"- {x}" for x in spec.known_limits) or "- none recorded"
+    cut = f"{ts.cutoffs[0].date()} … {ts.cutoffs[-1].date()} ({len(ts.cutoffs)} cutoffs)"
+    return f"""# {spec.registered_name}
+
+**Predicts:** {spec.description}
+**Label:** {spec.label.describe()}; entity: {spec.entity} leads at each cutoff.
+**Data window:** cutoffs {cut}, data end {ts.data_end}; fingerprint `{fingerprint}`.
+**Validation:** {ts.split_kind} split; rows {counts}. {' '.join(ts.notes)}
+**Model:** LightGBM, {fr.best_iteration} trees, {len(spec.features)} features,
+calibration {spec.calibration}; monotone increasing in {', '.join(spec.monotone) or 'nothing'}.
+**Promotion gate:** {spec.gate.metric} must beat the champion by {spec.gate.min_gain}.
+
+## Holdout metrics
+| metric | value |
+|---|---|
+{rows}
+
+## Known limits
+{limits}
+- Scores are probabilities calibrated on held-out leads of the training period; recalibrate
+  when lead sources or volumes shift.
+"""
+
+
+def _log_run(spec, cfg, ts, fr, test, p, m, fp, truth_note, register: bool):
+    import mlflow
+
+    by_dealer = evaluate.by_group(test, p, "dealer_id")
+    by_source = evaluate.by_group(test, p, "source")
+    contrib_rows = test.sample(min(len(test), 2000), random_state=0)
+    contrib = fr.model.contributions(contrib_rows)
+    gain = fr.model.booster.feature_importance("gain")
+    mlflow.log_params({
+        "model": spec.name, "label": spec.label.describe()[:250],
+        "horizon_days": spec.label.days, "split": ts.split_kind, "seed": cfg.seed,
+        "calibration": spec.calibration, "best_iteration": fr.best_iteration,
+        "n_features": len(spec.features), "n_cutoffs": len(ts.cutoffs),
+        **{f"n_{k}": v for k, v in ts.counts().items()},
+        **{f"lgb_{k}": v for k, v in fr.params.items()
+           if k not in ("monotone_constraints", "metric")},
+    })
+    mlflow.set_tags({"data_fingerprint": fp, "leadscore.model": spec.name,
+                     "truth": truth_note})
+    mlflow.log_metrics({k: v for k, v in m.items() if np.isfinite(v)})
+    with tempfile.TemporaryDirectory() as tmp:
+        d = Path(tmp)
+        (d / "config.json").write_text(cfg.model_dump_json(indent=1))
+        (d / "features.json").write_text(json.dumps(list(spec.features), indent=1))
+        (d / "cutoffs.json").write_text(json.dumps([str(c) for c in ts.cutoffs], indent=1))
+        (d / "model_card.md").write_text(model_card(spec, ts, fr, m, fp))
+        by_dealer.to_csv(d / "metrics_by_dealer.csv", index=False)
+        by_source.to_csv(d / "metrics_by_source.csv", index=False)
+        y = test["label"].to_numpy()
+        plots.calibration_curve(y, p, d / "calibration_curve.png")
+        plots.gains_chart(y, p, d / "gains_chart.png")
+        plots.importance(list(spec.features), gain, d / "feature_importance.png")
+        plots.shap_summary(contrib, fr.model.frame(contrib_rows), d / "shap_summary.png")
+        keep = ["lead_id", "dealer_id", "as_of", *spec.features, "label"]
+        test[keep].to_parquet(d / "holdout.parquet")
+        mlflow.log_artifacts(str(d))
+    _, version = registry.log_model(fr.model, ts.part("fit")[list(spec.features)],
+                                    spec.registered_name if register else None)
+    return version
+
+
+def train(
+    data_dir: Path,
+    cfg: ExperimentConfig,
+    *,
+    register: bool = True,
+    num_threads: int = 2,
+) -> RunResult:
+    """Train one model as the config says, log everything, register a version."""
+    import mlflow
+
+    t0 = time.perf_counter()
+    data_dir = Path(data_dir)
+    spec = resolve_spec(cfg)
+    ds = contract.load(data_dir, quarantine_dir=data_dir / "quarantine")
+    start, end = dataset.data_bounds(ds.con)
+    as_of = [pd.Timestamp(t) for t in cfg.as_of] if cfg.as_of else None
+    cutoffs = as_of or dataset.rolling_cutoffs(start, end, spec.cutoff_every_days,
+                                               spec.label.days)
+    fp = dataset.fingerprint(data_dir, cutoffs)
+    catalog_key = dataset.fingerprint(data_dir, cutoffs,
+                                      {"catalog": [f.name for f in catalog.CATALOG]})
+    cache = cache_dir() / f"features-{catalog_key}.parquet"
+    ts = dataset.build(ds.con, spec, split=cfg.split, as_of=as_of, seed=cfg.seed,
+                       feature_cache=cache)
+    registry.configure()
+    mlflow.set_experiment(spec.registered_name)
+    with mlflow.start_run(run_name=cfg.run_name or f"{spec.name}-{cfg.split}") as run:
+        if cfg.sweep is not None:
+            from leadscore.training.sweep import best_params
+
+            overrides = best_params(spec, ts, cfg, num_threads=num_threads)
+        else:
+            overrides = cfg.params
+        fr = fit(spec, ts, seed=cfg.seed, num_threads=num_threads, overrides=overrides)
+        test = ts.part("test")
+        p = fr.model.predict_proba(test, num_threads=num_threads)
+        m = evaluate.metrics(test["label"].to_numpy(), p)
+        o = evaluate.oracle(test, load_truth(data_dir), spec.truth_column, p)
+        m.update(o)
+        truth_note = "simulator truth" if o else "none"
+        version = _log_run(spec, cfg, ts, fr, test, p, m, fp, truth_note, register)
+        run_id = run.info.run_id
+    alias = None
+    if version is not None:
+        champion = registry.resolve(spec.name, registry.CHAMPION)
+        alias = registry.CHALLENGER if champion else registry.CHAMPION
+        registry.set_alias(spec.name, alias, version)
+    return RunResult(model=spec.name, run_id=run_id, version=version, alias=alias,
+                     metrics=m, notes=ts.notes, seconds=time.perf_counter() - t0)
