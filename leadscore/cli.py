@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
-from enum import Enum
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
 
@@ -18,17 +18,17 @@ app = typer.Typer(
 )
 
 
-class Engine(str, Enum):
+class Engine(StrEnum):
     duckdb = "duckdb"
     spark = "spark"
 
 
-class Split(str, Enum):
+class Split(StrEnum):
     time = "time"
     entity = "entity"
 
 
-class ModelName(str, Enum):
+class ModelName(StrEnum):
     conversion = "conversion"
     contact = "contact"
     churn = "churn"
@@ -131,7 +131,9 @@ def train(
     data: Annotated[Path, typer.Option(help="Folder with leads/events/contacts files")],
     model: Annotated[ModelName | None, typer.Option(help="Which model")] = None,
     config: Annotated[Path | None, typer.Option(help="Experiment YAML")] = None,
-    as_of: Annotated[str | None, typer.Option("--as-of", help="Cutoff(s) instead of rolling")] = None,
+    as_of: Annotated[
+        str | None, typer.Option("--as-of", help="Cutoff(s) instead of rolling ones")
+    ] = None,
     horizon_days: Annotated[float | None, typer.Option(help="Label horizon in days")] = None,
     split: Annotated[Split | None, typer.Option(help="time (default) or entity")] = None,
     seed: Annotated[int | None, typer.Option(help="Random seed")] = None,

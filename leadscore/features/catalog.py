@@ -147,7 +147,8 @@ def _counts() -> list[Feature]:
         out.append(
             Count(
                 f"high_intent_{w}d",
-                says=f"{{value:.0f}} price requests, test drives, visits or calls in the last {w} days",
+                says=(f"{{value:.0f}} price requests, test drives, visits or calls "
+                      f"in the last {w} days"),
                 events=HIGH_INTENT_TYPES,
                 window_days=w,
             )
@@ -185,7 +186,7 @@ def _recency() -> list[Feature]:
             events=("config_view",),
         ),
     ]
-    for etype in HIGH_INTENT_TYPES + ("test_drive_done", "wechat_reply"):
+    for etype in (*HIGH_INTENT_TYPES, "test_drive_done", "wechat_reply"):
         out.append(
             DaysSince(
                 f"days_since_{etype}",

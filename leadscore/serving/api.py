@@ -1,0 +1,296 @@
+"""The HTTP interface the CRM calls: ``POST /score`` and its request/response models.
+
+A FastAPI app (mounted into the BentoML service) so that the request contract is pydantic
+end to end and the OpenAPI document carries working examples. Client mistakes always answer
+4xx with the offending field's path; nothing a client sends can produce a 5xx. Logs carry
+counts, tenants and timings only — never lead payloads.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from datetime import UTC, datetime, timedelta
+from typing import Annotated, Literal
+from zoneinfo import available_timezones
+
+import pandas as pd
+from fastapi import FastAPI, Header, HTTPException, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from leadscore.schema import CHANNELS, OUTCOMES
+from leadscore.serving.runtime import Runtime, features_from_inline, now_utc
+
+log = logging.getLogger("leadscore.http")
+
+MAX_LEADS = 500
+MAX_EVENTS = 5_000
+MAX_CONTACTS = 1_000
+MAX_BODY_BYTES = 8 * 1024 * 1024
+CLOCK_SKEW = timedelta(minutes=5)
+_ZONES = frozenset(available_timezones())
+
+Finite = Annotated[float, Field(allow_inf_nan=False)]
+Id = Annotated[str, Field(min_length=1, max_length=128)]
+Text = Annotated[str, Field(min_length=1, max_length=128)]
+
+
+def _utc(v: datetime) -> datetime:
+    return v.replace(tzinfo=UTC) if v.tzinfo is None else v.astimezone(UTC)
+
+
+def _not_future(v: datetime) -> datetime:
+    v = _utc(v)
+    if v > datetime.now(UTC) + CLOCK_SKEW:
+        raise ValueError("timestamp is in the future")
+    return v
+
+
+class EventIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    ts: datetime
+    event_type: Text
+    model: Text | None = None
+    value: Finite | None = None
+    ingested_at: datetime | None = None
+
+    _ts = field_validator("ts", "ingested_at")(lambda v: None if v is None else _not_future(v))
+
+
+class ContactIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    ts: datetime
+    channel: Literal[CHANNELS]  # type: ignore[valid-type]
+    outcome: Literal[OUTCOMES]  # type: ignore[valid-type]
+
+    _ts = field_validator("ts")(lambda v: _not_future(v))
+
+
+class LeadIn(BaseModel):
+    """A lead by ``lead_id`` alone (features from the latest snapshot), or with its inline
+    attributes and recent ``events`` (features computed on the fly, same code as batch)."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={"examples": [{"lead_id": "L0000042"}]},
+    )
+    lead_id: Id
+    dealer_id: Id | None = None
+    created_at: datetime | None = None
+    source: Text | None = None
+    intended_model: Text | None = None
+    city: Text | None = None
+    budget: Finite | None = None
+    tz: str | None = None
+    events: list[EventIn] | None = Field(None, max_length=MAX_EVENTS)
+    contacts: list[ContactIn] | None = Field(None, max_length=MAX_CONTACTS)
+
+    _created = field_validator("created_at")(lambda v: None if v is None else _not_future(v))
+
+    @field_validator("tz")
+    @classmethod
+    def _zone(cls, v):
+        if v is not None and v not in _ZONES:
+            raise ValueError(f"unknown IANA time zone {v!r}")
+        return v
+
+    @model_validator(mode="after")
+    def _inline_complete(self):
+        if self.events is not None and (self.dealer_id is None or self.created_at is None):
+            raise ValueError("a lead with inline events also needs dealer_id and created_at")
+        return self
+
+    @property
+    def inline(self) -> bool:
+        return self.events is not None
+
+
+class ScoreRequest(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {"leads": [{"lead_id": "L0000042"}], "reasons": 3},
+                {
+                    "as_of": "2026-06-30T00:00:00Z",
+                    "leads": [{
+                        "lead_id": "web-1001", "dealer_id": "D01",
+                        "created_at": "2026-06-20T09:30:00Z", "source": "website",
+                        "intended_model": "Model C", "tz": "Asia/Shanghai",
+                        "events": [
+                            {"ts": "2026-06-28T14:02:00Z", "event_type": "config_view",
+                             "model": "Model C"},
+                            {"ts": "2026-06-28T14:09:00Z", "event_type": "finance_calc",
+                             "value": 180000},
+                        ],
+                        "contacts": [{"ts": "2026-06-21T02:00:00Z", "channel": "phone",
+                                      "outcome": "no_answer"}],
+                    }],
+                },
+            ]
+        },
+    )
+    leads: list[LeadIn] = Field(min_length=1, max_length=MAX_LEADS)
+    as_of: datetime | None = Field(
+        None, description="Cutoff for inline leads (default: now). Id lookups use the "
+        "snapshot's own cutoff.")
+    reasons: int = Field(3, ge=0, le=10, description="Top positive and negative reasons")
+
+    _as_of = field_validator("as_of")(lambda v: None if v is None else _not_future(v))
+
+    @model_validator(mode="after")
+    def _unique(self):
+        ids = [lead.lead_id for lead in self.leads]
+        if len(set(ids)) != len(ids):
+            raise ValueError("lead_id values must be unique within one request")
+        return self
+
+
+class ReasonOut(BaseModel):
+    model: str
+    feature: str
+    value: float | str | None
+    contribution: float
+    sentence: str
+
+
+class LeadScore(BaseModel):
+    lead_id: str
+    status: Literal["ok", "not_found"]
+    dealer_id: str | None = None
+    as_of: datetime | None = None
+    p_convert: float | None = None
+    lead_score: int | None = None
+    grade: str | None = None
+    p_inquiry: float | None = None
+    contact_urgency: str | None = None
+    best_slot_start: datetime | None = None
+    best_channel: str | None = None
+    p_response: float | None = None
+    p_churn: float | None = None
+    reasons: list[ReasonOut] = Field(default_factory=list)
+    model_versions: dict[str, str] = Field(default_factory=dict)
+
+
+class ScoreResponse(BaseModel):
+    results: list[LeadScore]
+
+
+def _inline_frames(leads: list[LeadIn]) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    lrows, erows, crows = [], [], []
+    for lead in leads:
+        lrows.append({"lead_id": lead.lead_id, "dealer_id": lead.dealer_id,
+                      "created_at": lead.created_at, "source": lead.source,
+                      "intended_model": lead.intended_model, "city": lead.city,
+                      "budget": lead.budget, "tz": lead.tz})
+        erows += [{"lead_id": lead.lead_id, **e.model_dump()} for e in lead.events or []]
+        crows += [{"lead_id": lead.lead_id, **c.model_dump()} for c in lead.contacts or []]
+
+    def frame(rows, ts_cols):
+        df = pd.DataFrame(rows)
+        for c in ts_cols:
+            if c in df:
+                df[c] = pd.to_datetime(df[c], utc=True)
+        return df
+
+    return (frame(lrows, ["created_at"]), frame(erows, ["ts", "ingested_at"]),
+            frame(crows, ["ts"]))
+
+
+def _nullable(v):
+    if v is None:
+        return None
+    if isinstance(v, float) and v != v:
+        return None
+    return v
+
+
+def create_app(runtime: Runtime) -> FastAPI:
+    app = FastAPI(
+        title="leadscore",
+        version="1",
+        description="Lead score, contact timing and churn risk with reasons. Every request "
+        "needs an `X-API-Key` header; a key sees only its own dealers' leads.",
+    )
+
+    @app.middleware("http")
+    async def limit_body(request: Request, call_next):
+        size = request.headers.get("content-length")
+        if size is not None and (not size.isdigit() or int(size) > MAX_BODY_BYTES):
+            return JSONResponse({"error": f"body larger than {MAX_BODY_BYTES} bytes"},
+                                status_code=413)
+        return await call_next(request)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, exc: RequestValidationError):
+        errors = []
+        for e in exc.errors():
+            if e.get("type") == "json_invalid":
+                pos = e.get("loc", ("body", "?"))[-1]
+                errors.append({"field": "(body)",
+                               "message": f"malformed JSON near character {pos}"})
+                continue
+            loc = ".".join(str(p) for p in e.get("loc", ()) if p != "body")
+            errors.append({"field": loc or "(body)", "message": e.get("msg", "invalid")})
+        first = errors[0] if errors else {"field": "(body)", "message": "invalid request"}
+        return JSONResponse(
+            {"error": f"{first['field']}: {first['message']}", "errors": errors[:20]},
+            status_code=422,
+        )
+
+    @app.post("/score", response_model=ScoreResponse, responses={
+        401: {"description": "missing or unknown API key"},
+        403: {"description": "an inline lead names a dealer outside the key's tenant"},
+        413: {"description": "body too large"},
+        422: {"description": "invalid request; `error` names the field"},
+        503: {"description": "models not loaded yet"},
+    })
+    def score(
+        req: ScoreRequest,
+        x_api_key: Annotated[str | None, Header()] = None,
+    ) -> ScoreResponse:
+        t0 = time.perf_counter()
+        tenant = runtime.keys.verify(x_api_key)
+        if tenant is None:
+            raise HTTPException(401, detail="missing or unknown X-API-Key")
+        scorer = runtime.scorer  # one read: a reload mid-request cannot mix model versions
+        if scorer is None or not scorer.models:
+            raise HTTPException(503, detail="models are not loaded yet")
+        inline = [lead for lead in req.leads if lead.inline]
+        for i, lead in enumerate(req.leads):
+            if lead.inline and lead.dealer_id not in tenant.dealers:
+                raise HTTPException(
+                    403, detail=f"leads.{i}.dealer_id: not a dealer of this API key's tenant")
+        ids = [lead.lead_id for lead in req.leads if not lead.inline]
+        frames = []
+        if ids:
+            found = runtime.store.get(ids, dealers=set(tenant.dealers))
+            if not found.empty:
+                frames.append(found)
+        if inline:
+            as_of = pd.Timestamp(req.as_of) if req.as_of else now_utc()
+            frames.append(features_from_inline(*_inline_frames(inline), as_of))
+        scored = {}
+        if frames:
+            feats = pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
+            out = scorer.score(feats, reasons=req.reasons)
+            for rec in out.to_dict(orient="records"):
+                rec = {k: _nullable(v) for k, v in rec.items()}
+                rec["reasons"] = json.loads(rec["reasons"])
+                rec["model_versions"] = json.loads(rec["model_versions"])
+                scored[rec["lead_id"]] = rec
+        results = []
+        for lead in req.leads:
+            rec = scored.get(lead.lead_id)
+            if rec is None:  # unknown, or another tenant's: the same answer either way
+                results.append(LeadScore(lead_id=lead.lead_id, status="not_found"))
+            else:
+                results.append(LeadScore(status="ok", **rec))
+        log.info("scored tenant=%s leads=%d found=%d inline=%d in %.1f ms", tenant.name,
+                 len(req.leads), len(scored), len(inline), 1e3 * (time.perf_counter() - t0))
+        return ScoreResponse(results=results)
+
+    return app
