@@ -28,6 +28,11 @@ class Split(StrEnum):
     entity = "entity"
 
 
+class OutFormat(StrEnum):
+    parquet = "parquet"
+    csv = "csv"
+
+
 class ModelName(StrEnum):
     conversion = "conversion"
     contact = "contact"
@@ -103,6 +108,9 @@ def features(
     out: Annotated[Path, typer.Option(help="Parquet file to write")],
     engine: Annotated[Engine, typer.Option(help="duckdb (embedded) or spark")] = Engine.duckdb,
     only_open: Annotated[bool, typer.Option(help="Only leads still open at the cutoff")] = False,
+    store: Annotated[
+        Path | None, typer.Option(help="Also refresh this online store (latest row per lead)")
+    ] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
     """Point-in-time features for every lead at one or more cutoffs."""
@@ -124,6 +132,11 @@ def features(
     pq.write_table(table, out)
     typer.echo(ds.summary())
     typer.echo(f"wrote {table.num_rows:,} rows × {table.num_columns} columns to {out}")
+    if store is not None:
+        from leadscore.serving import store as online
+
+        n = online.write(job.to_pandas(table), store)
+        typer.echo(f"online store {store}: {n:,} leads (latest cutoff per lead)")
 
 
 @app.command()
@@ -195,6 +208,74 @@ def promote(
         _fail("give exactly one of --version V or --best")
     d = pr.promote_version(model.value, version) if version else pr.promote_best(model.value)
     typer.echo(d.reason)
+
+
+@app.command()
+def serve(
+    port: Annotated[int, typer.Option(help="HTTP port")] = 3000,
+    store: Annotated[Path, typer.Option(help="Online feature store file")] = Path("features.db"),
+    workers: Annotated[int, typer.Option(min=1, help="Worker processes")] = 1,
+    api_keys: Annotated[
+        Path | None, typer.Option(help="Hashed API key file (else $LEADSCORE_API_KEYS)")
+    ] = None,
+    host: Annotated[str, typer.Option(help="Bind address")] = "127.0.0.1",
+) -> None:
+    """Serve POST /score over HTTP with BentoML (champion models from the registry)."""
+    import os
+    import subprocess
+
+    env = dict(os.environ, LEADSCORE_STORE=str(store.resolve()), LEADSCORE_WORKERS=str(workers))
+    if api_keys is not None:
+        env["LEADSCORE_API_KEYS"] = str(api_keys.resolve())
+    if not env.get("LEADSCORE_API_KEYS"):
+        typer.secho("warning: no API keys configured: every request will get 401",
+                    fg=typer.colors.YELLOW, err=True)
+    cmd = [sys.executable, "-m", "bentoml", "serve",
+           "leadscore.serving.service:LeadScoreService", "--port", str(port), "--host", host]
+    raise typer.Exit(subprocess.call(cmd, env=env))
+
+
+@app.command()
+def rescore(
+    data: Annotated[Path, typer.Option(help="Folder with leads/events/contacts files")],
+    as_of: Annotated[str, typer.Option("--as-of", help="Cutoff, UTC")],
+    out: Annotated[Path, typer.Option(help="Output: Parquet folder (or .csv file)")],
+    models: Annotated[str, typer.Option(help="Comma-separated models to score")] = (
+        "conversion,contact,churn"
+    ),
+    engine: Annotated[Engine, typer.Option(help="duckdb (embedded) or spark")] = Engine.duckdb,
+    out_format: Annotated[OutFormat, typer.Option("--format", help="parquet or csv")] = (
+        OutFormat.parquet
+    ),
+    reasons: Annotated[int, typer.Option(min=0, max=10, help="Reasons per score")] = 3,
+    bucket_leads: Annotated[int, typer.Option(min=100, help="Leads per bucket")] = 50_000,
+    force: Annotated[bool, typer.Option(help="Redo a finished run / replace other output")] = (
+        False
+    ),
+    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+) -> None:
+    """Score every open lead (and owner, for churn) with the champion models."""
+    _logging(verbose)
+    from leadscore.contract import ContractError
+    from leadscore.serving import batch
+
+    names = [m.strip() for m in models.split(",") if m.strip()]
+    unknown = sorted(set(names) - {m.value for m in ModelName})
+    if unknown:
+        _fail(f"--models: unknown {', '.join(unknown)}")
+    (cutoff,) = _timestamps(as_of)[:1]
+    target = out.with_name(out.name + ".parts") if out_format is OutFormat.csv else out
+    try:
+        res = batch.rescore(data, cutoff, target, models=names, reasons=reasons,
+                            bucket_leads=bucket_leads, force=force, engine=engine.value)
+    except (ContractError, FileExistsError, ValueError) as e:
+        _fail(str(e))
+    if out_format is OutFormat.csv:
+        batch.export_csv(target, out)
+    state = "already complete (no-op)" if res.noop else "done"
+    typer.echo(f"rescore {state}: {res.rows:,} rows in {res.buckets} buckets "
+               f"({res.skipped_buckets} resumed) → {out} in {res.seconds:.1f}s; "
+               f"models {res.model_versions}; {res.quarantined:,} input rows quarantined")
 
 
 @app.command()

@@ -234,9 +234,9 @@ def _resp_prob(lat, hour: np.ndarray, weekday: np.ndarray, ch: np.ndarray) -> np
     night = lat.night_share
     avail = night * NIGHT_AVAIL[hour] + (1 - night) * DAY_AVAIL[hour]
     weekend = (weekday >= 5).astype(float)
-    phone = (lat.responsiveness + 0.3 - 0.9 * lat.msg_affinity - 1.6 * lat.quiet
+    phone = (lat.responsiveness + 0.6 - 0.9 * lat.msg_affinity - 1.6 * lat.quiet
              - 1.2 * night + avail + 0.2 * weekend)
-    wechat = lat.responsiveness + 0.0 + 0.8 * lat.msg_affinity + 0.4 * lat.quiet + 0.35 * avail
+    wechat = lat.responsiveness - 0.4 + 0.8 * lat.msg_affinity + 0.4 * lat.quiet + 0.35 * avail
     sms = lat.responsiveness - 0.9 + 0.6 * lat.msg_affinity + 0.3 * lat.quiet + 0.25 * avail
     logit = np.where(ch == 0, phone, np.where(ch == 1, wechat, sms))
     return 1.0 / (1.0 + np.exp(-logit))
@@ -256,26 +256,28 @@ def _hazards(lp, age: np.ndarray) -> dict[str, np.ndarray]:
     sig = 0.35 * H + 2.0
     tau = 0.25 * H + 4.0
     g = np.where(age <= H, np.exp(-0.5 * ((age - H) / sig) ** 2), np.exp(-(age - H) / tau))
-    e = 0.9 * np.exp(-age / 6.0) + 0.12 * np.exp(-age / 60.0) + 3.0 * I * g
+    e = 0.9 * np.exp(-age / 6.0) + (0.04 + 0.2 * I) * np.exp(-age / 45.0) + 3.0 * I * g
     browse = 1.5 * B * e
-    hi = 0.28 * I * e ** 1.2
+    hi = 0.8 * I * e * (0.15 + g)
     quiet = lp.quiet
     r = {
         "page_view": 0.6 * browse,
         "config_view": 0.4 * browse,
         "brochure_download": 0.012 * browse,
-        "finance_calc": e * (0.03 + 0.3 * I * g),
+        "finance_calc": e * (0.01 + 0.3 * I * g),
         "price_inquiry": 0.35 * hi * (1 - 0.9 * quiet),
         "test_drive_booked": 0.2 * hi,
         "store_visit": 0.25 * hi,
         "call_inbound": 0.2 * hi * (1 - 0.85 * quiet),
     }
-    r["order"] = 0.09 * I ** 2 * g * 20.0 / (0.7 * H + 6.0)
-    r["dark"] = 0.002 + 0.035 * (1 - I) ** 2 * (1 - g)
-    r["lost"] = 0.0015 + 0.01 / (1 + np.exp(-(age - H - 7.0) / 3.0))
+    r["order"] = 0.13 * I ** 1.8 * g * 20.0 / (0.7 * H + 6.0)
+    r["dark"] = 0.001 + 0.008 * (1 - I) ** 2 * (1 - g)
+    r["lost"] = 0.0006 + 0.0025 / (1 + np.exp(-(age - H - 7.0) / 3.0))
     return r
 
 
+#: probability that an order is signed in the showroom: a store_visit that day, before it
+ORDER_VISIT_P = 0.7
 LOST_FROM_DARK = 0.025  # daily hazard that advisors record a dark lead as lost
 
 
@@ -505,6 +507,20 @@ def simulate(cfg: SimConfig) -> SimData:
     r_ts = np.minimum(r_ts, start_us + (r_day + 1) * DAY_US - 1_000_000)
     r_lead = cl["lead"][rep]
 
+    # --- the showroom visit on most order days ---------------------------------------------------
+    ov_lead = np.flatnonzero(order_day < NEVER)
+    ov_lead = ov_lead[rng.random(len(ov_lead)) < ORDER_VISIT_P]
+    ov_day = order_day[ov_lead]
+    oh = sampler.hours(rng, lp.dealer[ov_lead], ov_day, np.full(len(ov_lead), 2))
+    ov_ts = (start_us + ov_day * DAY_US + oh * HOUR_US
+             + (rng.random(len(ov_lead)) * HOUR_US).astype(np.int64))
+    ov_ts = _after_creation(rng, ov_ts, created[ov_lead], start_us)
+    visit = np.full(len(ov_lead), INBOUND_STREAMS.index("store_visit"))
+    all_lead = np.concatenate([all_lead, ov_lead])
+    all_day = np.concatenate([all_day, ov_day])
+    all_kind = np.concatenate([all_kind, visit])
+    ts = np.concatenate([ts, ov_ts])
+
     # --- closing events (after the lead's other activity that day) ---------------------------
     close_lead = np.concatenate([np.flatnonzero(order_day < NEVER), np.flatnonzero(lost_day < NEVER)])
     close_type = np.concatenate([np.full(int((order_day < NEVER).sum()), 0),
@@ -513,7 +529,7 @@ def simulate(cfg: SimConfig) -> SimData:
     last = np.full(n, -1, dtype=np.int64)
     cday = np.full(n, -1)
     cday[close_lead] = close_day
-    for le, da, t in ((np.concatenate([ev_lead, b_lead[done]]), all_day, ts),
+    for le, da, t in ((all_lead, all_day, ts),
                       (cl["lead"], cl["day"], cl["ts"]), (r_lead, r_day, r_ts)):
         m = cday[le] == da
         np.maximum.at(last, le[m], t[m])
@@ -863,7 +879,8 @@ def _truth(cfg, clock, lp, lead_ids, created, d0, exit_day, order_day, lost_day,
         S = np.concatenate([np.ones((n_a, 1)), np.cumprod(1 - q_exit, axis=1)[:, :-1]], axis=1)
         p_order = (S[:, :30] * q_order[:, :30]).sum(axis=1)
         hi_rate = sum(hz[t] for t in HIGH_INTENT_TYPES)
-        p_inq = 1 - _p_silent(hi_rate[:, :3], q_exit[:, :3], np.ones((n_a, 3)))
+        q_loud = q_order * ORDER_VISIT_P  # exits that come with a store visit that day
+        p_inq = 1 - _p_silent(hi_rate[:, :3], q_exit[:, :3], q_loud[:, :3], np.ones((n_a, 3)))
         # inbound: own streams + wechat replies from follow-ups (+ pending items)
         own = sum(hz[t] for t in INBOUND_STREAMS if t in INBOUND_TYPES)
         fu = _followup_rate(age) * (days[None, :] > d0[idx][:, None])
@@ -878,7 +895,7 @@ def _truth(cfg, clock, lp, lead_ids, created, d0, exit_day, order_day, lost_day,
         m = (fc_ts[idx] >= T) & (fc_day[idx] < t0 + W)
         rows = np.flatnonzero(m)
         np.multiply.at(mult, (rows, fc_day[idx][rows] - t0), 1 - fc_pw[idx][rows])
-        p_churn = _p_silent(inbound[:, :Hc], q_exit[:, :Hc], mult[:, :Hc])
+        p_churn = _p_silent(inbound[:, :Hc], q_exit[:, :Hc], q_loud[:, :Hc], mult[:, :Hc])
         n_o = len(opened)
         po = np.zeros(n_o)
         pi = np.zeros(n_o)
@@ -905,14 +922,20 @@ def _truth(cfg, clock, lp, lead_ids, created, d0, exit_day, order_day, lost_day,
     })
 
 
-def _p_silent(rate: np.ndarray, q_exit: np.ndarray, mult: np.ndarray) -> np.ndarray:
-    """P(no event in the window) for leads alive at its start; every exit is silent after."""
+def _p_silent(rate: np.ndarray, q_exit: np.ndarray, q_loud: np.ndarray,
+              mult: np.ndarray) -> np.ndarray:
+    """P(no event in the window) for leads alive at its start.
+
+    Day j is silent with probability ``exp(-rate_j) * mult_j`` given alive; at its end the lead
+    exits with probability ``q_exit_j``, of which ``q_loud_j`` comes with an event that day; after
+    an exit no event follows within the window.
+    """
     silent = np.exp(-rate) * mult
     n, w = rate.shape
     G = np.ones(n)
     total = np.zeros(n)
     for j in range(w):
-        total += G * silent[:, j] * q_exit[:, j]
+        total += G * silent[:, j] * (q_exit[:, j] - q_loud[:, j])
         G = G * silent[:, j] * (1 - q_exit[:, j])
     return np.clip(total + G, 0.0, 1.0)
 

@@ -108,11 +108,14 @@ class Scorer:
             loaded[name] = got[0]
         return cls(loaded, num_threads=num_threads)
 
-    def score(self, feats: pd.DataFrame, *, reasons: int = 3) -> pd.DataFrame:
+    def score(self, feats: pd.DataFrame, *, reasons: int = 3,
+              only: Iterable[str] | None = None) -> pd.DataFrame:
         """One output row per input row, columns as DESIGN.md's output contract.
 
-        ``reasons=0`` skips the contribution pass entirely (the fast batch path).
+        ``reasons=0`` skips the contribution pass entirely (the fast batch path); ``only``
+        limits which models score (owners get churn risk, not a lead score).
         """
+        keep = set(self.models) if only is None else set(only) & set(self.models)
         n = len(feats)
         out = pd.DataFrame({
             "lead_id": feats["lead_id"].astype(str).to_numpy(),
@@ -125,7 +128,7 @@ class Scorer:
         all_reasons: list[list[dict]] = [[] for _ in range(n)]
         for name, model in self.models.items():
             col = PROBA_COLUMN.get(name)
-            if col is None:
+            if col is None or name not in keep:
                 continue
             if reasons > 0 and n:
                 contrib = model.contributions(feats, num_threads=self.num_threads)

@@ -1,0 +1,265 @@
+"""Nightly rescoring: every open lead (and owner, for churn) through the champion models.
+
+How it keeps its promises:
+- **bounded memory**: the clean tables are split once into buckets of leads by a hash of
+  ``lead_id`` (Parquet on disk); each bucket is featurised and scored alone, so memory follows
+  the bucket size, not the number of leads;
+- **nothing lost, nothing doubled**: each bucket's result is written to a hidden temp file and
+  renamed to ``part-NNNNN.parquet`` (atomic on POSIX), then recorded in ``_manifest.json``
+  (itself replaced atomically). Readers ignore ``_``/``.`` files, so they see whole parts only.
+  A rerun after a crash skips the buckets the manifest holds and redoes the rest; a bucket
+  written but not yet recorded is simply rewritten under the same name;
+- **idempotent**: a finished run with the same inputs, cutoff, models and settings is a no-op
+  unless ``force``; different inputs into the same folder need ``force`` (which clears it).
+
+The per-bucket function :func:`score_bucket` is what the Spark engine runs per partition.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import os
+import shutil
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from leadscore import contract
+from leadscore.features import job
+from leadscore.serving.scorer import OUTPUT_COLUMNS, PROBA_COLUMN, Scorer
+
+log = logging.getLogger(__name__)
+
+MANIFEST = "_manifest.json"
+DEFAULT_BUCKET_LEADS = 50_000
+LEAD_MODELS = ("conversion", "contact")
+
+
+@dataclass
+class RescoreResult:
+    out: Path
+    rows: int
+    buckets: int
+    skipped_buckets: int
+    seconds: float
+    noop: bool
+    quarantined: int
+    model_versions: dict[str, str]
+
+
+def score_bucket(con, as_of: pd.Timestamp, scorer: Scorer, reasons: int) -> pd.DataFrame:
+    """Features and scores for the leads in ``con``'s leads/events/contacts tables."""
+    feats = job.to_pandas(job.compute(con, [as_of]))
+    feats = feats[feats["is_open"] | feats["is_owner"]].reset_index(drop=True)
+    if feats.empty:
+        return pd.DataFrame(columns=list(OUTPUT_COLUMNS))
+    open_rows = feats[feats["is_open"]]
+    owners = feats[~feats["is_open"]]
+    parts = []
+    if len(open_rows):
+        parts.append(scorer.score(open_rows, reasons=reasons))
+    if len(owners):
+        parts.append(scorer.score(owners, reasons=reasons,
+                                  only=set(PROBA_COLUMN) - set(LEAD_MODELS)))
+    out = pd.concat(parts, ignore_index=True) if len(parts) > 1 else parts[0]
+    return out.sort_values("lead_id", kind="stable").reset_index(drop=True)
+
+
+def _fmt_types(df: pd.DataFrame) -> pd.DataFrame:
+    """Stable column types so every part has one schema (null columns included)."""
+    df = df.copy()
+    for c in ("p_convert", "p_inquiry", "p_response", "p_churn"):
+        df[c] = pd.to_numeric(df[c], errors="coerce").astype("float64")
+    df["lead_score"] = pd.to_numeric(df["lead_score"], errors="coerce").astype("Int64")
+    for c in ("lead_id", "dealer_id", "grade", "contact_urgency", "best_channel", "reasons",
+              "model_versions"):
+        df[c] = df[c].astype("string")
+    for c in ("as_of", "best_slot_start"):
+        df[c] = pd.to_datetime(df[c], utc=True)
+    return df[list(OUTPUT_COLUMNS)]
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def _run_key(ds: contract.Dataset, as_of: pd.Timestamp, versions: dict, n_buckets: int,
+             reasons: int) -> str:
+    counts = ds.con.execute(
+        "SELECT (SELECT count(*) FROM leads), (SELECT count(*) FROM events), "
+        "(SELECT count(*) FROM contacts), (SELECT max(ts)::VARCHAR FROM events), "
+        "(SELECT sum(hash(lead_id, ts, event_type)) FROM events)::VARCHAR"
+    ).fetchone()
+    blob = json.dumps([list(map(str, counts)), str(as_of), versions, n_buckets, reasons])
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def _split_buckets(ds: contract.Dataset, work: Path, n_buckets: int) -> None:
+    """Write the clean tables to Parquet partitioned by lead bucket, once per run."""
+    if work.exists():
+        shutil.rmtree(work)
+    work.mkdir(parents=True)
+    for table in ("leads", "events", "contacts"):
+        ds.con.execute(
+            f"COPY (SELECT *, (hash(lead_id) % {n_buckets})::INT AS bucket FROM {table}) "
+            f"TO '{work / table}' (FORMAT parquet, PARTITION_BY (bucket))"
+        )
+
+
+def bucket_connection(work: Path, bucket: int):
+    con = contract.connect(threads=2)
+    for table in ("leads", "events", "contacts"):
+        files = list((work / table / f"bucket={bucket}").glob("*.parquet"))
+        if files:
+            paths = ", ".join(f"'{p}'" for p in files)
+            con.execute(f"CREATE VIEW {table} AS SELECT * EXCLUDE (bucket) "
+                        f"FROM read_parquet([{paths}])")
+        else:
+            contract._empty_table(con, table)
+    return con
+
+
+class _Progress:
+    """tqdm on a terminal; a plain log line per bucket with rate and ETA otherwise."""
+
+    def __init__(self, total: int, done: int):
+        self.total, self.done, self.rows, self.t0 = total, done, 0, time.perf_counter()
+        self.bar = None
+        if sys.stderr.isatty():
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, initial=done, unit="bucket", desc="rescore")
+
+    def step(self, rows: int) -> None:
+        self.done += 1
+        self.rows += rows
+        if self.bar is not None:
+            self.bar.set_postfix(rows=self.rows)
+            self.bar.update(1)
+            return
+        el = time.perf_counter() - self.t0
+        rate = self.rows / el if el > 0 else 0.0
+        left = self.total - self.done
+        eta = el / max(self.done, 1) * left
+        log.warning("rescore: bucket %d/%d, %d rows, %.0f rows/s, ETA %.0fs",
+                    self.done, self.total, self.rows, rate, eta)
+
+    def close(self):
+        if self.bar is not None:
+            self.bar.close()
+
+
+def rescore(
+    data_dir: Path,
+    as_of: pd.Timestamp,
+    out: Path,
+    *,
+    models: Sequence[str] = tuple(PROBA_COLUMN),
+    reasons: int = 3,
+    bucket_leads: int = DEFAULT_BUCKET_LEADS,
+    force: bool = False,
+    scorer: Scorer | None = None,
+    engine: str = "duckdb",
+) -> RescoreResult:
+    t0 = time.perf_counter()
+    data_dir, out = Path(data_dir), Path(out)
+    as_of = pd.Timestamp(as_of)
+    as_of = as_of.tz_localize("UTC") if as_of.tzinfo is None else as_of.tz_convert("UTC")
+    ds = contract.load(data_dir, quarantine_dir=data_dir / "quarantine")
+    quarantined = sum(r.n_quarantined for r in ds.reports.values())
+    if scorer is None:
+        scorer = Scorer.from_registry(models, num_threads=2)
+    n_leads = ds.con.execute("SELECT count(*) FROM leads").fetchone()[0]
+    n_buckets = max(1, math.ceil(n_leads / bucket_leads))
+    key = _run_key(ds, as_of, scorer.versions, n_buckets, reasons)
+
+    manifest_path = out / MANIFEST
+    manifest = None
+    if manifest_path.is_file():
+        manifest = json.loads(manifest_path.read_text())
+        if manifest.get("run_key") != key:
+            if not force:
+                raise FileExistsError(
+                    f"{out} holds a rescoring of other inputs/cutoff/models "
+                    f"(run {manifest.get('run_key')}); use --force to replace it"
+                )
+            manifest = None
+        elif force:
+            manifest = None
+        elif manifest.get("complete"):
+            log.warning("rescore: %s is already complete for these inputs: nothing to do", out)
+            return RescoreResult(out, manifest["rows"], n_buckets, n_buckets,
+                                 time.perf_counter() - t0, True, quarantined, scorer.versions)
+    if manifest is None:
+        if out.exists():
+            shutil.rmtree(out)
+        out.mkdir(parents=True)
+        manifest = {"run_key": key, "as_of": str(as_of), "buckets": n_buckets,
+                    "models": scorer.versions, "parts": {}, "complete": False}
+        _atomic_write_text(manifest_path, json.dumps(manifest, indent=1))
+
+    done = {int(b) for b in manifest["parts"]}
+    todo = [b for b in range(n_buckets) if b not in done]
+    work = out / "_work"
+    if todo:
+        _split_buckets(ds, work, n_buckets)
+    ds.con.close()
+    if engine == "spark":
+        from leadscore.serving.spark import rescore_buckets
+
+        results = rescore_buckets(work, todo, as_of, scorer, reasons)
+    else:
+        results = None
+    progress = _Progress(n_buckets, len(done))
+    try:
+        for b in todo:
+            if results is not None:
+                scored = results[b]
+            else:
+                con = bucket_connection(work, b)
+                try:
+                    scored = score_bucket(con, as_of, scorer, reasons)
+                finally:
+                    con.close()
+            part = out / f"part-{b:05d}.parquet"
+            tmp = out / f".part-{b:05d}.parquet.tmp"
+            _fmt_types(scored).to_parquet(tmp, index=False)
+            os.replace(tmp, part)
+            manifest["parts"][str(b)] = {"file": part.name, "rows": len(scored)}
+            _atomic_write_text(manifest_path, json.dumps(manifest, indent=1))
+            progress.step(len(scored))
+    finally:
+        progress.close()
+    rows = sum(p["rows"] for p in manifest["parts"].values())
+    manifest.update({"complete": True, "rows": rows})
+    _atomic_write_text(manifest_path, json.dumps(manifest, indent=1))
+    if work.exists():
+        shutil.rmtree(work)
+    return RescoreResult(out, rows, n_buckets, len(done), time.perf_counter() - t0, False,
+                         quarantined, scorer.versions)
+
+
+def reasons_as_sentences(reasons_json: str | None) -> str:
+    """``reasons`` JSON → "sentence; sentence" for CRMs that import CSV."""
+    if not reasons_json:
+        return ""
+    return "; ".join(r["sentence"] for r in json.loads(reasons_json))
+
+
+def export_csv(parquet_dir: Path, csv_path: Path) -> int:
+    """The same columns as Parquet, UTF-8, reasons as a readable sentence list."""
+    df = pd.read_parquet(parquet_dir)
+    df["reasons"] = df["reasons"].map(reasons_as_sentences)
+    tmp = csv_path.with_name(f".{csv_path.name}.tmp")
+    df.sort_values("lead_id").to_csv(tmp, index=False, encoding="utf-8")
+    os.replace(tmp, csv_path)
+    return len(df)
