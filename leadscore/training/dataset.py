@@ -56,12 +56,20 @@ def data_bounds(con: duckdb.DuckDBPyConnection) -> tuple[pd.Timestamp, pd.Timest
     return pd.Timestamp(start).tz_convert("UTC"), pd.Timestamp(end).tz_convert("UTC")
 
 
+#: Weekly snapshots fall on Mondays 00:00 UTC (1970-01-05 was a Monday): cutoffs do not move
+#: when the data grows by a day, so runs on growing data stay comparable.
+ANCHOR = pd.Timestamp("1970-01-05", tz="UTC")
+
+
 def rolling_cutoffs(
     start: pd.Timestamp, end: pd.Timestamp, every_days: int, horizon_days: float,
     warmup_days: int = WARMUP_DAYS,
 ) -> list[pd.Timestamp]:
-    """Midnight-aligned cutoffs every ``every_days`` whose label window is fully observed."""
+    """Anchored cutoffs every ``every_days`` after a warm-up, whose label window is observed."""
     first = (start + pd.Timedelta(days=warmup_days)).ceil("D")
+    offset = (first - ANCHOR).days % every_days
+    if offset:
+        first += pd.Timedelta(days=every_days - offset)
     last = end - pd.Timedelta(days=horizon_days)
     out = []
     t = first

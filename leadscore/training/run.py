@@ -116,7 +116,10 @@ def _log_run(spec, cfg, ts, fr, test, p, m, fp, truth_note, register: bool):
         plots.gains_chart(y, p, d / "gains_chart.png")
         plots.importance(list(spec.features), gain, d / "feature_importance.png")
         plots.shap_summary(contrib, fr.model.frame(contrib_rows), d / "shap_summary.png")
-        keep = ["lead_id", "dealer_id", "as_of", *spec.features, "label"]
+        # every catalogue feature, not just this spec's: promotion scores this holdout with
+        # the champion too, which may use other features
+        feats = [f.name for f in catalog.CATALOG if f.name in test.columns]
+        keep = ["lead_id", "dealer_id", "as_of", *feats, "label"]
         test[keep].to_parquet(d / "holdout.parquet")
         mlflow.log_artifacts(str(d))
     _, version = registry.log_model(fr.model, ts.part("fit")[list(spec.features)],

@@ -1,0 +1,65 @@
+"""Shared fixtures: small and generic (a DuckDB connection in the contract's UTC session)."""
+
+from __future__ import annotations
+
+import pytest
+
+from leadscore import contract
+
+
+@pytest.fixture
+def con():
+    c = contract.connect(threads=2)
+    yield c
+    c.close()
+
+
+# --- simulated data and trained models, shared by training, serving and batch tests --------
+# Session-scoped: simulating and training once keeps the suite within its time budget.
+
+SIM_LEADS = 2500
+SIM_DAYS = 150
+
+
+@pytest.fixture(scope="session")
+def sim_data(tmp_path_factory):
+    """A small simulated dealer group on disk (leads/events/contacts/truth)."""
+    from leadscore import simulate as sim
+
+    out = tmp_path_factory.mktemp("sim")
+    sim.write(sim.simulate(sim.SimConfig(n_leads=SIM_LEADS, days=SIM_DAYS, seed=11)), out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def isolated_env(tmp_path_factory):
+    """A private MLflow store, BentoML home and feature cache for the whole session."""
+    root = tmp_path_factory.mktemp("env")
+    mp = pytest.MonkeyPatch()
+    mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root / 'mlruns.db'}")
+    mp.setenv("BENTOML_HOME", str(root / "bentoml"))
+    mp.setenv("LEADSCORE_CACHE", str(root / "cache"))
+    mp.chdir(root)  # MLflow's default artifact root lands here
+    yield root
+    mp.undo()
+
+
+@pytest.fixture(scope="session")
+def trained(sim_data, isolated_env):
+    """The three models trained once on the simulated data and registered as champions,
+    plus the open leads' features at the last full day (for scoring tests)."""
+    import pandas as pd
+
+    from leadscore import contract
+    from leadscore.features import job
+    from leadscore.models import NAMES
+    from leadscore.training.config import ExperimentConfig
+    from leadscore.training.run import train
+
+    out = {name: train(sim_data, ExperimentConfig(model=name)) for name in NAMES}
+    ds = contract.load(sim_data)
+    end = pd.Timestamp(ds.con.execute("SELECT max(ts) FROM events").df().iloc[0, 0])
+    as_of = end.floor("D")
+    out["as_of"] = as_of
+    out["features"] = job.to_pandas(job.compute(ds.con, [as_of], only_open=True))
+    return out

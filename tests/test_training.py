@@ -1,0 +1,171 @@
+"""Training: labels, censoring, splits, the MLflow round trip, promotion and monotonicity."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from leadscore import contract, models, registry
+from leadscore.models.spec import Gate, NoneWithin, Within
+from leadscore.training import dataset
+from leadscore.training.config import ExperimentConfig
+from leadscore.training.promote import promote_best
+
+T0 = pd.Timestamp("2026-03-01", tz="UTC")
+
+
+def _tiny_con(events: list[tuple[str, str, pd.Timestamp]]):
+    con = contract.connect()
+    leads = pd.DataFrame({"lead_id": ["a", "b"], "dealer_id": ["D1", "D1"],
+                          "created_at": [T0 - pd.Timedelta(days=20)] * 2,
+                          "source": ["website", "douyin"]})
+    ev = pd.DataFrame(events, columns=["lead_id", "event_type", "ts"])
+    contract.register_frames(con, leads, ev)
+    return con
+
+
+def test_labels_look_only_after_the_cutoff_and_include_the_horizon_end():
+    spec = replace(models.get("conversion"), label=Within(("order",), days=30))
+    con = _tiny_con([
+        ("a", "order", T0),  # at the cutoff itself: not in (t, t+30d]
+        ("b", "order", T0 + pd.Timedelta(days=30)),  # exactly at the horizon end: counts
+        ("a", "page_view", T0 + pd.Timedelta(days=100)),
+    ])
+    rows = pd.DataFrame({"lead_id": ["a", "b"], "as_of": [T0, T0]})
+    lab = dataset.label_rows(con, rows, spec, data_end=T0 + pd.Timedelta(days=100))
+    assert lab["label"].tolist() == [0, 1]
+    assert not lab["censored"].any()
+
+
+def test_label_window_excludes_just_after_horizon():
+    spec = replace(models.get("contact"), label=Within(("price_inquiry",), days=3))
+    con = _tiny_con([("a", "price_inquiry", T0 + pd.Timedelta(days=3, microseconds=1)),
+                     ("b", "price_inquiry", T0 + pd.Timedelta(microseconds=1))])
+    rows = pd.DataFrame({"lead_id": ["a", "b"], "as_of": [T0, T0]})
+    lab = dataset.label_rows(con, rows, spec, data_end=T0 + pd.Timedelta(days=10))
+    assert lab["label"].tolist() == [0, 1]
+
+
+def test_right_censored_rows_are_flagged_not_negative():
+    spec = replace(models.get("churn"), label=NoneWithin(("page_view",), days=30))
+    con = _tiny_con([("a", "page_view", T0 + pd.Timedelta(days=5))])
+    rows = pd.DataFrame({"lead_id": ["a", "b"], "as_of": [T0, T0]})
+    lab = dataset.label_rows(con, rows, spec, data_end=T0 + pd.Timedelta(days=10))
+    assert lab["censored"].all()  # the 30-day window is not observed yet
+
+
+def test_training_set_excludes_censored_rows_and_purges_overlap(sim_data):
+    ds = contract.load(sim_data)
+    spec = models.get("conversion")
+    start, end = dataset.data_bounds(ds.con)
+    cutoffs = dataset.rolling_cutoffs(start, end, 7, 30) + [end - pd.Timedelta(days=3)]
+    ts = dataset.build(ds.con, spec, as_of=cutoffs)
+    assert ts.n_censored > 0
+    assert (ts.frame["as_of"] + pd.Timedelta(days=30) <= ts.data_end).all()
+    first_test = ts.part("test")["as_of"].min()
+    train_period = ts.frame[ts.frame["split"].isin(["fit", "valid", "calib"])]
+    assert (train_period["as_of"] + pd.Timedelta(days=30) <= first_test).all()
+    # a lead is in exactly one of fit/valid/calib
+    parts = train_period.groupby("lead_id")["split"].nunique()
+    assert (parts == 1).all()
+    assert ts.frame["is_open"].all()
+
+
+def test_entity_split_keeps_each_lead_in_one_part(sim_data):
+    ds = contract.load(sim_data)
+    spec = models.get("contact")
+    as_of = pd.Timestamp("2026-04-20", tz="UTC")
+    ts = dataset.build(ds.con, spec, split="entity", as_of=[as_of])
+    assert set(ts.frame["split"]) == {"fit", "valid", "calib", "test"}
+    assert (ts.frame.groupby("lead_id")["split"].nunique() == 1).all()
+
+
+def test_config_rejects_unknown_keys():
+    with pytest.raises(ValueError, match="learnin_rate"):
+        ExperimentConfig.model_validate({"model": "conversion", "learnin_rate": 0.1})
+
+
+def test_round_trip_train_register_load_predict(trained):
+    res = trained["conversion"]
+    assert res.version == "1" and res.alias == "champion"
+    assert 0.5 < res.metrics["roc_auc"] <= 1.0
+    assert "oracle_auc" in res.metrics  # simulator truth was found and used
+    lm, resolved = registry.load("conversion")
+    assert resolved.version == "1"
+    feats = trained["features"]
+    p = lm.predict_proba(feats)
+    assert p.shape == (len(feats),) and np.all((p >= 0) & (p <= 1))
+    # the pyfunc flavour data scientists use gives the same probabilities
+    import mlflow.pyfunc
+
+    pyf = mlflow.pyfunc.load_model("models:/leadscore-conversion@champion")
+    got = pyf.predict(registry.signature_frame(lm, feats.head(20)))["probability"].to_numpy()
+    np.testing.assert_allclose(got, p[:20], rtol=1e-9)
+
+
+def test_run_logs_artifacts_signature_and_card(trained):
+    from mlflow import MlflowClient
+    from mlflow.models import get_model_info
+
+    run_id = trained["conversion"].run_id
+    names = {a.path for a in MlflowClient().list_artifacts(run_id)}
+    for must in ("model_card.md", "calibration_curve.png", "gains_chart.png",
+                 "feature_importance.png", "shap_summary.png", "features.json",
+                 "config.json", "holdout.parquet", "metrics_by_dealer.csv"):
+        assert must in names
+    run = MlflowClient().get_run(run_id)
+    assert run.data.tags["data_fingerprint"]
+    assert "roc_auc" in run.data.metrics and "ece" in run.data.metrics
+    info = get_model_info("models:/leadscore-conversion@champion")
+    assert info.signature is not None
+    inputs = {c.name for c in info.signature.inputs.inputs}
+    assert "finance_calc_7d" in inputs and "source" in inputs
+
+
+def test_json_line_has_run_version_and_metrics(trained):
+    line = json.loads(trained["conversion"].as_json())
+    assert line["run_id"] and line["registered_version"] == "1"
+    assert "roc_auc" in line["metrics"]
+
+
+def test_more_finance_use_never_lowers_the_lead_score(trained):
+    lm, _ = registry.load("conversion")
+    base = trained["features"].head(200).copy()
+    p0 = lm.predict_proba(base)
+    for col in ("finance_calc_7d", "finance_calc_30d", "config_view_7d"):
+        more = base.copy()
+        more[col] = more[col] + 5
+        assert np.all(lm.predict_proba(more) >= p0 - 1e-12), col
+
+
+def test_promotion_gate_refuses_a_worse_challenger_and_takes_a_better_one(
+        trained, sim_data):
+    from leadscore.training.run import train
+
+    weak = ExperimentConfig(
+        model="conversion", run_name="weak",
+        exclude_features=[f for f in models.get("conversion").features
+                          if f not in ("budget", "lead_age_days")],
+    )
+    res = train(sim_data, weak)
+    assert res.alias == "challenger"
+    d = promote_best("conversion")
+    assert not d.promoted and "champion kept" in d.reason
+    assert registry.resolve("conversion").version == "1"
+    # the other way round: a weak champion loses to the full model
+    registry.set_alias("conversion", "champion", res.version)
+    registry.set_alias("conversion", "challenger", "1")
+    d = promote_best("conversion")
+    assert d.promoted, d.reason
+    assert registry.resolve("conversion").version == "1"
+
+
+def test_gate_arithmetic():
+    g = Gate("roc_auc", min_gain=0.002)
+    assert g.passes(0.803, 0.800) and not g.passes(0.8015, 0.800)
+    lo = Gate("log_loss", min_gain=0.001, lower_is_better=True)
+    assert lo.passes(0.300, 0.302) and not lo.passes(0.302, 0.300)
