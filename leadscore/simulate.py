@@ -11,7 +11,8 @@ Dealers. ``D01..`` each have an IANA zone (most ``Asia/Shanghai``; also ``Asia/U
 ``Europe/Berlin``), a contact diligence and a phone bias. Local hour and weekday always come from
 converting the exact UTC instant to the dealer's zone (so Berlin's DST is honoured).
 
-Leads. A lead is created on a day of the first ~2/3 of the run, by a source (website, autohome,
+Leads. A lead is created on a uniform day of the first 2/3 of the run (online leads at an hour
+of their habit, showroom/referral leads in opening hours), by a source (website, autohome,
 dongchedi, douyin, showroom, referral). It draws latent traits:
 
 * ``intent`` in (0, 1) ~ Beta, its mean depending on the source (referral/showroom best, douyin
@@ -24,30 +25,40 @@ dongchedi, douyin, showroom, referral). It draws latent traits:
   ``msg_affinity`` (message vs phone) and ``responsiveness``.
 
 Engagement is a deterministic function of the age ``a`` (days since creation, evaluated at the
-middle of each day) and the traits: an early curiosity burst that decays, a slow baseline, and for
-intent a bump that rises as ``a`` approaches H and fades after it. While the lead is *alive*
-(not dark, no order, no lost) each day ``d`` has Poisson counts of page_view, config_view,
-finance_calc, price_inquiry, test_drive_booked, store_visit, call_inbound (and a non-standard
-``brochure_download``) with rates that are functions of engagement and traits only (see
-``_hazards``). Within the day, each event's hour is drawn from the lead's local-hour habit (a
-mixture of a day and a night profile) or, for store_visit/call_inbound/test_drive_done, from the
-store's opening hours. A booked test drive is done 1-5 days later with probability 0.8 (decided
-at booking) if the lead is still alive on that day.
+middle of each day) and the traits (``_hazards``)::
+
+    g(a) = exp(-((a - H) / (0.35 H + 2))^2 / 2)  for a <= H,  exp(-(a - H) / (0.25 H + 4)) after
+    e(a) = 0.9 exp(-a/6)                  # curiosity right after the enquiry, everyone
+         + (0.08 + 0.2 intent) exp(-a/90) # slow baseline
+         + 3 intent g(a)                  # rises as the decision nears, fades after it
+
+While the lead is *alive* (not dark, no order, no lost) each day has independent Poisson counts
+of page_view + config_view (1.5 browsiness e), finance_calc (e (0.01 + 0.3 intent g)), the
+high-intent actions price_inquiry, test_drive_booked, store_visit, call_inbound (together
+0.8 intent e (0.15 + g); quiet leads almost never ask a price or call) and a non-standard
+``brochure_download``. Within the UTC day, an event's hour is drawn from the lead's local-hour
+habit (a mixture of a day and a night profile, weight ``night_share``) or, for
+store_visit/call_inbound/test_drive_done, from the store's opening hours. A booked test drive is
+done 1-5 days later with probability 0.8 (decided at booking) if the lead is still alive at the
+start of that day. Events drawn for the creation day before ``created_at`` move after it.
 
 At the end of each alive day the lead leaves the alive state by competing hazards: ``order``
-(tied to the intent bump), ``lost`` (explicit, likelier once H has passed), or going *dark* (a
-latent switch: all its activity stops, it never answers a contact again; advisors do not know it
-and go on contacting it until they record ``lost`` at a constant hazard). An order/lost event is
-stamped after the lead's other activity of that day. After an order: ``delivery`` 2-6 weeks
-later, ``service_visit`` ~90 days after delivery.
+(0.125 intent^1.8 g, scaled by the width of the bump), ``lost`` (explicit: small, larger once H
+has passed) or going *dark* (larger for low intent): after dark all activity stops, the lead
+never answers a contact again; advisors do not know it and go on contacting it until they
+record ``lost`` (hazard 0.02/day). An order is signed in the showroom with probability 0.7 (a
+store_visit that day). Order and lost events are stamped after the lead's other activity of
+that day. After an order: ``delivery`` 2-6 weeks later, ``service_visit`` ~90 days after
+delivery; no other inbound activity.
 
 Advisors (the logging policy). Contacts do NOT feed back into any hazard (order, inbound, dark,
 lost): this keeps the truth tractable. The first contact comes from an inhomogeneous Poisson
 process starting at creation with intensity mu*w(hour-of-week) (w: the dealer's business-hour
 weights; mu a mixture of a fast and a slow advisor), so minutes to hours after creation, rarely
-at odd hours. Follow-ups, from the day after creation while the lead is open (no order/lost
-recorded), are Poisson with a rate decaying with age times w(hour-of-week); the channel is drawn
-given the local hour (mostly phone in business hours, more wechat in the evening).
+at odd hours. Follow-ups, from the day after the first contact while the lead is open (no
+order/lost recorded; advisors do not see "dark"), are Poisson with a rate decaying with age times
+w(hour-of-week); the channel is drawn given the local hour (mostly phone in business hours, more
+wechat in the evening). The oracle knows the first contact's scheduled time.
 ``truth_contacts.propensity`` is the probability that the policy put this contact in this
 (channel, local hour-of-week) slot: for follow-ups ``w(slot) / sum(w) * P(channel | hour)``; for
 first contacts the probability that the first contact fell in this hour, given the creation
@@ -66,10 +77,11 @@ appointments and a pending first contact, and computes on the day grid, exactly:
 * ``p_order_30d = sum_j S_j q_order_j`` (S_j: probability to be alive at the start of day j);
 * ``p_inquiry_72h = 1 - P(no high-intent event in 3 days)`` and ``p_churn = P(no inbound event
   in churn_horizon_days)``, by the recursion G_{j+1} = G_j * silent_j * (1 - q_exit_j), where
-  ``silent_j = exp(-rate_j) * prod(1 - p_pending)`` and every exit (order, lost, dark) is silent
-  for the rest of the window (no inbound event can follow it within 30 days). The inbound rate
-  includes the expected wechat replies: follow-up rate x E[P(wechat) x p_response] over the day's
-  policy hours.
+  ``silent_j = exp(-rate_j) * prod(1 - p_pending)`` (pending: a test drive due that day, the
+  first contact's wechat reply); an exit is followed by no inbound event within the window, and
+  an order exit is "loud" (a store visit that day) with probability 0.7. The inbound rate
+  includes the expected wechat replies: follow-up rate x E[P(wechat) x p_response] over the
+  day's policy hours.
 
 A dark lead has p_order = p_inquiry = 0 and p_churn = 1. Probabilities for windows that run past
 the end of the simulation are still exact under the model (``censored`` flags them).
@@ -84,14 +96,15 @@ from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 
 from leadscore.schema import (
-    BROWSE_TYPES,
     CHANNELS,
     DEFAULT_TZ,
     HIGH_INTENT_TYPES,
     INBOUND_TYPES,
-    MESSAGE_CHANNELS,
+    OUTCOMES,
+    RESPONSE_OUTCOMES,
     STANDARD_EVENT_TYPES,
 )
 
@@ -172,14 +185,29 @@ DAY_AVAIL = np.array([-2.5, -3, -3, -3, -3, -2.5, -1.5, -0.6, -0.1, 0.2, 0.3, 0.
 NIGHT_AVAIL = np.array([0.4, 0.2, -0.3, -1.0, -1.8, -2.2, -2.5, -2.5, -2.0, -1.5, -1.0, -0.6,
                         -0.3, -0.3, -0.3, -0.3, -0.2, 0.0, 0.2, 0.3, 0.4, 0.5, 0.6, 0.6])
 
+_OUTCOME_CODES = ("connected", "replied", "no_answer", "ignored", "refused")
+assert set(_OUTCOME_CODES) == set(OUTCOMES)
+
 INBOUND_STREAMS: tuple[str, ...] = (
     "page_view", "config_view", "finance_calc", "price_inquiry", "test_drive_booked",
     "store_visit", "call_inbound", "brochure_download",
 )
 STORE_HOUR_TYPES = frozenset({"store_visit", "call_inbound", "test_drive_done"})
 EXTRA_TYPE = "brochure_download"
-
-assert set(INBOUND_STREAMS) - {EXTRA_TYPE} <= set(STANDARD_EVENT_TYPES)
+#: every event type the simulator writes; internally an event type is an index into this
+EVENT_TYPES: tuple[str, ...] = (*STANDARD_EVENT_TYPES, EXTRA_TYPE)
+_T = {t: i for i, t in enumerate(EVENT_TYPES)}
+_STREAM_CODE = np.array([_T[t] for t in INBOUND_STREAMS])
+#: per event type: P(the event concerns the favourite model), P(no model recorded)
+_P_FAV = np.ones(len(EVENT_TYPES))
+_P_NULL = np.zeros(len(EVENT_TYPES))
+for _t, _pf in {"page_view": 0.55, "config_view": 0.7, "finance_calc": 0.85, "price_inquiry": 0.9,
+                "test_drive_booked": 0.85, "test_drive_done": 0.85, "store_visit": 0.75,
+                "brochure_download": 0.6, "call_inbound": 0.5, "order": 0.93}.items():
+    _P_FAV[_T[_t]] = _pf
+for _t, _pn in {"page_view": 0.15, "store_visit": 0.15, "call_inbound": 0.4, "wechat_reply": 1.0,
+                "lost": 1.0}.items():
+    _P_NULL[_T[_t]] = _pn
 
 
 # ---------------------------------------------------------------------------------------------
@@ -189,24 +217,28 @@ assert set(INBOUND_STREAMS) - {EXTRA_TYPE} <= set(STANDARD_EVENT_TYPES)
 
 @dataclass(frozen=True)
 class SimConfig:
+    """What to simulate; the same config always gives the same data."""
+
     n_leads: int = 5000
     days: int = 180
     n_dealers: int = 6
     seed: int = 0
-    start: pd.Timestamp = pd.Timestamp("2026-01-05", tz="UTC")
+    start: pd.Timestamp = pd.Timestamp("2026-01-05", tz="UTC")  # noqa: RUF009 (immutable)
     truth_every_days: int = 7  # cadence of truth cutoffs
     churn_horizon_days: int = 30
 
 
 @dataclass
 class SimData:
+    """The simulated files as frames; ``latent`` is written as ``truth_leads.parquet``."""
+
     leads: pd.DataFrame
     events: pd.DataFrame
     contacts: pd.DataFrame
     truth: pd.DataFrame
     truth_contacts: pd.DataFrame
     latent: pd.DataFrame
-    config: SimConfig | None = None
+    config: SimConfig | None = None  # the config that made it (for the summary)
 
 
 def true_response_prob(latent: pd.DataFrame, local_hour: np.ndarray, weekday: np.ndarray,
@@ -218,8 +250,7 @@ def true_response_prob(latent: pd.DataFrame, local_hour: np.ndarray, weekday: np
     (0-23) and ``weekday`` (Monday=0) are in the dealer's local time; ``channel`` is phone, wechat
     or sms. This is the probability for a lead that has not gone dark (a dark lead answers never).
     """
-    lat = SimpleNamespace(**{c: latent[c].to_numpy(dtype=float) for c in
-                             ("responsiveness", "msg_affinity", "quiet", "night_share")})
+    lat = SimpleNamespace(**{c: latent[c].to_numpy(dtype=float) for c in _RESP_TRAITS})
     ch = np.asarray(channel)
     code = np.full(ch.shape, -1)
     for i, c in enumerate(CHANNELS):
@@ -252,33 +283,33 @@ def _hazards(lp, age: np.ndarray) -> dict[str, np.ndarray]:
 
     ``lp`` holds trait arrays broadcastable against ``age`` (days since creation).
     """
-    I, H, B = lp.intent, lp.horizon, lp.browsiness
+    it, H, B = lp.intent, lp.horizon, lp.browsiness
     sig = 0.35 * H + 2.0
     tau = 0.25 * H + 4.0
     g = np.where(age <= H, np.exp(-0.5 * ((age - H) / sig) ** 2), np.exp(-(age - H) / tau))
-    e = 0.9 * np.exp(-age / 6.0) + (0.04 + 0.2 * I) * np.exp(-age / 45.0) + 3.0 * I * g
+    e = 0.9 * np.exp(-age / 6.0) + (0.08 + 0.2 * it) * np.exp(-age / 90.0) + 3.0 * it * g
     browse = 1.5 * B * e
-    hi = 0.8 * I * e * (0.15 + g)
+    hi = 0.8 * it * e * (0.15 + g)
     quiet = lp.quiet
     r = {
         "page_view": 0.6 * browse,
         "config_view": 0.4 * browse,
         "brochure_download": 0.012 * browse,
-        "finance_calc": e * (0.01 + 0.3 * I * g),
+        "finance_calc": e * (0.01 + 0.3 * it * g),
         "price_inquiry": 0.35 * hi * (1 - 0.9 * quiet),
         "test_drive_booked": 0.2 * hi,
         "store_visit": 0.25 * hi,
         "call_inbound": 0.2 * hi * (1 - 0.85 * quiet),
     }
-    r["order"] = 0.13 * I ** 1.8 * g * 20.0 / (0.7 * H + 6.0)
-    r["dark"] = 0.001 + 0.008 * (1 - I) ** 2 * (1 - g)
-    r["lost"] = 0.0006 + 0.0025 / (1 + np.exp(-(age - H - 7.0) / 3.0))
+    r["order"] = 0.125 * it ** 1.8 * g * 20.0 / (0.7 * H + 6.0)
+    r["dark"] = 0.001 + 0.007 * (1 - it) ** 2 * (1 - g)
+    r["lost"] = 0.0004 + 0.0015 / (1 + np.exp(-(age - H - 7.0) / 3.0))
     return r
 
 
 #: probability that an order is signed in the showroom: a store_visit that day, before it
 ORDER_VISIT_P = 0.7
-LOST_FROM_DARK = 0.025  # daily hazard that advisors record a dark lead as lost
+LOST_FROM_DARK = 0.02  # daily hazard that advisors record a dark lead as lost
 
 
 def _followup_rate(age: np.ndarray) -> np.ndarray:
@@ -407,7 +438,7 @@ def simulate(cfg: SimConfig) -> SimData:
     end_us = start_us + D * DAY_US
 
     # --- creation ----------------------------------------------------------------------------
-    n_create_days = max(1, int(round(D * 2 / 3)))
+    n_create_days = max(1, round(D * 2 / 3))
     d0 = rng.integers(0, n_create_days, n)
     owl_draw = rng.random(n) < lp.night_share
     comp = np.where(WALK_IN[lp.source], 2, owl_draw.astype(int))
@@ -418,6 +449,8 @@ def simulate(cfg: SimConfig) -> SimData:
         setattr(lp, name, v[order])
     d0, created, comp = d0[order], created[order], comp[order]
     rem_frac = (start_us + (d0 + 1) * DAY_US - created) / DAY_US
+    fc = _first_contact(rng, clock, lp, created)
+    fc_day = fc["day"]
 
     # --- day loop ----------------------------------------------------------------------------
     status = np.zeros(n, dtype=np.int8)  # 0 alive, 1 dark, 2 ordered, 3 lost
@@ -426,7 +459,6 @@ def simulate(cfg: SimConfig) -> SimData:
     lost_day = np.full(n, NEVER)
     ev_lead, ev_day, ev_kind = [], [], []
     fu_lead, fu_day, fu_alive = [], [], []
-    n_streams = len(INBOUND_STREAMS)
     for d in range(D):
         alive = np.flatnonzero((d0 <= d) & (status == 0))
         first = d0[alive] == d
@@ -442,8 +474,8 @@ def simulate(cfg: SimConfig) -> SimData:
         ev_lead.append(np.repeat(alive[rows], reps))
         ev_kind.append(np.repeat(cols, reps))
         ev_day.append(np.full(int(reps.sum()), d))
-        # advisors' follow-ups for open leads (alive or dark), from the day after creation
-        opened = np.flatnonzero((d0 < d) & (status <= 1))
+        # advisors' follow-ups for open leads (alive or dark), from the day after the first
+        opened = np.flatnonzero((fc_day < d) & (status <= 1))
         lam = (_followup_rate(d - d0[opened] + 0.5) * diligence[lp.dealer[opened]]
                * _day_policy_weight(clock, lp.dealer[opened], d))
         c = rng.poisson(lam)
@@ -483,11 +515,11 @@ def simulate(cfg: SimConfig) -> SimData:
     pending_td = (b_lead[td_show], b_day[td_show], td_day[td_show])
 
     # --- timestamps of inbound events ----------------------------------------------------------
-    kinds = np.array(INBOUND_STREAMS + ("test_drive_done",), dtype=object)
     all_lead = np.concatenate([ev_lead, b_lead[done]])
     all_day = np.concatenate([ev_day, td_day[done]])
-    all_kind = np.concatenate([ev_kind, np.full(int(done.sum()), len(INBOUND_STREAMS))])
-    store_kind = np.array([k in STORE_HOUR_TYPES for k in kinds])
+    all_kind = np.concatenate([_STREAM_CODE[ev_kind], np.full(int(done.sum()),
+                                                              _T["test_drive_done"])])
+    store_kind = np.array([t in STORE_HOUR_TYPES for t in EVENT_TYPES])
     owl = rng.random(len(all_lead)) < lp.night_share[all_lead]
     comp = np.where(store_kind[all_kind], 2, owl.astype(int))
     hrs = sampler.hours(rng, lp.dealer[all_lead], all_day, comp)
@@ -496,8 +528,8 @@ def simulate(cfg: SimConfig) -> SimData:
     ts = _after_creation(rng, ts, created[all_lead], start_us)
 
     # --- contacts ---------------------------------------------------------------------------
-    contacts = _contacts(rng, cfg, clock, sampler, lp, created, d0, exit_day, order_day,
-                         lost_day, fu_lead, fu_day, fu_alive, ch_given_hour, diligence)
+    contacts = _contacts(rng, cfg, clock, sampler, lp, fc, exit_day, order_day, lost_day,
+                         fu_lead, fu_day, fu_alive, ch_given_hour)
 
     # --- wechat replies ------------------------------------------------------------------------
     cl = contacts
@@ -515,16 +547,16 @@ def simulate(cfg: SimConfig) -> SimData:
     ov_ts = (start_us + ov_day * DAY_US + oh * HOUR_US
              + (rng.random(len(ov_lead)) * HOUR_US).astype(np.int64))
     ov_ts = _after_creation(rng, ov_ts, created[ov_lead], start_us)
-    visit = np.full(len(ov_lead), INBOUND_STREAMS.index("store_visit"))
+    visit = np.full(len(ov_lead), _T["store_visit"])
     all_lead = np.concatenate([all_lead, ov_lead])
     all_day = np.concatenate([all_day, ov_day])
     all_kind = np.concatenate([all_kind, visit])
     ts = np.concatenate([ts, ov_ts])
 
     # --- closing events (after the lead's other activity that day) ---------------------------
-    close_lead = np.concatenate([np.flatnonzero(order_day < NEVER), np.flatnonzero(lost_day < NEVER)])
-    close_type = np.concatenate([np.full(int((order_day < NEVER).sum()), 0),
-                                 np.full(int((lost_day < NEVER).sum()), 1)])
+    o_leads, l_leads = np.flatnonzero(order_day < NEVER), np.flatnonzero(lost_day < NEVER)
+    close_lead = np.concatenate([o_leads, l_leads])
+    close_type = np.concatenate([np.zeros(len(o_leads), int), np.ones(len(l_leads), int)])
     close_day = np.where(close_type == 0, order_day[close_lead], lost_day[close_lead])
     last = np.full(n, -1, dtype=np.int64)
     cday = np.full(n, -1)
@@ -537,9 +569,9 @@ def simulate(cfg: SimConfig) -> SimData:
     c_ts = (start_us + close_day * DAY_US + bh * HOUR_US
             + (rng.random(len(close_lead)) * HOUR_US).astype(np.int64))
     c_ts = _after_creation(rng, c_ts, created[close_lead], start_us)
-    follow = last[close_lead] + (rng.exponential(15.0, len(close_lead)) * MIN_US).astype(np.int64)
-    c_ts = np.maximum(c_ts, follow)
-    c_ts = np.minimum(c_ts, start_us + (close_day + 1) * DAY_US - 1_000_000)
+    follow = last[close_lead] + 1 + (rng.exponential(15.0, len(close_lead)) * MIN_US).astype(
+        np.int64)
+    c_ts = np.minimum(np.maximum(c_ts, follow), start_us + (close_day + 1) * DAY_US - 1)
 
     # --- after the order: delivery and service ---------------------------------------------------
     o_mask = close_type == 0
@@ -559,10 +591,9 @@ def simulate(cfg: SimConfig) -> SimData:
     e_lead = np.concatenate([all_lead, r_lead, close_lead, o_lead, o_lead])
     e_ts = np.concatenate([ts, r_ts, c_ts, del_ts, srv_ts])
     e_type = np.concatenate([
-        kinds[all_kind], np.full(len(r_lead), "wechat_reply", dtype=object),
-        np.where(close_type == 0, "order", "lost").astype(object),
-        np.full(len(o_lead), "delivery", dtype=object),
-        np.full(len(o_lead), "service_visit", dtype=object),
+        all_kind, np.full(len(r_lead), _T["wechat_reply"]),
+        np.where(close_type == 0, _T["order"], _T["lost"]),
+        np.full(len(o_lead), _T["delivery"]), np.full(len(o_lead), _T["service_visit"]),
     ])
     keep = e_ts < end_us
     e_lead, e_ts, e_type = e_lead[keep], e_ts[keep], e_type[keep]
@@ -595,16 +626,15 @@ def _after_creation(rng, ts, created, start_us) -> np.ndarray:
     return ts
 
 
-def _contacts(rng, cfg, clock, sampler, lp, created, d0, exit_day, order_day, lost_day,
-              fu_lead, fu_day, fu_alive, ch_given_hour, diligence) -> dict[str, np.ndarray]:
+def _first_contact(rng, clock, lp, created) -> dict[str, np.ndarray]:
+    """When the advisor first contacts each lead: an inhomogeneous Poisson process from creation
+    with intensity mu * w(hour-of-week), mu a mixture (fast / slow advisor). Also returns the
+    probability that the first contact falls in the UTC hour it fell in (given creation)."""
     n = len(created)
-    D = cfg.days
     start_us = clock.start_us
-    # first contact: inhomogeneous Poisson from creation with intensity mu * w(hour-of-week)
     shares = np.array([s for s, _ in FIRST_CONTACT_MU])
     mus = np.array([m for _, m in FIRST_CONTACT_MU])
-    which = rng.choice(len(shares), size=n, p=shares)
-    mu = mus[which]
+    mu = mus[rng.choice(len(shares), size=n, p=shares)]
     e = rng.exponential(1.0, n)
     c_h = (created - start_us) / HOUR_US  # hours since grid start
     fc_h = np.empty(n)
@@ -615,19 +645,25 @@ def _contacts(rng, cfg, clock, sampler, lp, created, d0, exit_day, order_day, lo
         base = np.interp(c_h[m], grid, cw[k])
         fc_h[m] = np.interp(base + e[m] / mu[m], cw[k], grid, right=np.inf)
     fc_h = np.where(np.isfinite(fc_h), fc_h, grid[-1] + 24.0 * 365)  # beyond the clock
-    fc_ts = start_us + (fc_h * HOUR_US).astype(np.int64)
-    fc_ts = np.maximum(fc_ts, created + 1)
+    fc_ts = np.maximum(start_us + (fc_h * HOUR_US).astype(np.int64), created + 1)
     fc_day = np.minimum((fc_ts - start_us) // DAY_US, NEVER)
-    # propensity: P(first contact in this UTC hour | created) under the mixture
     hidx = np.minimum((fc_ts - start_us) // HOUR_US, cw.shape[1] - 2)
-    prop_t = np.zeros(n)
+    prop = np.zeros(n)
     for k in range(cw.shape[0]):
         m = lp.dealer == k
         c0 = np.interp(c_h[m], grid, cw[k])
         lo = np.maximum(cw[k][hidx[m]], c0)
         hi = cw[k][hidx[m] + 1]
         for s, mm in FIRST_CONTACT_MU:
-            prop_t[m] += s * (np.exp(-mm * (lo - c0)) - np.exp(-mm * (hi - c0)))
+            prop[m] += s * (np.exp(-mm * (lo - c0)) - np.exp(-mm * (hi - c0)))
+    return {"ts": fc_ts, "day": fc_day, "prop": prop}
+
+
+def _contacts(rng, cfg, clock, sampler, lp, fc, exit_day, order_day, lost_day,
+              fu_lead, fu_day, fu_alive, ch_given_hour) -> dict[str, np.ndarray]:
+    D = cfg.days
+    start_us = clock.start_us
+    fc_ts, fc_day, prop_t = fc["ts"], fc["day"], fc["prop"]
     fc_open = (fc_day < D) & (order_day >= fc_day) & (lost_day >= fc_day)
     fc_alive = exit_day >= fc_day
     f_lead = np.flatnonzero(fc_open)
@@ -648,23 +684,22 @@ def _contacts(rng, cfg, clock, sampler, lp, created, d0, exit_day, order_day, lo
     p_slot = np.where(is_first, np.concatenate([prop_t[f_lead], np.zeros(len(fu_lead))]),
                       POLICY_W[how] / POLICY_W.sum())
     propensity = p_slot * pch[np.arange(len(lead)), channel]
-    lat = SimpleNamespace(responsiveness=lp.responsiveness[lead], msg_affinity=lp.msg_affinity[lead],
-                          quiet=lp.quiet[lead], night_share=lp.night_share[lead])
-    p = _resp_prob(lat, hour, wday, channel) * alive
+    p = _resp_prob(_lat(lp, lead), hour, wday, channel) * alive
     responded = rng.random(len(lead)) < p
     odd = (hour >= 22) | (hour < 8)
     p_refuse = np.where(channel == 0, np.where(odd, 0.45, 0.15), 0.04)
     refused = ~responded & (rng.random(len(lead)) < p_refuse)
+    # codes into _OUTCOME_CODES: connected, replied, no_answer, ignored, refused
     outcome = np.where(responded, np.where(channel == 0, 0, 1),
                        np.where(refused, 4, np.where(channel == 0, 2, 3)))
     # pending first contacts for the oracle: (lead, ts, day, prob of a wechat reply)
     return {"lead": lead, "ts": ts, "day": day, "channel": channel, "outcome": outcome,
             "responded": responded, "p": p, "propensity": propensity,
-            "fc_ts": fc_ts, "fc_day": fc_day, "fc_p_wechat": _fc_wechat_p(
-                lp, clock, fc_ts, fc_day, D, ch_given_hour, is_first, lead, channel)}
+            "fc_ts": fc_ts, "fc_day": fc_day,
+            "fc_p_wechat": _fc_wechat_p(lp, clock, fc_ts, fc_day, ch_given_hour)}
 
 
-def _fc_wechat_p(lp, clock, fc_ts, fc_day, D, ch_given_hour, is_first, lead, channel):
+def _fc_wechat_p(lp, clock, fc_ts, fc_day, ch_given_hour):
     """P(wechat reply) from the scheduled first contact of every lead, given it is alive.
 
     The channel is drawn only when the contact happens; the oracle integrates over it.
@@ -674,11 +709,18 @@ def _fc_wechat_p(lp, clock, fc_ts, fc_day, D, ch_given_hour, is_first, lead, cha
     ok = fc_day < clock.n_days
     idx = np.flatnonzero(ok)
     hour, wday, _ = clock.local(lp.dealer[idx], fc_ts[idx])
-    lat = SimpleNamespace(responsiveness=lp.responsiveness[idx], msg_affinity=lp.msg_affinity[idx],
-                          quiet=lp.quiet[idx], night_share=lp.night_share[idx])
-    p = _resp_prob(lat, hour, wday, np.ones(len(idx), dtype=int))
+    p = _resp_prob(_lat(lp, idx), hour, wday, np.ones(len(idx), dtype=int))
     out[idx] = ch_given_hour[lp.dealer[idx], hour, 1] * p
     return out
+
+
+_RESP_TRAITS = ("responsiveness", "msg_affinity", "quiet", "night_share")
+
+
+def _lat(lp, idx, column: bool = False) -> SimpleNamespace:
+    """The traits the response model uses, for leads ``idx`` (as a column if ``column``)."""
+    return SimpleNamespace(**{c: getattr(lp, c)[idx][:, None] if column else getattr(lp, c)[idx]
+                              for c in _RESP_TRAITS})
 
 
 def _cum_policy(clock: _Clock) -> np.ndarray:
@@ -729,28 +771,17 @@ def _event_frame(rng, lp, lead_ids, e_lead, e_ts, e_type, end_us):
     m = len(e_lead)
     fav = lp.fav[e_lead]
     other = rng.integers(0, len(CAR_MODELS), m)
-    u = rng.random(m)
-    p_fav = pd.Series(e_type).map({
-        "page_view": 0.55, "config_view": 0.7, "finance_calc": 0.85, "price_inquiry": 0.9,
-        "test_drive_booked": 0.85, "test_drive_done": 0.85, "store_visit": 0.75,
-        "brochure_download": 0.6, "call_inbound": 0.5, "order": 0.93,
-    }).fillna(1.0).to_numpy()
-    p_null = pd.Series(e_type).map({
-        "page_view": 0.15, "store_visit": 0.15, "call_inbound": 0.4, "wechat_reply": 1.0,
-        "lost": 1.0,
-    }).fillna(0.0).to_numpy()
-    model_idx = np.where(u < p_fav, fav, other)
+    model_idx = np.where(rng.random(m) < _P_FAV[e_type], fav, other)
     # delivery / service follow the ordered model
+    is_order = e_type == _T["order"]
     o_model = np.full(len(lp.fav), -1)
-    is_order = e_type == "order"
     o_model[e_lead[is_order]] = model_idx[is_order]
-    after = (e_type == "delivery") | (e_type == "service_visit")
+    after = (e_type == _T["delivery"]) | (e_type == _T["service_visit"])
     model_idx = np.where(after, o_model[e_lead], model_idx)
-    has_model = (rng.random(m) >= p_null) & (model_idx >= 0)
-    model = np.where(has_model, MODEL_NAMES[np.maximum(model_idx, 0)], None)
+    has_model = (rng.random(m) >= _P_NULL[e_type]) & (model_idx >= 0)
     price = MODEL_PRICES[np.maximum(model_idx, 0)]
     value = np.full(m, np.nan)
-    fin = e_type == "finance_calc"
+    fin = e_type == _T["finance_calc"]
     value[fin] = np.round(price[fin] * rng.uniform(0.3, 0.7, int(fin.sum())), -3)
     value[is_order] = np.round(price[is_order] * rng.uniform(0.9, 1.02, int(is_order.sum())), -2)
     # ingestion: seconds to minutes, ~5% in a late batch, ~2% unknown; never after the end
@@ -759,34 +790,35 @@ def _event_frame(rng, lp, lead_ids, e_lead, e_ts, e_type, end_us):
     lag[late] = (rng.uniform(2.0, 48.0, int(late.sum())) * HOUR_US).astype(np.int64)
     ing = np.minimum(e_ts + lag, end_us)
     ing_null = rng.random(m) < 0.02
-    ing_s = _ts(ing)
-    ing_s[ing_null] = pd.NaT
-    o = np.lexsort((e_lead, e_ts))
+    o = np.lexsort((e_type, e_lead, e_ts))
+    ing_s = _ts(ing[o])
+    ing_s[ing_null[o]] = pd.NaT
     return pd.DataFrame({
-        "lead_id": _lead_id_col(e_lead[o], lead_ids),
+        "lead_id": _strs(lead_ids, e_lead[o]),
         "ts": _ts(e_ts[o]),
-        "event_type": pd.array(e_type[o], dtype="str"),
-        "model": pd.array(model[o], dtype="str"),
+        "event_type": _strs(EVENT_TYPES, e_type[o]),
+        "model": _strs(MODEL_NAMES, np.where(has_model, model_idx, -1)[o]),
         "value": value[o],
-        "ingested_at": ing_s.iloc[o].reset_index(drop=True),
+        "ingested_at": ing_s,
     })
 
 
-def _lead_id_col(idx: np.ndarray, lead_ids: np.ndarray) -> pd.Series:
-    return pd.Series(pd.array(lead_ids[idx], dtype="str"))
+def _strs(labels, codes: np.ndarray) -> pd.Series:
+    """A ``str`` Series of ``labels[codes]`` (null where code < 0), built in Arrow."""
+    codes = np.asarray(codes)
+    lab = pa.array(list(labels), type=pa.string())
+    idx = pa.array(np.maximum(codes, 0), mask=codes < 0)
+    return pd.Series(lab.take(idx), dtype="str")
 
 
 def _contact_frames(cl, lead_ids, end_us):
-    keep = cl["ts"] < end_us
     o = np.lexsort((cl["lead"], cl["ts"]))
-    o = o[keep[o]]
-    chans = np.array(CHANNELS, dtype=object)
-    outs = np.array(["connected", "replied", "no_answer", "ignored", "refused"], dtype=object)
-    lid = _lead_id_col(cl["lead"][o], lead_ids)
+    o = o[cl["ts"][o] < end_us]
+    lid = _strs(lead_ids, cl["lead"][o])
     ts = _ts(cl["ts"][o])
-    ch = pd.array(chans[cl["channel"][o]], dtype="str")
+    ch = _strs(CHANNELS, cl["channel"][o])
     contacts = pd.DataFrame({"lead_id": lid, "ts": ts, "channel": ch,
-                             "outcome": pd.array(outs[cl["outcome"][o]], dtype="str")})
+                             "outcome": _strs(_OUTCOME_CODES, cl["outcome"][o])})
     truth = pd.DataFrame({"lead_id": lid.copy(), "ts": ts.copy(), "channel": ch.copy(),
                           "p_response": cl["p"][o], "propensity": cl["propensity"][o]})
     return contacts, truth
@@ -830,20 +862,19 @@ def _wechat_reply_factor(cfg, clock, lp, ch_given_hour, diligence) -> np.ndarray
     """
     n = len(lp.dealer)
     nd = clock.n_days
-    R = np.zeros((n, nd), dtype=np.float32)
+    R = np.zeros((n, nd))
     hw = np.arange(168)
     for k in range(clock.hour.shape[0]):
         idx = np.flatnonzero(lp.dealer == k)
         if not len(idx):
             continue
-        lat = SimpleNamespace(**{c: getattr(lp, c)[idx][:, None] for c in
-                                 ("responsiveness", "msg_affinity", "quiet", "night_share")})
-        p = _resp_prob(lat, (hw % 24)[None, :], (hw // 24)[None, :], np.ones((1, 168), int))
+        p = _resp_prob(_lat(lp, idx, column=True), (hw % 24)[None, :], (hw // 24)[None, :],
+                       np.ones((1, 168), int))
         M = np.zeros((168, nd))
         how = clock.how[k].reshape(nd, 24)
         wt = POLICY_W[how] / 24.0 * ch_given_hour[k, how % 24, 1] * diligence[k]
         np.add.at(M, (how.ravel(), np.repeat(np.arange(nd), 24)), wt.ravel())
-        R[idx] = (p @ M).astype(np.float32)
+        R[idx] = p @ M
     return R
 
 
@@ -883,7 +914,7 @@ def _truth(cfg, clock, lp, lead_ids, created, d0, exit_day, order_day, lost_day,
         p_inq = 1 - _p_silent(hi_rate[:, :3], q_exit[:, :3], q_loud[:, :3], np.ones((n_a, 3)))
         # inbound: own streams + wechat replies from follow-ups (+ pending items)
         own = sum(hz[t] for t in INBOUND_STREAMS if t in INBOUND_TYPES)
-        fu = _followup_rate(age) * (days[None, :] > d0[idx][:, None])
+        fu = _followup_rate(age) * (days[None, :] > fc_day[idx][:, None])
         inbound = own + fu * R[idx][:, t0:t0 + W]
         mult = np.ones((n_a, W))
         pos = np.full(len(lead_ids), -1)
@@ -913,7 +944,7 @@ def _truth(cfg, clock, lp, lead_ids, created, d0, exit_day, order_day, lost_day,
                              "censored": pd.Series([], dtype=bool)})
     t = pd.concat(out, ignore_index=True)
     return pd.DataFrame({
-        "lead_id": _lead_id_col(t["lead_idx"].to_numpy(), lead_ids),
+        "lead_id": _strs(lead_ids, t["lead_idx"].to_numpy()),
         "as_of": _ts(t["as_of_us"].to_numpy()),
         "p_order_30d": t["p_order_30d"].to_numpy(),
         "p_inquiry_72h": t["p_inquiry_72h"].to_numpy(),
@@ -964,11 +995,10 @@ def summary(data: SimData) -> dict:
     """Counts and headline rates of a simulation (JSON-able)."""
     leads, ev, co = data.leads, data.events, data.contacts
     n = len(leads)
-    ordered = set(ev.loc[ev["event_type"] == "order", "lead_id"])
-    src = leads["source"].to_numpy()
-    conv = {s: float(np.mean([lid in ordered for lid in leads.loc[src == s, "lead_id"]]))
-            for s in SOURCES if (src == s).any()}
-    resp = co["outcome"].isin(["connected", "replied"])
+    ordered = leads["lead_id"].isin(ev.loc[ev["event_type"] == "order", "lead_id"])
+    conv = ordered.groupby(leads["source"]).mean()
+    resp = co["outcome"].isin(RESPONSE_OUTCOMES)
+    tr = data.truth[~data.truth["censored"]]
     out = {
         "leads": n,
         "events": len(ev),
@@ -976,12 +1006,16 @@ def summary(data: SimData) -> dict:
         "truth_rows": len(data.truth),
         "truth_contact_rows": len(data.truth_contacts),
         "dealers": int(leads["dealer_id"].nunique()),
-        "order_rate": len(ordered) / n if n else 0.0,
+        "time_zones": sorted(data.latent["tz"].unique().tolist()),
+        "order_rate": float(ordered.mean()) if n else 0.0,
         "lost_rate": lost_rate(data),
-        "conversion_by_source": conv,
+        "silent_30d_or_lost_rate": lost_rate(data, observed=True),
+        "conversion_by_source": {str(k): float(v) for k, v in conv.items()},
         "events_by_type": {str(k): int(v) for k, v in ev["event_type"].value_counts().items()},
         "response_rate_by_channel": {str(k): float(v) for k, v in
                                      resp.groupby(co["channel"]).mean().items()},
+        "truth_mean_uncensored": {c: float(tr[c].mean()) if len(tr) else None
+                                  for c in ("p_order_30d", "p_inquiry_72h", "p_churn")},
     }
     if data.config is not None:
         cfg = data.config
@@ -989,16 +1023,26 @@ def summary(data: SimData) -> dict:
     return out
 
 
-def lost_rate(data: SimData) -> float:
-    """Share of leads lost: an explicit ``lost`` event, or dark 30+ days before the end without
-    an order (from the latent state)."""
-    ev, lat = data.events, data.latent
-    if not len(lat):
+def lost_rate(data: SimData, observed: bool = False) -> float:
+    """Share of leads lost: an explicit ``lost`` event, or dark for 30+ days before the end of
+    the run without an order. "Dark" is the latent switch, or with ``observed`` no inbound event
+    (or creation) in the last 30+ days."""
+    ev, leads, lat = data.events, data.leads, data.latent
+    if not len(leads):
         return 0.0
-    lost = set(ev.loc[ev["event_type"] == "lost", "lead_id"])
-    end = ev["ts"].max() if data.config is None else (
-        data.config.start + pd.Timedelta(days=data.config.days))
-    dark = lat["dark_at"].notna() & (lat["dark_at"] <= end - pd.Timedelta(days=30)) & ~lat["ordered"]
-    is_lost = lat["lead_id"].isin(lost) | dark
-    return float(is_lost.mean())
-
+    if data.config is not None:
+        end = data.config.start + pd.Timedelta(days=data.config.days)
+    else:
+        end = ev["ts"].max()
+    cutoff = end - pd.Timedelta(days=30)
+    lost = leads["lead_id"].isin(ev.loc[ev["event_type"] == "lost", "lead_id"])
+    ordered = leads["lead_id"].isin(ev.loc[ev["event_type"] == "order", "lead_id"])
+    if observed:
+        inbound = ev[ev["event_type"].isin(INBOUND_TYPES)]
+        last = inbound.groupby("lead_id")["ts"].max().reindex(leads["lead_id"])
+        last = last.fillna(leads.set_index("lead_id")["created_at"])
+        dark = pd.Series((last <= cutoff).to_numpy(), index=leads.index)
+    else:
+        dark_at = lat.set_index("lead_id")["dark_at"].reindex(leads["lead_id"])
+        dark = pd.Series((dark_at.notna() & (dark_at <= cutoff)).to_numpy(), index=leads.index)
+    return float((lost | (dark & ~ordered)).mean())

@@ -20,6 +20,8 @@ from leadscore.schema import (
 )
 
 WINDOWS_DAYS: tuple[int, ...] = (1, 3, 7, 30, 90)
+#: Local-time dayparts for the activity profile (when in the day this lead is online).
+DAYPARTS: tuple[tuple[int, int], ...] = ((0, 4), (4, 8), (8, 12), (12, 16), (16, 20), (20, 24))
 #: The feature job never looks further back than this many days for event aggregates.
 LOOKBACK_DAYS = 90
 
@@ -99,6 +101,13 @@ class ContactStat(Feature):
     phone_response_rate, message_response_rate, days_since, uncontacted_hours."""
 
     stat: str = "attempts"
+
+
+@dataclass(frozen=True)
+class SlotFeature(Feature):
+    """A property of a candidate contact slot (hour, weekday, channel) rather than of the lead's
+    history. Computed when slots are laid out (training: the logged attempt; serving: every
+    allowed slot in the next 72 hours), never by the feature job."""
 
 
 @dataclass(frozen=True)
@@ -221,6 +230,14 @@ def _behaviour() -> list[Feature]:
         Sessions("sessions_30d", says="{value:.0f} browsing sessions in the last 30 days",
                  window_days=30),
         Trend("trend_7_30", says="Activity this week is {value:.1f}x the monthly pace"),
+        *[
+            NightShare(
+                f"activity_share_{a:02d}_{b:02d}",
+                says=f"{{value:.0%}} of activity between {a:02d}:00 and {b:02d}:00 (30 days)",
+                window_days=30, local_hours=(a, b % 24),
+            )
+            for a, b in DAYPARTS
+        ],
     ]
 
 
@@ -269,7 +286,17 @@ def build_catalog() -> tuple[Feature, ...]:
 
 #: The one registry. Built from plain dataclasses; importing it does no I/O.
 CATALOG: tuple[Feature, ...] = build_catalog()
-BY_NAME: dict[str, Feature] = {f.name: f for f in CATALOG}
+
+#: Slot features (the contact-slot model): laid out per candidate slot, not by the job.
+SLOT_CATALOG: tuple[SlotFeature, ...] = (
+    SlotFeature("slot_hour", says="Local hour {value:.0f}:00"),
+    SlotFeature("slot_weekday", says="Weekday {value:.0f} (0 = Monday)"),
+    SlotFeature("slot_weekend", says="Weekend slot" + "{value:.0f}"[:0]),
+    SlotFeature("slot_activity_share",
+                says="{value:.0%} of this lead's activity falls in this part of the day"),
+    SlotFeature("channel", says="By {value}", dtype="category"),
+)
+BY_NAME: dict[str, Feature] = {f.name: f for f in (*CATALOG, *SLOT_CATALOG)}
 
 #: Feature services: the feature lists models pick from.
 STATIC = tuple(f.name for f in CATALOG if isinstance(f, Static))
@@ -282,6 +309,14 @@ def get(names: Sequence[str]) -> list[Feature]:
     if unknown:
         raise KeyError(f"unknown features: {unknown}; see leadscore.features.catalog")
     return [BY_NAME[n] for n in names]
+
+
+def daypart_feature(local_hour: int) -> str:
+    """The activity-share feature whose daypart holds ``local_hour``."""
+    for a, b in DAYPARTS:
+        if a <= local_hour < b:
+            return f"activity_share_{a:02d}_{b:02d}"
+    raise ValueError(f"hour {local_hour} outside 0..23")
 
 
 def categorical(names: Sequence[str]) -> list[str]:
