@@ -37,6 +37,7 @@ class ModelName(StrEnum):
     conversion = "conversion"
     contact = "contact"
     churn = "churn"
+    contact_slot = "contact-slot"
 
 
 def _logging(verbose: bool) -> None:

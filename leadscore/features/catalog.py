@@ -272,6 +272,8 @@ def _static() -> list[Feature]:
                column="intended_model"),
         Static("budget", says="Budget {value:,.0f}", column="budget"),
         Static("lead_age_days", says="Lead is {value:.0f} days old", column="lead_age_days"),
+        # carried for local-time slot planning; not a model input (see LEAD_BEHAVIOUR)
+        Static("tz", says="Dealer time zone {value}", dtype="category", column="tz"),
     ]
 
 
@@ -301,7 +303,17 @@ BY_NAME: dict[str, Feature] = {f.name: f for f in (*CATALOG, *SLOT_CATALOG)}
 #: Feature services: the feature lists models pick from.
 STATIC = tuple(f.name for f in CATALOG if isinstance(f, Static))
 CONTACT_HISTORY = tuple(f.name for f in CATALOG if isinstance(f, ContactStat))
-LEAD_BEHAVIOUR = tuple(f.name for f in CATALOG)
+LEAD_BEHAVIOUR = tuple(f.name for f in CATALOG if f.name != "tz")
+#: What the contact-slot model sees: when and how the lead is reachable, plus the slot.
+SLOT_CONTEXT = (
+    "source", "lead_age_days", "night_share_14d", "night_share_30d",
+    *(f"activity_share_{a:02d}_{b:02d}" for a, b in DAYPARTS),
+    "contact_attempts", "contact_responses", "contact_response_rate", "contact_replies",
+    "phone_response_rate", "message_response_rate", "days_since_contact",
+    "uncontacted_hours", "days_since_any", "events_7d", "events_30d", "browse_7d",
+    "high_intent_30d", "price_inquiry_90d", "call_inbound_90d", "sessions_7d",
+    "slot_hour", "slot_weekday", "slot_weekend", "slot_activity_share", "channel",
+)
 
 
 def get(names: Sequence[str]) -> list[Feature]:

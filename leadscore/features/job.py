@@ -100,8 +100,16 @@ def _static_expr(f: cat.Static) -> str:
     return f"CAST(b.{f.column} AS DOUBLE)"
 
 
-def build_sql(features: Sequence[cat.Feature], lookback_days: int = cat.LOOKBACK_DAYS) -> str:
-    """The whole feature query over tables leads/events/contacts and ``_cutoffs(as_of)``."""
+def build_sql(features: Sequence[cat.Feature], lookback_days: int = cat.LOOKBACK_DAYS,
+              per_lead: bool = False) -> str:
+    """The whole feature query over tables leads/events/contacts and ``_cutoffs(as_of)``.
+
+    ``per_lead``: ``_cutoffs`` also has a ``lead_id`` column and each cutoff applies to that
+    lead only (features just before each contact attempt, say), joined by key instead of
+    fanning every cutoff out to every lead.
+    """
+    key = " AND {t}.lead_id = c.lead_id" if per_lead else ""
+    features = [f for f in features if not isinstance(f, cat.SlotFeature)]
     ev_feats = [(f, _event_expr(f)) for f in features]
     ev_feats = [(f, e) for f, e in ev_feats if e is not None]
     ct_feats = [f for f in features if isinstance(f, cat.ContactStat)]
@@ -122,7 +130,7 @@ def build_sql(features: Sequence[cat.Feature], lookback_days: int = cat.LOOKBACK
 base AS (
     SELECT l.lead_id, l.dealer_id, l.created_at, l.source, l.intended_model, l.budget,
            l.tz, c.as_of
-    FROM leads l JOIN _cutoffs c ON l.created_at <= c.as_of
+    FROM leads l JOIN _cutoffs c ON l.created_at <= c.as_of{key.format(t="l")}
 ),
 ev_all AS (
     SELECT e.lead_id, e.ts, e.event_type, e.model,
@@ -133,7 +141,7 @@ ev_all AS (
 ev AS (
     SELECT e.*, c.as_of, epoch_us(c.as_of) - epoch_us(e.ts) AS age_us
     FROM ev_all e JOIN _cutoffs c
-      ON e.ts < c.as_of AND e.avail <= c.as_of
+      ON e.ts < c.as_of AND e.avail <= c.as_of{key.format(t="e")}
      AND e.ts >= c.as_of - INTERVAL {int(lookback_days)} DAY
 ),
 ev_agg AS (
@@ -146,7 +154,7 @@ status AS (
            bool_or(e.event_type IN {_in(CLOSING_TYPES)}) AS closed,
            bool_or(e.event_type = 'order') AS ordered
     FROM events e JOIN _cutoffs c
-      ON e.ts < c.as_of AND coalesce(e.ingested_at, e.ts) <= c.as_of
+      ON e.ts < c.as_of AND coalesce(e.ingested_at, e.ts) <= c.as_of{key.format(t="e")}
     WHERE e.event_type IN {_in(CLOSING_TYPES)}
     GROUP BY ALL
 )"""
@@ -186,7 +194,7 @@ top_share AS (
 ct AS (
     SELECT ct.lead_id, c.as_of, ct.channel, ct.outcome,
            epoch_us(c.as_of) - epoch_us(ct.ts) AS age_us
-    FROM contacts ct JOIN _cutoffs c ON ct.ts < c.as_of
+    FROM contacts ct JOIN _cutoffs c ON ct.ts < c.as_of{key.format(t="ct")}
 ),
 ct_agg AS (
     SELECT lead_id, as_of,
@@ -260,6 +268,25 @@ def compute(
     if only_open:
         sql = f"SELECT * FROM ({sql}) WHERE is_open"
     return con.sql(sql).to_arrow_table()
+
+
+def compute_pairs(
+    con: duckdb.DuckDBPyConnection,
+    pairs: pd.DataFrame,
+    features: Sequence[cat.Feature] = cat.CATALOG,
+) -> pa.Table:
+    """Features for given (lead_id, as_of) pairs only — e.g. just before each contact attempt.
+
+    Same SQL and semantics as :func:`compute`; each cutoff applies to its own lead.
+    """
+    p = pairs[["lead_id", "as_of"]].drop_duplicates().copy()
+    p["as_of"] = pd.to_datetime(p["as_of"], utc=True)
+    con.register("_pairs_in", p)
+    con.execute("CREATE OR REPLACE TEMP TABLE _cutoffs AS "
+                "SELECT CAST(lead_id AS VARCHAR) AS lead_id, CAST(as_of AS TIMESTAMPTZ) AS as_of "
+                "FROM _pairs_in")
+    con.unregister("_pairs_in")
+    return con.sql(build_sql(features, per_lead=True)).to_arrow_table()
 
 
 def to_pandas(table: pa.Table, features: Sequence[cat.Feature] = cat.CATALOG) -> pd.DataFrame:

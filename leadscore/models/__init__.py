@@ -6,8 +6,9 @@ from importlib import import_module
 
 from leadscore.models.spec import ModelSpec
 
-NAMES = ("conversion", "contact", "churn")
-_MODULES = {"conversion": "conversion", "contact": "contact", "churn": "churn"}
+NAMES = ("conversion", "contact", "churn", "contact-slot")
+_MODULES = {"conversion": "conversion", "contact": "contact", "churn": "churn",
+            "contact-slot": "contact_slot"}
 
 
 def get(name: str) -> ModelSpec:

@@ -42,6 +42,23 @@ class NoneWithin:
 
 
 @dataclass(frozen=True)
+class Responded:
+    """Per contact attempt: positive when the outcome is one of ``outcomes`` (no horizon: the
+    answer is immediate; ``days`` is 0 so time splits need no purge gap)."""
+
+    outcomes: tuple[str, ...] = ("connected", "replied")
+    days: float = 0.0
+    events: tuple[str, ...] = ()
+
+    @property
+    def hours(self) -> float:
+        return 0.0
+
+    def describe(self) -> str:
+        return f"attempt outcome in {', '.join(self.outcomes)}"
+
+
+@dataclass(frozen=True)
 class Gate:
     """A challenger replaces the champion only if it beats it on the same holdout by
     ``min_gain`` in ``metric`` (higher is better unless ``lower_is_better``)."""
@@ -77,9 +94,10 @@ DEFAULT_PARAMS: dict = {
 class ModelSpec:
     name: str
     description: str
-    #: which rows are scored: "open" leads, or "open_or_owner" (churn also covers owners)
+    #: which rows are scored: "open" leads, "open_or_owner" (churn also covers owners), or
+    #: "contact_attempt" (one row per logged attempt, the slot model)
     entity: str
-    label: Within | NoneWithin
+    label: Within | NoneWithin | Responded
     features: tuple[str, ...]
     params: dict = field(default_factory=lambda: dict(DEFAULT_PARAMS))
     #: +1: the score never falls when this feature rises, all else equal

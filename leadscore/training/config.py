@@ -30,7 +30,7 @@ class ExperimentConfig(BaseModel):
     """One experiment. Unknown keys are errors, so a typo never silently does nothing."""
 
     model_config = ConfigDict(extra="forbid")
-    model: Literal["conversion", "contact", "churn"]
+    model: Literal["conversion", "contact", "churn", "contact-slot"]
     run_name: str | None = None
     description: str = ""
     params: dict[str, float | int | str] = Field(default_factory=dict)

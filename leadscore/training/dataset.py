@@ -175,6 +175,38 @@ def fingerprint(data_dir: Path, cutoffs: list[pd.Timestamp], extra: dict | None 
     return h.hexdigest()[:16]
 
 
+def build_attempts(
+    con: duckdb.DuckDBPyConnection, spec: ModelSpec, *, split: str = "time", seed: int = 0,
+) -> TrainingSet:
+    """One row per logged contact attempt: the lead's features just before it (``as_of`` =
+    the attempt's time, so nothing at or after it is seen), the slot's features, and whether
+    it was answered. No horizon, so nothing is censored."""
+    from leadscore.features.slots import add_slot_features
+
+    attempts = con.execute(
+        "SELECT c.lead_id, c.ts, c.channel, c.outcome, l.tz FROM contacts c "
+        "JOIN leads l USING (lead_id) ORDER BY c.ts, c.lead_id"
+    ).df()
+    if attempts.empty:
+        raise ValueError("the contact log is empty: the slot model needs logged attempts")
+    attempts["ts"] = pd.to_datetime(attempts["ts"], utc=True)
+    feats = job.to_pandas(job.compute_pairs(
+        con, attempts.rename(columns={"ts": "as_of"})[["lead_id", "as_of"]]))
+    rows = attempts.rename(columns={"ts": "as_of"}).merge(
+        feats.drop(columns=["tz"], errors="ignore"), on=["lead_id", "as_of"], how="left")
+    frame = add_slot_features(rows.drop(columns=["channel"]), rows["as_of"], rows["tz"],
+                              rows["channel"])
+    frame["label"] = frame["outcome"].isin(spec.label.outcomes).astype("int8")
+    frame = frame.drop(columns=["outcome"])
+    parts, notes = assign_splits(frame, split, 0.0, seed)
+    frame["split"] = parts.to_numpy()
+    frame = frame[frame["split"] != ""].reset_index(drop=True)
+    start, end = data_bounds(con)
+    cut = sorted(frame["as_of"].unique())
+    return TrainingSet(frame=frame, cutoffs=[pd.Timestamp(cut[0]), pd.Timestamp(cut[-1])],
+                       data_end=end, n_censored=0, split_kind=split, notes=notes)
+
+
 def build(
     con: duckdb.DuckDBPyConnection,
     spec: ModelSpec,
@@ -185,6 +217,8 @@ def build(
     feature_cache: Path | None = None,
 ) -> TrainingSet:
     """Features at the cutoffs, the spec's entity filter, labels, censoring and splits."""
+    if spec.entity == "contact_attempt":
+        return build_attempts(con, spec, split=split, seed=seed)
     start, end = data_bounds(con)
     horizon = spec.label.days
     if as_of:

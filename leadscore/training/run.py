@@ -45,9 +45,27 @@ def cache_dir() -> Path:
     return Path(os.environ.get("LEADSCORE_CACHE", ".leadscore_cache"))
 
 
-def load_truth(data_dir: Path) -> pd.DataFrame | None:
-    p = Path(data_dir) / "truth.parquet"
+def load_truth(data_dir: Path, name: str = "truth") -> pd.DataFrame | None:
+    """The simulator's truth file, if the data came from the simulator (evaluation only)."""
+    p = Path(data_dir) / f"{name}.parquet"
     return pd.read_parquet(p) if p.is_file() else None
+
+
+def _slot_oracle_truth(data_dir: Path) -> pd.DataFrame | None:
+    tc = load_truth(data_dir, "truth_contacts")
+    if tc is None:
+        return None
+    return tc.rename(columns={"ts": "as_of"}).drop_duplicates(["lead_id", "as_of"])
+
+
+def _policy_metrics(fr, ts, test, data_dir: Path) -> dict[str, float]:
+    from leadscore.serving.contact_policy import RulesFile
+    from leadscore.training import policy_eval
+
+    prop = policy_eval.logging_propensity(ts.frame[ts.frame["split"] != "test"])
+    return policy_eval.evaluate(fr.model, test, RulesFile.load(), prop,
+                                load_truth(data_dir, "truth_leads"),
+                                load_truth(data_dir, "truth_contacts"))
 
 
 def resolve_spec(cfg: ExperimentConfig) -> ModelSpec:
@@ -164,8 +182,12 @@ def train(
         test = ts.part("test")
         p = fr.model.predict_proba(test, num_threads=num_threads)
         m = evaluate.metrics(test["label"].to_numpy(), p)
-        o = evaluate.oracle(test, load_truth(data_dir), spec.truth_column, p)
+        slot = spec.entity == "contact_attempt"
+        truth = _slot_oracle_truth(data_dir) if slot else load_truth(data_dir)
+        o = evaluate.oracle(test, truth, spec.truth_column, p)
         m.update(o)
+        if slot:
+            m.update(_policy_metrics(fr, ts, test, data_dir))
         truth_note = "simulator truth" if o else "none"
         version = _log_run(spec, cfg, ts, fr, test, p, m, fp, truth_note, register)
         run_id = run.info.run_id
