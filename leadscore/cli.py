@@ -242,7 +242,7 @@ def rescore(
     as_of: Annotated[str, typer.Option("--as-of", help="Cutoff, UTC")],
     out: Annotated[Path, typer.Option(help="Output: Parquet folder (or .csv file)")],
     models: Annotated[str, typer.Option(help="Comma-separated models to score")] = (
-        "conversion,contact,churn"
+        "conversion,contact,churn,contact-slot"
     ),
     engine: Annotated[Engine, typer.Option(help="duckdb (embedded) or spark")] = Engine.duckdb,
     out_format: Annotated[OutFormat, typer.Option("--format", help="parquet or csv")] = (

@@ -110,14 +110,6 @@ def slot_grid(as_of: pd.Timestamp, tz: str, rules: ContactRules,
     return pd.concat(frames, ignore_index=True)
 
 
-def slot_rows(feats: pd.DataFrame, slots: pd.DataFrame, tz: str) -> pd.DataFrame:
-    """Cross one lead's feature row with its candidate slots and add the slot features."""
-    rep = feats.loc[feats.index.repeat(len(slots))].reset_index(drop=True)
-    rep = rep.drop(columns=[c for c in ("channel",) if c in rep])
-    return add_slot_features(rep, slots["slot_start"], pd.Series([tz] * len(slots)),
-                             slots["channel"])
-
-
 def _channel_sentence(feats: pd.Series, best: str, p_by_channel: dict[str, float]) -> str:
     parts = []
     night = feats.get("night_share_30d")
@@ -146,31 +138,48 @@ def recommend(
     """Per feature row: best slot start, channel, response probability, top slots, reason.
 
     ``urgency`` (now / within_3_days / nurture per row, or None): "now" narrows the search to
-    the next ``NOW_WINDOW_HOURS`` hours when any slot is allowed there.
+    the next ``NOW_WINDOW_HOURS`` hours when any slot is allowed there. Leads sharing a cutoff,
+    zone and dealer share one slot grid, and all candidate rows go to the model in one call.
     """
-    out = []
-    tz = feats["tz"] if "tz" in feats else pd.Series(["Asia/Shanghai"] * len(feats))
-    grids, rows = [], []
-    for i in range(len(feats)):
-        row = feats.iloc[[i]]
-        g = slot_grid(pd.Timestamp(row["as_of"].iloc[0]), str(tz.iloc[i]),
-                      rules.for_dealer(str(row["dealer_id"].iloc[0])))
-        grids.append(g)
-        rows.append(slot_rows(row, g, str(tz.iloc[i])))
-    if not rows:
-        return out
-    allrows = pd.concat(rows, ignore_index=True)
-    p = model.predict_proba(allrows, num_threads=num_threads) if len(allrows) else np.array([])
-    pos = 0
-    for i, g in enumerate(grids):
-        n = len(g)
-        if n == 0:
+    feats = feats.reset_index(drop=True)
+    n = len(feats)
+    tz = (feats["tz"].astype("object").fillna("Asia/Shanghai").astype(str)
+          if "tz" in feats else pd.Series(["Asia/Shanghai"] * n))
+    keys = pd.DataFrame({"as_of": pd.to_datetime(feats["as_of"], utc=True), "tz": tz,
+                         "dealer": feats["dealer_id"].astype(str)})
+    grids: list[pd.DataFrame | None] = [None] * n
+    parts = []
+    groups = keys.groupby(["as_of", "tz", "dealer"], sort=False).groups
+    for (as_of, zone, dealer), idx in groups.items():
+        g = slot_grid(pd.Timestamp(as_of), zone, rules.for_dealer(dealer))
+        idx = np.asarray(idx)
+        for i in idx:
+            grids[i] = g
+        if len(g):
+            rep = feats.loc[np.repeat(idx, len(g))].reset_index(drop=True)
+            rep = rep.drop(columns=[c for c in ("channel",) if c in rep])
+            tiled = g.iloc[np.tile(np.arange(len(g)), len(idx))].reset_index(drop=True)
+            rows = add_slot_features(rep, tiled["slot_start"], pd.Series([zone] * len(rep)),
+                                     tiled["channel"])
+            rows["_row"] = np.repeat(idx, len(g))
+            parts.append(rows)
+    out: list[dict] = []
+    if not parts:
+        return [{"best_slot_start": None, "best_channel": None, "p_response": None,
+                 "slots": [], "reason": None} for _ in range(n)]
+    allrows = pd.concat(parts, ignore_index=True)
+    p_all = model.predict_proba(allrows, num_threads=num_threads)
+    order_rows = np.argsort(allrows["_row"].to_numpy(), kind="stable")
+    row_of = allrows["_row"].to_numpy()[order_rows]
+    bounds = np.searchsorted(row_of, np.arange(n + 1))
+    for i in range(n):
+        g = grids[i]
+        if g is None or len(g) == 0:
             out.append({"best_slot_start": None, "best_channel": None, "p_response": None,
                         "slots": [], "reason": None})
             continue
-        pi = p[pos:pos + n]
-        pos += n
-        cand = np.arange(n)
+        pi = p_all[order_rows[bounds[i]:bounds[i + 1]]]
+        cand = np.arange(len(g))
         if urgency is not None and urgency[i] == "now":
             soon = (g["slot_start"] <= g["slot_start"].min()
                     + pd.Timedelta(hours=NOW_WINDOW_HOURS)).to_numpy()
@@ -178,18 +187,18 @@ def recommend(
                 cand = cand[soon]
         order = cand[np.lexsort((g["slot_start"].to_numpy()[cand], -pi[cand]))]
         best = order[0]
-        by_channel = {}
-        for ch in g["channel"].unique():
-            m = (g["channel"] == ch).to_numpy()
-            by_channel[ch] = float(pi[m].max())
-        slots = [{"start": g["slot_start"].iloc[j].isoformat(), "channel": g["channel"].iloc[j],
+        chans = g["channel"].to_numpy()
+        by_channel = {ch: float(pi[chans == ch].max()) for ch in pd.unique(chans)}
+        slots = [{"start": g["slot_start"].iloc[j].isoformat(), "channel": chans[j],
                   "p_response": round(float(pi[j]), 4)} for j in order[:top]]
+        others = [v for ch, v in by_channel.items() if ch != chans[best]]
         out.append({
             "best_slot_start": g["slot_start"].iloc[best],
-            "best_channel": g["channel"].iloc[best],
+            "best_channel": chans[best],
             "p_response": float(pi[best]),
+            "margin": float(pi[best] - max(others)) if others else 0.0,
             "slots": slots,
-            "reason": _channel_sentence(feats.iloc[i], g["channel"].iloc[best], by_channel),
+            "reason": _channel_sentence(feats.iloc[i], chans[best], by_channel),
         })
     return out
 

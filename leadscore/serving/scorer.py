@@ -24,6 +24,8 @@ log = logging.getLogger(__name__)
 
 #: model name → the output column of its probability
 PROBA_COLUMN = {"conversion": "p_convert", "contact": "p_inquiry", "churn": "p_churn"}
+SLOT_MODEL = "contact-slot"
+ALL_MODELS = (*PROBA_COLUMN, SLOT_MODEL)
 OUTPUT_COLUMNS = (
     "lead_id", "dealer_id", "as_of", "p_convert", "lead_score", "grade", "p_inquiry",
     "contact_urgency", "best_slot_start", "best_channel", "p_response", "p_churn", "reasons",
@@ -86,16 +88,19 @@ class Scorer:
     missing leaves its columns null, so a partial deployment still serves.
     """
 
-    def __init__(self, models: dict[str, LeadModel], num_threads: int = 1):
+    def __init__(self, models: dict[str, LeadModel], num_threads: int = 1, rules=None):
+        from leadscore.serving.contact_policy import RulesFile
+
         self.models = dict(models)
         self.num_threads = num_threads
+        self.rules = rules if rules is not None else RulesFile.load()
 
     @property
     def versions(self) -> dict[str, str]:
         return {n: str(m.meta.get("version", "local")) for n, m in self.models.items()}
 
     @classmethod
-    def from_registry(cls, names: Iterable[str] = tuple(PROBA_COLUMN), alias: str = "champion",
+    def from_registry(cls, names: Iterable[str] = ALL_MODELS, alias: str = "champion",
                       num_threads: int = 1) -> Scorer:
         from leadscore import registry
 
@@ -144,6 +149,26 @@ class Scorer:
                 out["grade"] = model.grade(p)
             elif name == "contact":
                 out["contact_urgency"] = [URGENCY[g] for g in model.grade(p)]
+        slot = self.models.get(SLOT_MODEL)
+        if slot is not None and SLOT_MODEL in keep and n:
+            self._recommend(slot, feats, out, all_reasons)
         out["reasons"] = [json.dumps(r, ensure_ascii=False) for r in all_reasons]
         out["model_versions"] = json.dumps(self.versions)
         return out[list(OUTPUT_COLUMNS)]
+
+    def _recommend(self, slot: LeadModel, feats: pd.DataFrame, out: pd.DataFrame,
+                   all_reasons: list[list[dict]]) -> None:
+        """Best slot and channel in the next 72 hours, urgency deciding how soon."""
+        from leadscore.serving.contact_policy import recommend
+
+        urgency = out["contact_urgency"].to_numpy()
+        recs = recommend(slot, feats, urgency, self.rules, num_threads=self.num_threads)
+        out["best_slot_start"] = pd.to_datetime([r["best_slot_start"] for r in recs], utc=True)
+        out["best_channel"] = [r["best_channel"] for r in recs]
+        out["p_response"] = [r["p_response"] for r in recs]
+        for i, r in enumerate(recs):
+            if r["best_channel"] is not None:
+                all_reasons[i].append({
+                    "model": SLOT_MODEL, "feature": "best_channel", "value": r["best_channel"],
+                    "contribution": round(r.get("margin", 0.0), 6), "sentence": r["reason"],
+                })

@@ -201,7 +201,7 @@ def build_attempts(
     parts, notes = assign_splits(frame, split, 0.0, seed)
     frame["split"] = parts.to_numpy()
     frame = frame[frame["split"] != ""].reset_index(drop=True)
-    start, end = data_bounds(con)
+    _, end = data_bounds(con)
     cut = sorted(frame["as_of"].unique())
     return TrainingSet(frame=frame, cutoffs=[pd.Timestamp(cut[0]), pd.Timestamp(cut[-1])],
                        data_end=end, n_censored=0, split_kind=split, notes=notes)
