@@ -46,7 +46,7 @@ def isolated_env(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def trained(sim_data, isolated_env):
-    """The three models trained once on the simulated data and registered as champions,
+    """The four models trained once on the simulated data and registered as champions,
     plus the open leads' features at the last full day (for scoring tests)."""
     import pandas as pd
 
