@@ -6,6 +6,7 @@ gap to the simulator's oracle. Every step uses the same code paths as the real c
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
@@ -71,12 +72,119 @@ def run(workdir: Path, n_leads: int = 20_000) -> None:
             "roc_auc": m["roc_auc"], "oracle_auc": m.get("oracle_auc", float("nan")),
             "gap": m.get("oracle_gap", float("nan")), "ece": m["ece"],
             "lift@10%": m["lift_top10"], "seconds": time.perf_counter() - t1,
+            "policy_gain": m.get("policy_gain_share", float("nan")),
         })
     table = pd.DataFrame(rows)
     typer.echo("   " + table.to_string(index=False, float_format=lambda x: f"{x:.3f}")
                .replace("\n", "\n   "))
     _done(t0)
 
+    t0 = _step("5. Serving: the CRM asks for scores over HTTP (BentoML on localhost)")
+    from leadscore.serving import store as online
+
+    online.write(feats, workdir / "features.db")
+    _serve_and_ask(workdir, feats, data, as_of)
+    _done(t0)
+
+    t0 = _step("6. Nightly rescoring of every open lead (embedded engine)")
+    from leadscore.serving import batch
+
+    res = batch.rescore(data, as_of, workdir / "scores", force=True, bucket_leads=10_000)
+    scored = pd.read_parquet(workdir / "scores")
+    typer.echo(f"   {res.rows:,} rows in {res.buckets} buckets → {workdir / 'scores'} "
+               f"({res.seconds:.1f}s)")
+    now = scored[scored["contact_urgency"] == "now"].sort_values("p_convert", ascending=False)
+    top = (now if len(now) >= 10 else scored.sort_values("p_convert", ascending=False)).head(10)
+    typer.secho("   Top 10 leads to call now:", bold=True)
+    for r in top.itertuples():
+        when = (pd.Timestamp(r.best_slot_start).strftime("%a %H:%M UTC")
+                if pd.notna(r.best_slot_start) else "-")
+        typer.echo(f"   {r.lead_id} score {r.lead_score:>3} grade {r.grade} "
+                   f"urgency {r.contact_urgency} → {r.best_channel or '-'} at {when}")
+        for reason in json.loads(r.reasons)[:3]:
+            if reason["contribution"] > 0:
+                typer.echo(f"       + {reason['sentence']}")
+    _done(t0)
+
     uri = registry.tracking_uri()
     typer.secho("\nOpen the runs, plots and model cards in MLflow:", bold=True)
     typer.echo(f"   .venv/bin/mlflow ui --backend-store-uri {uri}")
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _serve_and_ask(workdir: Path, feats: pd.DataFrame, data: Path, as_of: pd.Timestamp) -> None:
+    """Start `leadscore serve` in the background, send CRM-style requests, stop it."""
+    import os
+    import secrets
+    import subprocess
+    import sys
+
+    import httpx
+
+    from leadscore.serving.auth import write_key_file
+
+    key = secrets.token_urlsafe(24)
+    dealers = sorted(feats["dealer_id"].unique().tolist())
+    keys = write_key_file(workdir / "api_keys.json", {"demo-group": (key, dealers)})
+    port = _free_port()
+    env = dict(os.environ, LEADSCORE_RELOAD_SECONDS="0")
+    cmd = [sys.executable, "-m", "leadscore.cli", "serve", "--port", str(port),
+           "--store", str(workdir / "features.db"), "--api-keys", str(keys)]
+    log = (workdir / "serve.log").open("w")
+    proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            try:
+                if httpx.get(f"{base}/readyz", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if proc.poll() is not None:
+                raise RuntimeError(f"the service exited; see {workdir / 'serve.log'}")
+            time.sleep(0.5)
+        else:
+            raise RuntimeError(f"the service did not become ready; see {workdir / 'serve.log'}")
+        typer.echo(f"   service ready on {base} (OpenAPI at {base}/docs)")
+        hot = feats.sort_values("finance_calc_7d", ascending=False)["lead_id"].head(2).tolist()
+        body = {"leads": [{"lead_id": i} for i in hot], "reasons": 3}
+        r = httpx.post(f"{base}/score", json=body, headers={"X-API-Key": key}, timeout=30)
+        typer.echo(f"   POST /score by lead_id → {r.status_code}")
+        for res in r.json()["results"]:
+            typer.echo(f"   {res['lead_id']}: score {res['lead_score']} ({res['grade']}), "
+                       f"urgency {res['contact_urgency']}, churn risk {res['p_churn']:.0%}, "
+                       f"best {res['best_channel']} at {res['best_slot_start']}")
+            for reason in res["reasons"]:
+                sign = "+" if reason["contribution"] > 0 else "-"
+                typer.echo(f"       {sign} [{reason['model']}] {reason['sentence']}")
+        inline = {"as_of": as_of.isoformat(), "leads": [{
+            "lead_id": "web-demo-1", "dealer_id": dealers[0],
+            "created_at": (as_of - pd.Timedelta(days=2)).isoformat(), "source": "website",
+            "events": [
+                {"ts": (as_of - pd.Timedelta(hours=h)).isoformat(), "event_type": t}
+                for h, t in ((30, "page_view"), (29, "config_view"), (28, "config_view"),
+                             (27, "finance_calc"), (5, "config_view"), (4, "finance_calc"))
+            ],
+        }]}
+        r = httpx.post(f"{base}/score", json=inline, headers={"X-API-Key": key}, timeout=30)
+        res = r.json()["results"][0]
+        typer.echo(f"   POST /score with inline events → {r.status_code}: score "
+                   f"{res['lead_score']} ({res['grade']}), urgency {res['contact_urgency']}")
+        r = httpx.post(f"{base}/score", json=body, timeout=30)
+        typer.echo(f"   without an API key → {r.status_code}")
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()
+    typer.echo("   service stopped")
