@@ -27,15 +27,8 @@ class Within:
 
 
 @dataclass(frozen=True)
-class NoneWithin:
+class NoneWithin(Within):
     """Positive when NO event of ``events`` happens in (t, t + horizon] (going dark)."""
-
-    events: tuple[str, ...]
-    days: float = 30.0
-
-    @property
-    def hours(self) -> float:
-        return self.days * 24.0
 
     def describe(self) -> str:
         return f"none of {', '.join(self.events)} within {self.days:g} days after the cutoff"
