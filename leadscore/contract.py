@@ -124,6 +124,9 @@ def connect(threads: int | None = None, memory_limit: str | None = None):
     """A DuckDB connection with UTC as its session zone (the contract stores UTC)."""
     con = duckdb.connect()
     con.execute("SET TimeZone='UTC'")
+    # give freed memory back to the system in the background (DuckDB's jemalloc otherwise
+    # keeps it, and a feature job's peak then adds up with the next step's)
+    con.execute("SET allocator_background_threads=true")
     if threads:
         con.execute(f"SET threads={int(threads)}")
     if memory_limit:
