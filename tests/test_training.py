@@ -62,7 +62,7 @@ def test_training_set_excludes_censored_rows_and_purges_overlap(sim_data):
     ds = contract.load(sim_data)
     spec = models.get("conversion")
     start, end = dataset.data_bounds(ds.con)
-    cutoffs = dataset.rolling_cutoffs(start, end, 7, 30) + [end - pd.Timedelta(days=3)]
+    cutoffs = [*dataset.rolling_cutoffs(start, end, 7, 30), end - pd.Timedelta(days=3)]
     ts = dataset.build(ds.con, spec, as_of=cutoffs)
     assert ts.n_censored > 0
     assert (ts.frame["as_of"] + pd.Timedelta(days=30) <= ts.data_end).all()

@@ -8,12 +8,26 @@ from the environment so a built Bento is configured at deploy time:
 - ``LEADSCORE_WORKERS`` worker processes (default 1; one per core is the usual choice)
 - ``LEADSCORE_STORE`` online feature store file (default ``features.db``)
 - ``LEADSCORE_API_KEYS`` hashed key file (see ``serving.auth``)
-- ``LEADSCORE_RELOAD_SECONDS`` how often to look for a new champion (default 30)
+- ``LEADSCORE_RELOAD_SECONDS`` how often to look for a new champion (default 30; 0: never)
+- ``LEADSCORE_BATCH_THREADS`` threads one big request is split over (default: cores/workers)
+- ``LEADSCORE_ACCESS_LOG`` 1 to have BentoML log every request (default off)
+- ``LEADSCORE_TRACE_SCORE`` 1 to trace ``/score`` with OpenTelemetry (default off; set it when
+  a tracing exporter is configured in the BentoML configuration)
 - ``MLFLOW_TRACKING_URI`` the registry (default ``sqlite:///mlruns.db``)
+
+Latency notes (see ``benchmarks/serving.py``): a scoring request costs about a millisecond of
+model time, so per-request framework work shows. The access log and a span per request are off
+unless asked for; BentoML's request timeout left a 30-second timer (and through its context the
+request's span and state) alive per request, which filled the heap and made the collector stall
+for hundreds of milliseconds, so the timer is now cancelled when the response starts; and the
+objects alive after start-up (libraries, models) are frozen out of the cyclic collector.
 """
 
 from __future__ import annotations
 
+import asyncio
+import gc
+import logging
 import os
 from pathlib import Path
 
@@ -24,28 +38,120 @@ from leadscore.serving.auth import KeyRing
 from leadscore.serving.runtime import Runtime
 from leadscore.serving.store import DEFAULT_STORE, OnlineStore
 
+log = logging.getLogger(__name__)
+
+
+def _flag(name: str) -> bool:
+    return os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")
+
 
 class _CurrentRuntime:
     """Lets the ASGI app, built when this module is imported, reach the runtime that the
-    service instance creates later inside its worker."""
+    service instance creates later inside its worker. Until then there is nothing to score
+    with: ``/score`` answers 503."""
 
     runtime: Runtime | None = None
 
-    def __getattr__(self, name):
+    def current(self):
+        r = self.runtime
+        return (None, None) if r is None else r.current()
+
+    @property
+    def keys(self) -> KeyRing:
+        r = self.runtime
+        return KeyRing([]) if r is None else r.keys
+
+    @property
+    def store(self) -> OnlineStore:
         if self.runtime is None:
-            raise AttributeError(name)
-        return getattr(self.runtime, name)
+            raise RuntimeError("the service is not initialised yet")
+        return self.runtime.store
+
+    @property
+    def ready(self) -> bool:
+        return self.runtime is not None and self.runtime.ready
 
 
+def _patch_timeout_middleware() -> None:
+    """BentoML 1.4's ``TimeoutMiddleware`` schedules ``call_later(timeout, ...)`` per request
+    and never cancels it: every request's timer, and through the timer's context copy the
+    request's span and context, stays alive for the whole timeout (30 s here). At a few hundred
+    requests per second that is ~100k live objects and collector pauses of 100-400 ms. Same
+    behaviour, with the timer cancelled once the request is answered."""
+    from bentoml._internal.server.http import traffic
+
+    mw = traffic.TimeoutMiddleware
+    if getattr(mw, "_leadscore_patched", False):
+        return
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] not in ("http", "websocket"):
+            return await self.app(scope, receive, send)
+        loop = asyncio.get_running_loop()
+        waiter = loop.create_future()
+        timer = loop.call_later(self.timeout, self._set_timer_out, waiter)
+
+        async def _send(message):
+            if not waiter.done():
+                waiter.set_result(None)
+            await send(message)
+
+        fut = asyncio.ensure_future(self.app(scope, receive, _send), loop=loop)
+        try:
+            await waiter
+        except TimeoutError:
+            if fut.cancel():
+                from starlette.responses import JSONResponse
+
+                resp = JSONResponse(
+                    {"error": f"Not able to process the request in {self.timeout} seconds"},
+                    status_code=504)
+                await resp(scope, receive, send)
+        else:
+            timer.cancel()
+            await fut
+        finally:
+            timer.cancel()
+
+    mw.__call__ = __call__
+    mw._leadscore_patched = True
+
+
+def _service_config() -> dict:
+    cfg: dict = {
+        "name": "leadscore",
+        "workers": int(os.environ.get("LEADSCORE_WORKERS", "1")),
+        "traffic": {"timeout": 30},
+    }
+    if not _flag("LEADSCORE_ACCESS_LOG"):
+        cfg["logging"] = {"access": {"enabled": False}}
+    if not _flag("LEADSCORE_TRACE_SCORE"):
+        cfg["tracing"] = {"excluded_urls": ["/score", "/healthz", "/livez", "/readyz",
+                                            "/metrics"]}
+    return cfg
+
+
+_patch_timeout_middleware()
 _current = _CurrentRuntime()
 http_app = create_app(_current)  # type: ignore[arg-type]
 
 
-@bentoml.service(
-    name="leadscore",
-    workers=int(os.environ.get("LEADSCORE_WORKERS", "1")),
-    traffic={"timeout": 30},
-)
+def _batch_threads() -> int:
+    """Threads a big request is split over: the cores per worker (``LEADSCORE_BATCH_THREADS``
+    overrides)."""
+    if os.environ.get("LEADSCORE_BATCH_THREADS"):
+        return max(1, int(os.environ["LEADSCORE_BATCH_THREADS"]))
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return max(1, (cores or 1) // int(os.environ.get("LEADSCORE_WORKERS", "1")))
+
+
+def _freeze_heap() -> None:
+    """Move what is alive now (libraries, models) out of the cyclic collector's reach, so its
+    full collections walk only what requests allocate."""
+    gc.freeze()
+
+
+@bentoml.service(**_service_config())
 @bentoml.asgi_app(http_app, path="/")
 class LeadScoreService:
     def __init__(self) -> None:
@@ -53,10 +159,18 @@ class LeadScoreService:
             store=OnlineStore(Path(os.environ.get("LEADSCORE_STORE", str(DEFAULT_STORE)))),
             keys=KeyRing.from_env(),
             reload_seconds=float(os.environ.get("LEADSCORE_RELOAD_SECONDS", "30")),
+            on_swap=_freeze_heap,
+            batch_threads=_batch_threads(),
         )
         _current.runtime = self.runtime
-        self.runtime.reload()
+        try:
+            self.runtime.reload()
+        except Exception:  # not ready (503, /readyz) until the watcher loads them
+            log.exception("loading the champion models failed; retrying every %s s",
+                          self.runtime.reload_seconds)
         self.runtime.start_watcher()
+        gc.collect()  # once, before serving: start-up garbage is not worth freezing
+        _freeze_heap()
 
     def __is_ready__(self) -> bool:
         return self.runtime.ready

@@ -18,6 +18,8 @@ from pathlib import Path
 import pandas as pd
 
 DEFAULT_STORE = Path("features.db")
+#: ids per query: SQLite limits the number of bound parameters (999 in older builds)
+_MAX_PARAMS = 900
 
 
 def _clean(v):
@@ -86,22 +88,31 @@ class OnlineStore:
     def available(self) -> bool:
         return self.path.is_file()
 
-    def get(self, lead_ids: Sequence[str], dealers: set[str] | None = None) -> pd.DataFrame:
-        """Feature rows for the ids that exist (and belong to ``dealers`` when given)."""
+    def get_records(self, lead_ids: Sequence[str], dealers: set[str] | frozenset[str] | None = None
+                    ) -> list[dict]:
+        """Feature records (``lead_id``, ``dealer_id``, ``as_of`` as ISO text, then the
+        features) for the ids that exist and belong to ``dealers`` when given."""
         con = self._con()
         if con is None or not lead_ids:
-            return pd.DataFrame()
-        q = ",".join("?" * len(lead_ids))
-        rows = con.execute(
-            f"SELECT lead_id, dealer_id, as_of, row FROM features WHERE lead_id IN ({q})",
-            list(lead_ids),
-        ).fetchall()
+            return []
         recs = []
-        for lid, did, as_of, row in rows:
-            if dealers is not None and did not in dealers:
-                continue
-            recs.append({"lead_id": lid, "dealer_id": did, "as_of": as_of, **json.loads(row)})
-        df = pd.DataFrame(recs)
+        for start in range(0, len(lead_ids), _MAX_PARAMS):
+            chunk = list(lead_ids[start: start + _MAX_PARAMS])
+            q = ",".join("?" * len(chunk))
+            rows = con.execute(
+                f"SELECT lead_id, dealer_id, as_of, row FROM features WHERE lead_id IN ({q})",
+                chunk,
+            ).fetchall()
+            for lid, did, as_of, row in rows:
+                if dealers is not None and did not in dealers:
+                    continue
+                recs.append({"lead_id": lid, "dealer_id": did, "as_of": as_of,
+                             **json.loads(row)})
+        return recs
+
+    def get(self, lead_ids: Sequence[str], dealers: set[str] | None = None) -> pd.DataFrame:
+        """Feature rows for the ids that exist (and belong to ``dealers`` when given)."""
+        df = pd.DataFrame(self.get_records(lead_ids, dealers))
         if not df.empty:
             df["as_of"] = pd.to_datetime(df["as_of"], utc=True)
         return df
