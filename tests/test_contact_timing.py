@@ -108,6 +108,6 @@ def test_recommendations_come_with_scores(trained):
     assert out["best_channel"].isin(["phone", "wechat", "sms"]).all()
     assert (out["p_response"].between(0, 1)).all()
     starts = pd.to_datetime(out["best_slot_start"], utc=True)
-    assert (starts > pd.to_datetime(out["as_of"], utc=True)).all()
+    assert (starts >= pd.to_datetime(out["as_of"], utc=True)).all()
     assert (starts <= pd.to_datetime(out["as_of"], utc=True) + pd.Timedelta(hours=73)).all()
     assert out["reasons"].str.contains('"model": "contact-slot"').all()
