@@ -180,7 +180,7 @@ def _gb(n: int) -> str:
     return f"{n / 1e9:.2f} GB"
 
 
-def hand_written_counts(con, as_of: pd.Timestamp) -> int:
+def hand_written_counts(con, as_of: pd.Timestamp) -> pa.Table:
     """(c): every Count feature of the catalogue, written by hand as one filtered aggregate
     per feature over the point-in-time visible events, at one cutoff."""
     counts = [f for f in cat.CATALOG if isinstance(f, cat.Count)]
@@ -200,12 +200,21 @@ def hand_written_counts(con, as_of: pd.Timestamp) -> int:
         WHERE ts < {a} AND coalesce(ingested_at, ts) <= {a}
           AND ts >= {a} - INTERVAL {cat.LOOKBACK_DAYS} DAY
         GROUP BY lead_id"""
-    return con.sql(sql).to_arrow_table().num_rows
+    return con.sql(sql).to_arrow_table()
 
 
 def _cpu() -> float:
     r = resource.getrusage(resource.RUSAGE_SELF)
     return r.ru_utime + r.ru_stime
+
+
+def _same_counts(c: pa.Table, a: pa.Table) -> bool:
+    """The hand-written counts equal the feature job's (leads without events: zero)."""
+    names = [f.name for f in cat.CATALOG if isinstance(f, cat.Count)]
+    fc = c.to_pandas().set_index("lead_id")[names]
+    fa = a.select(["lead_id", *names]).to_pandas().set_index("lead_id")
+    fc = fc.reindex(fa.index).fillna(0).astype("float64")
+    return bool((fc.to_numpy() == fa.to_numpy()).all())
 
 
 def _timed(fn):
@@ -230,6 +239,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repeat", type=int, default=1, help="runs of each query; best is kept")
     ap.add_argument("--out", type=Path, help="write the synthetic data here and keep it")
     ap.add_argument("--phases", default="abc", help="which of a, b, c to run (default abc)")
+    ap.add_argument("--uncompressed", action="store_true",
+                    help="rewrite the loaded tables uncompressed (contract.load compresses them "
+                         "with a checkpoint) before measuring")
     args = ap.parse_args(argv)
 
     tmp = None
@@ -279,27 +291,47 @@ def run(args: argparse.Namespace, data: Path) -> int:
         f"({n_ev / t_load:,.0f} events/s; not part of the ratios), peak {_gb(peaks['load'])}")
     for line in ds.summary().splitlines():
         say("  " + line)
+    if args.uncompressed:
+        for t in ("leads", "events", "contacts"):
+            con.execute(f"CREATE TABLE _u AS SELECT * FROM {t}")
+            con.execute(f"DROP TABLE {t}")
+            con.execute(f"ALTER TABLE _u RENAME TO {t}")
+    mem = con.execute("SELECT sum(memory_usage_bytes) FROM duckdb_memory() "
+                      "WHERE tag = 'IN_MEMORY_TABLE'").fetchall()[0][0] or 0
+    say(f"tables in DuckDB: {_gb(mem)} ({'uncompressed' if args.uncompressed else 'compressed'})")
     n_counts = sum(isinstance(f, cat.Count) for f in cat.CATALOG)
     say(f"threads={args.threads}; as_of {as_of.isoformat()}; catalogue: {len(cat.CATALOG)} "
         f"features ({n_counts} counts); weekly cutoffs {weekly[0].date()}..{weekly[-1].date()}")
 
     phases = {
         "c": ("(c) hand-written counts, 1 cut ", lambda: hand_written_counts(con, as_of)),
-        "a": ("(a) feature job, 1 cutoff      ", lambda: job.compute(con, [as_of]).num_rows),
-        "b": ("(b) feature job, 12 cutoffs    ", lambda: job.compute(con, weekly).num_rows),
+        "a": ("(a) feature job, 1 cutoff      ", lambda: job.compute(con, [as_of])),
+        "b": ("(b) feature job, 12 cutoffs    ", lambda: job.compute(con, weekly)),
     }
     secs: dict[str, float] = {}
     cpus: dict[str, float] = {}
+    last: dict[str, pa.Table] = {}
+    same = None
     for _ in range(args.repeat):  # interleaved, so that load from other processes hits all
         for key in [k for k in "cab" if k in args.phases]:
             label, fn = phases[key]
-            rows, dt, cpu, pk = _timed(fn)
+            out, dt, cpu, pk = _timed(fn)
+            rows = out.num_rows
+            if key != "b" and _ == args.repeat - 1:  # the check, outside the timings
+                last[key] = out
+                if len(last) == 2:
+                    same = _same_counts(last["c"], last["a"])
+                    last.clear()
+            del out
             secs[key] = min(secs.get(key, dt), dt)
             cpus[key] = min(cpus.get(key, cpu), cpu)
             peaks[key] = max(peaks.get(key, 0), pk)
             if _ == args.repeat - 1:
                 say(f"{label}: {secs[key]:7.2f}s  {n_ev / secs[key]:13,.0f} events/s  "
                     f"(cpu {cpus[key]:6.2f}s)  {rows:,} rows  peak {_gb(peaks[key])}")
+    last.clear()
+    if same is not None:
+        say(f"(c) counts == (a) counts: {same}")
     ok = {}
     if "a" in secs and "c" in secs:
         r = secs["c"] / secs["a"]

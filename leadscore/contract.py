@@ -447,6 +447,9 @@ def load(
             con, table, find_file(data_dir, table), clock_sql, quarantine_dir
         )
     con.execute(f"UPDATE leads SET tz = '{DEFAULT_TZ}' WHERE tz IS NULL")
+    # an in-memory database compresses its tables at a checkpoint (dictionary, FSST, bit
+    # packing): 20M events take ~0.3 GB instead of ~1.3 GB, for a little more CPU per scan
+    con.execute("CHECKPOINT")
     for rep in reports.values():
         for line in rep.lines():
             log.info(line)

@@ -552,3 +552,11 @@ def test_empty_inputs_keep_the_schema(con):
     contract.register_frames(con, *frames([lead("A", T - D)]))  # a lead with no history
     alone = job.compute(con, [T, T + D])
     assert alone.schema == full.schema and alone.num_rows == 2
+
+
+def test_many_models_take_the_sparse_path(con, monkeypatch):
+    leads, events, contacts = random_data(9, CUTOFFS, n_leads=60, n_events=2000)
+    contract.register_frames(con, leads, events, contacts)
+    dense = _frame(con, CUTOFFS)
+    monkeypatch.setattr(job, "_DENSE_MODELS", 0)
+    _assert_same(dense, _frame(con, CUTOFFS))

@@ -12,9 +12,12 @@ bucket ``d`` of ``ts`` and a visibility key ``vis``, and those tables are aggreg
 
 * :func:`compute` takes as bucket the longest length that divides a day and every distance
   between its cutoffs (a day for midnight-aligned cutoffs), so that cutoffs and window edges fall
-  on bucket edges and bucketed sums are exact; ``vis`` is the index of the first cutoff at which
-  the event is visible. The events are read once whatever the number of cutoffs; each cutoff is
-  then one query over the bucket tables.
+  on bucket edges and bucketed sums are exact (with few cutoffs, the buckets between two window
+  edges are merged); ``vis`` is the index of the first cutoff at which the event is visible.
+  DuckDB reads the events once, whatever the number of cutoffs, into per (lead, bucket, vis,
+  event type | local hour | model) counts; then the cutoffs are taken in order and per-lead sums
+  per window are kept up to date in numpy: the rows that became visible are added, the rows
+  that left a window taken away.
 * :func:`build_sql` is the same computation as one statement over a ``_cutoffs`` table, for any
   cutoffs (microsecond buckets, visibility instants); ``per_lead`` cutoffs apply to one lead each.
 
@@ -618,6 +621,9 @@ def _runs(*keys: np.ndarray) -> np.ndarray:
 
 
 _NEVER = np.iinfo(np.int64).max
+#: Up to this many (window, model, lead) cells the model features use a dense matrix kept up to
+#: date across cutoffs; beyond it (many distinct models), per-cutoff sums over sorted runs.
+_DENSE_MODELS = 50_000_000
 
 
 class _Reduced:
@@ -636,6 +642,9 @@ class _Reduced:
             tmp.append(f"{_TMP}{name}")
             con.execute(f"CREATE OR REPLACE TEMP TABLE {tmp[-1]} AS {sql}")
             return tmp[-1]
+
+        def drop(name: str) -> None:  # as soon as it has been read: less memory at the peak
+            con.execute(f"DROP TABLE IF EXISTS {name}")
 
         try:
             self.zones = [r[0] for r in con.execute(
@@ -658,7 +667,7 @@ class _Reduced:
             if plan.contacts:
                 self.ct = _fetch(con, f"SELECT * FROM ({_common(plan, lk, hi)[1][1]}) "
                                       f"ORDER BY k, t")
-            self._events(con, make, lk, first, hi, spans)
+            self._events(con, make, drop, lk, first, hi, spans)
         finally:
             for name in tmp:
                 con.execute(f"DROP TABLE IF EXISTS {name}")
@@ -674,7 +683,7 @@ class _Reduced:
         edges = sorted({grid.bucket(c) - grid.window(w) for c in self.cuts for w in days | {0}})
         return edges if len(edges) <= 16 else None
 
-    def _events(self, con, make, lk: str, first: int, hi: str, spans: dict) -> None:
+    def _events(self, con, make, drop, lk: str, first: int, hi: str, spans: dict) -> None:
         plan, grid = self.plan, self.grid
         d_sql, vis_sql = grid.d("epoch_us(e.ts)"), grid.vis(_VS)
         edges = self._segments()
@@ -723,6 +732,7 @@ class _Reduced:
                                       f"GROUP BY ALL ORDER BY vis")
             self.latest["_at"] = np.searchsorted(self.latest["vis"],
                                                  np.arange(len(self.cuts) + 1))
+            drop(main)
         if plan.hours:
             self.hours = _fetch(con, f"SELECT k, d, vis, lh, CAST(count(*) AS INTEGER) AS n "
                                      f"FROM {recent} WHERE lh IS NOT NULL GROUP BY ALL")
@@ -745,15 +755,25 @@ class _Reduced:
                     WHERE NOT r.fresh AND f.w > r.vis"""
             self.sess[gap] = _fetch(con, f"SELECT k, d, vis, w, CAST(count(*) AS INTEGER) AS n "
                                          f"FROM ({starts}) GROUP BY ALL")
-        if plan.model_feats:
-            self.model = _fetch(con, f"""SELECT x.k, x.d, x.vis, CAST(m.mc AS INTEGER) AS mc,
-                    x.n FROM (SELECT k, d, vis, model, CAST(count(*) AS INTEGER) AS n
-                              FROM {recent} WHERE model IS NOT NULL GROUP BY ALL) x
-                JOIN (SELECT model, row_number() OVER (ORDER BY model) AS mc FROM (
-                      SELECT DISTINCT model FROM {recent} WHERE model IS NOT NULL)) m
-                  ON x.model = m.model
-                ORDER BY x.k, mc""", ("k", "mc"))
-            self.model["_lead_starts"] = _runs(self.model["_k"])
+            drop(cand)
+        if plan.model_feats:  # models numbered 1.. (in name order)
+            names = make("models", f"SELECT model, CAST(row_number() OVER (ORDER BY model) "
+                                   f"AS INTEGER) AS mc FROM (SELECT DISTINCT model FROM "
+                                   f"{recent} WHERE model IS NOT NULL)")
+            self.n_models = con.execute(f"SELECT count(*) FROM {names}").fetchall()[0][0] + 1
+            wins = {grid.window(plan.days(f.window_days)) for f in plan.model_feats}
+            self.models_dense = self.n_models * self.n * len(wins) <= _DENSE_MODELS
+            sql = f"""SELECT x.k, x.d, x.vis, m.mc, x.n
+                FROM (SELECT k, d, vis, model, CAST(count(*) AS INTEGER) AS n
+                      FROM {recent} WHERE model IS NOT NULL GROUP BY ALL) x
+                JOIN {names} m ON x.model = m.model"""
+            if self.models_dense:
+                self.model = _fetch(con, sql)
+            else:  # sorted, read by runs of (lead, model)
+                self.model = _fetch(con, sql + " ORDER BY x.k, m.mc", ("k", "mc"))
+                self.model["_lead_starts"] = _runs(self.model["_k"])
+        if recent is not None:
+            drop(recent)
 
     # ------------------------------------------------------------------ one cutoff
 
@@ -824,12 +844,11 @@ class _Reduced:
         return slot, len(self.plan.code) + 2
 
     def _slide(self, name: str, rows: dict, slot: np.ndarray, n_slots: int, wins: list[int],
-               i: int, D: int) -> np.ndarray:
+               i: int, D: int, key: str) -> np.ndarray:
         """Sums of ``n`` per (window, slot, lead) over the rows visible at cutoff ``i`` within
         each window (buckets), kept up to date from one cutoff to the next: the rows that
         became visible are added, the rows that left a window taken away."""
         n, nw, size = self.n, len(wins), n_slots * self.n
-        key = "code" if name == "main" else "lh"
         st = self._state.get(name)
         if st is None:  # the rows in order of visibility and of bucket, once
             vis = rows["vis"]
@@ -882,7 +901,7 @@ class _Reduced:
         wins = sorted({grid.window(plan.days(w)) for w in self._main_windows()})
         col = {w: j for j, w in enumerate(wins)}
         slot, n_slots = self._slots()
-        per = self._slide("main", self.main, slot, n_slots, wins, i, D)
+        per = self._slide("main", self.main, slot, n_slots, wins, i, D, "code")
         latest = self._latest(i, slot, n_slots)
         total = per.sum(axis=1)  # [window, lead]
         out: dict[str, np.ndarray] = {}
@@ -924,7 +943,8 @@ class _Reduced:
         plan, grid = self.plan, self.grid
         wins = sorted({grid.window(plan.days(f.window_days)) for f in plan.features
                        if isinstance(f, cat.NightShare)})
-        per = self._slide("hours", self.hours, np.arange(24, dtype=np.int64), 24, wins, i, D)
+        per = self._slide("hours", self.hours, np.arange(24, dtype=np.int64), 24, wins, i, D,
+                          "lh")
         hours = np.arange(24)
         res = {}
         for f in plan.features:
@@ -954,6 +974,19 @@ class _Reduced:
         plan, grid, g = self.plan, self.grid, self.model
         n = self.n
         wins = sorted({grid.window(plan.days(f.window_days)) for f in plan.model_feats})
+        if self.models_dense:  # a [window, model, lead] matrix kept up to date
+            per = self._slide("models", g, np.arange(self.n_models, dtype=np.int64),
+                              self.n_models, wins, i, D, "mc")
+            res = {}
+            for f in plan.model_feats:
+                m = per[wins.index(grid.window(plan.days(f.window_days)))]
+                if isinstance(f, cat.DistinctModels):
+                    res[f.name] = (m > 0).sum(axis=0)
+                else:
+                    tot = m.sum(axis=0)
+                    with np.errstate(divide="ignore", invalid="ignore"):
+                        res[f.name] = np.where(tot > 0, m.max(axis=0) / tot, np.nan)
+            return res
         sel = (g["vis"] <= i) & (g["d"] >= D - max(wins))
         sums = self._window_sums(g, sel, D, wins)
         rk = g["_k"].astype(np.int64)

@@ -1,0 +1,325 @@
+"""Benchmark: nightly rescoring end to end, against bare model calls on ready matrices.
+
+Data: ``--leads`` leads from the simulator, generated in chunks of 50,000 leads (each chunk its
+own seed and lead-id prefix) into ``leads/``, ``events/`` and ``contacts/`` folders of Parquet
+files, in a child process. Models: conversion, contact and churn trained with their real specs
+(early stopping, calibration) on a separate 20,000-lead simulation; ``--with-slot`` adds the
+contact-slot model. Every measured run is a fresh child process; its peak memory is the sum of
+the RSS of the process and all its descendants (Spark's JVM and Python workers included),
+sampled every 50 ms.
+
+  (a) ``rescore`` without reasons (validation, bucketing, features from the stored events,
+      scoring, Parquet parts) in rows/s, against bare ``Booster.predict`` over a ready feature
+      matrix of the same rows (each model over the rows it scores: the lead models over open
+      leads, churn over open leads and owners), timed in another child. Goal: >= 50%.
+  (b) ``rescore`` with top-3 reasons per score in rows/s, against
+      ``shap.TreeExplainer(booster).shap_values(X)`` on the same models and rows (timed on up
+      to ``--shap-rows`` rows per model; its values are asserted equal to the contributions
+      behind the written reasons, and the written reasons to SHAP's top 3). Goal: >= 3x.
+  (c) peak RSS of (a) and (b). Goal: < 4 GB at 1,000,000 leads.
+
+    python benchmarks/rescore.py                       # 1,000,000 leads
+    python benchmarks/rescore.py --leads 50000         # quick check
+    python benchmarks/rescore.py --engine spark
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import math
+import multiprocessing as mp
+import os
+import queue
+import shutil
+import sys
+import tempfile
+import threading
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+CHUNK = 50_000
+SIM_DAYS = 150
+TRAIN_LEADS = 20_000
+LEAD_MODELS = ("conversion", "contact")
+PROBA_MODELS = ("conversion", "contact", "churn")
+
+
+# --------------------------------------------------------------------------- data and models
+
+
+def generate(out: Path, n_leads: int, days: int = SIM_DAYS) -> dict:
+    """Simulated chunks into leads/ events/ contacts/ folders (one Parquet file per chunk)."""
+    from leadscore import simulate as sim
+
+    for t in ("leads", "events", "contacts"):
+        (out / t).mkdir(parents=True, exist_ok=True)
+    n_events = 0
+    for c in range(math.ceil(n_leads / CHUNK)):
+        n = min(CHUNK, n_leads - c * CHUNK)
+        data = sim.simulate(sim.SimConfig(n_leads=max(n, 10), days=days, seed=1000 + c))
+        for t in ("leads", "events", "contacts"):
+            df = getattr(data, t)
+            df["lead_id"] = f"C{c:03d}-" + df["lead_id"].astype(str)
+            df.to_parquet(out / t / f"chunk-{c:03d}.parquet", index=False)
+        n_events += len(data.events)
+        del data
+    return {"leads": n_leads, "events": n_events}
+
+
+def train_models(out: Path, with_slot: bool) -> dict[str, str]:
+    """The real specs trained on their own simulation; saved as artifacts (no registry)."""
+    from leadscore import contract, models
+    from leadscore import simulate as sim
+    from leadscore.training import dataset
+    from leadscore.training.trainer import fit
+
+    base = out / "train_data"
+    sim.write(sim.simulate(sim.SimConfig(n_leads=TRAIN_LEADS, days=SIM_DAYS, seed=7)), base)
+    ds = contract.load(base)
+    trees = {}
+    for name in (*PROBA_MODELS, *(("contact-slot",) if with_slot else ())):
+        spec = models.get(name)
+        fr = fit(spec, dataset.build(ds.con, spec), num_threads=2)
+        fr.model.meta = {"version": "bench"}
+        fr.model.save(out / "models" / name)
+        trees[name] = fr.model.booster.num_trees()
+    return trees
+
+
+def load_scorer(models_dir: Path, num_threads: int = 2):
+    from leadscore.artifact import LeadModel
+    from leadscore.serving.scorer import Scorer
+
+    return Scorer({d.name: LeadModel.load(d) for d in sorted(models_dir.iterdir())},
+                  num_threads=num_threads)
+
+
+# --------------------------------------------------------------------------- children
+
+
+def _timed(obj, name: str, acc: dict) -> None:
+    fn = getattr(obj, name)
+
+    def wrapper(*a, **kw):
+        t = time.perf_counter()
+        try:
+            return fn(*a, **kw)
+        finally:
+            acc[name] += time.perf_counter() - t
+
+    setattr(obj, name, wrapper)
+
+
+def child_rescore(data: str, out: str, models_dir: str, as_of: str, reasons: int,
+                  bucket_leads: int, engine: str, q) -> None:
+    from leadscore import contract
+    from leadscore.features import job
+    from leadscore.serving import batch
+    from leadscore.serving.scorer import Scorer
+
+    phases: dict[str, float] = defaultdict(float)
+    for obj, name in ((contract, "load"), (batch, "_split_buckets"), (job, "compute"),
+                      (job, "to_pandas"), (Scorer, "score"), (batch, "_write_part")):
+        _timed(obj, name, phases)
+    scorer = load_scorer(Path(models_dir))
+    t = time.perf_counter()
+    res = batch.rescore(Path(data), pd.Timestamp(as_of), Path(out), reasons=reasons,
+                        bucket_leads=bucket_leads, force=True, scorer=scorer, engine=engine)
+    q.put({"rows": res.rows, "seconds": time.perf_counter() - t, "buckets": res.buckets,
+           "phases": dict(phases)})
+
+
+def child_reference(data: str, work: str, models_dir: str, as_of: str, bucket_leads: int,
+                    shap_rows: int, scored: str, q) -> None:
+    """Bare Booster.predict and shap.TreeExplainer over ready matrices of the same rows."""
+    import shap
+
+    from leadscore import contract
+    from leadscore.features import job
+    from leadscore.serving import batch
+    from leadscore.serving.scorer import PROBA_COLUMN
+
+    scorer = load_scorer(Path(models_dir))
+    ds = contract.load(Path(data))
+    n_leads = ds.con.execute("SELECT count(*) FROM leads").fetchone()[0]
+    n_buckets = max(1, math.ceil(n_leads / bucket_leads))
+    batch._split_buckets(ds, Path(work), n_buckets)
+    ds.con.close()
+    frames = []
+    for b in range(n_buckets):
+        con = batch.bucket_connection(Path(work), b)
+        f = job.to_pandas(job.compute(con, [pd.Timestamp(as_of)]))
+        frames.append(f[f["is_open"] | f["is_owner"]])
+        con.close()
+    feats = pd.concat(frames, ignore_index=True)
+    del frames
+    shutil.rmtree(work)
+    out: dict = {"rows": len(feats), "predict": {}, "shap": {}}
+    written = pd.read_parquet(scored, columns=["lead_id", "reasons"]).set_index("lead_id")
+    for name, model in scorer.models.items():
+        if name not in PROBA_COLUMN:
+            continue
+        rows = feats[feats["is_open"]] if name in LEAD_MODELS else feats
+        X = model.frame(rows)  # the ready matrix: not timed
+        t = time.perf_counter()
+        model.booster.predict(X, num_threads=2)
+        out["predict"][name] = {"rows": len(X), "seconds": time.perf_counter() - t}
+
+        sample = rows.iloc[: min(shap_rows, len(rows))]
+        Xs = X.iloc[: len(sample)]
+        del X
+        explainer = shap.TreeExplainer(model.booster)
+        t = time.perf_counter()
+        sv = np.asarray(explainer.shap_values(Xs))
+        secs = time.perf_counter() - t
+        ours = batch.contributions(model, sample, num_threads=2)[:, :-1]
+        np.testing.assert_allclose(ours, sv, rtol=1e-9, atol=1e-9)
+        # the reasons written by rescore are SHAP's top 3 for and against
+        checked = 0
+        for lead, contrib in zip(sample["lead_id"].head(500), sv[:500], strict=False):
+            rs = [r for r in json.loads(written.at[lead, "reasons"]) if r["model"] == name]
+            order = np.argsort(-contrib, kind="stable")
+            pos = [model.features[j] for j in order[:3] if contrib[j] > 0]
+            neg = [model.features[j] for j in order[::-1][:3] if contrib[j] < 0]
+            assert [r["feature"] for r in rs] == pos + neg, (lead, name)
+            for r in rs:
+                j = model.features.index(r["feature"])
+                assert abs(r["contribution"] - contrib[j]) <= 1e-6
+            checked += 1
+        out["shap"][name] = {"rows": len(Xs), "seconds": secs, "reasons_checked": checked,
+                             "max_abs_diff": float(np.max(np.abs(ours - sv)))}
+    q.put(out)
+
+
+def run_child(target, *args) -> tuple[dict, int]:
+    """Run ``target`` in a fresh process; return its result and the peak RSS of its tree."""
+    import psutil
+
+    ctx = mp.get_context("spawn")
+    q = ctx.Queue()
+    p = ctx.Process(target=target, args=(*args, q))
+    p.start()
+    peak = 0
+    stop = threading.Event()
+
+    def sample():
+        nonlocal peak
+        try:
+            root = psutil.Process(p.pid)
+        except psutil.NoSuchProcess:
+            return
+        while not stop.is_set():
+            try:
+                procs = [root, *root.children(recursive=True)]
+                total = 0
+                for pr in procs:
+                    with contextlib.suppress(psutil.NoSuchProcess):
+                        total += pr.memory_info().rss
+                peak = max(peak, total)
+            except psutil.NoSuchProcess:
+                return
+            time.sleep(0.05)
+
+    th = threading.Thread(target=sample, daemon=True)
+    th.start()
+    result = None
+    while result is None:
+        try:
+            result = q.get(timeout=1)
+        except queue.Empty:
+            if not p.is_alive():
+                raise RuntimeError(
+                    f"{target.__name__} died with exit code {p.exitcode}") from None
+    p.join()
+    stop.set()
+    th.join()
+    return result, peak
+
+
+# --------------------------------------------------------------------------- main
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--leads", type=int, default=1_000_000)
+    ap.add_argument("--engine", choices=("duckdb", "spark"), default="duckdb")
+    ap.add_argument("--bucket-leads", type=int, default=None)
+    ap.add_argument("--shap-rows", type=int, default=20_000)
+    ap.add_argument("--with-slot", action="store_true", help="also the contact-slot model")
+    ap.add_argument("--workdir", type=Path, default=None, help="keep data/models here")
+    args = ap.parse_args()
+
+    from leadscore.serving import batch
+
+    bucket = args.bucket_leads or batch.DEFAULT_BUCKET_LEADS
+    root = args.workdir or Path(tempfile.mkdtemp(prefix="bench-rescore-"))
+    root.mkdir(parents=True, exist_ok=True)
+    data = root / f"data-{args.leads}"
+    print(f"rescore benchmark: {args.leads:,} leads, engine {args.engine}, "
+          f"{bucket:,} leads per bucket, {os.cpu_count()} cores, work in {root}")
+    t = time.perf_counter()
+    if not (data / "leads").is_dir():
+        ctx = mp.get_context("spawn")
+        with ctx.Pool(1) as pool:
+            info = pool.apply(generate, (data, args.leads))
+        print(f"  data: {info['leads']:,} leads, {info['events']:,} events "
+              f"({time.perf_counter() - t:.0f}s to simulate)")
+    models_dir = root / "models"
+    if not models_dir.is_dir() or args.with_slot != (models_dir / "contact-slot").is_dir():
+        shutil.rmtree(models_dir, ignore_errors=True)
+        t = time.perf_counter()
+        trees = train_models(root, args.with_slot)
+        print(f"  models: {trees} trees ({time.perf_counter() - t:.0f}s to train)")
+    import duckdb
+
+    (end,) = duckdb.sql(
+        f"SELECT max(ts)::VARCHAR FROM read_parquet('{data}/events/*.parquet')").fetchall()[0]
+    as_of = str(pd.Timestamp(end).floor("D"))
+
+    runs = {}
+    for reasons in (0, 3):
+        out = root / f"out-r{reasons}"
+        res, peak = run_child(child_rescore, str(data), str(out), str(models_dir), as_of,
+                              reasons, bucket, args.engine)
+        runs[reasons] = (res, peak)
+        ph = ", ".join(f"{k} {v:.0f}s" for k, v in res["phases"].items())
+        print(f"  rescore reasons={reasons}: {res['rows']:,} rows in {res['seconds']:.1f}s = "
+              f"{res['rows'] / res['seconds']:,.0f} rows/s; peak RSS {peak / 1e9:.2f} GB"
+              f"{'; in-process phases: ' + ph if ph and args.engine == 'duckdb' else ''}")
+    ref, _ = run_child(child_reference, str(data), str(root / "ref-work"), str(models_dir),
+                       as_of, bucket, args.shap_rows, str(root / "out-r3"))
+    assert ref["rows"] == runs[0][0]["rows"] == runs[3][0]["rows"]
+    pred_s = sum(v["seconds"] for v in ref["predict"].values())
+    shap_s = sum(v["seconds"] * (ref["predict"][k]["rows"] / v["rows"])
+                 for k, v in ref["shap"].items())  # extrapolated to all rows
+    pred_rate = ref["rows"] / pred_s
+    shap_rate = ref["rows"] / shap_s
+    for k, v in ref["predict"].items():
+        s = ref["shap"][k]
+        print(f"  {k:10s} Booster.predict {v['rows']:,} rows in {v['seconds']:.2f}s; "
+              f"shap {s['rows']:,} rows in {s['seconds']:.2f}s "
+              f"(max |diff| vs ours {s['max_abs_diff']:.1e}, "
+              f"{s['reasons_checked']} rows' reasons checked)")
+    r0 = runs[0][0]["rows"] / runs[0][0]["seconds"]
+    r3 = runs[3][0]["rows"] / runs[3][0]["seconds"]
+    peak = max(runs[0][1], runs[3][1])
+    print(f"(a) rescore, no reasons: {r0:,.0f} rows/s vs bare Booster.predict "
+          f"{pred_rate:,.0f} rows/s = {r0 / pred_rate:.1%} (goal >= 50%)")
+    print(f"(b) rescore, top-3 reasons: {r3:,.0f} rows/s vs shap.TreeExplainer "
+          f"{shap_rate:,.0f} rows/s = {r3 / shap_rate:.2f}x (goal >= 3x)")
+    print(f"(c) peak RSS incl. children: {peak / 1e9:.2f} GB for {args.leads:,} leads "
+          f"(goal < 4 GB at 1,000,000)")
+    if args.workdir is None:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,494 @@
+"""Nightly rescoring (embedded engine): the output contract, kill and resume, no-op reruns,
+CSV export, bad input rows, and partial registries.
+
+The models come from :func:`quick_registry`: small LightGBM models with each real spec's
+features, parameters, categories and calibration, registered as champions in a private MLflow
+store. Batch behaviour does not depend on how well a model was trained, and this costs seconds
+where the full training pipeline (the ``trained`` fixture) costs minutes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import duckdb
+import lightgbm as lgb
+import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+from typer.testing import CliRunner
+
+from leadscore import contract, models, registry
+from leadscore.artifact import Calibrator, LeadModel
+from leadscore.cli import app
+from leadscore.features import job
+from leadscore.features.slots import add_slot_features
+from leadscore.schema import CHANNELS
+from leadscore.serving import batch
+from leadscore.serving.scorer import OUTPUT_COLUMNS, SLOT_MODEL, Scorer
+from leadscore.training import trainer
+
+ROOT = Path(__file__).resolve().parents[1]
+PROBAS = ["p_convert", "p_inquiry", "p_response", "p_churn"]
+REASON_KEYS = {"model", "feature", "value", "contribution", "sentence"}
+
+
+# --------------------------------------------------------------------------- models
+
+
+def _labels(frame: pd.DataFrame, features: list[str], rng) -> np.ndarray:
+    """A noisy label that depends on a handful of the features (so trees split on them)."""
+    num = [f for f in features if pd.api.types.is_numeric_dtype(frame[f])][:8]
+    score = frame[num].rank(pct=True).mean(axis=1).fillna(0.5).to_numpy()
+    return (rng.random(len(frame)) < 0.15 + 0.7 * score).astype(int)
+
+
+def _quick_model(name: str, frame: pd.DataFrame, rng) -> LeadModel:
+    spec = models.get(name)
+    features = list(spec.features)
+    y = _labels(frame, features, rng)
+    cats = trainer.categories_of(frame, features)
+    proto = LeadModel(name, booster=None, features=features, categories=cats,  # type: ignore[arg-type]
+                      calibrator=Calibrator("none"))
+    params = trainer.booster_params(spec, features, seed=0, num_threads=2)
+    params["metric"] = ["binary_logloss"]
+    booster = lgb.train(params, lgb.Dataset(proto.frame(frame), label=y,
+                                            categorical_feature=list(cats)),
+                        num_boost_round=30)
+    model = LeadModel(name=name, booster=lgb.Booster(model_str=booster.model_to_string()),
+                      features=features, categories=cats, calibrator=Calibrator("none"),
+                      grades=spec.grades, label=spec.label.describe())
+    model.calibrator = trainer.fit_calibrator(spec.calibration, model.raw(frame), y)
+    return model
+
+
+def _training_frames(data_dir: Path, rng) -> tuple[dict[str, pd.DataFrame], pd.Timestamp]:
+    ds = contract.load(data_dir)
+    end = pd.Timestamp(ds.con.execute("SELECT max(ts) FROM events").df().iloc[0, 0]).floor("D")
+    cutoffs = [end - pd.Timedelta(days=d) for d in (60, 30, 0)]
+    feats = job.to_pandas(job.compute(ds.con, cutoffs))
+    ds.con.close()
+    sample = feats.sample(4000, replace=True, random_state=0).reset_index(drop=True)
+    slot_start = pd.to_datetime(sample["as_of"], utc=True) + pd.to_timedelta(
+        rng.integers(1, 72, len(sample)), unit="h")
+    slots = add_slot_features(sample, slot_start, sample["tz"],
+                              pd.Series(rng.choice(list(CHANNELS), len(sample))))
+    return {"lead": feats, "slot": slots}, end
+
+
+def quick_registry(base: Path, data_dir: Path) -> SimpleNamespace:
+    """All four models registered as champions in ``base/mlruns.db`` (built once per base
+    folder), plus ``base/nochurn.db``: a copy whose churn model has no champion."""
+    uri = f"sqlite:///{base / 'mlruns.db'}"
+    nochurn = f"sqlite:///{base / 'nochurn.db'}"
+    info = base / "registry.json"
+    if info.is_file():
+        meta = json.loads(info.read_text())
+        return SimpleNamespace(uri=uri, nochurn_uri=nochurn, as_of=pd.Timestamp(meta["as_of"]),
+                               versions=meta["versions"])
+    base.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(7)
+    frames, end = _training_frames(data_dir, rng)
+    versions = {}
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MLFLOW_TRACKING_URI", uri)
+        mp.chdir(base)  # MLflow's default artifact root
+        for name in models.NAMES:
+            frame = frames["slot" if name == SLOT_MODEL else "lead"]
+            model = _quick_model(name, frame, rng)
+            spec = models.get(name)
+            _, version = registry.log_model(model, frame[model.features].head(20),
+                                            spec.registered_name)
+            registry.set_alias(name, registry.CHAMPION, version)
+            versions[name] = version
+        with sqlite3.connect(base / "mlruns.db") as src, \
+                sqlite3.connect(base / "nochurn.db") as dst:
+            src.backup(dst)
+        mp.setenv("MLFLOW_TRACKING_URI", nochurn)
+        registry.client().delete_registered_model_alias(
+            registry.registered_name("churn"), registry.CHAMPION)
+    info.write_text(json.dumps({"as_of": str(end), "versions": versions}))
+    return SimpleNamespace(uri=uri, nochurn_uri=nochurn, as_of=end, versions=versions)
+
+
+def small_data(base: Path, data_dir: Path) -> Path:
+    """About 40% of the simulated leads (by a hash of the id), with their events and
+    contacts: the same kinds of rows, scored in a third of the time."""
+    if (base / "contacts.parquet").is_file():
+        return base
+    base.mkdir(parents=True, exist_ok=True)
+    con = contract.connect()
+    for table in ("leads", "events", "contacts"):
+        con.execute(
+            f"COPY (SELECT * FROM read_parquet('{data_dir / table}.parquet') "
+            f"WHERE hash(lead_id) % 5 < 2) TO '{base / table}.parquet' (FORMAT parquet)")
+    con.close()
+    return base
+
+
+@pytest.fixture(scope="module")
+def reg(sim_data, tmp_path_factory):
+    return quick_registry(tmp_path_factory.getbasetemp() / "quick_registry", sim_data)
+
+
+@pytest.fixture(scope="module")
+def data(sim_data, tmp_path_factory):
+    return small_data(tmp_path_factory.getbasetemp() / "small_data", sim_data)
+
+
+@pytest.fixture
+def env(reg, monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", reg.uri)
+    return reg
+
+
+@pytest.fixture(scope="module")
+def reference(reg, data, tmp_path_factory):
+    """One uninterrupted embedded run with default settings, and its output frame."""
+    out = tmp_path_factory.mktemp("reference") / "scores"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MLFLOW_TRACKING_URI", reg.uri)
+        res = batch.rescore(data, reg.as_of, out)
+    return SimpleNamespace(out=out, res=res, frame=read_sorted(out))
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def assert_same_scores(a: pd.DataFrame, b: pd.DataFrame) -> None:
+    """Same rows and values; probabilities equal to 1e-12, everything else exactly."""
+    assert list(a.columns) == list(b.columns)
+    assert a.dtypes.to_dict() == b.dtypes.to_dict()
+    assert a["lead_id"].tolist() == b["lead_id"].tolist()
+    for c in PROBAS:
+        np.testing.assert_allclose(a[c].to_numpy(float), b[c].to_numpy(float), rtol=0,
+                                   atol=1e-12, equal_nan=True, err_msg=c)
+    rest = [c for c in a.columns if c not in PROBAS]
+    pd.testing.assert_frame_equal(a[rest].reset_index(drop=True),
+                                  b[rest].reset_index(drop=True), check_exact=True)
+
+
+def read_sorted(out: Path) -> pd.DataFrame:
+    return pd.read_parquet(out).sort_values("lead_id").reset_index(drop=True)
+
+
+def cli(*args: str, timeout: float = 300, **kw) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    return subprocess.run([sys.executable, "-m", "leadscore.cli", *args], env=env,
+                          capture_output=True, text=True, timeout=timeout, **kw)
+
+
+def visible_parts(out: Path) -> list[Path]:
+    return sorted(p for p in out.glob("*.parquet") if not p.name.startswith((".", "_")))
+
+
+def assert_readable(out: Path) -> int:
+    """Every file a reader can see is a whole part, and the folder reads as one table."""
+    parts = visible_parts(out)
+    for p in parts:
+        pq.read_table(p)  # raises on a truncated file
+    if not parts:
+        return 0
+    return len(pd.read_parquet(out))
+
+
+def copy_data(src: Path, dst: Path) -> Path:
+    dst.mkdir(parents=True)
+    for name in ("leads.parquet", "events.parquet", "contacts.parquet"):
+        shutil.copy(src / name, dst / name)
+    return dst
+
+
+def mtimes(out: Path) -> dict[str, int]:
+    return {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
+
+
+# --------------------------------------------------------------------------- tests
+
+
+def test_output_is_one_row_per_open_lead_or_owner_with_the_contract_columns(
+        reference, reg, data, monkeypatch):
+    df = reference.frame
+    assert list(df.columns) == list(OUTPUT_COLUMNS)
+    # DuckDB reads the same folder as one table
+    (n_duck,) = duckdb.sql(
+        f"SELECT count(*), count(DISTINCT lead_id) FROM read_parquet('{reference.out}/*.parquet')"
+    ).fetchall()
+    assert n_duck == (len(df), len(df)) == (reference.res.rows, reference.res.rows)
+
+    # entities, computed independently over the whole (unbucketed) data set
+    ds = contract.load(data)
+    feats = job.to_pandas(job.compute(ds.con, [reg.as_of]))
+    entities = feats[feats["is_open"] | feats["is_owner"]].sort_values("lead_id")
+    assert df["lead_id"].tolist() == entities["lead_id"].tolist()
+    assert df["dealer_id"].tolist() == entities["dealer_id"].astype(str).tolist()
+
+    # timestamps are UTC
+    assert str(df["as_of"].dtype) == "datetime64[us, UTC]"
+    assert str(df["best_slot_start"].dtype) == "datetime64[us, UTC]"
+    assert (df["as_of"] == reg.as_of).all()
+    has_slot = df["best_slot_start"].notna()
+    assert has_slot.any()
+    assert (df.loc[has_slot, "best_slot_start"] >= reg.as_of).all()
+
+    # scores where they belong: lead models for open leads, churn for everyone
+    open_ = df["lead_id"].isin(entities.loc[entities["is_open"], "lead_id"]).to_numpy()
+    assert open_.any() and (~open_).any()
+    for c in ("p_convert", "p_inquiry", "lead_score", "grade", "contact_urgency"):
+        assert df.loc[open_, c].notna().all(), c
+        assert df.loc[~open_, c].isna().all(), c
+    assert df["p_churn"].notna().all()
+    for c in PROBAS:
+        v = df[c].dropna()
+        assert ((v >= 0) & (v <= 1)).all(), c
+    assert (df.loc[open_, "lead_score"] == np.rint(df.loc[open_, "p_convert"] * 100)).all()
+    assert set(df.loc[open_, "grade"]) <= set("ABCD")
+    assert set(df.loc[has_slot, "best_channel"]) <= set(CHANNELS)
+
+    # reasons are JSON lists of whole reasons; model versions are JSON
+    for text, is_open in zip(df["reasons"], open_, strict=True):
+        rs = json.loads(text)
+        assert isinstance(rs, list) and rs
+        assert all(set(r) == REASON_KEYS and r["sentence"] for r in rs)
+        per_model = pd.Series([r["model"] for r in rs]).value_counts()
+        assert (per_model.drop(SLOT_MODEL, errors="ignore") <= 6).all()  # 3 for, 3 against
+        assert ("conversion" in per_model) == is_open
+        assert "churn" in per_model
+    assert {json.dumps(reg.versions, sort_keys=True)} == {
+        json.dumps(json.loads(v), sort_keys=True) for v in df["model_versions"]}
+
+    # bucketing and the batch TreeSHAP change nothing: the scorer as HTTP uses it (LightGBM's
+    # pred_contrib), over the whole feature frame, gives the same rows and reasons
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", reg.uri)
+    scorer = Scorer.from_registry()
+    sample = entities.head(400)
+    direct = pd.concat([
+        scorer.score(sample[sample["is_open"]]),
+        scorer.score(sample[~sample["is_open"]], only={"churn"}),
+    ]).sort_values("lead_id")
+    got = df.set_index("lead_id").loc[direct["lead_id"]].reset_index()
+    assert_same_scores(got, batch._fmt_types(direct).reset_index(drop=True))
+
+
+def test_killed_run_resumes_to_the_same_result_and_readers_never_see_partial_files(
+        reference, env, data, tmp_path):
+    out = tmp_path / "scores"
+    args = ["rescore", "--data", str(data), "--as-of", str(env.as_of), "--out", str(out),
+            "--bucket-leads", "100"]
+    proc = subprocess.Popen([sys.executable, "-m", "leadscore.cli", *args],
+                            env=dict(os.environ, PYTHONPATH=str(ROOT)),
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    manifest = out / batch.MANIFEST
+    try:
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline and proc.poll() is None:
+            if manifest.is_file():
+                m = json.loads(manifest.read_text())
+                assert_readable(out)
+                if m["parts"]:
+                    break
+            time.sleep(0.02)
+        assert proc.poll() is None, proc.communicate()[0].decode()[-2000:]
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    m = json.loads(manifest.read_text())
+    assert not m["complete"] and m["buckets"] >= 8 and 1 <= len(m["parts"]) < m["buckets"]
+    rows_before = assert_readable(out)
+    assert rows_before == sum(p["rows"] for p in m["parts"].values())
+
+    res = cli(*args)
+    assert res.returncode == 0, res.stderr[-2000:]
+    resumed = json.loads(manifest.read_text())
+    assert resumed["complete"] and len(resumed["parts"]) == m["buckets"]
+    assert f"({len(m['parts'])} resumed)" in res.stdout
+    for b, part in m["parts"].items():  # parts written before the kill are kept, not redone
+        assert resumed["parts"][b] == part
+    assert not list(out.glob(".*.tmp")) and not (out / "_work").exists()
+
+    got = read_sorted(out)
+    assert len(got) == reference.res.rows == resumed["rows"]
+    assert not got["lead_id"].duplicated().any()
+    pd.testing.assert_frame_equal(got, reference.frame, check_exact=True)
+
+
+def test_rerun_is_a_noop_unless_forced_and_other_inputs_are_refused(env, data, tmp_path):
+    data = copy_data(data, tmp_path / "data")
+    out = tmp_path / "scores"
+    kw = {"bucket_leads": 400, "reasons": 0}
+    first = batch.rescore(data, env.as_of, out, **kw)
+    assert not first.noop and first.buckets == 3
+    before = mtimes(out)
+    again = batch.rescore(data, env.as_of, out, **kw)
+    assert again.noop and again.rows == first.rows and again.skipped_buckets == first.buckets
+    assert again.seconds < first.seconds
+    assert mtimes(out) == before  # not a byte touched
+
+    forced = batch.rescore(data, env.as_of, out, force=True, **kw)
+    assert not forced.noop and forced.rows == first.rows
+    after = mtimes(out)
+    assert set(after) == set(before)
+    assert all(after[p.name] > before[p.name] for p in visible_parts(out))
+
+    # another cutoff, other settings or other data into the same folder: refused
+    with pytest.raises(FileExistsError, match="--force"):
+        batch.rescore(data, env.as_of - pd.Timedelta(days=1), out, **kw)
+    with pytest.raises(FileExistsError):
+        batch.rescore(data, env.as_of, out, bucket_leads=400, reasons=1)
+    ev = pd.read_parquet(data / "events.parquet")
+    ev.iloc[:-1].to_parquet(data / "events.parquet", index=False)
+    res = CliRunner().invoke(app, ["rescore", "--data", str(data), "--as-of", str(env.as_of),
+                                   "--out", str(out), "--bucket-leads", "400",
+                                   "--reasons", "0"])
+    assert res.exit_code == 2 and "--force" in res.output
+    assert mtimes(out) == after
+    replaced = batch.rescore(data, env.as_of, out, force=True, **kw)
+    assert not replaced.noop
+    assert json.loads((out / batch.MANIFEST).read_text())["complete"]
+
+
+def test_csv_export_reads_back_with_the_same_rows_and_reasons_as_sentences(reference, tmp_path):
+    csv = tmp_path / "scores.csv"
+    n = batch.export_csv(reference.out, csv)
+    text = csv.read_bytes().decode("utf-8")  # strict UTF-8
+    back = pd.read_csv(csv, encoding="utf-8", keep_default_na=False, na_values=[""])
+    assert n == len(back) == len(reference.frame)
+    assert list(back.columns) == list(OUTPUT_COLUMNS)
+    pq_ = reference.frame
+    assert back["lead_id"].astype(str).tolist() == pq_["lead_id"].tolist()
+    for c in PROBAS:
+        np.testing.assert_array_equal(back[c].to_numpy(float), pq_[c].to_numpy(float))
+    assert (pd.to_datetime(back["as_of"], utc=True) == pq_["as_of"]).all()
+    expected = ["; ".join(r["sentence"] for r in json.loads(s)) for s in pq_["reasons"]]
+    assert back["reasons"].tolist() == expected
+    assert "[{" not in text  # no JSON left in the CSV's reasons
+
+
+def test_corrupt_input_rows_are_quarantined_and_the_job_completes(
+        reference, env, data, tmp_path):
+    data = copy_data(data, tmp_path / "data")
+    ev = pd.read_parquet(data / "events.parquet")
+    good = ev.iloc[0]
+    as_text = ev.astype("object").where(ev.notna(), None)
+    for c in ("ts", "ingested_at"):
+        as_text[c] = ev[c].map(lambda t: None if pd.isna(t) else t.isoformat())
+    bad = pd.DataFrame([
+        {**as_text.iloc[0].to_dict(), "ts": "yesterday-ish"},  # unparseable time
+        {**as_text.iloc[0].to_dict(), "lead_id": "NO-SUCH-LEAD"},  # unknown lead
+    ])
+    pd.concat([as_text, bad], ignore_index=True).to_csv(data / "events.csv", index=False)
+    (data / "events.parquet").unlink()
+
+    res = batch.rescore(data, env.as_of, tmp_path / "scores")
+    assert res.quarantined == 2
+    q = pd.read_parquet(data / "quarantine" / "events.parquet")
+    assert sorted(q["_reason"]) == ["unknown_lead", "unparseable_ts"]
+    assert set(q["lead_id"]) == {good["lead_id"], "NO-SUCH-LEAD"}
+    got = read_sorted(tmp_path / "scores")
+    assert "NO-SUCH-LEAD" not in set(got["lead_id"])
+    pd.testing.assert_frame_equal(got, reference.frame, check_exact=True)
+
+
+def test_models_not_registered_are_skipped_and_their_columns_are_null(
+        reference, env, data, tmp_path, monkeypatch):
+    ref = reference.frame.set_index("lead_id")
+    # only conversion asked for
+    out = tmp_path / "conversion_only"
+    res = CliRunner().invoke(app, ["rescore", "--data", str(data), "--as-of",
+                                   str(env.as_of), "--out", str(out), "--models", "conversion"])
+    assert res.exit_code == 0, res.output[-2000:]
+    df = read_sorted(out).set_index("lead_id")
+    assert df.index.equals(ref.index)
+    for c in ("p_inquiry", "contact_urgency", "best_slot_start", "best_channel", "p_response",
+              "p_churn"):
+        assert df[c].isna().all(), c
+    pd.testing.assert_series_equal(df["p_convert"], ref["p_convert"], check_exact=True)
+    assert set(df["model_versions"]) == {json.dumps({"conversion": env.versions["conversion"]})}
+    models_in_reasons = {r["model"] for s in df["reasons"] for r in json.loads(s)}
+    assert models_in_reasons == {"conversion"}
+
+    # a registry where churn has no champion: everything else as before, churn null
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", env.nochurn_uri)
+    out = tmp_path / "no_churn"
+    res = batch.rescore(data, env.as_of, out)
+    assert "churn" not in res.model_versions and len(res.model_versions) == 3
+    df = read_sorted(out).set_index("lead_id")
+    assert df.index.equals(ref.index)  # owners keep their row, with nothing scored
+    assert df["p_churn"].isna().all()
+    for c in ("p_convert", "p_inquiry", "lead_score", "best_slot_start", "p_response"):
+        pd.testing.assert_series_equal(df[c], ref[c], check_exact=True)
+    assert all(r["model"] != "churn" for s in df["reasons"] for r in json.loads(s))
+
+
+def _split_kinds_model(params: dict) -> tuple[LeadModel, pd.DataFrame]:
+    """A booster with numerical splits (missing: None, NaN, Zero) and categorical splits, and
+    test rows that hit every branch: NaN, zeros, unseen and missing categories, thresholds."""
+    rng = np.random.default_rng(3)
+    n = 5000
+    df = pd.DataFrame({
+        "a": rng.normal(size=n),
+        "b": np.where(rng.random(n) < 0.2, np.nan, rng.exponential(size=n)),
+        "z": np.where(rng.random(n) < 0.3, 0.0, rng.normal(size=n)),
+        "k": rng.integers(-2, 5, n).astype(float),
+        "c": pd.Categorical(rng.choice(list("pqrstuvw"), n), categories=list("pqrstuvw")),
+    })
+    df.loc[rng.random(n) < 0.1, "c"] = np.nan
+    y = (df["a"] + 0.5 * df["b"].fillna(2) - 1.2 * df["c"].isin(["q", "t"])
+         + 0.8 * (df["z"] == 0) + 0.3 * df["k"] + rng.normal(size=n)) > 0.6
+    booster = lgb.train({"objective": "binary", "max_depth": 6, "num_leaves": 31,
+                         "min_data_per_group": 5, "cat_smooth": 1, "max_cat_to_onehot": 2,
+                         "verbosity": -1, "seed": 1, "num_threads": 1, **params},
+                        lgb.Dataset(df, y.astype(int)), num_boost_round=40)
+    model = LeadModel("t", booster=booster, features=list(df.columns),
+                      categories={"c": list("pqrstuvw")}, calibrator=Calibrator("none"))
+    test = df.sample(600, random_state=1).reset_index(drop=True)
+    test["c"] = test["c"].astype("object")
+    test.loc[:20, "c"] = "never-seen"
+    test.loc[21:40, ["a", "b", "z", "k"]] = np.nan
+    test.loc[41:60, ["a", "b", "z", "k"]] = 0.0
+    splits = [t for t in booster.trees_to_dataframe().itertuples()
+              if isinstance(t.threshold, float) and t.split_feature in ("a", "b", "z", "k")]
+    for i, t in enumerate(splits[:200]):  # values exactly on a threshold go left
+        test.loc[61 + i % 500, t.split_feature] = t.threshold
+    return model, test
+
+
+@pytest.mark.parametrize("params", [{}, {"zero_as_missing": True}, {"use_missing": False}],
+                         ids=["nan-missing", "zero-missing", "no-missing"])
+def test_batch_treeshap_equals_lightgbm_pred_contrib(params):
+    model, test = _split_kinds_model(params)
+    tables = batch._ShapTables(model.booster)
+    assert tables.usable and tables.max_path <= 5
+    theirs = model.booster.predict(model.frame(test), pred_contrib=True)
+    for threads in (1, 3):
+        ours = batch.contributions(model, test, num_threads=threads)
+        np.testing.assert_allclose(ours, theirs, rtol=0, atol=1e-12)
+    kinds = {t.decision_type for t in model.booster.trees_to_dataframe().itertuples()}
+    assert {"<=", "=="} <= kinds  # both kinds of split were exercised
+
+
+def test_batch_treeshap_falls_back_to_lightgbm_for_deep_paths(monkeypatch):
+    model, test = _split_kinds_model({})
+    monkeypatch.setattr(batch, "_SHAP_MAX_PATH", 2)
+    assert not batch._ShapTables(model.booster).usable
+    np.testing.assert_array_equal(batch.contributions(model, test),
+                                  model.booster.predict(model.frame(test), pred_contrib=True))
+
+
+def test_unknown_engine_is_refused(data, tmp_path):
+    with pytest.raises(ValueError, match="engine"):
+        batch.rescore(data, "2026-01-01", tmp_path / "x", engine="flink",
+                      scorer=Scorer({}, rules=None))
+    assert not (tmp_path / "x").exists()
