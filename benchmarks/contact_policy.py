@@ -6,9 +6,10 @@ attempts compares the true response rate (from the simulator) of:
   model    – the best allowed slot/channel in the next 72 hours by the slot model,
   oracle   – the best allowed slot/channel by the true response probability.
 Goal: (model - logged) / (oracle - logged) ≥ 0.8. Also the doubly robust off-policy estimate
-(no truth needed) against the truth-based value of the model policy: goal within 0.02.
+(no truth needed: actions coarsened to channel x part of the day, the advisors' propensities
+learned from the log) against the truth-based value of the model policy: goal within 0.02.
 
-    .venv/bin/python benchmarks/contact_policy.py [--leads 50000] [--days 180] [--sample 4000]
+    .venv/bin/python benchmarks/contact_policy.py [--leads 50000] [--days 180] [--sample 8000]
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ def main() -> None:
     ap.add_argument("--leads", type=int, default=50_000)
     ap.add_argument("--days", type=int, default=180)
     ap.add_argument("--seed", type=int, default=3)
-    ap.add_argument("--sample", type=int, default=4000, help="held-out attempts evaluated")
+    ap.add_argument("--sample", type=int, default=8000, help="held-out attempts evaluated")
     args = ap.parse_args()
 
     tmp = Path(tempfile.mkdtemp(prefix="leadscore-policy-"))
@@ -53,7 +54,7 @@ def main() -> None:
     print(f"slot model: {ts.counts()} rows, {fr.best_iteration} trees, "
           f"{time.perf_counter() - t0:.1f}s")
     test = ts.part("test")
-    prop = policy_eval.logging_propensity(ts.frame[ts.frame["split"] != "test"])
+    prop = policy_eval.LoggingPolicy.fit(ts.frame[ts.frame["split"] != "test"])
     t0 = time.perf_counter()
     m = policy_eval.evaluate(fr.model, test, RulesFile.load(), prop,
                              load_truth(data, "truth_leads"), load_truth(data, "truth_contacts"),
@@ -66,7 +67,8 @@ def main() -> None:
     print(f"(model - logged) / (oracle - logged) = {gain:.3f}   (goal ≥ 0.8: "
           f"{'met' if gain >= 0.8 else 'NOT met'})")
     err = abs(m["policy_dr_estimate"] - m["policy_true_model"])
-    print(f"off-policy DR estimate {m['policy_dr_estimate']:.4f} vs truth "
+    print(f"off-policy DR estimate {m['policy_dr_estimate']:.4f} "
+          f"(standard error {m['policy_dr_se']:.4f}) vs truth "
           f"{m['policy_true_model']:.4f}: |error| = {err:.4f}   (goal ≤ 0.02: "
           f"{'met' if err <= 0.02 else 'NOT met'}); "
           f"direct-method estimate {m['policy_dm_estimate']:.4f}, "

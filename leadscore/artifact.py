@@ -8,7 +8,10 @@ Serving depends on this module only, never on training code.
 from __future__ import annotations
 
 import json
+import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 import lightgbm as lgb
@@ -74,17 +77,81 @@ class LeadModel:
                 out[f] = pd.to_numeric(col, errors="coerce").astype("float64")
         return pd.DataFrame(out, index=df.index)
 
-    # -- scoring --------------------------------------------------------------------------
-    def raw(self, df: pd.DataFrame, num_threads: int = 1) -> np.ndarray:
-        return self.booster.predict(self.frame(df), raw_score=True, num_threads=num_threads)
+    # -- matrices: what LightGBM sees ------------------------------------------------------
+    @cached_property
+    def codes(self) -> dict[str, dict]:
+        """Per categorical feature: training level → the code LightGBM's pandas conversion
+        gives it (its position in the booster's ``pandas_categorical``)."""
+        cat_feats = [f for f in self.features if f in self.categories]
+        levels = self.booster.pandas_categorical or []
+        if len(levels) != len(cat_feats):
+            raise ValueError(f"{self.name}: booster categories do not match the artifact's")
+        out = {}
+        for f, lv in zip(cat_feats, levels, strict=True):
+            pos = {v: float(i) for i, v in enumerate(lv)}
+            out[f] = {v: pos[v] for v in self.categories[f] if v in pos}
+        return out
 
-    def predict_proba(self, df: pd.DataFrame, num_threads: int = 1) -> np.ndarray:
-        return self.calibrator(self.raw(df, num_threads=num_threads))
+    def matrix(self, df: pd.DataFrame, absent: Sequence[str] = ()) -> np.ndarray:
+        """The float matrix LightGBM builds from :meth:`frame` (same numbers), built directly:
+        pandas' categorical conversion inside ``Booster.predict`` costs more than small
+        predictions themselves. ``absent`` features may be missing from ``df`` (left NaN, for
+        the caller to fill: the slot search lays out slot columns itself)."""
+        missing = [f for f in self.features if f not in df.columns and f not in absent]
+        if missing:
+            raise KeyError(f"{self.name}: feature frame lacks {missing}")
+        X = np.full((len(df), len(self.features)), np.nan)
+        codes = self.codes
+        for j, f in enumerate(self.features):
+            if f not in df.columns:
+                continue
+            col = df[f]
+            if f in codes:
+                X[:, j] = col.astype("object").map(codes[f]).to_numpy(dtype=float)
+            else:
+                X[:, j] = pd.to_numeric(col, errors="coerce").astype("float64").to_numpy()
+        return X
 
-    def contributions(self, df: pd.DataFrame, num_threads: int = 1) -> np.ndarray:
+    def matrix_records(self, records: Sequence[dict]) -> np.ndarray:
+        """:meth:`matrix` for feature records (dicts): a plain loop beats building a frame
+        for the one to a few hundred rows of an API request."""
+        nan = math.nan
+        spec = [(f, self.codes.get(f)) for f in self.features]
+        rows = []
+        for rec in records:
+            row = []
+            for f, codes in spec:
+                v = rec.get(f)
+                if v is None:
+                    row.append(nan)
+                elif codes is not None:
+                    try:
+                        row.append(codes.get(v, nan))
+                    except TypeError:  # unhashable: not a level
+                        row.append(nan)
+                elif type(v) is float:
+                    row.append(v)
+                elif type(v) is int and -(2**53) <= v <= 2**53:
+                    row.append(float(v))
+                else:
+                    row.append(_to_float(v))
+            rows.append(row)
+        return np.array(rows, dtype=np.float64).reshape(len(records), len(spec))
+
+    # -- scoring (a frame, or a ready matrix from :meth:`matrix`) ----------------------------
+    def _x(self, data) -> np.ndarray:
+        return data if isinstance(data, np.ndarray) else self.matrix(data)
+
+    def raw(self, data, num_threads: int = 1) -> np.ndarray:
+        return self.booster.predict(self._x(data), raw_score=True, num_threads=num_threads)
+
+    def predict_proba(self, data, num_threads: int = 1) -> np.ndarray:
+        return self.calibrator(self.raw(data, num_threads=num_threads))
+
+    def contributions(self, data, num_threads: int = 1) -> np.ndarray:
         """Exact TreeSHAP contributions on the raw margin; the last column is the base value,
         so each row sums to the raw score."""
-        return self.booster.predict(self.frame(df), pred_contrib=True, num_threads=num_threads)
+        return self.booster.predict(self._x(data), pred_contrib=True, num_threads=num_threads)
 
     def grade(self, p: np.ndarray) -> np.ndarray:
         a, b, c = self.grades
@@ -123,6 +190,12 @@ class LeadModel:
             label=meta.get("label", ""),
             meta=meta.get("meta", {}),
         )
+
+
+def _to_float(v) -> float:
+    """What ``pd.to_numeric(errors="coerce")`` + float64 makes of one odd value."""
+    s = pd.to_numeric(pd.Series([v], dtype=object), errors="coerce").astype("float64")
+    return float(s.iloc[0])
 
 
 def find_artifact_dir(root: Path) -> Path:

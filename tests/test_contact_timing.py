@@ -71,6 +71,31 @@ def test_doubly_robust_is_unbiased_with_known_propensities():
         assert est == pytest.approx(truth, abs=0.01)
 
 
+def test_logging_policy_learns_propensities_that_depend_on_the_lead():
+    """Advisors message night browsers in the evening and call the others by day: the learned
+    propensity of the coarse action follows the lead, not just the dealer's average."""
+    from leadscore.training.policy_eval import LoggingPolicy, action_id
+
+    rng = np.random.default_rng(5)
+    n = 20_000
+    night = rng.random(n) < 0.3
+    p_evening_msg = np.where(night, 0.8, 0.1)  # else a call at 10:00
+    evening = rng.random(n) < p_evening_msg
+    log = pd.DataFrame({
+        "dealer_id": "D1", "night_share_30d": np.where(night, 0.9, 0.05),
+        "channel": np.where(evening, "wechat", "phone"),
+        "slot_hour": np.where(evening, 21.0, 10.0),
+    })
+    pol = LoggingPolicy.fit(log)
+    msg = action_id(["wechat"] * n, np.full(n, 21.0))
+    p = pol.propensity(log, msg)
+    assert p[night].mean() == pytest.approx(0.8, abs=0.03)
+    assert p[~night].mean() == pytest.approx(0.1, abs=0.03)
+    # the same hour block and channel is the same coarse action
+    assert action_id(["wechat"], [20.0])[0] == action_id(["wechat"], [23.0])[0] == msg[0]
+    assert action_id(["sms"], [21.0])[0] != msg[0] != action_id(["wechat"], [19.0])[0]
+
+
 def test_night_browser_who_never_answers_calls_gets_a_message(trained):
     from leadscore import registry
     from leadscore.serving.contact_policy import recommend
@@ -83,6 +108,7 @@ def test_night_browser_who_never_answers_calls_gets_a_message(trained):
     row["activity_share_00_04"] = 0.4
     row["night_share_14d"] = row["night_share_30d"] = 1.0
     row["contact_attempts"], row["contact_responses"] = 6.0, 2.0
+    row["phone_attempts"], row["message_attempts"] = 4.0, 2.0
     row["phone_response_rate"], row["message_response_rate"] = 0.0, 1.0
     row["price_inquiry_90d"] = row["call_inbound_90d"] = 0.0
     rec = recommend(lm, row, None, RulesFile())[0]

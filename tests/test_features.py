@@ -252,6 +252,7 @@ def test_contact_history(con):
     assert_values(row(df, "A"), {
         "contact_attempts": 4, "contact_responses": 2, "contact_response_rate": 0.5,
         "contact_replies": 1, "phone_response_rate": 0.5, "message_response_rate": 0.5,
+        "phone_attempts": 2, "message_attempts": 2,
         "days_since_contact": 5.0, "uncontacted_hours": 24.0,
     })
     assert_values(row(df, "A", before_first), {
@@ -260,7 +261,7 @@ def test_contact_history(con):
     })
     # never contacted: waiting since creation
     assert_values(row(df, "N"), {"contact_attempts": 0, "uncontacted_hours": 72.0,
-                                 "message_response_rate": None})
+                                 "phone_attempts": 0, "message_response_rate": None})
     assert ("N", before_first) not in df.index  # not created yet
 
 

@@ -29,7 +29,7 @@ from leadscore.schema import CHANNELS
 from leadscore.serving import store as online
 from leadscore.serving.api import MAX_BODY_BYTES, MAX_EVENTS, MAX_LEADS, ScoreResponse, create_app
 from leadscore.serving.auth import KeyRing, write_key_file
-from leadscore.serving.runtime import RecordScorer, Runtime, frame_records
+from leadscore.serving.runtime import Runtime
 from leadscore.serving.scorer import PROBA_COLUMN, SLOT_MODEL, Scorer
 
 NORTH_KEY = "north-4f1c9e2a-key"
@@ -153,17 +153,40 @@ def test_reasons_are_exact_contributions_that_rebuild_the_calibrated_probability
                 assert rs["sentence"] == catalog.BY_NAME[rs["feature"]].sentence(rs["value"])
 
 
-def test_pandas_free_path_equals_the_scorer_bit_for_bit(served):
-    """The HTTP fast path (records, no DataFrame) against ``Scorer.score`` on the same rows,
-    one piece and split over threads, with and without reasons."""
+def test_records_and_frames_score_the_same_bit_for_bit(served):
+    """The API's records path (no DataFrame on the way) and the batch frame path go through
+    the one scorer core: the same numbers, slots and reasons, in one piece and split over
+    threads, with and without reasons."""
+    from leadscore.serving.scorer import iso_utc
+
     scorer = served.runtime.scorer
     ids = (served.ids["north"] + served.ids["south"])[::5][:160]
     records = served.runtime.store.get_records(ids)
     frame = served.runtime.store.get(ids)
+
+    def same(a, b):
+        a = None if a is None or (isinstance(a, float) and math.isnan(a)) else a
+        b = None if b is None or b is pd.NaT or (isinstance(b, float) and math.isnan(b)) else b
+        assert a == b
+
     for reasons in (3, 0):
-        want = frame_records(scorer.score(frame, reasons=reasons))
-        assert RecordScorer(scorer).score(records, reasons=reasons) == want
-        assert RecordScorer(scorer, batch_threads=3).score(records, reasons=reasons) == want
+        want = {r["lead_id"]: r for r in scorer.score(frame, reasons=reasons)
+                .to_dict(orient="records")}
+        assert len(want) == len(records) > 100
+        for split in (1, 3):
+            got = scorer.score_records(records, reasons=reasons, split=split)
+            assert [g["lead_id"] for g in got] == [r["lead_id"] for r in records]
+            for g in got:
+                w = want[g["lead_id"]]
+                for col in ("p_convert", "lead_score", "grade", "p_inquiry", "contact_urgency",
+                            "best_channel", "p_response", "p_churn"):
+                    same(g[col], w[col])
+                same(g["best_slot_start"],
+                     None if pd.isna(w["best_slot_start"]) else iso_utc(w["best_slot_start"]))
+                assert g["reasons"] == json.loads(w["reasons"])
+                assert (len(g["reasons"]) > 0) == (reasons > 0)
+                assert len(g["next_slots"]) == 3
+                assert g["next_slots"][0]["channel"] == g["best_channel"]
 
 
 # --- id path == inline path ------------------------------------------------------------------

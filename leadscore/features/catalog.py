@@ -98,7 +98,8 @@ class Trend(Feature):
 @dataclass(frozen=True)
 class ContactStat(Feature):
     """Contact history; ``stat`` is one of attempts, responses, response_rate, replies,
-    phone_response_rate, message_response_rate, days_since, uncontacted_hours."""
+    phone_attempts, message_attempts, phone_response_rate, message_response_rate, days_since,
+    uncontacted_hours."""
 
     stat: str = "attempts"
 
@@ -251,6 +252,10 @@ def _contacts() -> list[Feature]:
                     stat="response_rate"),
         ContactStat("contact_replies", says="Replied to {value:.0f} messages",
                     stat="replies"),
+        ContactStat("phone_attempts", says="Called {value:.0f} times so far",
+                    stat="phone_attempts"),
+        ContactStat("message_attempts", says="Sent {value:.0f} messages so far",
+                    stat="message_attempts"),
         ContactStat("phone_response_rate", says="Answered {value:.0%} of calls",
                     stat="phone_response_rate"),
         ContactStat("message_response_rate", says="Replied to {value:.0%} of messages",
@@ -297,6 +302,10 @@ SLOT_CATALOG: tuple[SlotFeature, ...] = (
     SlotFeature("slot_activity_share",
                 says="{value:.0%} of this lead's activity falls in this part of the day"),
     SlotFeature("channel", says="By {value}", dtype="category"),
+    SlotFeature("slot_channel_attempts",
+                says="Tried {value:.0f} times before on this kind of channel"),
+    SlotFeature("slot_channel_response_rate",
+                says="Answered {value:.0%} of earlier attempts on this kind of channel"),
 )
 BY_NAME: dict[str, Feature] = {f.name: f for f in (*CATALOG, *SLOT_CATALOG)}
 
@@ -309,10 +318,11 @@ SLOT_CONTEXT = (
     "source", "lead_age_days", "night_share_14d", "night_share_30d",
     *(f"activity_share_{a:02d}_{b:02d}" for a, b in DAYPARTS),
     "contact_attempts", "contact_responses", "contact_response_rate", "contact_replies",
-    "phone_response_rate", "message_response_rate", "days_since_contact",
-    "uncontacted_hours", "days_since_any", "events_7d", "events_30d", "browse_7d",
-    "high_intent_30d", "price_inquiry_90d", "call_inbound_90d", "sessions_7d",
+    "phone_attempts", "message_attempts", "phone_response_rate", "message_response_rate",
+    "days_since_contact", "uncontacted_hours", "days_since_any", "events_7d", "events_30d",
+    "browse_7d", "high_intent_30d", "price_inquiry_90d", "call_inbound_90d", "sessions_7d",
     "slot_hour", "slot_weekday", "slot_weekend", "slot_activity_share", "channel",
+    "slot_channel_attempts", "slot_channel_response_rate",
 )
 
 

@@ -446,6 +446,7 @@ def _per_cutoff_sql(plan: _Plan, grid: _Grid, cut: _Cut, t: dict[str, str], only
         avg(g.resp::INT) AS response_rate, count_if(g.replied) AS replies,
         avg(CASE WHEN g.phone THEN g.resp::INT END) AS phone_rate,
         avg(CASE WHEN g.msg THEN g.resp::INT END) AS msg_rate,
+        count_if(g.phone) AS phone_n, count_if(g.msg) AS msg_n,
         max(g.t) AS last_t, min(g.t) AS first_t
     FROM {t['contacts']} g {ct_join}
     WHERE g.t < {cut.us}
@@ -485,6 +486,8 @@ def _per_cutoff_sql(plan: _Plan, grid: _Grid, cut: _Cut, t: dict[str, str], only
                 "attempts": "CAST(coalesce(xc.attempts, 0) AS DOUBLE)",
                 "responses": "CAST(coalesce(xc.responses, 0) AS DOUBLE)",
                 "replies": "CAST(coalesce(xc.replies, 0) AS DOUBLE)",
+                "phone_attempts": "CAST(coalesce(xc.phone_n, 0) AS DOUBLE)",
+                "message_attempts": "CAST(coalesce(xc.msg_n, 0) AS DOUBLE)",
                 "response_rate": "CAST(xc.response_rate AS DOUBLE)",
                 "phone_response_rate": "CAST(xc.phone_rate AS DOUBLE)",
                 "message_response_rate": "CAST(xc.msg_rate AS DOUBLE)",
@@ -1032,6 +1035,9 @@ class _Reduced:
                     v = np.bincount(k, weights=replied, minlength=n)
                 elif f.stat == "response_rate":
                     v = np.where(attempts > 0, responses / attempts, np.nan)
+                elif f.stat in ("phone_attempts", "message_attempts"):
+                    v = np.bincount(k, weights=phone if f.stat == "phone_attempts" else msg,
+                                    minlength=n)
                 elif f.stat in ("phone_response_rate", "message_response_rate"):
                     ch = phone if f.stat == "phone_response_rate" else msg
                     tries = np.bincount(k, weights=ch, minlength=n)

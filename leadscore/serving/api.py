@@ -25,16 +25,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from leadscore.schema import CHANNELS, OUTCOMES
 from leadscore.serving.auth import Tenant
-from leadscore.serving.runtime import (
-    MissingFeatures,
-    RecordScorer,
-    Runtime,
-    features_from_inline,
-    frame_records,
-    now_utc,
-    records_frame,
-)
-from leadscore.serving.scorer import Scorer
+from leadscore.serving.runtime import Runtime, features_from_inline, now_utc
+from leadscore.serving.scorer import MissingFeatures, Scorer
 
 log = logging.getLogger("leadscore.http")
 
@@ -175,6 +167,12 @@ class ReasonOut(BaseModel):
     sentence: str
 
 
+class SlotOut(BaseModel):
+    start: datetime
+    channel: str
+    p_response: float
+
+
 class LeadScore(BaseModel):
     lead_id: str
     status: Literal["ok", "not_found"]
@@ -189,6 +187,8 @@ class LeadScore(BaseModel):
     best_channel: str | None = None
     p_response: float | None = None
     p_churn: float | None = None
+    next_slots: list[SlotOut] = Field(
+        default_factory=list, description="the best few allowed slots of the next 72 hours")
     reasons: list[ReasonOut] = Field(default_factory=list)
     model_versions: dict[str, str] = Field(default_factory=dict)
 
@@ -222,34 +222,21 @@ _EMPTY = {k: None for k in LeadScore.model_fields if k not in ("lead_id", "statu
 
 
 def _not_found(lead_id: str) -> dict:
-    return {"lead_id": lead_id, "status": "not_found", **_EMPTY, "reasons": [],
+    return {"lead_id": lead_id, "status": "not_found", **_EMPTY, "next_slots": [], "reasons": [],
             "model_versions": {}}
 
 
 def _score_leads(runtime: Runtime, req: ScoreRequest, tenant: Tenant, scorer: Scorer,
-                 fast: RecordScorer | None, as_of: pd.Timestamp | None) -> list[dict]:
+                 as_of: pd.Timestamp | None) -> list[dict]:
     """Result records in request order: store lookups for ids, the feature job for inline
-    leads, then one scoring pass (pandas-free when the scorer has a fast twin)."""
+    leads, then one scoring pass over both (records: no DataFrame on the way)."""
     ids = [lead.lead_id for lead in req.leads if not lead.inline]
     inline = [lead for lead in req.leads if lead.inline]
     records = runtime.store.get_records(ids, dealers=tenant.dealers) if ids else []
-    feats = features_from_inline(*_inline_frames(inline), as_of) if inline else None
-    if fast is not None:
-        frame = None
-        if feats is not None:
-            frame = None if records else feats  # the slot search can use it as it is
-            records += feats.to_dict(orient="records")
-        out = fast.score(records, reasons=req.reasons, frame=frame)
-    else:
-        frames = []
-        if records:
-            frames.append(records_frame(records))
-        if feats is not None and len(feats):
-            frames.append(feats)
-        out = []
-        if frames:
-            df = pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
-            out = frame_records(scorer.score(df, reasons=req.reasons))
+    if inline:
+        feats = features_from_inline(*_inline_frames(inline), as_of)
+        records += feats.to_dict(orient="records")
+    out = scorer.score_records(records, reasons=req.reasons, split=runtime.batch_threads)
     scored = {rec["lead_id"]: rec for rec in out}
     return [scored.get(lead.lead_id) or _not_found(lead.lead_id) for lead in req.leads]
 
@@ -337,7 +324,7 @@ def create_app(runtime: Runtime) -> FastAPI:
         x_api_key: Annotated[str | None, Header()] = None,
     ) -> Response:
         t0 = time.perf_counter()
-        scorer, fast = runtime.current()  # once: a reload mid-request cannot mix versions
+        scorer = runtime.current()  # once: a reload mid-request cannot mix versions
         if scorer is None or not scorer.models:
             raise HTTPException(503, detail="models are not loaded yet")
         tenant = runtime.keys.verify(x_api_key)
@@ -356,12 +343,11 @@ def create_app(runtime: Runtime) -> FastAPI:
             if lead.created_at > as_of:
                 return _field_error(f"leads.{i}.created_at", "after the request's as_of")
         try:
-            if n_inline == 0 and len(req.leads) <= LOOP_MAX_LEADS and fast is not None \
-                    and fast.cheap:
-                results = _score_leads(runtime, req, tenant, scorer, fast, as_of)
+            if n_inline == 0 and len(req.leads) <= LOOP_MAX_LEADS and scorer.cheap:
+                results = _score_leads(runtime, req, tenant, scorer, as_of)
             else:
                 results = await run_in_threadpool(_score_leads, runtime, req, tenant, scorer,
-                                                  fast, as_of)
+                                                  as_of)
         except KeyError as e:  # MissingFeatures, or LeadModel.frame's: feature names only
             if not isinstance(e, MissingFeatures) and "lacks" not in str(e):
                 raise

@@ -302,25 +302,15 @@ def _kernel():
     return _shap_kernel or None
 
 
-def _as_matrix(model, feats: pd.DataFrame) -> np.ndarray:
-    """The model's input as LightGBM sees it: category codes (missing: NaN), float64."""
-    frame = model.frame(feats)
-    cols = []
-    for f in model.features:
-        col = frame[f]
-        if isinstance(col.dtype, pd.CategoricalDtype):
-            codes = col.cat.codes.to_numpy().astype(np.float64)
-            codes[codes < 0] = np.nan
-            cols.append(codes)
-        else:
-            cols.append(col.to_numpy(dtype=np.float64, na_value=np.nan))
-    x = np.column_stack(cols) if cols else np.empty((len(frame), 0))
-    # LightGBM's predictor drops values within its zero threshold from a row: they read as 0
+def _as_matrix(model: LeadModel, data) -> np.ndarray:
+    """The model's input as LightGBM sees it (:meth:`LeadModel.matrix`), with LightGBM's
+    predictor's rule that values within its zero threshold read as 0."""
+    x = np.array(data if isinstance(data, np.ndarray) else model.matrix(data), dtype=np.float64)
     x[np.abs(x) <= _K_ZERO] = 0.0
     return x
 
 
-def contributions(model, feats: pd.DataFrame, num_threads: int = 1) -> np.ndarray:
+def contributions(model, feats, num_threads: int = 1) -> np.ndarray:
     """Exact TreeSHAP contributions (rows × features+1, the last column the base value), as
     ``model.contributions`` gives them, by the tabulated pass when the trees allow it."""
     tables = getattr(model, "_batch_shap", None)
@@ -352,8 +342,8 @@ def contributions(model, feats: pd.DataFrame, num_threads: int = 1) -> np.ndarra
 class _BatchShapModel(LeadModel):
     """The same artifact; its contributions come from :func:`contributions`."""
 
-    def contributions(self, df: pd.DataFrame, num_threads: int = 1) -> np.ndarray:
-        return contributions(self, df, num_threads=num_threads)
+    def contributions(self, data, num_threads: int = 1) -> np.ndarray:
+        return contributions(self, data, num_threads=num_threads)
 
 
 def batch_scorer(scorer: Scorer) -> Scorer:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,8 +22,11 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
 from leadscore.artifact import LeadModel
-from leadscore.features.slots import add_slot_features
-from leadscore.schema import CHANNELS, MESSAGE_CHANNELS
+from leadscore.features.catalog import SLOT_CATALOG
+from leadscore.features.slots import slot_values
+from leadscore.schema import CHANNELS, DEFAULT_TZ, MESSAGE_CHANNELS
+
+SLOT_FEATURES = tuple(f.name for f in SLOT_CATALOG)
 
 HORIZON_HOURS = 72
 NOW_WINDOW_HOURS = 6  # "now": the best slot within this many hours
@@ -75,13 +79,6 @@ class RulesFile(BaseModel):
         return cls.model_validate(yaml.safe_load(Path(path).read_text()) or {})
 
 
-@dataclass
-class Slot:
-    start: pd.Timestamp
-    channel: str
-    p_response: float
-
-
 def slot_grid(as_of: pd.Timestamp, tz: str, rules: ContactRules,
               hours: int = HORIZON_HOURS) -> pd.DataFrame:
     """Every allowed (slot start, channel) of the next ``hours`` hours, starting at the next
@@ -110,7 +107,7 @@ def slot_grid(as_of: pd.Timestamp, tz: str, rules: ContactRules,
     return pd.concat(frames, ignore_index=True)
 
 
-def _channel_sentence(feats: pd.Series, best: str, p_by_channel: dict[str, float]) -> str:
+def _channel_sentence(feats: dict, best: str, p_by_channel: dict[str, float]) -> str:
     parts = []
     night = feats.get("night_share_30d")
     if night is not None and night == night and night >= 0.4:
@@ -124,7 +121,155 @@ def _channel_sentence(feats: pd.Series, best: str, p_by_channel: dict[str, float
     others = ", ".join(f"{c} {p:.0%}" for c, p in sorted(p_by_channel.items(),
                                                           key=lambda kv: -kv[1]))
     parts.append(f"best chance of an answer by {best} (by channel: {others})")
-    return "; ".join(parts[:1] + parts[1:]).capitalize()
+    return "; ".join(parts).capitalize()
+
+
+@dataclass
+class Recommendations:
+    """The slot search's answer, one entry per lead (columnar: batch takes whole arrays)."""
+
+    best_slot_start: pd.DatetimeIndex  # UTC; NaT when no slot is allowed
+    best_channel: np.ndarray  # object: channel name or None
+    p_response: np.ndarray  # NaN when no slot is allowed
+    margin: np.ndarray  # best channel's probability minus the next channel's best
+    slots: list[list[dict]] | None  # the best ``top`` (start, channel, p_response) per lead
+    reason: list[str | None] | None  # why this channel, in words
+
+    def records(self) -> list[dict]:
+        n = len(self.best_channel)
+        return [{
+            "best_slot_start": None if pd.isna(self.best_slot_start[i])
+            else self.best_slot_start[i],
+            "best_channel": self.best_channel[i],
+            "p_response": None if np.isnan(self.p_response[i]) else float(self.p_response[i]),
+            "margin": float(self.margin[i]),
+            "slots": self.slots[i] if self.slots is not None else [],
+            "reason": self.reason[i] if self.reason is not None else None,
+        } for i in range(n)]
+
+
+@dataclass
+class _Grid:
+    """A slot grid as arrays, ordered by (start, channel): the first best is the earliest."""
+
+    start: np.ndarray  # int64 microseconds UTC
+    hour: np.ndarray
+    weekday: np.ndarray
+    channel: np.ndarray  # object: channel names
+
+    @classmethod
+    def of(cls, g: pd.DataFrame) -> _Grid:
+        start = pd.DatetimeIndex(g["slot_start"]).as_unit("us").asi8 if len(g) else np.array(
+            [], dtype=np.int64)
+        ch = g["channel"].to_numpy(dtype=object)
+        rank = np.array([CHANNELS.index(c) for c in ch], dtype=np.int64)
+        o = np.lexsort((rank, start))
+        return cls(start[o], g["slot_hour"].to_numpy(dtype=float)[o],
+                   g["slot_weekday"].to_numpy(dtype=float)[o], ch[o])
+
+
+#: candidate rows per model call: bounds memory (rows x slots x features floats)
+_CHUNK_ROWS = 400_000
+
+
+def recommend_matrix(
+    model: LeadModel,
+    X: np.ndarray,
+    as_of: Sequence,
+    tz: Sequence,
+    dealer: Sequence,
+    urgency: np.ndarray | None,
+    rules: RulesFile,
+    top: int = 3,
+    reasons: bool = True,
+    num_threads: int = 1,
+) -> Recommendations:
+    """The best allowed slot and channel in the next 72 hours for each lead.
+
+    ``X`` is the slot model's matrix of the leads (:meth:`LeadModel.matrix`, slot columns
+    absent); every allowed (slot, channel) of a lead's grid becomes a copy of its row with the
+    slot columns laid out by :func:`slot_values`, and all copies go to the model in few calls.
+    Leads sharing a cutoff, zone and rules share one grid. ``urgency`` "now" narrows the search
+    to the next ``NOW_WINDOW_HOURS`` hours when any slot is allowed there. ``top`` and
+    ``reasons`` = 0/False skip the top-slot lists and the sentences (the nightly job's case).
+    """
+    n = len(X)
+    col = {f: j for j, f in enumerate(model.features)}
+    ch_codes = model.codes.get("channel", {})
+    best_start = np.full(n, np.iinfo(np.int64).min, dtype=np.int64)
+    best_channel = np.full(n, None, dtype=object)
+    p_best = np.full(n, np.nan)
+    margin = np.zeros(n)
+    slots: list[list[dict]] | None = [[] for _ in range(n)] if top > 0 else None
+    sentences: list[str | None] | None = [None] * n if reasons else None
+    keys = pd.DataFrame({
+        "as_of": pd.to_datetime(pd.Series(list(as_of)), utc=True),
+        "tz": pd.Series(list(tz), dtype=object).fillna(DEFAULT_TZ).astype(str),
+        "rules": [d if d in rules.dealers else "" for d in map(str, dealer)],
+    })
+    for (a, zone, rk), idx in keys.groupby(["as_of", "tz", "rules"], sort=False).indices.items():
+        g = _Grid.of(slot_grid(pd.Timestamp(a), zone, rules.dealers.get(rk, rules.default)))
+        G = len(g.start)
+        if not G:
+            continue
+        is_phone = g.channel == "phone"
+        code = np.array([ch_codes.get(c, np.nan) for c in g.channel], dtype=float)
+        soon = g.start <= g.start.min() + NOW_WINDOW_HOURS * 3_600_000_000
+        chans = [c for c in CHANNELS if (g.channel == c).any()]
+        step = max(1, _CHUNK_ROWS // G)
+        for s0 in range(0, len(idx), step):
+            rows = idx[s0:s0 + step]
+            k = len(rows)
+            rep = np.repeat(X[rows], G, axis=0)
+
+            def lead(name: str, rep=rep) -> np.ndarray | None:
+                return rep[:, col[name]] if name in col else None
+
+            slot_cols = slot_values(np.tile(g.hour, k), np.tile(g.weekday, k),
+                                    np.tile(is_phone, k), lead)
+            for name, v in slot_cols.items():
+                if name in col:
+                    rep[:, col[name]] = v
+            if "channel" in col:
+                rep[:, col["channel"]] = np.tile(code, k)
+            P = model.predict_proba(rep, num_threads=num_threads).reshape(k, G)
+            Pm = P
+            if urgency is not None:
+                now = np.asarray(urgency)[rows] == "now"
+                if now.any() and soon.any():
+                    Pm = P.copy()
+                    Pm[np.ix_(now, ~soon)] = -np.inf
+            best = np.argmax(Pm, axis=1)
+            p_best[rows] = P[np.arange(k), best]
+            best_start[rows] = g.start[best]
+            best_channel[rows] = g.channel[best]
+            by_ch = {c: P[:, g.channel == c].max(axis=1) for c in chans}
+            other = np.full(k, -np.inf)
+            for c in chans:
+                other = np.where(best_channel[rows] == c, other, np.maximum(other, by_ch[c]))
+            margin[rows] = np.where(np.isfinite(other), p_best[rows] - other, 0.0)
+            if slots is not None:
+                order = np.argsort(-Pm, axis=1, kind="stable")[:, :top]
+                for r, i in enumerate(rows):
+                    slots[i] = [{"start": _iso(g.start[j]), "channel": g.channel[j],
+                                 "p_response": round(float(P[r, j]), 4)} for j in order[r]]
+            if sentences is not None:
+                for r, i in enumerate(rows):
+                    x = X[i]
+                    sentences[i] = _channel_sentence(
+                        {f: x[col[f]] for f in _SENTENCE_INPUTS if f in col},
+                        best_channel[i], {c: float(by_ch[c][r]) for c in chans})
+    starts = pd.to_datetime(np.where(best_start == np.iinfo(np.int64).min, np.datetime64("NaT"),
+                                     best_start.astype("datetime64[us]")), utc=True)
+    return Recommendations(pd.DatetimeIndex(starts), best_channel, p_best, margin, slots,
+                           sentences)
+
+
+_SENTENCE_INPUTS = ("night_share_30d", "phone_response_rate", "message_response_rate")
+
+
+def _iso(us: int) -> str:
+    return pd.Timestamp(int(us), unit="us", tz="UTC").isoformat()
 
 
 def recommend(
@@ -135,72 +280,13 @@ def recommend(
     top: int = 3,
     num_threads: int = 1,
 ) -> list[dict]:
-    """Per feature row: best slot start, channel, response probability, top slots, reason.
-
-    ``urgency`` (now / within_3_days / nurture per row, or None): "now" narrows the search to
-    the next ``NOW_WINDOW_HOURS`` hours when any slot is allowed there. Leads sharing a cutoff,
-    zone and dealer share one slot grid, and all candidate rows go to the model in one call.
-    """
+    """:func:`recommend_matrix` for a feature frame, one dict per row."""
     feats = feats.reset_index(drop=True)
-    n = len(feats)
-    tz = (feats["tz"].astype("object").fillna("Asia/Shanghai").astype(str)
-          if "tz" in feats else pd.Series(["Asia/Shanghai"] * n))
-    keys = pd.DataFrame({"as_of": pd.to_datetime(feats["as_of"], utc=True), "tz": tz,
-                         "dealer": feats["dealer_id"].astype(str)})
-    grids: list[pd.DataFrame | None] = [None] * n
-    parts = []
-    groups = keys.groupby(["as_of", "tz", "dealer"], sort=False).groups
-    for (as_of, zone, dealer), idx in groups.items():
-        g = slot_grid(pd.Timestamp(as_of), zone, rules.for_dealer(dealer))
-        idx = np.asarray(idx)
-        for i in idx:
-            grids[i] = g
-        if len(g):
-            rep = feats.loc[np.repeat(idx, len(g))].reset_index(drop=True)
-            rep = rep.drop(columns=[c for c in ("channel",) if c in rep])
-            tiled = g.iloc[np.tile(np.arange(len(g)), len(idx))].reset_index(drop=True)
-            rows = add_slot_features(rep, tiled["slot_start"], pd.Series([zone] * len(rep)),
-                                     tiled["channel"])
-            rows["_row"] = np.repeat(idx, len(g))
-            parts.append(rows)
-    out: list[dict] = []
-    if not parts:
-        return [{"best_slot_start": None, "best_channel": None, "p_response": None,
-                 "slots": [], "reason": None} for _ in range(n)]
-    allrows = pd.concat(parts, ignore_index=True)
-    p_all = model.predict_proba(allrows, num_threads=num_threads)
-    order_rows = np.argsort(allrows["_row"].to_numpy(), kind="stable")
-    row_of = allrows["_row"].to_numpy()[order_rows]
-    bounds = np.searchsorted(row_of, np.arange(n + 1))
-    for i in range(n):
-        g = grids[i]
-        if g is None or len(g) == 0:
-            out.append({"best_slot_start": None, "best_channel": None, "p_response": None,
-                        "slots": [], "reason": None})
-            continue
-        pi = p_all[order_rows[bounds[i]:bounds[i + 1]]]
-        cand = np.arange(len(g))
-        if urgency is not None and urgency[i] == "now":
-            soon = (g["slot_start"] <= g["slot_start"].min()
-                    + pd.Timedelta(hours=NOW_WINDOW_HOURS)).to_numpy()
-            if soon.any():
-                cand = cand[soon]
-        order = cand[np.lexsort((g["slot_start"].to_numpy()[cand], -pi[cand]))]
-        best = order[0]
-        chans = g["channel"].to_numpy()
-        by_channel = {ch: float(pi[chans == ch].max()) for ch in pd.unique(chans)}
-        slots = [{"start": g["slot_start"].iloc[j].isoformat(), "channel": chans[j],
-                  "p_response": round(float(pi[j]), 4)} for j in order[:top]]
-        others = [v for ch, v in by_channel.items() if ch != chans[best]]
-        out.append({
-            "best_slot_start": g["slot_start"].iloc[best],
-            "best_channel": chans[best],
-            "p_response": float(pi[best]),
-            "margin": float(pi[best] - max(others)) if others else 0.0,
-            "slots": slots,
-            "reason": _channel_sentence(feats.iloc[i], chans[best], by_channel),
-        })
-    return out
+    X = model.matrix(feats, absent=SLOT_FEATURES)
+    tz = (feats["tz"].astype("object") if "tz" in feats
+          else pd.Series([DEFAULT_TZ] * len(feats)))
+    return recommend_matrix(model, X, feats["as_of"], tz, feats["dealer_id"].astype(str),
+                            urgency, rules, top=top, num_threads=num_threads).records()
 
 
 def slots_json(rec: dict) -> str:

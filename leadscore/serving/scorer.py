@@ -11,14 +11,18 @@ from __future__ import annotations
 import json
 import logging
 import math
-from collections.abc import Iterable
+import threading
+from collections.abc import Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 import numpy as np
 import pandas as pd
 
 from leadscore.artifact import LeadModel
 from leadscore.features import catalog
+from leadscore.schema import DEFAULT_TZ
 
 log = logging.getLogger(__name__)
 
@@ -57,36 +61,104 @@ def _plain(v) -> float | str | None:
     return str(v)
 
 
+def _top(ci: np.ndarray, top: int) -> list[int]:
+    """Indices of the ``top`` most positive then the ``top`` most negative contributions."""
+    order = np.argsort(-ci)
+    pos = [j for j in order[:top] if ci[j] > 0]
+    neg = [j for j in order[::-1][:top] if ci[j] < 0]
+    return [*pos, *neg]
+
+
 def reasons_for(model: LeadModel, rows: pd.DataFrame, contrib: np.ndarray, top: int
                 ) -> list[list[Reason]]:
     """Top ``top`` positive and top ``top`` negative contributions per row, as sentences.
 
     Missing values contribute too (LightGBM routes them); their sentence says so plainly.
     """
-    out: list[list[Reason]] = []
-    feats = model.features
-    values = rows[feats]
-    c = contrib[:, :-1]
-    for i in range(len(rows)):
-        ci = c[i]
-        order = np.argsort(-ci)
-        pos = [j for j in order[:top] if ci[j] > 0]
-        neg = [j for j in order[::-1][:top] if ci[j] < 0]
-        rs = []
-        for j in (*pos, *neg):
-            f = feats[j]
-            v = _plain(values.iat[i, j])
-            rs.append(Reason(model.name, f, v, float(ci[j]), catalog.BY_NAME[f].sentence(v)))
-        out.append(rs)
-    return out
+    return _FrameRows(rows).reasons(model, contrib, top)
+
+
+class MissingFeatures(KeyError):
+    """Feature rows lack columns the models need: the online store (or the feature code) and
+    the champion models disagree -- a deployment error, not a client's."""
+
+    def __init__(self, names: Sequence[str]):
+        super().__init__(f"feature rows lack {len(names)} model features, e.g. "
+                         f"{', '.join(list(names)[:5])}")
+        self.names = list(names)
+
+
+class _FrameRows:
+    """Feature rows held as a frame (batch, the store, training): the core's view of them."""
+
+    def __init__(self, frame: pd.DataFrame):
+        self.frame = frame.reset_index(drop=True)
+        self.n = len(frame)
+
+    def column(self, name: str, default=None) -> list:
+        if name in self.frame:
+            return self.frame[name].astype("object").tolist()
+        return [default] * self.n
+
+    def matrix(self, model: LeadModel, absent: Sequence[str] = ()) -> np.ndarray:
+        return model.matrix(self.frame, absent=absent)
+
+    def reasons(self, model: LeadModel, contrib: np.ndarray, top: int) -> list[list[Reason]]:
+        feats = model.features
+        values = self.frame[feats]
+        c = contrib[:, :-1]
+        out = []
+        for i in range(self.n):
+            rs = []
+            for j in _top(c[i], top):
+                v = _plain(values.iat[i, j])
+                rs.append(Reason(model.name, feats[j], v, float(c[i, j]),
+                                 catalog.BY_NAME[feats[j]].sentence(v)))
+            out.append(rs)
+        return out
+
+
+class _RecordRows(_FrameRows):
+    """Feature rows held as records (dicts: the API's requests). Building a DataFrame and
+    LightGBM's pandas conversion cost tens of milliseconds a request, the model a fraction of
+    one; records go to the float matrix directly, with the same numbers."""
+
+    def __init__(self, records: Sequence[dict]):
+        self.records = records
+        self.n = len(records)
+
+    def column(self, name: str, default=None) -> list:
+        return [r.get(name, default) for r in self.records]
+
+    def matrix(self, model: LeadModel, absent: Sequence[str] = ()) -> np.ndarray:
+        return model.matrix_records(self.records)
+
+    def reasons(self, model: LeadModel, contrib: np.ndarray, top: int) -> list[list[Reason]]:
+        feats = model.features
+        says = [catalog.BY_NAME[f] for f in feats]
+        c = contrib[:, :-1]
+        out = []
+        for i, rec in enumerate(self.records):
+            rs = []
+            for j in _top(c[i], top):
+                v = _plain(rec.get(feats[j]))
+                rs.append(Reason(model.name, feats[j], v, float(c[i, j]), says[j].sentence(v)))
+            out.append(rs)
+        return out
 
 
 class Scorer:
-    """Scores feature rows with whichever of the models are loaded.
+    """Scores feature rows with whichever of the models are loaded: the one core behind HTTP
+    (:meth:`score_records`) and batch (:meth:`score`).
 
-    ``models`` maps a model name (conversion, contact, churn) to its artifact; a model that is
-    missing leaves its columns null, so a partial deployment still serves.
+    ``models`` maps a model name (conversion, contact, churn, contact-slot) to its artifact; a
+    model that is missing leaves its columns null, so a partial deployment still serves.
     """
+
+    #: requests with at least this many rows are split over ``split`` threads
+    SPLIT_ROWS = 32
+    _pool: ThreadPoolExecutor | None = None
+    _pool_lock = threading.Lock()
 
     def __init__(self, models: dict[str, LeadModel], num_threads: int = 1, rules=None):
         from leadscore.serving.contact_policy import RulesFile
@@ -94,10 +166,17 @@ class Scorer:
         self.models = dict(models)
         self.num_threads = num_threads
         self.rules = rules if rules is not None else RulesFile.load()
+        self.required = sorted({f for n, m in self.models.items() if n in PROBA_COLUMN
+                                for f in m.features})
 
     @property
     def versions(self) -> dict[str, str]:
         return {n: str(m.meta.get("version", "local")) for n, m in self.models.items()}
+
+    @property
+    def cheap(self) -> bool:
+        """About a millisecond a lead: fine on an event loop (with the slot search, not)."""
+        return SLOT_MODEL not in self.models
 
     @classmethod
     def from_registry(cls, names: Iterable[str] = ALL_MODELS, alias: str = "champion",
@@ -113,62 +192,150 @@ class Scorer:
             loaded[name] = got[0]
         return cls(loaded, num_threads=num_threads)
 
+    # -- the two faces ------------------------------------------------------------------------
     def score(self, feats: pd.DataFrame, *, reasons: int = 3,
-              only: Iterable[str] | None = None) -> pd.DataFrame:
+              only: Iterable[str] | None = None, slots: int = 0) -> pd.DataFrame:
         """One output row per input row, columns as DESIGN.md's output contract.
 
         ``reasons=0`` skips the contribution pass entirely (the fast batch path); ``only``
         limits which models score (owners get churn risk, not a lead score).
         """
-        keep = set(self.models) if only is None else set(only) & set(self.models)
         n = len(feats)
+        cols = self._core(_FrameRows(feats), reasons, only, slots)
         out = pd.DataFrame({
             "lead_id": feats["lead_id"].astype(str).to_numpy(),
             "dealer_id": feats["dealer_id"].astype(str).to_numpy(),
             "as_of": pd.to_datetime(feats["as_of"], utc=True).to_numpy(),
         })
-        for col in OUTPUT_COLUMNS[3:]:
-            if col not in out:
-                out[col] = None
-        all_reasons: list[list[dict]] = [[] for _ in range(n)]
+        for col in OUTPUT_COLUMNS[3:-2]:
+            v = cols.get(col)
+            out[col] = v if v is not None else pd.Series([None] * n, dtype=object)
+        out["reasons"] = [json.dumps(r, ensure_ascii=False) for r in cols["reasons"]]
+        out["model_versions"] = json.dumps(self.versions)
+        return out[list(OUTPUT_COLUMNS)]
+
+    def score_records(self, records: Sequence[dict], *, reasons: int = 3, slots: int = 3,
+                      split: int = 1) -> list[dict]:
+        """The API's result records for feature records; with ``split`` > 1 a big request is
+        cut into slices scored side by side (LightGBM releases the GIL; rows are independent,
+        so the numbers are the same as in one piece)."""
+        for rec in records:  # a missing column is a stale snapshot, not a missing value
+            if any(f not in rec for f in self.required):
+                raise MissingFeatures(sorted(f for f in self.required if f not in rec))
+        if split > 1 and len(records) >= self.SPLIT_ROWS:
+            step = -(-len(records) // split)
+            chunks = [records[i: i + step] for i in range(0, len(records), step)]
+            parts = list(self._executor(split).map(
+                lambda c: self._records(c, reasons, slots), chunks))
+            return [r for part in parts for r in part]
+        return self._records(records, reasons, slots)
+
+    @classmethod
+    def _executor(cls, k: int) -> ThreadPoolExecutor:
+        with cls._pool_lock:
+            if cls._pool is None or cls._pool._max_workers < k:
+                cls._pool = ThreadPoolExecutor(k, thread_name_prefix="leadscore-split")
+            return cls._pool
+
+    def _records(self, records: Sequence[dict], reasons: int, slots: int) -> list[dict]:
+        cols = self._core(_RecordRows(records), reasons, None, slots)
+        versions = self.versions
+
+        def val(col: str, i: int):
+            v = cols.get(col)
+            if v is None:
+                return None
+            x = v[i]
+            if x is None or (isinstance(x, float) and math.isnan(x)):
+                return None
+            return x.item() if isinstance(x, np.generic) else x
+
+        starts = cols.get("best_slot_start")
+        out = []
+        for i, r in enumerate(records):
+            start = None if starts is None or pd.isna(starts[i]) else iso_utc(starts[i])
+            out.append({
+                "lead_id": str(r["lead_id"]), "status": "ok", "dealer_id": str(r["dealer_id"]),
+                "as_of": iso_utc(r["as_of"]), "p_convert": val("p_convert", i),
+                "lead_score": val("lead_score", i), "grade": val("grade", i),
+                "p_inquiry": val("p_inquiry", i), "contact_urgency": val("contact_urgency", i),
+                "best_slot_start": start, "best_channel": val("best_channel", i),
+                "p_response": val("p_response", i), "p_churn": val("p_churn", i),
+                "next_slots": cols["slots"][i] if cols.get("slots") is not None else [],
+                "reasons": cols["reasons"][i], "model_versions": dict(versions),
+            })
+        return out
+
+    # -- the core -----------------------------------------------------------------------------
+    def _core(self, rows: _FrameRows, reasons: int, only: Iterable[str] | None,
+              slots: int) -> dict:
+        """Columns (arrays) of the output contract for ``rows``; a model that does not score
+        leaves its columns out."""
+        keep = set(self.models) if only is None else set(only) & set(self.models)
+        n = rows.n
+        cols: dict = {"reasons": [[] for _ in range(n)]}
+        if not n:
+            return cols
+        matrices: dict[tuple, np.ndarray] = {}  # models with one layout share one matrix
         for name, model in self.models.items():
             col = PROBA_COLUMN.get(name)
             if col is None or name not in keep:
                 continue
-            if reasons > 0 and n:
-                contrib = model.contributions(feats, num_threads=self.num_threads)
+            layout = (tuple(model.features), tuple(sorted(
+                (f, tuple(c.items())) for f, c in model.codes.items())))
+            x = matrices.get(layout)
+            if x is None:
+                x = matrices[layout] = rows.matrix(model)
+            if reasons > 0:
+                contrib = model.contributions(x, num_threads=self.num_threads)
                 raw = contrib.sum(axis=1)
-                for i, rs in enumerate(reasons_for(model, feats, contrib, reasons)):
-                    all_reasons[i].extend(r.as_dict() for r in rs)
+                for acc, rs in zip(cols["reasons"], rows.reasons(model, contrib, reasons),
+                                   strict=True):
+                    acc.extend(r.as_dict() for r in rs)
             else:
-                raw = model.raw(feats, num_threads=self.num_threads)
-            p = model.calibrator(raw) if n else np.array([])
-            out[col] = p
+                raw = model.raw(x, num_threads=self.num_threads)
+            p = model.calibrator(raw)
+            cols[col] = p
             if name == "conversion":
-                out["lead_score"] = np.rint(p * 100).astype("int64")
-                out["grade"] = model.grade(p)
+                cols["lead_score"] = np.rint(p * 100).astype("int64")
+                cols["grade"] = model.grade(p).astype(object)
             elif name == "contact":
-                out["contact_urgency"] = [URGENCY[g] for g in model.grade(p)]
+                cols["contact_urgency"] = np.array([URGENCY[g] for g in model.grade(p)],
+                                                   dtype=object)
         slot = self.models.get(SLOT_MODEL)
-        if slot is not None and SLOT_MODEL in keep and n:
-            self._recommend(slot, feats, out, all_reasons)
-        out["reasons"] = [json.dumps(r, ensure_ascii=False) for r in all_reasons]
-        out["model_versions"] = json.dumps(self.versions)
-        return out[list(OUTPUT_COLUMNS)]
+        if slot is not None and SLOT_MODEL in keep:
+            self._recommend(slot, rows, cols, reasons, slots)
+        return cols
 
-    def _recommend(self, slot: LeadModel, feats: pd.DataFrame, out: pd.DataFrame,
-                   all_reasons: list[list[dict]]) -> None:
+    def _recommend(self, slot: LeadModel, rows: _FrameRows, cols: dict, reasons: int,
+                   slots: int) -> None:
         """Best slot and channel in the next 72 hours, urgency deciding how soon."""
-        from leadscore.serving.contact_policy import recommend
+        from leadscore.serving.contact_policy import SLOT_FEATURES, recommend_matrix
 
-        urgency = out["contact_urgency"].to_numpy()
-        recs = recommend(slot, feats, urgency, self.rules, num_threads=self.num_threads)
-        out["best_slot_start"] = pd.to_datetime([r["best_slot_start"] for r in recs], utc=True)
-        out["best_channel"] = [r["best_channel"] for r in recs]
-        out["p_response"] = [r["p_response"] for r in recs]
-        for i, r in enumerate(recs):
-            if r["best_channel"] is not None:
-                all_reasons[i].append({
-                    "model": SLOT_MODEL, "feature": "best_channel", "value": r["best_channel"],
-                    "contribution": round(r.get("margin", 0.0), 6), "sentence": r["reason"],
-                })
+        rec = recommend_matrix(
+            slot, rows.matrix(slot, absent=SLOT_FEATURES), rows.column("as_of"),
+            rows.column("tz", DEFAULT_TZ), [str(d) for d in rows.column("dealer_id")],
+            cols.get("contact_urgency"), self.rules, top=slots, reasons=reasons > 0,
+            num_threads=self.num_threads)
+        cols["best_slot_start"] = rec.best_slot_start
+        cols["best_channel"] = rec.best_channel
+        cols["p_response"] = rec.p_response
+        cols["slots"] = rec.slots
+        if rec.reason is not None:
+            for i, acc in enumerate(cols["reasons"]):
+                if rec.best_channel[i] is not None:
+                    acc.append({"model": SLOT_MODEL, "feature": "best_channel",
+                                "value": rec.best_channel[i],
+                                "contribution": round(float(rec.margin[i]), 6),
+                                "sentence": rec.reason[i]})
+
+
+def iso_utc(v) -> str:
+    """A timestamp (datetime, pandas Timestamp or ISO text) as the API writes it: UTC, ``Z``."""
+    if isinstance(v, str):
+        v = datetime.fromisoformat(v)
+    if isinstance(v, pd.Timestamp):
+        v = v.tz_localize("UTC") if v.tzinfo is None else v.tz_convert("UTC")
+        return v.isoformat().replace("+00:00", "Z")
+    v = v.replace(tzinfo=UTC) if v.tzinfo is None else v.astimezone(UTC)
+    return v.isoformat().replace("+00:00", "Z")

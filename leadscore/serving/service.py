@@ -54,7 +54,12 @@ class _CurrentRuntime:
 
     def current(self):
         r = self.runtime
-        return (None, None) if r is None else r.current()
+        return None if r is None else r.current()
+
+    @property
+    def batch_threads(self) -> int:
+        r = self.runtime
+        return 1 if r is None else r.batch_threads
 
     @property
     def keys(self) -> KeyRing:

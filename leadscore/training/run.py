@@ -62,7 +62,7 @@ def _policy_metrics(fr, ts, test, data_dir: Path) -> dict[str, float]:
     from leadscore.serving.contact_policy import RulesFile
     from leadscore.training import policy_eval
 
-    prop = policy_eval.logging_propensity(ts.frame[ts.frame["split"] != "test"])
+    prop = policy_eval.LoggingPolicy.fit(ts.frame[ts.frame["split"] != "test"])
     return policy_eval.evaluate(fr.model, test, RulesFile.load(), prop,
                                 load_truth(data_dir, "truth_leads"),
                                 load_truth(data_dir, "truth_contacts"))
