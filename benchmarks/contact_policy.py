@@ -9,7 +9,7 @@ Goal: (model - logged) / (oracle - logged) ≥ 0.8. Also the doubly robust off-p
 (no truth needed: actions coarsened to channel x part of the day, the advisors' propensities
 learned from the log) against the truth-based value of the model policy: goal within 0.02.
 
-    .venv/bin/python benchmarks/contact_policy.py [--leads 50000] [--days 180] [--sample 8000]
+    .venv/bin/python benchmarks/contact_policy.py [--leads 50000] [--days 180] [--sample 40000]
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ def main() -> None:
     ap.add_argument("--leads", type=int, default=50_000)
     ap.add_argument("--days", type=int, default=180)
     ap.add_argument("--seed", type=int, default=3)
-    ap.add_argument("--sample", type=int, default=8000, help="held-out attempts evaluated")
+    ap.add_argument("--sample", type=int, default=40000, help="held-out attempts evaluated")
     args = ap.parse_args()
 
     tmp = Path(tempfile.mkdtemp(prefix="leadscore-policy-"))

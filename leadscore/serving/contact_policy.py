@@ -189,9 +189,9 @@ def recommend_matrix(
     ``X`` is the slot model's matrix of the leads (:meth:`LeadModel.matrix`, slot columns
     absent); every allowed (slot, channel) of a lead's grid becomes a copy of its row with the
     slot columns laid out by :func:`slot_values`, and all copies go to the model in few calls.
-    Leads sharing a cutoff, zone and rules share one grid. ``urgency`` "now" narrows the search
-    to the next ``NOW_WINDOW_HOURS`` hours when any slot is allowed there. ``top`` and
-    ``reasons`` = 0/False skip the top-slot lists and the sentences (the nightly job's case).
+    Leads whose cutoffs share the next full hour, zone and rules share one grid. ``urgency``
+    "now" narrows the search to the next ``NOW_WINDOW_HOURS`` hours. ``top`` and ``reasons`` =
+    0/False skip the top-slot lists and the sentences (the nightly job's case).
     """
     n = len(X)
     col = {f: j for j, f in enumerate(model.features)}
@@ -202,8 +202,8 @@ def recommend_matrix(
     margin = np.zeros(n)
     slots: list[list[dict]] | None = [[] for _ in range(n)] if top > 0 else None
     sentences: list[str | None] | None = [None] * n if reasons else None
-    keys = pd.DataFrame({
-        "as_of": pd.to_datetime(pd.Series(list(as_of)), utc=True),
+    keys = pd.DataFrame({  # a grid starts at the next full hour: that is all it depends on
+        "as_of": pd.to_datetime(pd.Series(list(as_of)), utc=True).dt.ceil("h"),
         "tz": pd.Series(list(tz), dtype=object).fillna(DEFAULT_TZ).astype(str),
         "rules": [d if d in rules.dealers else "" for d in map(str, dealer)],
     })

@@ -28,8 +28,14 @@ import pandas as pd
 
 from leadscore.artifact import LeadModel
 from leadscore.features.catalog import DAYPARTS
-from leadscore.schema import CHANNELS
-from leadscore.serving.contact_policy import RulesFile, recommend, slot_grid
+from leadscore.features.slots import local_hour_weekday
+from leadscore.schema import CHANNELS, DEFAULT_TZ
+from leadscore.serving.contact_policy import (
+    SLOT_FEATURES,
+    RulesFile,
+    recommend_matrix,
+    slot_grid,
+)
 
 #: The lead's state the logging-policy model may look at (whatever of it the log carries).
 _POLICY_INPUTS = (
@@ -129,17 +135,16 @@ def evaluate(
     if len(attempts) > sample:
         attempts = attempts.sample(sample, random_state=seed)
     attempts = attempts.reset_index(drop=True)
-    recs = recommend(model, attempts, None, rules)
-    ok = np.array([r["best_channel"] is not None for r in recs])
-    attempts, recs = attempts[ok].reset_index(drop=True), [r for r in recs if r["best_channel"]]
-    rec_start = pd.Series([r["best_slot_start"] for r in recs])
-    rec_channel = pd.Series([r["best_channel"] for r in recs])
-    q_policy = np.array([r["p_response"] for r in recs])
+    tz = attempts["tz"].astype("object").fillna(DEFAULT_TZ).astype(str)
+    rec = recommend_matrix(model, model.matrix(attempts, absent=SLOT_FEATURES),
+                           attempts["as_of"], tz, attempts["dealer_id"].astype(str), None,
+                           rules, top=0, reasons=False)
+    ok = np.array([c is not None for c in rec.best_channel])
+    attempts, tz = attempts[ok].reset_index(drop=True), tz[ok].reset_index(drop=True)
+    rec_channel = rec.best_channel[ok]
+    q_policy = rec.p_response[ok]
+    rec_hour, rec_wd = local_hour_weekday(pd.Series(rec.best_slot_start[ok]), tz)
     q_logged = model.predict_proba(attempts)
-    tz = attempts["tz"].fillna("Asia/Shanghai").astype(str)
-    rec_local = [ts.tz_convert(z) for ts, z in zip(rec_start, tz, strict=True)]
-    rec_hour = np.array([t.hour for t in rec_local])
-    rec_wd = np.array([t.weekday() for t in rec_local])
     a_pol = action_id(rec_channel, rec_hour)
     a_log = action_id(attempts["channel"].astype(str), attempts["slot_hour"])
     prop = policy.propensity(attempts, a_log)
@@ -155,12 +160,13 @@ def evaluate(
         "policy_match_share": float((a_pol == a_log).mean()),
     }
     if truth_leads is not None and truth_contacts is not None:
-        out.update(_with_truth(attempts, rec_channel, rec_hour, rec_wd, rules, truth_leads,
+        out.update(_with_truth(attempts, tz, rec_channel, rec_hour, rec_wd, rules, truth_leads,
                                truth_contacts))
     return out
 
 
-def _with_truth(attempts, rec_channel, rec_hour, rec_wd, rules, truth_leads, truth_contacts):
+def _with_truth(attempts, tz, rec_channel, rec_hour, rec_wd, rules, truth_leads,
+                truth_contacts):
     from leadscore.simulate import true_response_prob
 
     tc = truth_contacts.copy()
@@ -172,18 +178,23 @@ def _with_truth(attempts, rec_channel, rec_hour, rec_wd, rules, truth_leads, tru
     logged = m["p_response"].to_numpy(dtype=float)
     alive = logged > 0  # a lead gone dark answers nothing, whatever the slot
     lat = truth_leads.set_index("lead_id").loc[attempts["lead_id"]].reset_index()
-    p_rec = true_response_prob(lat, rec_hour, rec_wd, rec_channel.to_numpy()) * alive
-    oracle = np.empty(len(attempts))
-    for i in range(len(attempts)):
-        g = slot_grid(pd.Timestamp(attempts["as_of"].iloc[i]),
-                      str(attempts["tz"].iloc[i] or "Asia/Shanghai"),
-                      rules.for_dealer(str(attempts["dealer_id"].iloc[i])))
+    p_rec = true_response_prob(lat, rec_hour.astype(int), rec_wd.astype(int),
+                               np.asarray(rec_channel, dtype=object)) * alive
+    # the best allowed slot by the truth; slot grids depend on the cutoff's next full hour
+    oracle = np.zeros(len(attempts))
+    keys = pd.DataFrame({
+        "first": pd.to_datetime(attempts["as_of"], utc=True).dt.ceil("h"), "tz": tz,
+        "rules": [d if d in rules.dealers else "" for d in attempts["dealer_id"].astype(str)]})
+    for (first, zone, rk), idx in keys.groupby(["first", "tz", "rules"]).indices.items():
+        g = slot_grid(pd.Timestamp(first), zone, rules.dealers.get(rk, rules.default))
         if g.empty:
-            oracle[i] = 0.0
             continue
-        p = true_response_prob(lat.iloc[[i]], g["slot_hour"].to_numpy(dtype=int),
-                               g["slot_weekday"].to_numpy(dtype=int), g["channel"].to_numpy())
-        oracle[i] = float(np.max(p)) * alive[i]
+        G = len(g)
+        p = true_response_prob(lat.iloc[np.repeat(idx, G)],
+                               np.tile(g["slot_hour"].to_numpy(dtype=int), len(idx)),
+                               np.tile(g["slot_weekday"].to_numpy(dtype=int), len(idx)),
+                               np.tile(g["channel"].to_numpy(dtype=object), len(idx)))
+        oracle[idx] = p.reshape(len(idx), G).max(axis=1) * alive[idx]
     model_v, logged_v, oracle_v = float(p_rec.mean()), float(np.nanmean(logged)), float(
         oracle.mean())
     denom = oracle_v - logged_v
