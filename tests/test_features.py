@@ -252,12 +252,13 @@ def test_contact_history(con):
     assert_values(row(df, "A"), {
         "contact_attempts": 4, "contact_responses": 2, "contact_response_rate": 0.5,
         "contact_replies": 1, "phone_response_rate": 0.5, "message_response_rate": 0.5,
-        "phone_attempts": 2, "message_attempts": 2,
-        "days_since_contact": 5.0, "uncontacted_hours": 24.0,
+        "phone_attempts": 2, "message_attempts": 2, "unanswered_streak": 1,
+        "days_since_response": 10.0, "days_since_contact": 5.0, "uncontacted_hours": 24.0,
     })
     assert_values(row(df, "A", before_first), {
         "contact_attempts": 0, "contact_responses": 0, "contact_response_rate": None,
-        "days_since_contact": None, "uncontacted_hours": 12.0,
+        "days_since_contact": None, "uncontacted_hours": 12.0, "unanswered_streak": 0,
+        "days_since_response": None,
     })
     # never contacted: waiting since creation
     assert_values(row(df, "N"), {"contact_attempts": 0, "uncontacted_hours": 72.0,

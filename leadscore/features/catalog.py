@@ -99,6 +99,7 @@ class Trend(Feature):
 class ContactStat(Feature):
     """Contact history; ``stat`` is one of attempts, responses, response_rate, replies,
     phone_attempts, message_attempts, phone_response_rate, message_response_rate, days_since,
+    unanswered_streak (attempts since the last answer), days_since_response,
     uncontacted_hours."""
 
     stat: str = "attempts"
@@ -262,6 +263,12 @@ def _contacts() -> list[Feature]:
                     stat="message_response_rate"),
         ContactStat("days_since_contact", says="Last contacted {value:.1f} days ago",
                     stat="days_since"),
+        # a lead that stopped answering is the clearest sign that it is going dark
+        ContactStat("unanswered_streak",
+                    says="{value:.0f} contact attempts in a row without an answer",
+                    stat="unanswered_streak"),
+        ContactStat("days_since_response", says="Last answered a contact {value:.1f} days ago",
+                    stat="days_since_response"),
         ContactStat(
             "uncontacted_hours",
             says="Waited {value:.0f} hours for a first contact",
@@ -319,7 +326,8 @@ SLOT_CONTEXT = (
     *(f"activity_share_{a:02d}_{b:02d}" for a, b in DAYPARTS),
     "contact_attempts", "contact_responses", "contact_response_rate", "contact_replies",
     "phone_attempts", "message_attempts", "phone_response_rate", "message_response_rate",
-    "days_since_contact", "uncontacted_hours", "days_since_any", "events_7d", "events_30d",
+    "days_since_contact", "unanswered_streak", "days_since_response", "uncontacted_hours",
+    "days_since_any", "events_7d", "events_30d",
     "browse_7d", "high_intent_30d", "price_inquiry_90d", "call_inbound_90d", "sessions_7d",
     "slot_hour", "slot_weekday", "slot_weekend", "slot_activity_share", "channel",
     "slot_channel_attempts", "slot_channel_response_rate",

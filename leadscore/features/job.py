@@ -307,7 +307,10 @@ def _common(plan: _Plan, lk: str, hi: str) -> list[tuple[str, str]]:
         coalesce(c.outcome IN {_in(RESPONSE_OUTCOMES)}, FALSE) AS resp,
         coalesce(c.outcome = 'replied', FALSE) AS replied,
         coalesce(c.channel = 'phone', FALSE) AS phone,
-        coalesce(c.channel IN {_in(MESSAGE_CHANNELS)}, FALSE) AS msg
+        coalesce(c.channel IN {_in(MESSAGE_CHANNELS)}, FALSE) AS msg,
+        -- position in the lead's log; on a tie in time an answer counts as the later attempt
+        row_number() OVER (PARTITION BY l.k ORDER BY c.ts,
+            coalesce(c.outcome IN {_in(RESPONSE_OUTCOMES)}, FALSE)) AS rn
     FROM contacts c JOIN {lk} l ON c.lead_id = l.lead_id WHERE c.ts < {hi}"""))
     return out
 
@@ -447,6 +450,9 @@ def _per_cutoff_sql(plan: _Plan, grid: _Grid, cut: _Cut, t: dict[str, str], only
         avg(CASE WHEN g.phone THEN g.resp::INT END) AS phone_rate,
         avg(CASE WHEN g.msg THEN g.resp::INT END) AS msg_rate,
         count_if(g.phone) AS phone_n, count_if(g.msg) AS msg_n,
+        max(CASE WHEN g.resp THEN g.t END) AS last_resp_t,
+        -- the attempts before a cutoff are a prefix of the log: count = last position
+        count(*) - coalesce(max(CASE WHEN g.resp THEN g.rn END), 0) AS streak,
         max(g.t) AS last_t, min(g.t) AS first_t
     FROM {t['contacts']} g {ct_join}
     WHERE g.t < {cut.us}
@@ -492,6 +498,8 @@ def _per_cutoff_sql(plan: _Plan, grid: _Grid, cut: _Cut, t: dict[str, str], only
                 "phone_response_rate": "CAST(xc.phone_rate AS DOUBLE)",
                 "message_response_rate": "CAST(xc.msg_rate AS DOUBLE)",
                 "days_since": f"({us} - xc.last_t) / {US_PER_DAY}.0",
+                "days_since_response": f"({us} - xc.last_resp_t) / {US_PER_DAY}.0",
+                "unanswered_streak": "CAST(coalesce(xc.streak, 0) AS DOUBLE)",
                 "uncontacted_hours": (f"(coalesce(xc.first_t, {us}) - b.created_us) / "
                                       f"{US_PER_HOUR}.0"),
             }[f.stat]
@@ -669,7 +677,7 @@ class _Reduced:
             self.vs_close[st["k"]] = st["c"]
             if plan.contacts:
                 self.ct = _fetch(con, f"SELECT * FROM ({_common(plan, lk, hi)[1][1]}) "
-                                      f"ORDER BY k, t")
+                                      f"ORDER BY k, rn")
             self._events(con, make, drop, lk, first, hi, spans)
         finally:
             for name in tmp:
@@ -1017,6 +1025,10 @@ class _Reduced:
         phone, msg = c["phone"][sel], c["msg"][sel]
         attempts = np.bincount(k, minlength=n).astype(np.float64)
         responses = np.bincount(k, weights=resp, minlength=n)
+        last_resp_rn = np.zeros(n)
+        last_resp_t = np.full(n, -1, dtype=np.int64)
+        np.maximum.at(last_resp_rn, k[resp], c["rn"][sel][resp])
+        np.maximum.at(last_resp_t, k[resp], t[resp])
         res = {}
         starts = _runs(k)
         first = np.full(n, -1, dtype=np.int64)
@@ -1045,6 +1057,10 @@ class _Reduced:
                     v = np.where(tries > 0, ok / tries, np.nan)
                 elif f.stat == "days_since":
                     v = np.where(last >= 0, (a - last) / US_PER_DAY, np.nan)
+                elif f.stat == "days_since_response":
+                    v = np.where(last_resp_t >= 0, (a - last_resp_t) / US_PER_DAY, np.nan)
+                elif f.stat == "unanswered_streak":  # rows before ``a``: a prefix of the log
+                    v = attempts - last_resp_rn
                 else:  # uncontacted_hours
                     created = self.leads.column("created_us").to_numpy()
                     v = (np.where(first >= 0, first, a) - created) / US_PER_HOUR
