@@ -32,6 +32,7 @@ import math
 import multiprocessing as mp
 import os
 import queue
+import resource
 import shutil
 import sys
 import tempfile
@@ -133,8 +134,9 @@ def child_rescore(data: str, out: str, models_dir: str, as_of: str, reasons: int
     t = time.perf_counter()
     res = batch.rescore(Path(data), pd.Timestamp(as_of), Path(out), reasons=reasons,
                         bucket_leads=bucket_leads, force=True, scorer=scorer, engine=engine)
+    ru = resource.getrusage(resource.RUSAGE_SELF)
     q.put({"rows": res.rows, "seconds": time.perf_counter() - t, "buckets": res.buckets,
-           "phases": dict(phases)})
+           "phases": dict(phases), "cpu_self": ru.ru_utime + ru.ru_stime})
 
 
 def child_reference(data: str, work: str, models_dir: str, as_of: str, bucket_leads: int,
@@ -169,17 +171,18 @@ def child_reference(data: str, work: str, models_dir: str, as_of: str, bucket_le
             continue
         rows = feats[feats["is_open"]] if name in LEAD_MODELS else feats
         X = model.frame(rows)  # the ready matrix: not timed
-        t = time.perf_counter()
+        t, c = time.perf_counter(), time.process_time()
         model.booster.predict(X, num_threads=2)
-        out["predict"][name] = {"rows": len(X), "seconds": time.perf_counter() - t}
+        out["predict"][name] = {"rows": len(X), "seconds": time.perf_counter() - t,
+                                "cpu": time.process_time() - c}
 
         sample = rows.iloc[: min(shap_rows, len(rows))]
         Xs = X.iloc[: len(sample)]
         del X
         explainer = shap.TreeExplainer(model.booster)
-        t = time.perf_counter()
+        t, c = time.perf_counter(), time.process_time()
         sv = np.asarray(explainer.shap_values(Xs))
-        secs = time.perf_counter() - t
+        secs, cpu = time.perf_counter() - t, time.process_time() - c
         ours = batch.contributions(model, sample, num_threads=2)[:, :-1]
         np.testing.assert_allclose(ours, sv, rtol=1e-9, atol=1e-9)
         # the reasons written by rescore are SHAP's top 3 for and against
@@ -194,13 +197,15 @@ def child_reference(data: str, work: str, models_dir: str, as_of: str, bucket_le
                 j = model.features.index(r["feature"])
                 assert abs(r["contribution"] - contrib[j]) <= 1e-6
             checked += 1
-        out["shap"][name] = {"rows": len(Xs), "seconds": secs, "reasons_checked": checked,
+        out["shap"][name] = {"rows": len(Xs), "seconds": secs, "cpu": cpu,
+                             "reasons_checked": checked,
                              "max_abs_diff": float(np.max(np.abs(ours - sv)))}
     q.put(out)
 
 
-def run_child(target, *args) -> tuple[dict, int]:
-    """Run ``target`` in a fresh process; return its result and the peak RSS of its tree."""
+def run_child(target, *args) -> tuple[dict, int, float]:
+    """Run ``target`` in a fresh process; return its result, the peak RSS of its process tree
+    and the CPU seconds the tree used (sampled, so Spark's JVM and workers count too)."""
     import psutil
 
     ctx = mp.get_context("spawn")
@@ -208,6 +213,7 @@ def run_child(target, *args) -> tuple[dict, int]:
     p = ctx.Process(target=target, args=(*args, q))
     p.start()
     peak = 0
+    cpu: dict[int, float] = {}
     stop = threading.Event()
 
     def sample():
@@ -223,6 +229,8 @@ def run_child(target, *args) -> tuple[dict, int]:
                 for pr in procs:
                     with contextlib.suppress(psutil.NoSuchProcess):
                         total += pr.memory_info().rss
+                        ct = pr.cpu_times()
+                        cpu[pr.pid] = ct.user + ct.system
                 peak = max(peak, total)
             except psutil.NoSuchProcess:
                 return
@@ -241,7 +249,8 @@ def run_child(target, *args) -> tuple[dict, int]:
     p.join()
     stop.set()
     th.join()
-    return result, peak
+    cpu[p.pid] = max(cpu.get(p.pid, 0.0), result.get("cpu_self", 0.0))
+    return result, peak, sum(cpu.values())
 
 
 # --------------------------------------------------------------------------- main
@@ -287,35 +296,36 @@ def main() -> None:
     runs = {}
     for reasons in (0, 3):
         out = root / f"out-r{reasons}"
-        res, peak = run_child(child_rescore, str(data), str(out), str(models_dir), as_of,
-                              reasons, bucket, args.engine)
-        runs[reasons] = (res, peak)
+        res, peak, cpu = run_child(child_rescore, str(data), str(out), str(models_dir), as_of,
+                                   reasons, bucket, args.engine)
+        runs[reasons] = (res, peak, cpu)
         ph = ", ".join(f"{k} {v:.0f}s" for k, v in res["phases"].items())
-        print(f"  rescore reasons={reasons}: {res['rows']:,} rows in {res['seconds']:.1f}s = "
-              f"{res['rows'] / res['seconds']:,.0f} rows/s; peak RSS {peak / 1e9:.2f} GB"
+        print(f"  rescore reasons={reasons}: {res['rows']:,} rows in {res['seconds']:.1f}s "
+              f"({cpu:.0f} CPU-s) = {res['rows'] / res['seconds']:,.0f} rows/s; "
+              f"peak RSS {peak / 1e9:.2f} GB"
               f"{'; in-process phases: ' + ph if ph and args.engine == 'duckdb' else ''}")
-    ref, _ = run_child(child_reference, str(data), str(root / "ref-work"), str(models_dir),
-                       as_of, bucket, args.shap_rows, str(root / "out-r3"))
+    ref, _, _ = run_child(child_reference, str(data), str(root / "ref-work"), str(models_dir),
+                          as_of, bucket, args.shap_rows, str(root / "out-r3"))
     assert ref["rows"] == runs[0][0]["rows"] == runs[3][0]["rows"]
-    pred_s = sum(v["seconds"] for v in ref["predict"].values())
-    shap_s = sum(v["seconds"] * (ref["predict"][k]["rows"] / v["rows"])
-                 for k, v in ref["shap"].items())  # extrapolated to all rows
-    pred_rate = ref["rows"] / pred_s
-    shap_rate = ref["rows"] / shap_s
+    rows = ref["rows"]
+    pred = {k: sum(v[k] for v in ref["predict"].values()) for k in ("seconds", "cpu")}
+    shap_ = {k: sum(v[k] * ref["predict"][m]["rows"] / v["rows"]  # extrapolated to all rows
+                    for m, v in ref["shap"].items()) for k in ("seconds", "cpu")}
     for k, v in ref["predict"].items():
         s = ref["shap"][k]
-        print(f"  {k:10s} Booster.predict {v['rows']:,} rows in {v['seconds']:.2f}s; "
-              f"shap {s['rows']:,} rows in {s['seconds']:.2f}s "
-              f"(max |diff| vs ours {s['max_abs_diff']:.1e}, "
+        print(f"  {k:10s} Booster.predict {v['rows']:,} rows in {v['seconds']:.2f}s "
+              f"({v['cpu']:.1f} CPU-s); shap {s['rows']:,} rows in {s['seconds']:.2f}s "
+              f"({s['cpu']:.1f} CPU-s; max |diff| vs ours {s['max_abs_diff']:.1e}, "
               f"{s['reasons_checked']} rows' reasons checked)")
-    r0 = runs[0][0]["rows"] / runs[0][0]["seconds"]
-    r3 = runs[3][0]["rows"] / runs[3][0]["seconds"]
-    peak = max(runs[0][1], runs[3][1])
-    print(f"(a) rescore, no reasons: {r0:,.0f} rows/s vs bare Booster.predict "
-          f"{pred_rate:,.0f} rows/s = {r0 / pred_rate:.1%} (goal >= 50%)")
-    print(f"(b) rescore, top-3 reasons: {r3:,.0f} rows/s vs shap.TreeExplainer "
-          f"{shap_rate:,.0f} rows/s = {r3 / shap_rate:.2f}x (goal >= 3x)")
-    print(f"(c) peak RSS incl. children: {peak / 1e9:.2f} GB for {args.leads:,} leads "
+    (r0, p0, c0), (r3, p3, c3) = runs[0], runs[3]
+    w0, w3 = rows / r0["seconds"], rows / r3["seconds"]
+    print(f"(a) rescore, no reasons: {w0:,.0f} rows/s vs bare Booster.predict "
+          f"{rows / pred['seconds']:,.0f} rows/s = {w0 / (rows / pred['seconds']):.1%} "
+          f"(per CPU-second: {pred['cpu'] / c0:.1%}) (goal >= 50%)")
+    print(f"(b) rescore, top-3 reasons: {w3:,.0f} rows/s vs shap.TreeExplainer "
+          f"{rows / shap_['seconds']:,.0f} rows/s = {shap_['seconds'] / r3['seconds']:.2f}x "
+          f"(per CPU-second: {shap_['cpu'] / c3:.2f}x) (goal >= 3x)")
+    print(f"(c) peak RSS incl. children: {max(p0, p3) / 1e9:.2f} GB for {args.leads:,} leads "
           f"(goal < 4 GB at 1,000,000)")
     if args.workdir is None:
         shutil.rmtree(root, ignore_errors=True)

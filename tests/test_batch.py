@@ -60,7 +60,8 @@ def _quick_model(name: str, frame: pd.DataFrame, rng) -> LeadModel:
     cats = trainer.categories_of(frame, features)
     proto = LeadModel(name, booster=None, features=features, categories=cats,  # type: ignore[arg-type]
                       calibrator=Calibrator("none"))
-    params = trainer.booster_params(spec, features, seed=0, num_threads=2)
+    # one thread: OpenMP's spinning threads crawl on a busy machine (45 s instead of 0.3 s)
+    params = trainer.booster_params(spec, features, seed=0, num_threads=1)
     params["metric"] = ["binary_logloss"]
     booster = lgb.train(params, lgb.Dataset(proto.frame(frame), label=y,
                                             categorical_feature=list(cats)),
@@ -122,8 +123,8 @@ def quick_registry(base: Path, data_dir: Path) -> SimpleNamespace:
 
 
 def small_data(base: Path, data_dir: Path) -> Path:
-    """About 40% of the simulated leads (by a hash of the id), with their events and
-    contacts: the same kinds of rows, scored in a third of the time."""
+    """A quarter of the simulated leads (by a hash of the id), with their events and
+    contacts: the same kinds of rows, scored in a quarter of the time."""
     if (base / "contacts.parquet").is_file():
         return base
     base.mkdir(parents=True, exist_ok=True)
@@ -131,7 +132,7 @@ def small_data(base: Path, data_dir: Path) -> Path:
     for table in ("leads", "events", "contacts"):
         con.execute(
             f"COPY (SELECT * FROM read_parquet('{data_dir / table}.parquet') "
-            f"WHERE hash(lead_id) % 5 < 2) TO '{base / table}.parquet' (FORMAT parquet)")
+            f"WHERE hash(lead_id) % 4 = 0) TO '{base / table}.parquet' (FORMAT parquet)")
     con.close()
     return base
 
@@ -180,12 +181,6 @@ def assert_same_scores(a: pd.DataFrame, b: pd.DataFrame) -> None:
 
 def read_sorted(out: Path) -> pd.DataFrame:
     return pd.read_parquet(out).sort_values("lead_id").reset_index(drop=True)
-
-
-def cli(*args: str, timeout: float = 300, **kw) -> subprocess.CompletedProcess:
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
-    return subprocess.run([sys.executable, "-m", "leadscore.cli", *args], env=env,
-                          capture_output=True, text=True, timeout=timeout, **kw)
 
 
 def visible_parts(out: Path) -> list[Path]:
@@ -280,40 +275,55 @@ def test_output_is_one_row_per_open_lead_or_owner_with_the_contract_columns(
     assert_same_scores(got, batch._fmt_types(direct).reset_index(drop=True))
 
 
+def _watch(proc: subprocess.Popen, out: Path, until_first_part: bool) -> int:
+    """Read the output folder as a reader would, every 20 ms, while ``proc`` runs (until its
+    first recorded part, or to its end); returns how many times the folder was read."""
+    manifest = out / batch.MANIFEST
+    reads = 0
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and proc.poll() is None:
+        if manifest.is_file():
+            parts = json.loads(manifest.read_text())["parts"]
+            assert_readable(out)
+            reads += 1
+            if until_first_part and parts:
+                break
+        time.sleep(0.02)
+    return reads
+
+
 def test_killed_run_resumes_to_the_same_result_and_readers_never_see_partial_files(
         reference, env, data, tmp_path):
     out = tmp_path / "scores"
-    args = ["rescore", "--data", str(data), "--as-of", str(env.as_of), "--out", str(out),
-            "--bucket-leads", "100"]
-    proc = subprocess.Popen([sys.executable, "-m", "leadscore.cli", *args],
-                            env=dict(os.environ, PYTHONPATH=str(ROOT)),
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    cmd = [sys.executable, "-m", "leadscore.cli", "rescore", "--data", str(data), "--as-of",
+           str(env.as_of), "--out", str(out), "--bucket-leads", "100"]
+    run_env = dict(os.environ, PYTHONPATH=str(ROOT))
     manifest = out / batch.MANIFEST
-    try:
-        deadline = time.monotonic() + 240
-        while time.monotonic() < deadline and proc.poll() is None:
-            if manifest.is_file():
-                m = json.loads(manifest.read_text())
-                assert_readable(out)
-                if m["parts"]:
-                    break
-            time.sleep(0.02)
-        assert proc.poll() is None, proc.communicate()[0].decode()[-2000:]
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+    with open(tmp_path / "first.log", "w") as log:
+        proc = subprocess.Popen(cmd, env=run_env, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            assert _watch(proc, out, until_first_part=True) > 0
+            assert proc.poll() is None, (tmp_path / "first.log").read_text()[-2000:]
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=30)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
     m = json.loads(manifest.read_text())
-    assert not m["complete"] and m["buckets"] >= 8 and 1 <= len(m["parts"]) < m["buckets"]
-    rows_before = assert_readable(out)
-    assert rows_before == sum(p["rows"] for p in m["parts"].values())
+    assert not m["complete"] and m["buckets"] >= 5 and 1 <= len(m["parts"]) < m["buckets"]
+    assert assert_readable(out) == sum(p["rows"] for p in m["parts"].values())
 
-    res = cli(*args)
-    assert res.returncode == 0, res.stderr[-2000:]
+    with open(tmp_path / "second.log", "w") as log:
+        proc = subprocess.Popen(cmd, env=run_env, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            _watch(proc, out, until_first_part=False)  # readers during the resumed run too
+            assert proc.wait(timeout=300) == 0, (tmp_path / "second.log").read_text()[-2000:]
+        finally:
+            if proc.poll() is None:
+                proc.kill()
     resumed = json.loads(manifest.read_text())
     assert resumed["complete"] and len(resumed["parts"]) == m["buckets"]
-    assert f"({len(m['parts'])} resumed)" in res.stdout
+    assert f"({len(m['parts'])} resumed)" in (tmp_path / "second.log").read_text()
     for b, part in m["parts"].items():  # parts written before the kill are kept, not redone
         assert resumed["parts"][b] == part
     assert not list(out.glob(".*.tmp")) and not (out / "_work").exists()
@@ -327,9 +337,9 @@ def test_killed_run_resumes_to_the_same_result_and_readers_never_see_partial_fil
 def test_rerun_is_a_noop_unless_forced_and_other_inputs_are_refused(env, data, tmp_path):
     data = copy_data(data, tmp_path / "data")
     out = tmp_path / "scores"
-    kw = {"bucket_leads": 400, "reasons": 0}
+    kw = {"bucket_leads": 250, "reasons": 0}
     first = batch.rescore(data, env.as_of, out, **kw)
-    assert not first.noop and first.buckets == 3
+    assert not first.noop and first.buckets >= 2
     before = mtimes(out)
     again = batch.rescore(data, env.as_of, out, **kw)
     assert again.noop and again.rows == first.rows and again.skipped_buckets == first.buckets
@@ -346,11 +356,11 @@ def test_rerun_is_a_noop_unless_forced_and_other_inputs_are_refused(env, data, t
     with pytest.raises(FileExistsError, match="--force"):
         batch.rescore(data, env.as_of - pd.Timedelta(days=1), out, **kw)
     with pytest.raises(FileExistsError):
-        batch.rescore(data, env.as_of, out, bucket_leads=400, reasons=1)
+        batch.rescore(data, env.as_of, out, bucket_leads=250, reasons=1)
     ev = pd.read_parquet(data / "events.parquet")
     ev.iloc[:-1].to_parquet(data / "events.parquet", index=False)
     res = CliRunner().invoke(app, ["rescore", "--data", str(data), "--as-of", str(env.as_of),
-                                   "--out", str(out), "--bucket-leads", "400",
+                                   "--out", str(out), "--bucket-leads", "250",
                                    "--reasons", "0"])
     assert res.exit_code == 2 and "--force" in res.output
     assert mtimes(out) == after

@@ -82,6 +82,7 @@ def by_id(served, ids, headers=NORTH, reasons=3) -> list[dict]:
 
 def test_score_by_id_returns_calibrated_scores_grades_reasons_and_versions(served):
     ids = served.ids["north"][:4]
+    asked = pd.Timestamp.now(tz="UTC")
     r = score(served, {"leads": [{"lead_id": i} for i in ids]})
     assert r.status_code == 200, r.text
     assert r.headers["content-type"].startswith("application/json")
@@ -114,8 +115,11 @@ def test_score_by_id_returns_calibrated_scores_grades_reasons_and_versions(serve
             assert rs["value"] is None or isinstance(rs["value"], (float, str))
         if SLOT_MODEL in champions:  # contact timing is served when its model is registered
             assert x["best_channel"] in CHANNELS
-            assert pd.Timestamp(x["best_slot_start"]) > served.as_of
+            # the snapshot is old: slots still start after the request, never in the past
+            assert pd.Timestamp(x["best_slot_start"]) > asked > served.as_of
             assert 0.0 <= x["p_response"] <= 1.0
+            assert [s["channel"] for s in x["next_slots"]][:1] == [x["best_channel"]]
+            assert all(pd.Timestamp(s["start"]) > asked for s in x["next_slots"])
 
 
 def test_reasons_are_exact_contributions_that_rebuild_the_calibrated_probability(served):

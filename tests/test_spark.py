@@ -11,13 +11,13 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 from test_batch import (
     ROOT,
+    _watch,
     assert_readable,
     assert_same_scores,
     quick_registry,
@@ -33,6 +33,7 @@ from leadscore.serving import batch
 from leadscore.serving.scorer import Scorer
 
 pytest.importorskip("pyspark")
+
 
 @pytest.fixture(scope="module")
 def reg(sim_data, tmp_path_factory):
@@ -63,7 +64,7 @@ def scorer(reg):
 def both(spark_engine, scorer, reg, data, tmp_path_factory):
     """The fixture data rescored by each engine, in 5 or more buckets of leads."""
     root = tmp_path_factory.mktemp("engines")
-    kw = {"bucket_leads": 200, "scorer": scorer}
+    kw = {"bucket_leads": 120, "scorer": scorer}
     emb = batch.rescore(data, reg.as_of, root / "embedded", **kw)
     spk = batch.rescore(data, reg.as_of, root / "spark", engine="spark", **kw)
     return root, emb, spk, kw
@@ -126,7 +127,7 @@ def test_spark_features_match_the_embedded_engine(spark_engine, data, tmp_path):
     cutoffs = [pd.Timestamp("2026-05-04T12:00:00Z")]
     expected = job.compute(ds.con, cutoffs, only_open=True).to_pandas()
     rows, cols = spark_engine.compute_features(ds, cutoffs, tmp_path / "open.parquet",
-                                               only_open=True, bucket_leads=300)
+                                               only_open=True, bucket_leads=200)
     got = pd.read_parquet(tmp_path / "open.parquet")
     assert (rows, cols) == expected.shape
     pd.testing.assert_frame_equal(got, expected, check_exact=True)
@@ -140,31 +141,27 @@ def test_spark_cli_run_killed_mid_way_resumes_to_the_same_result(reg, data, tmp_
     ref = tmp_path / "embedded"
     batch.rescore(data, reg.as_of, ref, bucket_leads=100)
     out = tmp_path / "spark"
-    args = [sys.executable, "-m", "leadscore.cli", "rescore", "--data", str(data),
-            "--as-of", str(reg.as_of), "--out", str(out), "--bucket-leads", "100",
-            "--engine", "spark"]
+    cmd = [sys.executable, "-m", "leadscore.cli", "rescore", "--data", str(data),
+           "--as-of", str(reg.as_of), "--out", str(out), "--bucket-leads", "100",
+           "--engine", "spark"]
     env = dict(os.environ, PYTHONPATH=str(ROOT))
-    proc = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            start_new_session=True)
-    manifest = out / batch.MANIFEST
-    try:
-        deadline = time.monotonic() + 300
-        while time.monotonic() < deadline and proc.poll() is None:
-            if manifest.is_file():
-                assert_readable(out)
-                if json.loads(manifest.read_text())["parts"]:
-                    break
-            time.sleep(0.05)
-        assert proc.poll() is None, proc.communicate()[0].decode()[-2000:]
-        os.killpg(proc.pid, signal.SIGKILL)  # the driver, its JVM and the Python workers
-        proc.wait(timeout=30)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-    m = json.loads(manifest.read_text())
+    with open(tmp_path / "first.log", "w") as log:
+        proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+        try:
+            assert _watch(proc, out, until_first_part=True) > 0
+            assert proc.poll() is None, (tmp_path / "first.log").read_text()[-2000:]
+            os.killpg(proc.pid, signal.SIGKILL)  # the driver, its JVM and the Python workers
+            proc.wait(timeout=30)
+        finally:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+    m = json.loads((out / batch.MANIFEST).read_text())
     assert not m["complete"] and 1 <= len(m["parts"]) < m["buckets"]
     assert_readable(out)
-    res = subprocess.run(args, env=env, capture_output=True, text=True, timeout=600)
-    assert res.returncode == 0, res.stderr[-2000:]
-    assert f"({len(m['parts'])} resumed)" in res.stdout
+    with open(tmp_path / "second.log", "w") as log:
+        proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
+        _watch(proc, out, until_first_part=False)
+        assert proc.wait(timeout=600) == 0, (tmp_path / "second.log").read_text()[-2000:]
+    assert f"({len(m['parts'])} resumed)" in (tmp_path / "second.log").read_text()
     assert_same_scores(read_sorted(ref), read_sorted(out))

@@ -236,7 +236,8 @@ def _score_leads(runtime: Runtime, req: ScoreRequest, tenant: Tenant, scorer: Sc
     if inline:
         feats = features_from_inline(*_inline_frames(inline), as_of)
         records += feats.to_dict(orient="records")
-    out = scorer.score_records(records, reasons=req.reasons, split=runtime.batch_threads)
+    out = scorer.score_records(records, reasons=req.reasons, split=runtime.batch_threads,
+                               now=now_utc())
     scored = {rec["lead_id"]: rec for rec in out}
     return [scored.get(lead.lead_id) or _not_found(lead.lead_id) for lead in req.leads]
 

@@ -14,12 +14,13 @@ import json
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import yaml
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
 
 from leadscore.artifact import LeadModel
 from leadscore.features.catalog import SLOT_CATALOG
@@ -67,6 +68,7 @@ class RulesFile(BaseModel):
     model_config = ConfigDict(extra="forbid")
     default: ContactRules = Field(default_factory=ContactRules)
     dealers: dict[str, ContactRules] = Field(default_factory=dict)
+    _grids: dict = PrivateAttr(default_factory=dict)  # slot grids laid out under these rules
 
     def for_dealer(self, dealer_id: str) -> ContactRules:
         return self.dealers.get(dealer_id, self.default)
@@ -167,6 +169,57 @@ class _Grid:
         return cls(start[o], g["slot_hour"].to_numpy(dtype=float)[o],
                    g["slot_weekday"].to_numpy(dtype=float)[o], ch[o])
 
+    @property
+    def size(self) -> int:
+        return len(self.start)
+
+    @cached_property
+    def is_phone(self) -> np.ndarray:
+        return self.channel == "phone"
+
+    @cached_property
+    def soon(self) -> np.ndarray:
+        """The slots a "now" lead is offered: the next ``NOW_WINDOW_HOURS`` hours."""
+        return self.start <= self.start.min() + NOW_WINDOW_HOURS * _US_PER_HOUR
+
+    @cached_property
+    def channels(self) -> list[str]:
+        return [c for c in CHANNELS if (self.channel == c).any()]
+
+
+_US_PER_HOUR = 3_600_000_000
+#: grids kept per process: (first hour, zone, dealer rules) -- a day of hours for many zones
+_GRID_CACHE_SIZE = 4096
+
+
+def _grid(rules: RulesFile, first_us: int, zone: str, rules_key: str) -> _Grid:
+    """The slot grid starting at ``first_us`` (a full hour), cached: a request-time search
+    would otherwise spend more time laying out dates than scoring."""
+    cache = rules._grids
+    key = (first_us, zone, rules_key)
+    g = cache.get(key)
+    if g is None:
+        if len(cache) >= _GRID_CACHE_SIZE:
+            cache.clear()
+        g = cache[key] = _Grid.of(slot_grid(pd.Timestamp(first_us, unit="us", tz="UTC"), zone,
+                                            rules.dealers.get(rules_key, rules.default)))
+    return g
+
+
+def _utc_us(values: Sequence) -> np.ndarray:
+    """Timestamps (pandas, datetime, numpy or ISO text; naive ones are UTC) as int64
+    microseconds."""
+    if isinstance(values, pd.Series) and isinstance(values.dtype, pd.DatetimeTZDtype):
+        return pd.DatetimeIndex(values).as_unit("us").asi8
+    if len(values) <= 64:  # a request's few: one by one beats format guessing
+        out = []
+        for v in values:
+            t = pd.Timestamp(v)
+            out.append((t.tz_localize("UTC") if t.tzinfo is None else t).value // 1000)
+        return np.array(out, dtype=np.int64)
+    ts = pd.to_datetime(pd.Series(list(values)), utc=True)
+    return pd.DatetimeIndex(ts).as_unit("us").asi8
+
 
 #: candidate rows per model call: bounds memory (rows x slots x features floats)
 _CHUNK_ROWS = 400_000
@@ -183,6 +236,7 @@ def recommend_matrix(
     top: int = 3,
     reasons: bool = True,
     num_threads: int = 1,
+    not_before: pd.Timestamp | None = None,
 ) -> Recommendations:
     """The best allowed slot and channel in the next 72 hours for each lead.
 
@@ -192,6 +246,8 @@ def recommend_matrix(
     Leads whose cutoffs share the next full hour, zone and rules share one grid. ``urgency``
     "now" narrows the search to the next ``NOW_WINDOW_HOURS`` hours. ``top`` and ``reasons`` =
     0/False skip the top-slot lists and the sentences (the nightly job's case).
+    ``not_before`` (the request's time, for rows from an older feature snapshot) keeps every
+    recommended slot in the future.
     """
     n = len(X)
     col = {f: j for j, f in enumerate(model.features)}
@@ -202,20 +258,26 @@ def recommend_matrix(
     margin = np.zeros(n)
     slots: list[list[dict]] | None = [[] for _ in range(n)] if top > 0 else None
     sentences: list[str | None] | None = [None] * n if reasons else None
-    keys = pd.DataFrame({  # a grid starts at the next full hour: that is all it depends on
-        "as_of": pd.to_datetime(pd.Series(list(as_of)), utc=True).dt.ceil("h"),
-        "tz": pd.Series(list(tz), dtype=object).fillna(DEFAULT_TZ).astype(str),
-        "rules": [d if d in rules.dealers else "" for d in map(str, dealer)],
-    })
-    for (a, zone, rk), idx in keys.groupby(["as_of", "tz", "rules"], sort=False).indices.items():
-        g = _Grid.of(slot_grid(pd.Timestamp(a), zone, rules.dealers.get(rk, rules.default)))
-        G = len(g.start)
+    # a grid starts at the next full hour after the cutoff (or ``not_before``): that is all
+    # it depends on, with the zone and the dealer's rules
+    t_us = _utc_us(as_of)
+    if not_before is not None:
+        t_us = np.maximum(t_us, _utc_us([not_before])[0])
+    first = -(-t_us // _US_PER_HOUR) * _US_PER_HOUR
+    groups: dict[tuple, list[int]] = {}
+    for i, key in enumerate(zip(first.tolist(),
+                                (DEFAULT_TZ if z is None or z != z else str(z) for z in tz),
+                                (d if d in rules.dealers else "" for d in map(str, dealer)),
+                                strict=True)):
+        groups.setdefault(key, []).append(i)
+    for (first_us, zone, rk), members in groups.items():
+        idx = np.asarray(members)
+        g = _grid(rules, first_us, zone, rk)
+        G = g.size
         if not G:
             continue
-        is_phone = g.channel == "phone"
+        is_phone, soon, chans = g.is_phone, g.soon, g.channels
         code = np.array([ch_codes.get(c, np.nan) for c in g.channel], dtype=float)
-        soon = g.start <= g.start.min() + NOW_WINDOW_HOURS * 3_600_000_000
-        chans = [c for c in CHANNELS if (g.channel == c).any()]
         step = max(1, _CHUNK_ROWS // G)
         for s0 in range(0, len(idx), step):
             rows = idx[s0:s0 + step]

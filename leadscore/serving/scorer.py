@@ -201,7 +201,7 @@ class Scorer:
         limits which models score (owners get churn risk, not a lead score).
         """
         n = len(feats)
-        cols = self._core(_FrameRows(feats), reasons, only, slots)
+        cols = self._core(_FrameRows(feats), reasons, only, slots, None)
         out = pd.DataFrame({
             "lead_id": feats["lead_id"].astype(str).to_numpy(),
             "dealer_id": feats["dealer_id"].astype(str).to_numpy(),
@@ -215,10 +215,11 @@ class Scorer:
         return out[list(OUTPUT_COLUMNS)]
 
     def score_records(self, records: Sequence[dict], *, reasons: int = 3, slots: int = 3,
-                      split: int = 1) -> list[dict]:
+                      split: int = 1, now: pd.Timestamp | None = None) -> list[dict]:
         """The API's result records for feature records; with ``split`` > 1 a big request is
         cut into slices scored side by side (LightGBM releases the GIL; rows are independent,
-        so the numbers are the same as in one piece)."""
+        so the numbers are the same as in one piece). ``now``: no slot before it (rows from a
+        snapshot taken hours ago still get slots in the future)."""
         for rec in records:  # a missing column is a stale snapshot, not a missing value
             if any(f not in rec for f in self.required):
                 raise MissingFeatures(sorted(f for f in self.required if f not in rec))
@@ -226,9 +227,9 @@ class Scorer:
             step = -(-len(records) // split)
             chunks = [records[i: i + step] for i in range(0, len(records), step)]
             parts = list(self._executor(split).map(
-                lambda c: self._records(c, reasons, slots), chunks))
+                lambda c: self._records(c, reasons, slots, now), chunks))
             return [r for part in parts for r in part]
-        return self._records(records, reasons, slots)
+        return self._records(records, reasons, slots, now)
 
     @classmethod
     def _executor(cls, k: int) -> ThreadPoolExecutor:
@@ -237,8 +238,9 @@ class Scorer:
                 cls._pool = ThreadPoolExecutor(k, thread_name_prefix="leadscore-split")
             return cls._pool
 
-    def _records(self, records: Sequence[dict], reasons: int, slots: int) -> list[dict]:
-        cols = self._core(_RecordRows(records), reasons, None, slots)
+    def _records(self, records: Sequence[dict], reasons: int, slots: int,
+                 now: pd.Timestamp | None = None) -> list[dict]:
+        cols = self._core(_RecordRows(records), reasons, None, slots, now)
         versions = self.versions
 
         def val(col: str, i: int):
@@ -268,7 +270,7 @@ class Scorer:
 
     # -- the core -----------------------------------------------------------------------------
     def _core(self, rows: _FrameRows, reasons: int, only: Iterable[str] | None,
-              slots: int) -> dict:
+              slots: int, now: pd.Timestamp | None) -> dict:
         """Columns (arrays) of the output contract for ``rows``; a model that does not score
         leaves its columns out."""
         keep = set(self.models) if only is None else set(only) & set(self.models)
@@ -304,11 +306,11 @@ class Scorer:
                                                    dtype=object)
         slot = self.models.get(SLOT_MODEL)
         if slot is not None and SLOT_MODEL in keep:
-            self._recommend(slot, rows, cols, reasons, slots)
+            self._recommend(slot, rows, cols, reasons, slots, now)
         return cols
 
     def _recommend(self, slot: LeadModel, rows: _FrameRows, cols: dict, reasons: int,
-                   slots: int) -> None:
+                   slots: int, now: pd.Timestamp | None) -> None:
         """Best slot and channel in the next 72 hours, urgency deciding how soon."""
         from leadscore.serving.contact_policy import SLOT_FEATURES, recommend_matrix
 
@@ -316,7 +318,7 @@ class Scorer:
             slot, rows.matrix(slot, absent=SLOT_FEATURES), rows.column("as_of"),
             rows.column("tz", DEFAULT_TZ), [str(d) for d in rows.column("dealer_id")],
             cols.get("contact_urgency"), self.rules, top=slots, reasons=reasons > 0,
-            num_threads=self.num_threads)
+            num_threads=self.num_threads, not_before=now)
         cols["best_slot_start"] = rec.best_slot_start
         cols["best_channel"] = rec.best_channel
         cols["p_response"] = rec.p_response
