@@ -30,12 +30,24 @@ def tracking_uri() -> str:
     return os.environ.get("MLFLOW_TRACKING_URI", DEFAULT_TRACKING_URI)
 
 
+_configured: str | None = None
+
+
 def configure() -> None:
     """Point MLflow at the tracking store; quiet its chatty loggers."""
+    global _configured
     import mlflow
+    import mlflow.tracking.fluent as fluent
 
-    mlflow.set_tracking_uri(tracking_uri())
-    mlflow.set_registry_uri(tracking_uri())
+    uri = tracking_uri()
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    if _configured not in (None, uri) and hasattr(fluent, "_active_experiment_id"):
+        # MLflow keeps the active experiment's id across a change of store, where it names
+        # another experiment or none (a process that trains into two stores, the tests)
+        fluent._active_experiment_id = None
+        os.environ.pop("MLFLOW_EXPERIMENT_ID", None)  # set_experiment exports it too
+    _configured = uri
     for name in ("mlflow", "alembic"):
         logging.getLogger(name).setLevel(logging.WARNING)
 
@@ -84,6 +96,8 @@ def log_model(
     import mlflow
     from mlflow.models import infer_signature
 
+    if mlflow.active_run() is None:  # a run will be started: in the store the env names now
+        configure()
     example = signature_frame(model, example.head(5))
     signature = infer_signature(example, pd.DataFrame({"probability": [0.5] * len(example)}))
     with tempfile.TemporaryDirectory() as tmp:

@@ -14,7 +14,6 @@ import math
 import threading
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import numpy as np
@@ -38,21 +37,8 @@ OUTPUT_COLUMNS = (
 URGENCY = {"A": "now", "B": "within_3_days", "C": "nurture", "D": "nurture"}
 
 
-@dataclass(frozen=True)
-class Reason:
-    model: str
-    feature: str
-    value: float | str | None
-    contribution: float
-    sentence: str
-
-    def as_dict(self) -> dict:
-        return {"model": self.model, "feature": self.feature, "value": self.value,
-                "contribution": round(self.contribution, 6), "sentence": self.sentence}
-
-
 def _plain(v) -> float | str | None:
-    if v is None:
+    if v is None or v is pd.NA:
         return None
     if isinstance(v, (float, np.floating)):
         return None if math.isnan(v) else float(v)
@@ -61,21 +47,48 @@ def _plain(v) -> float | str | None:
     return str(v)
 
 
-def _top(ci: np.ndarray, top: int) -> list[int]:
-    """Indices of the ``top`` most positive then the ``top`` most negative contributions."""
-    order = np.argsort(-ci)
-    pos = [j for j in order[:top] if ci[j] > 0]
-    neg = [j for j in order[::-1][:top] if ci[j] < 0]
-    return [*pos, *neg]
+def _top_columns(c: np.ndarray, top: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per row, the columns of the ``top`` largest values (largest first) and of the ``top``
+    smallest (smallest first): a partial sort of the whole block, not a loop over rows."""
+    k = min(top, c.shape[1])
+    out = []
+    for sign in (-1.0, 1.0):
+        part = np.argpartition(sign * c, k - 1, axis=1)[:, :k]
+        vals = np.take_along_axis(sign * c, part, axis=1)
+        out.append(np.take_along_axis(part, np.argsort(vals, axis=1, kind="stable"), axis=1))
+    return out[0], out[1]
 
 
-def reasons_for(model: LeadModel, rows: pd.DataFrame, contrib: np.ndarray, top: int
-                ) -> list[list[Reason]]:
-    """Top ``top`` positive and top ``top`` negative contributions per row, as sentences.
-
-    Missing values contribute too (LightGBM routes them); their sentence says so plainly.
-    """
-    return _FrameRows(rows).reasons(model, contrib, top)
+def _reasons(model: LeadModel, contrib: np.ndarray, top: int, value_of) -> list[list[dict]]:
+    """Per row, the ``top`` most positive then the ``top`` most negative contributions, each
+    as feature, value, contribution and a sentence. Missing values contribute too (LightGBM
+    routes them); their sentence says so plainly. ``value_of(i, j)``: row i's value of
+    feature j. Sentences repeat (counts are small numbers), so each is written once."""
+    c = contrib[:, :-1]
+    if not len(c) or top <= 0:
+        return [[] for _ in range(len(c))]
+    pos, neg = _top_columns(c, top)
+    name, feats = model.name, model.features
+    says = [catalog.BY_NAME[f] for f in feats]
+    written: dict[tuple, str] = {}
+    out = []
+    for i in range(len(c)):
+        ci = c[i]
+        rs = []
+        for cols, want in ((pos[i], 1.0), (neg[i], -1.0)):
+            for j in cols.tolist():
+                x = float(ci[j])
+                if x * want <= 0:
+                    break
+                v = _plain(value_of(i, j))
+                key = (j, v)
+                sentence = written.get(key)
+                if sentence is None:
+                    sentence = written[key] = says[j].sentence(v)
+                rs.append({"model": name, "feature": feats[j], "value": v,
+                           "contribution": round(x, 6), "sentence": sentence})
+        out.append(rs)
+    return out
 
 
 class MissingFeatures(KeyError):
@@ -103,19 +116,9 @@ class _FrameRows:
     def matrix(self, model: LeadModel, absent: Sequence[str] = ()) -> np.ndarray:
         return model.matrix(self.frame, absent=absent)
 
-    def reasons(self, model: LeadModel, contrib: np.ndarray, top: int) -> list[list[Reason]]:
-        feats = model.features
-        values = self.frame[feats]
-        c = contrib[:, :-1]
-        out = []
-        for i in range(self.n):
-            rs = []
-            for j in _top(c[i], top):
-                v = _plain(values.iat[i, j])
-                rs.append(Reason(model.name, feats[j], v, float(c[i, j]),
-                                 catalog.BY_NAME[feats[j]].sentence(v)))
-            out.append(rs)
-        return out
+    def reasons(self, model: LeadModel, contrib: np.ndarray, top: int) -> list[list[dict]]:
+        arrays = [self.frame[f].to_numpy() for f in model.features]
+        return _reasons(model, contrib, top, lambda i, j: arrays[j][i])
 
 
 class _RecordRows(_FrameRows):
@@ -133,18 +136,9 @@ class _RecordRows(_FrameRows):
     def matrix(self, model: LeadModel, absent: Sequence[str] = ()) -> np.ndarray:
         return model.matrix_records(self.records)
 
-    def reasons(self, model: LeadModel, contrib: np.ndarray, top: int) -> list[list[Reason]]:
-        feats = model.features
-        says = [catalog.BY_NAME[f] for f in feats]
-        c = contrib[:, :-1]
-        out = []
-        for i, rec in enumerate(self.records):
-            rs = []
-            for j in _top(c[i], top):
-                v = _plain(rec.get(feats[j]))
-                rs.append(Reason(model.name, feats[j], v, float(c[i, j]), says[j].sentence(v)))
-            out.append(rs)
-        return out
+    def reasons(self, model: LeadModel, contrib: np.ndarray, top: int) -> list[list[dict]]:
+        recs, feats = self.records, model.features
+        return _reasons(model, contrib, top, lambda i, j: recs[i].get(feats[j]))
 
 
 class Scorer:
@@ -293,7 +287,7 @@ class Scorer:
                 raw = contrib.sum(axis=1)
                 for acc, rs in zip(cols["reasons"], rows.reasons(model, contrib, reasons),
                                    strict=True):
-                    acc.extend(r.as_dict() for r in rs)
+                    acc.extend(rs)
             else:
                 raw = model.raw(x, num_threads=self.num_threads)
             p = model.calibrator(raw)
