@@ -144,7 +144,7 @@ def child_reference(data: str, work: str, models_dir: str, as_of: str, bucket_le
     """Bare Booster.predict and shap.TreeExplainer over ready matrices of the same rows."""
     import shap
 
-    from leadscore import contract
+    from leadscore import contract, treeshap
     from leadscore.features import job
     from leadscore.serving import batch
     from leadscore.serving.scorer import PROBA_COLUMN
@@ -183,7 +183,7 @@ def child_reference(data: str, work: str, models_dir: str, as_of: str, bucket_le
         t, c = time.perf_counter(), time.process_time()
         sv = np.asarray(explainer.shap_values(Xs))
         secs, cpu = time.perf_counter() - t, time.process_time() - c
-        ours = batch.contributions(model, sample, num_threads=2)[:, :-1]
+        ours = treeshap.contributions(model, sample, num_threads=2)[:, :-1]
         np.testing.assert_allclose(ours, sv, rtol=1e-9, atol=1e-9)
         # the reasons written by rescore are SHAP's top 3 for and against
         checked = 0

@@ -28,7 +28,7 @@ import pyarrow.parquet as pq
 import pytest
 from typer.testing import CliRunner
 
-from leadscore import contract, models, registry
+from leadscore import contract, models, registry, treeshap
 from leadscore.artifact import Calibrator, LeadModel
 from leadscore.cli import app
 from leadscore.features import job
@@ -479,11 +479,11 @@ def _split_kinds_model(params: dict) -> tuple[LeadModel, pd.DataFrame]:
                          ids=["nan-missing", "zero-missing", "no-missing"])
 def test_batch_treeshap_equals_lightgbm_pred_contrib(params):
     model, test = _split_kinds_model(params)
-    tables = batch._ShapTables(model.booster)
+    tables = treeshap._ShapTables(model.booster)
     assert tables.usable and tables.max_path <= 5
     theirs = model.booster.predict(model.frame(test), pred_contrib=True)
     for threads in (1, 3):
-        ours = batch.contributions(model, test, num_threads=threads)
+        ours = treeshap.contributions(model, test, num_threads=threads)
         np.testing.assert_allclose(ours, theirs, rtol=0, atol=1e-12)
     kinds = {t.decision_type for t in model.booster.trees_to_dataframe().itertuples()}
     assert {"<=", "=="} <= kinds  # both kinds of split were exercised
@@ -491,9 +491,9 @@ def test_batch_treeshap_equals_lightgbm_pred_contrib(params):
 
 def test_batch_treeshap_falls_back_to_lightgbm_for_deep_paths(monkeypatch):
     model, test = _split_kinds_model({})
-    monkeypatch.setattr(batch, "_SHAP_MAX_PATH", 2)
-    assert not batch._ShapTables(model.booster).usable
-    np.testing.assert_array_equal(batch.contributions(model, test),
+    monkeypatch.setattr(treeshap, "_SHAP_MAX_PATH", 2)
+    assert not treeshap._ShapTables(model.booster).usable
+    np.testing.assert_array_equal(treeshap.contributions(model, test),
                                   model.booster.predict(model.frame(test), pred_contrib=True))
 
 

@@ -159,8 +159,8 @@ class Runtime:
             old = self.scorer
             if old is not None and old.versions == new.versions:
                 return False
-            for m in new.models.values():  # category maps ready before the swap
-                _ = m.codes
+            for m in new.models.values():  # ready before the swap: no slow first request
+                m.warm_up()
             self.scorer = new  # one reference swap: in-flight requests keep the old scorer
             log.info("models now %s (were %s)", new.versions, old.versions if old else None)
             if self.on_swap is not None:

@@ -164,7 +164,6 @@ def _scorer_on_worker(key: str, payload) -> object:
         import lightgbm as lgb
 
         from leadscore.artifact import Calibrator, LeadModel
-        from leadscore.serving import batch
         from leadscore.serving.scorer import Scorer
 
         data = pickle.loads(payload.value)
@@ -177,7 +176,7 @@ def _scorer_on_worker(key: str, payload) -> object:
             )
             for name, d in data["models"].items()
         }
-        scorer = batch.batch_scorer(Scorer(models, num_threads=1, rules=data["rules"]))
+        scorer = Scorer(models, num_threads=1, rules=data["rules"])
         _worker_scorer = (key, scorer)
     return _worker_scorer[1]
 
