@@ -160,8 +160,9 @@ class Scorer:
         self.models = dict(models)
         self.num_threads = num_threads
         self.rules = rules if rules is not None else RulesFile.load()
-        self.required = sorted({f for n, m in self.models.items() if n in PROBA_COLUMN
-                                for f in m.features})
+        slot_layout = {f.name for f in catalog.SLOT_CATALOG}  # laid out by the slot search
+        self.required = sorted({f for m in self.models.values() for f in m.features
+                                if f not in slot_layout})
 
     @property
     def versions(self) -> dict[str, str]:
