@@ -237,6 +237,26 @@ def test_sessions_start_is_point_in_time(con):
     assert_values(row(df2, "S", later), {"sessions_7d": 1})
 
 
+def test_unanswered_streak_counts_attempts_since_the_last_answer(con):
+    leads = [lead("A", T - 40 * D), lead("B", T - 40 * D)]
+    contacts = [
+        ct("A", T - 6 * D, "phone", "connected"),
+        ct("A", T - 4 * D, "phone", "no_answer"),
+        ct("A", T - 3 * D, "wechat", "ignored"),
+        ct("A", T - 2 * D, "sms", "ignored"),
+        # a miss and an answer at the same instant: the answer counts as the later attempt
+        ct("B", T - 2 * D, "phone", "connected"),
+        ct("B", T - 2 * D, "phone", "no_answer"),
+    ]
+    df = features(con, leads, (), contacts, as_of=[T - 3 * D - H, T])
+    assert_values(row(df, "A"), {"unanswered_streak": 3, "days_since_response": 6.0})
+    assert_values(row(df, "A", T - 3 * D - H), {"unanswered_streak": 1})
+    assert_values(row(df, "B"), {"unanswered_streak": 0, "days_since_response": 2.0})
+    one = _sql_frame(con, [T - 3 * D - H, T]).set_index(["lead_id", "as_of"], drop=False)
+    for key in (("A", T), ("A", T - 3 * D - H), ("B", T)):  # the one-statement engine agrees
+        assert one.loc[key, "unanswered_streak"] == df.loc[key, "unanswered_streak"]
+
+
 def test_contact_history(con):
     leads = [lead("A", T - 40 * D), lead("N", T - 3 * D)]
     contacts = [
