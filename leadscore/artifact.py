@@ -92,6 +92,12 @@ class LeadModel:
             out[f] = {v: pos[v] for v in self.categories[f] if v in pos}
         return out
 
+    @cached_property
+    def layout(self) -> tuple:
+        """What the matrix depends on: models with equal layouts share one matrix."""
+        return (tuple(self.features),
+                tuple(sorted((f, tuple(c.items())) for f, c in self.codes.items())))
+
     def matrix(self, df: pd.DataFrame, absent: Sequence[str] = ()) -> np.ndarray:
         """The float matrix LightGBM builds from :meth:`frame` (same numbers), built directly:
         pandas' categorical conversion inside ``Booster.predict`` costs more than small
@@ -159,7 +165,7 @@ class LeadModel:
     def warm_up(self) -> None:
         """Build what the first request would otherwise wait for: category maps, TreeSHAP
         tables, the compiled kernel."""
-        _ = self.codes
+        _ = self.layout
         self.contributions(np.full((1, len(self.features)), np.nan))
 
     def grade(self, p: np.ndarray) -> np.ndarray:

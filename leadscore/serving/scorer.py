@@ -278,11 +278,9 @@ class Scorer:
             col = PROBA_COLUMN.get(name)
             if col is None or name not in keep:
                 continue
-            layout = (tuple(model.features), tuple(sorted(
-                (f, tuple(c.items())) for f, c in model.codes.items())))
-            x = matrices.get(layout)
+            x = matrices.get(model.layout)
             if x is None:
-                x = matrices[layout] = rows.matrix(model)
+                x = matrices[model.layout] = rows.matrix(model)
             if reasons > 0:
                 contrib = model.contributions(x, num_threads=self.num_threads)
                 raw = contrib.sum(axis=1)
