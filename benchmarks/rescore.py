@@ -8,8 +8,8 @@ contact-slot model. Every measured run is a fresh child process; its peak memory
 the RSS of the process and all its descendants (Spark's JVM and Python workers included),
 sampled every 50 ms.
 
-  (a) ``rescore`` without reasons (validation, bucketing, features from the stored events,
-      scoring, Parquet parts) in rows/s, against bare ``Booster.predict`` over a ready feature
+  (a) ``rescore`` without reasons (validation and bucketing in one pass, features from the
+      stored events, scoring, Parquet parts) in rows/s, against bare ``Booster.predict`` over a ready feature
       matrix of the same rows (each model over the rows it scores: the lead models over open
       leads, churn over open leads and owners), timed in another child. Goal: >= 50%.
   (b) ``rescore`` with top-3 reasons per score in rows/s, against
@@ -121,14 +121,13 @@ def _timed(obj, name: str, acc: dict) -> None:
 
 def child_rescore(data: str, out: str, models_dir: str, as_of: str, reasons: int,
                   bucket_leads: int, engine: str, q) -> None:
-    from leadscore import contract
     from leadscore.features import job
     from leadscore.serving import batch
     from leadscore.serving.scorer import Scorer
 
     phases: dict[str, float] = defaultdict(float)
-    for obj, name in ((contract, "load"), (batch, "_split_buckets"), (job, "compute"),
-                      (job, "to_pandas"), (Scorer, "score"), (batch, "_write_part")):
+    for obj, name in ((batch, "_split_inputs"), (job, "compute"), (job, "to_pandas"),
+                      (Scorer, "score"), (batch, "_write_part")):
         _timed(obj, name, phases)
     scorer = load_scorer(Path(models_dir))
     t = time.perf_counter()

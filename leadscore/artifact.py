@@ -149,7 +149,11 @@ class LeadModel:
         return data if isinstance(data, np.ndarray) else self.matrix(data)
 
     def raw(self, data, num_threads: int = 1) -> np.ndarray:
-        return self.booster.predict(self._x(data), raw_score=True, num_threads=num_threads)
+        """LightGBM's raw margin, by the compiled tree walk of :mod:`leadscore.treeshap`
+        (LightGBM's numbers without its per-call cost)."""
+        from leadscore import treeshap
+
+        return treeshap.raw_scores(self, self._x(data), num_threads=num_threads)
 
     def predict_proba(self, data, num_threads: int = 1) -> np.ndarray:
         return self.calibrator(self.raw(data, num_threads=num_threads))
@@ -166,12 +170,14 @@ class LeadModel:
         """Build what the first request would otherwise wait for: category maps, TreeSHAP
         tables, the compiled kernel."""
         _ = self.layout
-        self.contributions(np.full((1, len(self.features)), np.nan))
+        x = np.full((1, len(self.features)), np.nan)
+        self.contributions(x)
+        self.raw(x)
 
     def grade(self, p: np.ndarray) -> np.ndarray:
         a, b, c = self.grades
         p = np.asarray(p, dtype=float)
-        return np.select([p >= a, p >= b, p >= c], ["A", "B", "C"], default="D")
+        return _GRADES[np.where(np.isnan(p), 3, (p < a).astype(np.int8) + (p < b) + (p < c))]
 
     # -- persistence ----------------------------------------------------------------------
     def save(self, directory: Path) -> Path:
@@ -205,6 +211,9 @@ class LeadModel:
             label=meta.get("label", ""),
             meta=meta.get("meta", {}),
         )
+
+
+_GRADES = np.array(["A", "B", "C", "D"], dtype=object)
 
 
 def _to_float(v) -> float:

@@ -1,4 +1,5 @@
-"""Exact TreeSHAP for depth-limited LightGBM trees, several times faster than ``pred_contrib``.
+"""LightGBM's trees compiled to flat arrays: exact TreeSHAP several times faster than
+``pred_contrib``, and raw scores without ``Booster.predict``'s per-call cost.
 
 Reasons are exact TreeSHAP contributions (path-dependent, as LightGBM's ``pred_contrib`` and
 ``shap.TreeExplainer`` compute them). LightGBM re-derives every tree's Shapley weights row by
@@ -11,8 +12,9 @@ table look-up per leaf. Same values as ``pred_contrib`` up to summation order (~
 Used when numba is importable and no leaf path has more than ``_SHAP_MAX_PATH`` distinct
 features; otherwise LightGBM's ``pred_contrib``.
 
-Every reason leadscore gives (HTTP and batch) comes from :func:`contributions`; a test holds it
-to LightGBM's own values.
+Every reason leadscore gives (HTTP and batch) comes from :func:`contributions`, every score
+from :func:`raw_scores` (a plain root-to-leaf walk, leaf values summed in LightGBM's order, so
+the very same doubles); tests hold both to LightGBM's own values.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ import numpy as np
 
 _SHAP_MAX_PATH = 10
 _K_ZERO = 1.0000000180025095e-35  # LightGBM's kZeroThreshold (1e-35f as a double)
-_shap_kernel = None
+_kernels: dict | None = None
 _lock = threading.Lock()
 
 
@@ -64,26 +66,27 @@ class _ShapTables:
         dump = booster.dump_model()
         self.n_features = len(dump["feature_names"])
         cols = ("feat", "thr", "kind", "miss", "defl", "left", "right", "slot", "leaf_d",
-                "leaf_sf", "leaf_tab", "cat_off", "cat_len")
+                "leaf_sf", "leaf_tab", "cat_off", "cat_len", "value")
         a: dict[str, list] = {c: [] for c in cols}
         cat_bits: list[int] = []
         slot_feat: list[int] = []
         leaves_by_d: dict[int, list[tuple[int, list[float], float]]] = {}
         tree_start: list[int] = []
-        self.base = 0.0
+        self.base = 0.0  # expected value of the model: TreeSHAP's last column
         self.max_path = 0
 
         def walk(node, feats: list[int], ratios: list[float], leaves: list) -> int:
             i = len(a["feat"])
             for c in cols:
                 a[c].append(0)
-            if "leaf_index" in node:
+            if "split_feature" not in node:  # a leaf (a one-leaf tree's has no index)
                 a["feat"][i] = -1
+                a["value"][i] = node["leaf_value"]
                 a["leaf_d"][i] = len(feats)
                 a["leaf_sf"][i] = len(slot_feat)
                 slot_feat.extend(feats)
                 leaves_by_d.setdefault(len(feats), []).append((i, ratios, node["leaf_value"]))
-                leaves.append((node["leaf_index"], node["leaf_count"], node["leaf_value"]))
+                leaves.append((node.get("leaf_index", 0), node["leaf_count"], node["leaf_value"]))
                 self.max_path = max(self.max_path, len(feats))
                 return i
             f = node["split_feature"]
@@ -116,10 +119,11 @@ class _ShapTables:
 
         for tree in dump["tree_info"]:
             root = tree["tree_structure"]
-            if "leaf_index" in root:  # a constant tree adds its value to the base only
+            tree_start.append(len(a["feat"]))
+            if "split_feature" not in root:  # a constant tree: no contributions, its value in the base
+                walk(root, [], [], [])
                 self.base += root["leaf_value"]
                 continue
-            tree_start.append(len(a["feat"]))
             leaves: list[tuple[int, int, float]] = []
             walk(root, [], [], leaves)
             ev = 0.0
@@ -127,11 +131,9 @@ class _ShapTables:
                 ev += count / root["internal_count"] * value
             self.base += ev
         tree_start.append(len(a["feat"]))
-        if self.max_path > _SHAP_MAX_PATH:
-            return
         table: list[np.ndarray] = []
         offset = 0
-        for d, leaves_d in sorted(leaves_by_d.items()):
+        for d, leaves_d in sorted(leaves_by_d.items()) if self.usable else ():
             idx = [i for i, _, _ in leaves_d]
             r = np.array([rs for _, rs, _ in leaves_d], dtype=float).reshape(len(idx), d)
             v = np.array([val for _, _, val in leaves_d], dtype=float)
@@ -146,6 +148,7 @@ class _ShapTables:
         self.arrays.update(
             leaf_tab=np.asarray(a["leaf_tab"], dtype=np.int64),
             thr=np.asarray(a["thr"], dtype=np.float64),
+            value=np.asarray(a["value"], dtype=np.float64),
             tree_start=np.asarray(tree_start, dtype=np.int64),
             slot_feat=np.asarray(slot_feat or [0], dtype=np.int64),
             cat_bits=np.asarray(cat_bits or [0], dtype=np.uint32),
@@ -155,6 +158,47 @@ class _ShapTables:
     @property
     def usable(self) -> bool:
         return self.max_path <= _SHAP_MAX_PATH
+
+
+def _go_left(fval, thr, kind, miss, defl, cat_off, cat_len, cat_bits):
+    """Whether a row goes left at a split: LightGBM's ``NumericalDecision`` and
+    ``CategoricalDecision`` (a category in the split's set goes left; NaN and negatives
+    right). Compiled inline into both kernels."""
+    if kind == 1:
+        if np.isnan(fval):
+            return False
+        c = int(fval)
+        if c < 0:
+            return False
+        w = c >> 5
+        return w < cat_len and ((cat_bits[cat_off + w] >> (c & 31)) & 1) == 1
+    if np.isnan(fval) and miss != 2:
+        fval = 0.0
+    zero = -1.0000000180025095e-35 <= fval <= 1.0000000180025095e-35
+    if (miss == 1 and zero) or (miss == 2 and np.isnan(fval)):
+        return defl == 1
+    return fval <= thr
+
+
+def _predict_pass(x, out, feat, thr, kind, miss, defl, left, right, value, cat_off, cat_len,
+                  tree_start, cat_bits):
+    """Adds every row's raw score to ``out``: root to leaf in each tree, leaf values summed
+    in tree order as LightGBM does (compiled by numba; see :func:`_kernel`)."""
+    n_trees = tree_start.shape[0] - 1
+    n = x.shape[0]
+    for r0 in range(0, n, 256):
+        r1 = min(n, r0 + 256)
+        for t in range(n_trees):
+            root = tree_start[t]
+            for row in range(r0, r1):
+                i = root
+                while feat[i] >= 0:
+                    if _go_left(x[row, feat[i]], thr[i], kind[i], miss[i], defl[i],
+                                cat_off[i], cat_len[i], cat_bits):
+                        i = left[i]
+                    else:
+                        i = right[i]
+                out[row] += value[i]
 
 
 def _shap_pass(x, out, feat, thr, kind, miss, defl, left, right, slot, leaf_d, leaf_sf,
@@ -189,24 +233,8 @@ def _shap_pass(x, out, feat, thr, kind, miss, defl, left, right, slot, leaf_d, l
                         for k in range(d):
                             out[row, slot_feat[sf + k]] += table[o + k]
                         continue
-                    fval = x[row, feat[i]]
-                    if kind[i] == 1:  # categorical: in the split's category set goes left
-                        go_left = False
-                        if not np.isnan(fval):
-                            c = int(fval)
-                            if c >= 0:
-                                w = c >> 5
-                                if w < cat_len[i]:
-                                    go_left = ((cat_bits[cat_off[i] + w] >> (c & 31)) & 1) == 1
-                    else:
-                        mt = miss[i]
-                        if np.isnan(fval) and mt != 2:
-                            fval = 0.0
-                        zero = -1.0000000180025095e-35 <= fval <= 1.0000000180025095e-35
-                        if (mt == 1 and zero) or (mt == 2 and np.isnan(fval)):
-                            go_left = defl[i] == 1
-                        else:
-                            go_left = fval <= thr[i]
+                    go_left = _go_left(x[row, feat[i]], thr[i], kind[i], miss[i], defl[i],
+                                       cat_off[i], cat_len[i], cat_bits)
                     bit = np.int64(1) << slot[i]
                     if go_left:
                         mask[left[i] - s0] = m
@@ -218,22 +246,49 @@ def _shap_pass(x, out, feat, thr, kind, miss, defl, left, right, slot, leaf_d, l
             out[row, nf] += base
 
 
-def _kernel():
-    """:func:`_shap_pass` compiled once per process (None when numba is not importable)."""
+def _kernel(name: str = "shap"):
+    """The ``shap`` (:func:`_shap_pass`) or ``predict`` (:func:`_predict_pass`) kernel,
+    compiled once per process; None when numba is not importable."""
     with _lock:
-        return _compile()
+        return _compile().get(name)
 
 
-def _compile():
-    global _shap_kernel
-    if _shap_kernel is None:
+def _compile() -> dict:
+    global _kernels, _go_left
+    if _kernels is None:
         try:
             import numba
         except ImportError:  # pragma: no cover - numba comes with shap, a dependency
-            _shap_kernel = False
+            _kernels = {}
         else:
-            _shap_kernel = numba.njit(nogil=True, cache=True)(_shap_pass)
-    return _shap_kernel or None
+            if not isinstance(_go_left, numba.core.registry.CPUDispatcher):
+                _go_left = numba.njit(inline="always")(_go_left)
+            jit = numba.njit(nogil=True, cache=True)
+            _kernels = {"shap": jit(_shap_pass), "predict": jit(_predict_pass)}
+    return _kernels
+
+
+def _tables(model) -> _ShapTables:
+    tables = getattr(model, "_shap_tables", None)
+    if tables is None:
+        with _lock:  # serving threads: one build per model
+            tables = getattr(model, "_shap_tables", None)
+            if tables is None:
+                tables = model._shap_tables = _ShapTables(model.booster)
+    return tables
+
+
+def _run(kernel, x: np.ndarray, out: np.ndarray, args: tuple, num_threads: int) -> None:
+    """``kernel`` over the rows of ``x``; it releases the GIL, so one thread per slice."""
+    if num_threads <= 1 or len(x) < 512:  # a request's rows: threads cost more than they save
+        kernel(x, out, *args)
+        return
+    chunks = [c for c in np.array_split(np.arange(len(x)), num_threads) if len(c)]
+    from concurrent.futures import ThreadPoolExecutor
+
+    views = [(x[c[0]:c[-1] + 1], out[c[0]:c[-1] + 1]) for c in chunks]
+    with ThreadPoolExecutor(len(views)) as pool:
+        list(pool.map(lambda v: kernel(v[0], v[1], *args), views))
 
 
 def _as_matrix(model, data) -> np.ndarray:
@@ -248,30 +303,39 @@ def contributions(model, feats, num_threads: int = 1) -> np.ndarray:
     """Exact TreeSHAP contributions (rows × features+1, the last column the base value) of a
     :class:`~leadscore.artifact.LeadModel` for a frame or its matrix: by the tabulated pass
     when the trees allow it, else LightGBM's ``pred_contrib``."""
-    tables = getattr(model, "_shap_tables", None)
-    if tables is None:
-        with _lock:  # serving threads: one build per model
-            tables = getattr(model, "_shap_tables", None)
-            if tables is None:
-                tables = model._shap_tables = _ShapTables(model.booster)
-    kernel = _kernel()
+    tables = _tables(model)
+    kernel = _kernel("shap")
     if kernel is None or not tables.usable or tables.n_features != len(model.features):
         x = feats if isinstance(feats, np.ndarray) else model.matrix(feats)
         return model.booster.predict(x, pred_contrib=True, num_threads=num_threads)
     x = _as_matrix(model, feats)
     out = np.zeros((len(x), tables.n_features + 1))
     arr = tables.arrays
-    args = (arr["feat"], arr["thr"], arr["kind"], arr["miss"], arr["defl"], arr["left"],
-            arr["right"], arr["slot"], arr["leaf_d"], arr["leaf_sf"], arr["leaf_tab"],
-            arr["cat_off"], arr["cat_len"], arr["tree_start"], arr["slot_feat"],
-            arr["cat_bits"], arr["table"], tables.base)
-    chunks = [c for c in np.array_split(np.arange(len(x)), max(1, num_threads)) if len(c)]
-    if len(chunks) <= 1:
-        kernel(x, out, *args)
-    else:  # the kernel releases the GIL: one thread per slice of rows
-        from concurrent.futures import ThreadPoolExecutor
+    _run(kernel, x, out, (
+        arr["feat"], arr["thr"], arr["kind"], arr["miss"], arr["defl"], arr["left"],
+        arr["right"], arr["slot"], arr["leaf_d"], arr["leaf_sf"], arr["leaf_tab"],
+        arr["cat_off"], arr["cat_len"], arr["tree_start"], arr["slot_feat"], arr["cat_bits"],
+        arr["table"], tables.base), num_threads)
+    return out
 
-        views = [(x[c[0]:c[-1] + 1], out[c[0]:c[-1] + 1]) for c in chunks]
-        with ThreadPoolExecutor(len(views)) as pool:
-            list(pool.map(lambda v: kernel(v[0], v[1], *args), views))
+
+def raw_scores(model, feats, num_threads: int = 1) -> np.ndarray:
+    """Raw scores (LightGBM's ``raw_score=True``) of a LeadModel for a frame or its matrix.
+
+    LightGBM's predictor pays per call (a few hundred µs of set-up, the row copy) and per row
+    (a sparse feature vector); the compiled walk over the flat trees pays neither, which is
+    what a one-lead HTTP request, the slot search's hundred candidates and the nightly job's
+    million rows are made of. Same leaves, same summation order: the same doubles."""
+    tables = _tables(model)
+    kernel = _kernel("predict")
+    if kernel is None or tables.n_features != len(model.features):
+        x = feats if isinstance(feats, np.ndarray) else model.matrix(feats)
+        return model.booster.predict(x, raw_score=True, num_threads=num_threads)
+    x = _as_matrix(model, feats)
+    out = np.zeros(len(x))
+    arr = tables.arrays
+    _run(kernel, x, out, (
+        arr["feat"], arr["thr"], arr["kind"], arr["miss"], arr["defl"], arr["left"],
+        arr["right"], arr["value"], arr["cat_off"], arr["cat_len"], arr["tree_start"],
+        arr["cat_bits"]), num_threads)
     return out

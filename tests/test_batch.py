@@ -28,7 +28,7 @@ import pyarrow.parquet as pq
 import pytest
 from typer.testing import CliRunner
 
-from leadscore import contract, models, registry, treeshap
+from leadscore import contract, models, registry
 from leadscore.artifact import Calibrator, LeadModel
 from leadscore.cli import app
 from leadscore.features import job
@@ -369,6 +369,39 @@ def test_rerun_is_a_noop_unless_forced_and_other_inputs_are_refused(env, data, t
     assert json.loads((out / batch.MANIFEST).read_text())["complete"]
 
 
+def test_a_rerun_after_a_crash_scores_from_the_validated_buckets(
+        reference, env, data, tmp_path, monkeypatch):
+    """The inputs are validated and bucketed once per run: the rerun after a crash and the
+    no-op rerun after it never read the inputs again, and the result is the uninterrupted
+    run's."""
+    data = copy_data(data, tmp_path / "data")
+    out = tmp_path / "scores"
+    real = batch.score_bucket
+    calls = []
+
+    def crash_on_the_third_bucket(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            raise RuntimeError("the machine went away")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(batch, "score_bucket", crash_on_the_third_bucket)
+    with pytest.raises(RuntimeError, match="went away"):
+        batch.rescore(data, env.as_of, out, bucket_leads=100)
+    split = json.loads((out / "_work" / "_split.json").read_text())
+    assert split["buckets"] >= 5 and split["quarantined"] == 0
+
+    monkeypatch.setattr(batch, "score_bucket", real)
+    loads = []
+    monkeypatch.setattr(contract, "load", lambda *a, **kw: loads.append(1))
+    res = batch.rescore(data, env.as_of, out, bucket_leads=100)
+    assert loads == [] and res.skipped_buckets == 2 and res.buckets == split["buckets"]
+    assert not (out / "_work").exists()
+    again = batch.rescore(data, env.as_of, out, bucket_leads=100)
+    assert again.noop and loads == []
+    assert_same_scores(read_sorted(out), reference.frame)
+
+
 def test_csv_export_reads_back_with_the_same_rows_and_reasons_as_sentences(reference, tmp_path):
     csv = tmp_path / "scores.csv"
     n = batch.export_csv(reference.out, csv)
@@ -440,61 +473,6 @@ def test_models_not_registered_are_skipped_and_their_columns_are_null(
     for c in ("p_convert", "p_inquiry", "lead_score", "best_slot_start", "p_response"):
         pd.testing.assert_series_equal(df[c], ref[c], check_exact=True)
     assert all(r["model"] != "churn" for s in df["reasons"] for r in json.loads(s))
-
-
-def _split_kinds_model(params: dict) -> tuple[LeadModel, pd.DataFrame]:
-    """A booster with numerical splits (missing: None, NaN, Zero) and categorical splits, and
-    test rows that hit every branch: NaN, zeros, unseen and missing categories, thresholds."""
-    rng = np.random.default_rng(3)
-    n = 5000
-    df = pd.DataFrame({
-        "a": rng.normal(size=n),
-        "b": np.where(rng.random(n) < 0.2, np.nan, rng.exponential(size=n)),
-        "z": np.where(rng.random(n) < 0.3, 0.0, rng.normal(size=n)),
-        "k": rng.integers(-2, 5, n).astype(float),
-        "c": pd.Categorical(rng.choice(list("pqrstuvw"), n), categories=list("pqrstuvw")),
-    })
-    df.loc[rng.random(n) < 0.1, "c"] = np.nan
-    y = (df["a"] + 0.5 * df["b"].fillna(2) - 1.2 * df["c"].isin(["q", "t"])
-         + 0.8 * (df["z"] == 0) + 0.3 * df["k"] + rng.normal(size=n)) > 0.6
-    booster = lgb.train({"objective": "binary", "max_depth": 6, "num_leaves": 31,
-                         "min_data_per_group": 5, "cat_smooth": 1, "max_cat_to_onehot": 2,
-                         "verbosity": -1, "seed": 1, "num_threads": 1, **params},
-                        lgb.Dataset(df, y.astype(int)), num_boost_round=40)
-    model = LeadModel("t", booster=booster, features=list(df.columns),
-                      categories={"c": list("pqrstuvw")}, calibrator=Calibrator("none"))
-    test = df.sample(600, random_state=1).reset_index(drop=True)
-    test["c"] = test["c"].astype("object")
-    test.loc[:20, "c"] = "never-seen"
-    test.loc[21:40, ["a", "b", "z", "k"]] = np.nan
-    test.loc[41:60, ["a", "b", "z", "k"]] = 0.0
-    splits = [t for t in booster.trees_to_dataframe().itertuples()
-              if isinstance(t.threshold, float) and t.split_feature in ("a", "b", "z", "k")]
-    for i, t in enumerate(splits[:200]):  # values exactly on a threshold go left
-        test.loc[61 + i % 500, t.split_feature] = t.threshold
-    return model, test
-
-
-@pytest.mark.parametrize("params", [{}, {"zero_as_missing": True}, {"use_missing": False}],
-                         ids=["nan-missing", "zero-missing", "no-missing"])
-def test_batch_treeshap_equals_lightgbm_pred_contrib(params):
-    model, test = _split_kinds_model(params)
-    tables = treeshap._ShapTables(model.booster)
-    assert tables.usable and tables.max_path <= 5
-    theirs = model.booster.predict(model.frame(test), pred_contrib=True)
-    for threads in (1, 3):
-        ours = treeshap.contributions(model, test, num_threads=threads)
-        np.testing.assert_allclose(ours, theirs, rtol=0, atol=1e-12)
-    kinds = {t.decision_type for t in model.booster.trees_to_dataframe().itertuples()}
-    assert {"<=", "=="} <= kinds  # both kinds of split were exercised
-
-
-def test_batch_treeshap_falls_back_to_lightgbm_for_deep_paths(monkeypatch):
-    model, test = _split_kinds_model({})
-    monkeypatch.setattr(treeshap, "_SHAP_MAX_PATH", 2)
-    assert not treeshap._ShapTables(model.booster).usable
-    np.testing.assert_array_equal(treeshap.contributions(model, test),
-                                  model.booster.predict(model.frame(test), pred_contrib=True))
 
 
 def test_unknown_engine_is_refused(data, tmp_path):

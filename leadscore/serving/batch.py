@@ -1,16 +1,19 @@
 """Nightly rescoring: every open lead (and owner, for churn) through the champion models.
 
 How it keeps its promises:
-- **bounded memory**: the clean tables are split once into buckets of leads by a hash of
-  ``lead_id`` (Parquet on disk); each bucket is featurised and scored alone, so memory follows
-  the bucket size, not the number of leads;
+- **bounded memory**: the inputs are validated straight into Parquet partitioned by a hash of
+  ``lead_id`` (one pass per table: bad rows to quarantine, clean rows to their bucket); each
+  bucket is featurised and scored alone, so memory follows the bucket size, not the number of
+  leads;
 - **nothing lost, nothing doubled**: each bucket's result is written to a hidden temp file and
   renamed to ``part-NNNNN.parquet`` (atomic on POSIX), then recorded in ``_manifest.json``
   (itself replaced atomically). Readers ignore ``_``/``.`` files, so they see whole parts only.
   A rerun after a crash skips the buckets the manifest holds and redoes the rest; a bucket
   written but not yet recorded is simply rewritten under the same name;
-- **idempotent**: a finished run with the same inputs, cutoff, models and settings is a no-op
-  unless ``force``; different inputs into the same folder need ``force`` (which clears it).
+- **idempotent**: a finished run with the same inputs (each file's path, size and modification
+  time), cutoff, models and settings is a no-op unless ``force``, decided before reading any
+  rows; different inputs into the same folder need ``force`` (which clears it). A rerun after a
+  crash reuses the run's validated buckets (``_work/_split.json`` holds the run's key).
 
 The per-bucket function :func:`score_bucket` is what the Spark engine runs per partition
 (:mod:`leadscore.serving.spark`): both engines hand their buckets' results to the same part
@@ -129,27 +132,53 @@ def _atomic_write_text(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def _run_key(ds: contract.Dataset, as_of: pd.Timestamp, versions: dict, n_buckets: int,
+def _inputs_fingerprint(data_dir: Path) -> list:
+    """Each input file's path, size and modification time (as ``make`` decides): a finished
+    run is recognised without reading tens of millions of rows again."""
+    out = []
+    for table in contract.TABLES:
+        p = contract.find_file(data_dir, table)
+        files = [] if p is None else [p] if p.is_file() else sorted(p.rglob("*.parquet"))
+        out.append([table, [(str(f.relative_to(data_dir)), f.stat().st_size,
+                             f.stat().st_mtime_ns) for f in files]])
+    return out
+
+
+def _run_key(data_dir: Path, as_of: pd.Timestamp, versions: dict, bucket_leads: int,
              reasons: int) -> str:
-    counts = ds.con.execute(
-        "SELECT (SELECT count(*) FROM leads), (SELECT count(*) FROM events), "
-        "(SELECT count(*) FROM contacts), (SELECT max(ts)::VARCHAR FROM events), "
-        "(SELECT sum(hash(lead_id, ts, event_type)) FROM events)::VARCHAR"
-    ).fetchone()
-    blob = json.dumps([list(map(str, counts)), str(as_of), versions, n_buckets, reasons])
+    blob = json.dumps([_inputs_fingerprint(data_dir), str(as_of), versions, bucket_leads,
+                       reasons])
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
+class _BucketSink:
+    """A :data:`contract.Sink`: a table's clean rows to Parquet partitioned by lead bucket
+    (``<work>/<table>/bucket=N/``). Without a fixed count, the buckets follow from the clean
+    leads, which are validated first."""
+
+    def __init__(self, work: Path, bucket_leads: int | None = None,
+                 n_buckets: int | None = None):
+        self.work, self.bucket_leads, self.n_buckets = work, bucket_leads, n_buckets
+
+    def __call__(self, con, table: str, sql: str) -> int:
+        if self.n_buckets is None:
+            n_leads = con.execute("SELECT count(*) FROM leads").fetchone()[0]
+            self.n_buckets = max(1, math.ceil(n_leads / self.bucket_leads))
+        (rows,) = con.execute(
+            f"COPY (SELECT *, (hash(lead_id) % {self.n_buckets})::INT AS bucket FROM ({sql})) "
+            f"TO {contract._lit(str(self.work / table))} (FORMAT parquet, PARTITION_BY (bucket))"
+        ).fetchone()
+        return int(rows)
+
+
 def _split_buckets(ds: contract.Dataset, work: Path, n_buckets: int) -> None:
-    """Write the clean tables to Parquet partitioned by lead bucket, once per run."""
+    """Write a loaded dataset's tables to Parquet partitioned by lead bucket."""
     if work.exists():
         shutil.rmtree(work)
     work.mkdir(parents=True)
+    sink = _BucketSink(work, n_buckets=n_buckets)
     for table in ("leads", "events", "contacts"):
-        ds.con.execute(
-            f"COPY (SELECT *, (hash(lead_id) % {n_buckets})::INT AS bucket FROM {table}) "
-            f"TO '{work / table}' (FORMAT parquet, PARTITION_BY (bucket))"
-        )
+        sink(ds.con, table, f"SELECT * FROM {table}")
 
 
 def bucket_connection(work: Path, bucket: int, threads: int = 2):
@@ -227,6 +256,28 @@ def rescore(
         shutil.rmtree(spill, ignore_errors=True)
 
 
+def _split_inputs(data_dir: Path, work: Path, key: str, bucket_leads: int, spill: Path) -> dict:
+    """Validate the inputs straight into per-bucket Parquet under ``work`` (quarantining bad
+    rows), once per run: a rerun after a crash finds ``_split.json`` with the run's key and
+    goes straight back to scoring. Returns the bucket count and the quarantined row count."""
+    marker = work / "_split.json"
+    if marker.is_file():
+        info = json.loads(marker.read_text())
+        if info.get("run_key") == key:
+            return info
+    if work.exists():
+        shutil.rmtree(work)
+    work.mkdir(parents=True)
+    sink = _BucketSink(work, bucket_leads=bucket_leads)
+    ds = contract.load(data_dir, quarantine_dir=data_dir / "quarantine",
+                       con=_load_connection(spill), sink=sink)
+    ds.con.close()
+    info = {"run_key": key, "buckets": sink.n_buckets,
+            "quarantined": sum(r.n_quarantined for r in ds.reports.values())}
+    _atomic_write_text(marker, json.dumps(info))
+    return info
+
+
 def _load_connection(spill: Path):
     """The validation connection: memory-capped, spilling to ``spill``."""
     spill.mkdir(parents=True, exist_ok=True)
@@ -252,14 +303,11 @@ def _rescore(
     data_dir, out = Path(data_dir), Path(out)
     as_of = pd.Timestamp(as_of)
     as_of = as_of.tz_localize("UTC") if as_of.tzinfo is None else as_of.tz_convert("UTC")
-    ds = contract.load(data_dir, quarantine_dir=data_dir / "quarantine",
-                       con=_load_connection(spill))
-    quarantined = sum(r.n_quarantined for r in ds.reports.values())
+    if not data_dir.is_dir():
+        raise contract.ContractError(f"{data_dir}: not a folder")
     if scorer is None:
         scorer = Scorer.from_registry(models, num_threads=2)
-    n_leads = ds.con.execute("SELECT count(*) FROM leads").fetchone()[0]
-    n_buckets = max(1, math.ceil(n_leads / bucket_leads))
-    key = _run_key(ds, as_of, scorer.versions, n_buckets, reasons)
+    key = _run_key(data_dir, as_of, scorer.versions, bucket_leads, reasons)
 
     manifest_path = out / MANIFEST
     manifest = None
@@ -276,25 +324,30 @@ def _rescore(
             manifest = None
         elif manifest.get("complete"):
             log.warning("rescore: %s is already complete for these inputs: nothing to do", out)
-            ds.con.close()
-            return RescoreResult(out, manifest["rows"], n_buckets, n_buckets,
-                                 time.perf_counter() - t0, True, quarantined, scorer.versions)
+            return RescoreResult(out, manifest["rows"], manifest["buckets"],
+                                 manifest["buckets"], time.perf_counter() - t0, True,
+                                 manifest.get("quarantined", 0), scorer.versions)
     if manifest is None:
         if out.exists():
             shutil.rmtree(out)
         out.mkdir(parents=True)
-        manifest = {"run_key": key, "as_of": str(as_of), "buckets": n_buckets,
-                    "models": scorer.versions, "parts": {}, "complete": False}
+        manifest = {"run_key": key, "as_of": str(as_of), "models": scorer.versions,
+                    "parts": {}, "complete": False}
         _atomic_write_text(manifest_path, json.dumps(manifest, indent=1))
 
     done = {int(b) for b in manifest["parts"]}
-    todo = [b for b in range(n_buckets) if b not in done]
     for stale in out.glob(f".part-*{_TMP_SUFFIX}"):  # left by a run that was killed mid-write
         stale.unlink()
     work = out / "_work"
-    if todo:
-        _split_buckets(ds, work, n_buckets)
-    ds.con.close()
+    if "buckets" in manifest and len(done) >= manifest["buckets"]:
+        n_buckets, quarantined = manifest["buckets"], manifest["quarantined"]
+    else:
+        split = _split_inputs(data_dir, work, key, bucket_leads, spill)
+        n_buckets, quarantined = split["buckets"], split["quarantined"]
+        if manifest.get("buckets") != n_buckets:
+            manifest.update(buckets=n_buckets, quarantined=quarantined)
+            _atomic_write_text(manifest_path, json.dumps(manifest, indent=1))
+    todo = [b for b in range(n_buckets) if b not in done]
     if engine == "spark":
         from leadscore.serving import spark
 

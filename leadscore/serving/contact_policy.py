@@ -130,7 +130,7 @@ def _channel_sentence(feats: dict, best: str, p_by_channel: dict[str, float]) ->
 class Recommendations:
     """The slot search's answer, one entry per lead (columnar: batch takes whole arrays)."""
 
-    best_slot_start: pd.DatetimeIndex  # UTC; NaT when no slot is allowed
+    best_slot_start: np.ndarray  # datetime64[us], naive UTC; NaT when no slot is allowed
     best_channel: np.ndarray  # object: channel name or None
     p_response: np.ndarray  # NaN when no slot is allowed
     margin: np.ndarray  # best channel's probability minus the next channel's best
@@ -140,8 +140,8 @@ class Recommendations:
     def records(self) -> list[dict]:
         n = len(self.best_channel)
         return [{
-            "best_slot_start": None if pd.isna(self.best_slot_start[i])
-            else self.best_slot_start[i],
+            "best_slot_start": None if np.isnat(self.best_slot_start[i])
+            else pd.Timestamp(self.best_slot_start[i]).tz_localize("UTC"),
             "best_channel": self.best_channel[i],
             "p_response": None if np.isnan(self.p_response[i]) else float(self.p_response[i]),
             "margin": float(self.margin[i]),
@@ -321,10 +321,9 @@ def recommend_matrix(
                     sentences[i] = _channel_sentence(
                         {f: x[col[f]] for f in _SENTENCE_INPUTS if f in col},
                         best_channel[i], {c: float(by_ch[c][r]) for c in chans})
-    starts = pd.to_datetime(np.where(best_start == np.iinfo(np.int64).min, np.datetime64("NaT"),
-                                     best_start.astype("datetime64[us]")), utc=True)
-    return Recommendations(pd.DatetimeIndex(starts), best_channel, p_best, margin, slots,
-                           sentences)
+    starts = np.where(best_start == np.iinfo(np.int64).min, np.datetime64("NaT", "us"),
+                      best_start.astype("datetime64[us]"))
+    return Recommendations(starts, best_channel, p_best, margin, slots, sentences)
 
 
 _SENTENCE_INPUTS = ("night_share_30d", "phone_response_rate", "message_response_rate")

@@ -1,9 +1,10 @@
 """The scorer core: feature rows in, scores with reasons out. HTTP and batch both call this.
 
 It holds the champion models (as :class:`~leadscore.artifact.LeadModel`, loaded from the
-registry) and turns a feature frame into the output contract of DESIGN.md. Reasons are LightGBM's
-exact TreeSHAP contributions (``pred_contrib``), the same values ``shap.TreeExplainer`` gives,
-computed only for the rows that ask for them.
+registry) and turns a feature frame into the output contract of DESIGN.md. Reasons are exact
+TreeSHAP contributions, the values ``pred_contrib`` and ``shap.TreeExplainer`` give, computed
+only for the rows that ask for them; scores without reasons come from the same compiled trees
+(:mod:`leadscore.treeshap`), LightGBM's numbers to the bit.
 """
 
 from __future__ import annotations
@@ -51,6 +52,10 @@ def _top_columns(c: np.ndarray, top: int) -> tuple[np.ndarray, np.ndarray]:
     """Per row, the columns of the ``top`` largest values (largest first) and of the ``top``
     smallest (smallest first): a partial sort of the whole block, not a loop over rows."""
     k = min(top, c.shape[1])
+    if len(c) <= 4:  # a request's few rows: one stable sort each beats the block machinery
+        order = np.argsort(-c, axis=1, kind="stable")
+        rev = np.argsort(c, axis=1, kind="stable")
+        return order[:, :k], rev[:, :k]
     out = []
     for sign in (-1.0, 1.0):
         part = np.argpartition(sign * c, k - 1, axis=1)[:, :k]
@@ -168,11 +173,6 @@ class Scorer:
     def versions(self) -> dict[str, str]:
         return {n: str(m.meta.get("version", "local")) for n, m in self.models.items()}
 
-    @property
-    def cheap(self) -> bool:
-        """About a millisecond a lead: fine on an event loop (with the slot search, not)."""
-        return SLOT_MODEL not in self.models
-
     @classmethod
     def from_registry(cls, names: Iterable[str] = ALL_MODELS, alias: str = "champion",
                       num_threads: int = 1) -> Scorer:
@@ -204,6 +204,8 @@ class Scorer:
         })
         for col in OUTPUT_COLUMNS[3:-2]:
             v = cols.get(col)
+            if v is not None and col == "best_slot_start":
+                v = pd.to_datetime(v, utc=True)
             out[col] = v if v is not None else pd.Series([None] * n, dtype=object)
         out["reasons"] = [json.dumps(r, ensure_ascii=False) for r in cols["reasons"]]
         out["model_versions"] = json.dumps(self.versions)
@@ -250,7 +252,7 @@ class Scorer:
         starts = cols.get("best_slot_start")
         out = []
         for i, r in enumerate(records):
-            start = None if starts is None or pd.isna(starts[i]) else iso_utc(starts[i])
+            start = None if starts is None or np.isnat(starts[i]) else iso_utc(starts[i])
             out.append({
                 "lead_id": str(r["lead_id"]), "status": "ok", "dealer_id": str(r["dealer_id"]),
                 "as_of": iso_utc(r["as_of"]), "p_convert": val("p_convert", i),
@@ -329,6 +331,8 @@ def iso_utc(v) -> str:
     """A timestamp (datetime, pandas Timestamp or ISO text) as the API writes it: UTC, ``Z``."""
     if isinstance(v, str):
         v = datetime.fromisoformat(v)
+    elif isinstance(v, np.datetime64):  # naive, UTC (the slot search's starts)
+        v = pd.Timestamp(v)
     if isinstance(v, pd.Timestamp):
         v = v.tz_localize("UTC") if v.tzinfo is None else v.tz_convert("UTC")
         return v.isoformat().replace("+00:00", "Z")
