@@ -9,9 +9,10 @@ the RSS of the process and all its descendants (Spark's JVM and Python workers i
 sampled every 50 ms.
 
   (a) ``rescore`` without reasons (validation and bucketing in one pass, features from the
-      stored events, scoring, Parquet parts) in rows/s, against bare ``Booster.predict`` over a ready feature
-      matrix of the same rows (each model over the rows it scores: the lead models over open
-      leads, churn over open leads and owners), timed in another child. Goal: >= 50%.
+      stored events, scoring, Parquet parts) in rows/s, against bare ``Booster.predict`` over
+      a ready feature matrix of the same rows (each model over the rows it scores: the lead
+      models over open leads, churn over open leads and owners), timed in another child.
+      Goal: >= 50%.
   (b) ``rescore`` with top-3 reasons per score in rows/s, against
       ``shap.TreeExplainer(booster).shap_values(X)`` on the same models and rows (timed on up
       to ``--shap-rows`` rows per model; its values are asserted equal to the contributions

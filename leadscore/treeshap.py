@@ -120,7 +120,7 @@ class _ShapTables:
         for tree in dump["tree_info"]:
             root = tree["tree_structure"]
             tree_start.append(len(a["feat"]))
-            if "split_feature" not in root:  # a constant tree: no contributions, its value in the base
+            if "split_feature" not in root:  # constant: no contributions, its value in the base
                 walk(root, [], [], [])
                 self.base += root["leaf_value"]
                 continue
