@@ -25,7 +25,6 @@ import threading
 import numpy as np
 
 _SHAP_MAX_PATH = 10
-_K_ZERO = 1.0000000180025095e-35  # LightGBM's kZeroThreshold (1e-35f as a double)
 _kernels: dict | None = None
 _lock = threading.Lock()
 
@@ -145,10 +144,17 @@ class _ShapTables:
         ints = ("feat", "kind", "miss", "defl", "left", "right", "slot", "leaf_d", "leaf_sf",
                 "cat_off", "cat_len")
         self.arrays = {c: np.asarray(a[c], dtype=np.int64) for c in ints}
+        ar = self.arrays
+        self.packed = (
+            np.ascontiguousarray(np.stack([
+                ar["feat"], ar["left"], ar["right"], ar["kind"] | (ar["miss"] << 1) |
+                (ar["defl"] << 3), ar["cat_off"], ar["cat_len"]], axis=1), dtype=np.int32),
+            np.where(ar["feat"] < 0, np.asarray(a["value"], dtype=np.float64),
+                     np.asarray(a["thr"], dtype=np.float64)),
+        )
         self.arrays.update(
             leaf_tab=np.asarray(a["leaf_tab"], dtype=np.int64),
             thr=np.asarray(a["thr"], dtype=np.float64),
-            value=np.asarray(a["value"], dtype=np.float64),
             tree_start=np.asarray(tree_start, dtype=np.int64),
             slot_feat=np.asarray(slot_feat or [0], dtype=np.int64),
             cat_bits=np.asarray(cat_bits or [0], dtype=np.uint32),
@@ -164,6 +170,8 @@ def _go_left(fval, thr, kind, miss, defl, cat_off, cat_len, cat_bits):
     """Whether a row goes left at a split: LightGBM's ``NumericalDecision`` and
     ``CategoricalDecision`` (a category in the split's set goes left; NaN and negatives
     right). Compiled inline into both kernels."""
+    if -1.0000000180025095e-35 <= fval <= 1.0000000180025095e-35:
+        fval = 0.0  # LightGBM's predictor reads values within its zero threshold as 0
     if kind == 1:
         if np.isnan(fval):
             return False
@@ -174,16 +182,16 @@ def _go_left(fval, thr, kind, miss, defl, cat_off, cat_len, cat_bits):
         return w < cat_len and ((cat_bits[cat_off + w] >> (c & 31)) & 1) == 1
     if np.isnan(fval) and miss != 2:
         fval = 0.0
-    zero = -1.0000000180025095e-35 <= fval <= 1.0000000180025095e-35
-    if (miss == 1 and zero) or (miss == 2 and np.isnan(fval)):
+    if (miss == 1 and fval == 0.0) or (miss == 2 and np.isnan(fval)):
         return defl == 1
     return fval <= thr
 
 
-def _predict_pass(x, out, feat, thr, kind, miss, defl, left, right, value, cat_off, cat_len,
-                  tree_start, cat_bits):
+def _predict_pass(x, out, node, thr, tree_start, cat_bits):
     """Adds every row's raw score to ``out``: root to leaf in each tree, leaf values summed
-    in tree order as LightGBM does (compiled by numba; see :func:`_kernel`)."""
+    in tree order as LightGBM does (compiled by numba; see :func:`_kernel`). ``node`` packs
+    what a split needs in one row (feature, left, right, kind | missing type | default left,
+    category bitset offset and length); ``thr`` holds a split's threshold or a leaf's value."""
     n_trees = tree_start.shape[0] - 1
     n = x.shape[0]
     for r0 in range(0, n, 256):
@@ -192,13 +200,14 @@ def _predict_pass(x, out, feat, thr, kind, miss, defl, left, right, value, cat_o
             root = tree_start[t]
             for row in range(r0, r1):
                 i = root
-                while feat[i] >= 0:
-                    if _go_left(x[row, feat[i]], thr[i], kind[i], miss[i], defl[i],
-                                cat_off[i], cat_len[i], cat_bits):
-                        i = left[i]
+                while node[i, 0] >= 0:
+                    flags = node[i, 3]
+                    if _go_left(x[row, node[i, 0]], thr[i], flags & 1, (flags >> 1) & 3,
+                                flags >> 3, node[i, 4], node[i, 5], cat_bits):
+                        i = node[i, 1]
                     else:
-                        i = right[i]
-                out[row] += value[i]
+                        i = node[i, 2]
+                out[row] += thr[i]
 
 
 def _shap_pass(x, out, feat, thr, kind, miss, defl, left, right, slot, leaf_d, leaf_sf,
@@ -292,11 +301,10 @@ def _run(kernel, x: np.ndarray, out: np.ndarray, args: tuple, num_threads: int) 
 
 
 def _as_matrix(model, data) -> np.ndarray:
-    """The model's input as LightGBM sees it (:meth:`LeadModel.matrix`), with LightGBM's
-    predictor's rule that values within its zero threshold read as 0."""
-    x = np.array(data if isinstance(data, np.ndarray) else model.matrix(data), dtype=np.float64)
-    x[np.abs(x) <= _K_ZERO] = 0.0
-    return x
+    """The model's input as LightGBM sees it (:meth:`LeadModel.matrix`): C-ordered doubles,
+    not copied when they already are."""
+    x = data if isinstance(data, np.ndarray) else model.matrix(data)
+    return np.ascontiguousarray(x, dtype=np.float64)
 
 
 def contributions(model, feats, num_threads: int = 1) -> np.ndarray:
@@ -333,9 +341,7 @@ def raw_scores(model, feats, num_threads: int = 1) -> np.ndarray:
         return model.booster.predict(x, raw_score=True, num_threads=num_threads)
     x = _as_matrix(model, feats)
     out = np.zeros(len(x))
-    arr = tables.arrays
-    _run(kernel, x, out, (
-        arr["feat"], arr["thr"], arr["kind"], arr["miss"], arr["defl"], arr["left"],
-        arr["right"], arr["value"], arr["cat_off"], arr["cat_len"], arr["tree_start"],
-        arr["cat_bits"]), num_threads)
+    node, thr = tables.packed
+    _run(kernel, x, out, (node, thr, tables.arrays["tree_start"], tables.arrays["cat_bits"]),
+         num_threads)
     return out
