@@ -211,3 +211,38 @@ def test_built_bento_serves_without_the_registry(http_env, tmp_path):
         assert {"conversion", "contact", "churn"} <= set(results[0]["model_versions"])
     finally:
         s.stop()
+
+
+def test_a_worker_takes_one_pending_connection_per_wake_up(monkeypatch):
+    """Workers share one listening socket: a worker that took every pending connection at
+    once would serve all keep-alive clients alone (the patch in ``serving.service``)."""
+    import asyncio
+    from asyncio import selector_events
+
+    from leadscore.serving import service
+
+    cls = selector_events.BaseSelectorEventLoop
+    monkeypatch.setattr(cls, "_accept_connection", cls._accept_connection)
+    service._patch_accept_one()
+    loop = asyncio.new_event_loop()
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.setblocking(False)
+    clients = [socket.create_connection(listener.getsockname()) for _ in range(3)]
+    try:
+        time.sleep(0.1)  # the handshakes complete: three connections wait in the queue
+        loop._accept_connection(asyncio.Protocol, listener, backlog=100)  # one wake-up
+        left = 0
+        while True:
+            try:
+                conn, _ = listener.accept()
+            except BlockingIOError:
+                break
+            conn.close()
+            left += 1
+        assert left == 2  # one taken; the other workers get a chance at the rest
+    finally:
+        for c in clients:
+            c.close()
+        listener.close()
+        loop.run_until_complete(asyncio.sleep(0))  # let the accepted connection's task end
+        loop.close()
