@@ -152,8 +152,16 @@ class _ShapTables:
             np.where(ar["feat"] < 0, np.asarray(a["value"], dtype=np.float64),
                      np.asarray(a["thr"], dtype=np.float64)),
         )
+        leaf = ar["feat"] < 0
+        tab = np.asarray(a["leaf_tab"], dtype=np.int64)
+        wide = max(int(tab.max(initial=0)), len(slot_feat)) >= 2**31
+        self.shap_nodes = np.ascontiguousarray(np.stack([
+            ar["feat"], np.where(leaf, ar["leaf_sf"], ar["left"]),
+            np.where(leaf, ar["leaf_d"], ar["right"]), np.where(leaf, tab, self.packed[0][:, 3]),
+            ar["cat_off"], ar["cat_len"], ar["slot"], np.zeros_like(ar["feat"])], axis=1),
+            dtype=np.int64 if wide else np.int32)
         self.arrays.update(
-            leaf_tab=np.asarray(a["leaf_tab"], dtype=np.int64),
+            leaf_tab=tab,
             thr=np.asarray(a["thr"], dtype=np.float64),
             tree_start=np.asarray(tree_start, dtype=np.int64),
             slot_feat=np.asarray(slot_feat or [0], dtype=np.int64),
@@ -210,13 +218,15 @@ def _predict_pass(x, out, node, thr, tree_start, cat_bits):
                 out[row] += thr[i]
 
 
-def _shap_pass(x, out, feat, thr, kind, miss, defl, left, right, slot, leaf_d, leaf_sf,
-               leaf_tab, cat_off, cat_len, tree_start, slot_feat, cat_bits, table, base):
+def _shap_pass(x, out, node, thr, tree_start, slot_feat, cat_bits, table, base):
     """Adds every row's contributions to ``out`` (compiled by numba; see :func:`_kernel`).
 
     Per tree, nodes in pre-order: a node's mask has bit k cleared once the row has left the
     path at a split on path feature k; at a leaf, the mask picks the row of its table. Splits
-    are decided exactly as LightGBM's ``NumericalDecision``/``CategoricalDecision``.
+    are decided exactly as LightGBM's ``NumericalDecision``/``CategoricalDecision``. ``node``
+    packs a node in one row: for a split (feature, left, right, kind | missing type | default
+    left, category bitset offset and length, path slot of its feature), for a leaf (-1, first
+    path feature in ``slot_feat``, path length, table offset).
     """
     n_trees = tree_start.shape[0] - 1
     width = 0
@@ -234,23 +244,22 @@ def _shap_pass(x, out, feat, thr, kind, miss, defl, left, right, slot, leaf_d, l
                 mask[0] = -1
                 for i in range(s0, tree_start[t + 1]):
                     m = mask[i - s0]
-                    if feat[i] < 0:  # a leaf
-                        d = leaf_d[i]
-                        b = m & ((1 << d) - 1)
-                        o = leaf_tab[i] + b * d
-                        sf = leaf_sf[i]
+                    f = node[i, 0]
+                    if f < 0:  # a leaf
+                        sf, d, o = node[i, 1], node[i, 2], node[i, 3]
+                        o += (m & ((1 << d) - 1)) * d
                         for k in range(d):
                             out[row, slot_feat[sf + k]] += table[o + k]
                         continue
-                    go_left = _go_left(x[row, feat[i]], thr[i], kind[i], miss[i], defl[i],
-                                       cat_off[i], cat_len[i], cat_bits)
-                    bit = np.int64(1) << slot[i]
-                    if go_left:
-                        mask[left[i] - s0] = m
-                        mask[right[i] - s0] = m & ~bit
+                    flags = node[i, 3]
+                    bit = np.int64(1) << node[i, 6]
+                    if _go_left(x[row, f], thr[i], flags & 1, (flags >> 1) & 3, flags >> 3,
+                                node[i, 4], node[i, 5], cat_bits):
+                        mask[node[i, 1] - s0] = m
+                        mask[node[i, 2] - s0] = m & ~bit
                     else:
-                        mask[left[i] - s0] = m & ~bit
-                        mask[right[i] - s0] = m
+                        mask[node[i, 1] - s0] = m & ~bit
+                        mask[node[i, 2] - s0] = m
         for row in range(r0, r1):
             out[row, nf] += base
 
@@ -320,9 +329,7 @@ def contributions(model, feats, num_threads: int = 1) -> np.ndarray:
     out = np.zeros((len(x), tables.n_features + 1))
     arr = tables.arrays
     _run(kernel, x, out, (
-        arr["feat"], arr["thr"], arr["kind"], arr["miss"], arr["defl"], arr["left"],
-        arr["right"], arr["slot"], arr["leaf_d"], arr["leaf_sf"], arr["leaf_tab"],
-        arr["cat_off"], arr["cat_len"], arr["tree_start"], arr["slot_feat"], arr["cat_bits"],
+        tables.shap_nodes, arr["thr"], arr["tree_start"], arr["slot_feat"], arr["cat_bits"],
         arr["table"], tables.base), num_threads)
     return out
 

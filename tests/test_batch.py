@@ -376,7 +376,7 @@ def test_a_rerun_after_a_crash_scores_from_the_validated_buckets(
     run's."""
     data = copy_data(data, tmp_path / "data")
     out = tmp_path / "scores"
-    real = batch.score_features
+    real = batch.score_bucket
     calls = []
 
     def crash_on_the_third_bucket(*args, **kwargs):
@@ -385,13 +385,13 @@ def test_a_rerun_after_a_crash_scores_from_the_validated_buckets(
             raise RuntimeError("the machine went away")
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(batch, "score_features", crash_on_the_third_bucket)
+    monkeypatch.setattr(batch, "score_bucket", crash_on_the_third_bucket)
     with pytest.raises(RuntimeError, match="went away"):
         batch.rescore(data, env.as_of, out, bucket_leads=100)
     split = json.loads((out / "_work" / "_split.json").read_text())
     assert split["buckets"] >= 5 and split["quarantined"] == 0
 
-    monkeypatch.setattr(batch, "score_features", real)
+    monkeypatch.setattr(batch, "score_bucket", real)
     loads = []
     monkeypatch.setattr(contract, "load", lambda *a, **kw: loads.append(1))
     res = batch.rescore(data, env.as_of, out, bucket_leads=100)

@@ -126,25 +126,15 @@ def _write_part(out: Path, bucket: int, scored: pd.DataFrame) -> int:
 
 def _score_embedded(work: Path, buckets: Sequence[int], as_of: pd.Timestamp, scorer: Scorer,
                     reasons: int):
-    """The embedded engine: buckets in order in this process, the next bucket's features
-    computed on a second thread while this one is scored and written (DuckDB and the tree
-    kernels release the GIL; each phase alone leaves a core idle part of the time)."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    def features(b: int) -> pd.DataFrame:
+    """The embedded engine: buckets one after another in this process. (Computing the next
+    bucket's features on a second thread was tried: the job already keeps both cores busy,
+    so it saved nothing.)"""
+    for b in buckets:
         con = bucket_connection(work, b)
         try:
-            return bucket_features(con, as_of)
+            yield b, score_bucket(con, as_of, scorer, reasons)
         finally:
             con.close()
-
-    buckets = list(buckets)
-    with ThreadPoolExecutor(1, thread_name_prefix="rescore-features") as pool:
-        ahead = pool.submit(features, buckets[0]) if buckets else None
-        for i, b in enumerate(buckets):
-            feats = ahead.result()
-            ahead = pool.submit(features, buckets[i + 1]) if i + 1 < len(buckets) else None
-            yield b, score_features(feats, scorer, reasons)
 
 
 def _atomic_write_text(path: Path, text: str) -> None:

@@ -64,34 +64,45 @@ def _top_columns(c: np.ndarray, top: int) -> tuple[np.ndarray, np.ndarray]:
     return out[0], out[1]
 
 
-def _reasons(model: LeadModel, contrib: np.ndarray, top: int, value_of) -> list[list[dict]]:
+def _reasons(model: LeadModel, contrib: np.ndarray, top: int, x: np.ndarray,
+             value_of) -> list[list[dict]]:
     """Per row, the ``top`` most positive then the ``top`` most negative contributions, each
     as feature, value, contribution and a sentence. Missing values contribute too (LightGBM
-    routes them); their sentence says so plainly. ``value_of(i, j)``: row i's value of
-    feature j. Sentences repeat (counts are small numbers), so each is written once."""
+    routes them); their sentence says so plainly. Numeric values come from the model's matrix
+    ``x``; categorical ones from ``value_of(i, j)`` (row i's value of feature j: a category
+    the model never saw is still named). Selection, rounding and look-ups are done for the
+    whole block at once, and each distinct sentence is written once (counts repeat)."""
     c = contrib[:, :-1]
-    if not len(c) or top <= 0:
-        return [[] for _ in range(len(c))]
+    n = len(c)
+    if not n or top <= 0:
+        return [[] for _ in range(n)]
     pos, neg = _top_columns(c, top)
+    cols = np.concatenate([pos, neg], axis=1)
+    k = pos.shape[1]
+    contribs = np.take_along_axis(c, cols, axis=1)
+    keep = np.concatenate([contribs[:, :k] > 0, contribs[:, k:] < 0], axis=1)
+    vals = np.take_along_axis(x, cols, axis=1)
+    vals = np.where(np.isnan(vals), None, vals).tolist()  # None for missing; floats otherwise
+    rounded = np.round(contribs, 6).tolist()
+    cols_l, keep_l = cols.tolist(), keep.tolist()
     name, feats = model.name, model.features
     says = [catalog.BY_NAME[f] for f in feats]
+    categorical = [f in model.categories for f in feats]
     written: dict[tuple, str] = {}
     out = []
-    for i in range(len(c)):
-        ci = c[i]
+    for i in range(n):
         rs = []
-        for cols, want in ((pos[i], 1.0), (neg[i], -1.0)):
-            for j in cols.tolist():
-                x = float(ci[j])
-                if x * want <= 0:
-                    break
+        for j, ok, v, cv in zip(cols_l[i], keep_l[i], vals[i], rounded[i], strict=True):
+            if not ok:
+                continue
+            if categorical[j]:
                 v = _plain(value_of(i, j))
-                key = (j, v)
-                sentence = written.get(key)
-                if sentence is None:
-                    sentence = written[key] = says[j].sentence(v)
-                rs.append({"model": name, "feature": feats[j], "value": v,
-                           "contribution": round(x, 6), "sentence": sentence})
+            key = (j, v)
+            sentence = written.get(key)
+            if sentence is None:
+                sentence = written[key] = says[j].sentence(v)
+            rs.append({"model": name, "feature": feats[j], "value": v, "contribution": cv,
+                       "sentence": sentence})
         out.append(rs)
     return out
 
@@ -121,9 +132,11 @@ class _FrameRows:
     def matrix(self, model: LeadModel, absent: Sequence[str] = ()) -> np.ndarray:
         return model.matrix(self.frame, absent=absent)
 
-    def reasons(self, model: LeadModel, contrib: np.ndarray, top: int) -> list[list[dict]]:
-        arrays = [self.frame[f].to_numpy() for f in model.features]
-        return _reasons(model, contrib, top, lambda i, j: arrays[j][i])
+    def reasons(self, model: LeadModel, contrib: np.ndarray, top: int,
+                x: np.ndarray) -> list[list[dict]]:
+        cats = {j: self.frame[f].to_numpy() for j, f in enumerate(model.features)
+                if f in model.categories}
+        return _reasons(model, contrib, top, x, lambda i, j: cats[j][i])
 
 
 class _RecordRows(_FrameRows):
@@ -141,9 +154,10 @@ class _RecordRows(_FrameRows):
     def matrix(self, model: LeadModel, absent: Sequence[str] = ()) -> np.ndarray:
         return model.matrix_records(self.records)
 
-    def reasons(self, model: LeadModel, contrib: np.ndarray, top: int) -> list[list[dict]]:
+    def reasons(self, model: LeadModel, contrib: np.ndarray, top: int,
+                x: np.ndarray) -> list[list[dict]]:
         recs, feats = self.records, model.features
-        return _reasons(model, contrib, top, lambda i, j: recs[i].get(feats[j]))
+        return _reasons(model, contrib, top, x, lambda i, j: recs[i].get(feats[j]))
 
 
 class Scorer:
@@ -286,7 +300,7 @@ class Scorer:
             if reasons > 0:
                 contrib = model.contributions(x, num_threads=self.num_threads)
                 raw = contrib.sum(axis=1)
-                for acc, rs in zip(cols["reasons"], rows.reasons(model, contrib, reasons),
+                for acc, rs in zip(cols["reasons"], rows.reasons(model, contrib, reasons, x),
                                    strict=True):
                     acc.extend(rs)
             else:
