@@ -93,6 +93,11 @@ class LeadModel:
         return out
 
     @cached_property
+    def index(self) -> dict[str, int]:
+        """Feature name → its column in :meth:`matrix`."""
+        return {f: j for j, f in enumerate(self.features)}
+
+    @cached_property
     def layout(self) -> tuple:
         """What the matrix depends on: models with equal layouts share one matrix."""
         return (tuple(self.features),

@@ -186,6 +186,25 @@ class _Grid:
     def channels(self) -> list[str]:
         return [c for c in CHANNELS if (self.channel == c).any()]
 
+    # what every request on this grid would otherwise recompute (a grid serves an hour)
+    @cached_property
+    def masks(self) -> dict[str, np.ndarray]:
+        return {c: self.channel == c for c in self.channels}
+
+    @cached_property
+    def iso(self) -> list[str]:
+        return [_iso(s) for s in self.start.tolist()]
+
+    def codes(self, ch_codes: dict) -> np.ndarray:
+        """The slot model's codes of the grid's channels (NaN: a channel it never saw)."""
+        key = tuple(ch_codes.items())
+        cache = self.__dict__.setdefault("_codes", {})
+        code = cache.get(key)
+        if code is None:
+            code = cache[key] = np.array([ch_codes.get(c, np.nan) for c in self.channel],
+                                         dtype=float)
+        return code
+
 
 _US_PER_HOUR = 3_600_000_000
 #: grids kept per process: (first hour, zone, dealer rules) -- a day of hours for many zones
@@ -250,7 +269,7 @@ def recommend_matrix(
     recommended slot in the future.
     """
     n = len(X)
-    col = {f: j for j, f in enumerate(model.features)}
+    col = model.index
     ch_codes = model.codes.get("channel", {})
     best_start = np.full(n, np.iinfo(np.int64).min, dtype=np.int64)
     best_channel = np.full(n, None, dtype=object)
@@ -277,7 +296,7 @@ def recommend_matrix(
         if not G:
             continue
         is_phone, soon, chans = g.is_phone, g.soon, g.channels
-        code = np.array([ch_codes.get(c, np.nan) for c in g.channel], dtype=float)
+        code = g.codes(ch_codes)
         step = max(1, _CHUNK_ROWS // G)
         for s0 in range(0, len(idx), step):
             rows = idx[s0:s0 + step]
@@ -305,7 +324,7 @@ def recommend_matrix(
             p_best[rows] = P[np.arange(k), best]
             best_start[rows] = g.start[best]
             best_channel[rows] = g.channel[best]
-            by_ch = {c: P[:, g.channel == c].max(axis=1) for c in chans}
+            by_ch = {c: P[:, g.masks[c]].max(axis=1) for c in chans}
             other = np.full(k, -np.inf)
             for c in chans:
                 other = np.where(best_channel[rows] == c, other, np.maximum(other, by_ch[c]))
@@ -313,7 +332,7 @@ def recommend_matrix(
             if slots is not None:
                 order = np.argsort(-Pm, axis=1, kind="stable")[:, :top]
                 for r, i in enumerate(rows):
-                    slots[i] = [{"start": _iso(g.start[j]), "channel": g.channel[j],
+                    slots[i] = [{"start": g.iso[j], "channel": g.channel[j],
                                  "p_response": round(float(P[r, j]), 4)} for j in order[r]]
             if sentences is not None:
                 for r, i in enumerate(rows):
