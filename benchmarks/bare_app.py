@@ -8,6 +8,8 @@ reasons and answer JSON. Same request body as ``POST /score`` (leads by id only)
 
     MLFLOW_TRACKING_URI=sqlite:///mlruns.db python benchmarks/bare_app.py \
         --store features.db --keys keys.json --port 3100 [--workers 1]
+
+With ``--workers`` > 1 the workers are forked onto one listening socket, as BentoML's are.
 """
 
 from __future__ import annotations
@@ -143,18 +145,48 @@ def main() -> None:
     ap.add_argument("--port", type=int, default=3100)
     ap.add_argument("--workers", type=int, default=1)
     args = ap.parse_args()
-    if args.workers > 1:  # uvicorn's multi-process mode needs an import string
-        os.environ["BARE_STORE"], os.environ["BARE_KEYS"] = str(args.store), str(args.keys)
-        uvicorn.run("bare_app:from_env", factory=True, host="127.0.0.1", port=args.port,
-                    workers=args.workers, log_level="warning", access_log=False,
-                    app_dir=str(Path(__file__).parent))
+    if args.workers > 1:
+        serve_forked(args)
     else:
         uvicorn.run(create_app(args.store, args.keys), host="127.0.0.1", port=args.port,
                     log_level="warning", access_log=False)
 
 
-def from_env():
-    return create_app(Path(os.environ["BARE_STORE"]), Path(os.environ["BARE_KEYS"]))
+def serve_forked(args) -> None:
+    """Worker processes on one listening socket, as BentoML runs the service (with the same
+    one-connection-per-wake-up sharing). Not uvicorn's own multi-process mode: its workers'
+    connections never got TCP_NODELAY, so every keep-alive request after the first waited
+    ~40 ms for a delayed ACK (Nagle), which made the 2-worker reference meaningless."""
+    import signal
+    import socket
+
+    import uvicorn
+
+    from leadscore.serving.sharing import take_one_connection_per_wakeup
+
+    # proto given explicitly: asyncio sets TCP_NODELAY only on sockets that say IPPROTO_TCP
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", args.port))
+    sock.listen(2048)
+    children = []
+    for _ in range(args.workers):
+        pid = os.fork()
+        if pid == 0:  # a worker: models loaded here, after the fork
+            take_one_connection_per_wakeup()
+            config = uvicorn.Config(create_app(args.store, args.keys), log_level="warning",
+                                    access_log=False)
+            uvicorn.Server(config).run(sockets=[sock])
+            os._exit(0)
+        children.append(pid)
+
+    def stop(signum, frame):
+        for pid in children:
+            os.kill(pid, signal.SIGTERM)
+
+    signal.signal(signal.SIGTERM, stop)
+    for pid in children:
+        os.waitpid(pid, 0)
 
 
 if __name__ == "__main__":

@@ -215,15 +215,15 @@ def test_built_bento_serves_without_the_registry(http_env, tmp_path):
 
 def test_a_worker_takes_one_pending_connection_per_wake_up(monkeypatch):
     """Workers share one listening socket: a worker that took every pending connection at
-    once would serve all keep-alive clients alone (the patch in ``serving.service``)."""
+    once would serve all keep-alive clients alone (``serving.sharing``)."""
     import asyncio
     from asyncio import selector_events
 
-    from leadscore.serving import service
+    from leadscore.serving.sharing import take_one_connection_per_wakeup
 
     cls = selector_events.BaseSelectorEventLoop
     monkeypatch.setattr(cls, "_accept_connection", cls._accept_connection)
-    service._patch_accept_one()
+    take_one_connection_per_wakeup()
     loop = asyncio.new_event_loop()
     listener = socket.create_server(("127.0.0.1", 0))
     listener.setblocking(False)

@@ -36,6 +36,7 @@ import bentoml
 from leadscore.serving.api import create_app
 from leadscore.serving.auth import KeyRing
 from leadscore.serving.runtime import Runtime
+from leadscore.serving.sharing import take_one_connection_per_wakeup
 from leadscore.serving.store import DEFAULT_STORE, OnlineStore
 
 log = logging.getLogger(__name__)
@@ -122,28 +123,6 @@ def _patch_timeout_middleware() -> None:
     mw._leadscore_patched = True
 
 
-def _patch_accept_one() -> None:
-    """Workers share one listening socket, and asyncio's accept handler takes every pending
-    connection (up to the backlog) each time the socket is ready. All workers wake on a new
-    connection; the first to run took them all, so with keep-alive clients (a CRM's connection
-    pool, wrk) one worker served nearly every connection while the others idled (BentoML issue
-    #5426). Taking one connection per wake-up lets each worker's event loop compete for every
-    connection, and a busy worker, whose loop is scoring, loses to an idle one."""
-    from asyncio import selector_events
-
-    cls = selector_events.BaseSelectorEventLoop
-    accept = cls._accept_connection
-    if getattr(accept, "_leadscore_patched", False):
-        return
-
-    def _accept_connection(self, protocol_factory, sock, sslcontext=None, server=None,
-                           backlog=100, *args, **kwargs):
-        return accept(self, protocol_factory, sock, sslcontext, server, 1, *args, **kwargs)
-
-    _accept_connection._leadscore_patched = True
-    cls._accept_connection = _accept_connection
-
-
 def _service_config() -> dict:
     cfg: dict = {
         "name": "leadscore",
@@ -160,7 +139,7 @@ def _service_config() -> dict:
 
 _patch_timeout_middleware()
 if int(os.environ.get("LEADSCORE_WORKERS", "1")) > 1:
-    _patch_accept_one()
+    take_one_connection_per_wakeup()
 _current = _CurrentRuntime()
 http_app = create_app(_current)  # type: ignore[arg-type]
 
