@@ -65,17 +65,8 @@ class RescoreResult:
 
 def score_bucket(con, as_of: pd.Timestamp, scorer: Scorer, reasons: int) -> pd.DataFrame:
     """Features and scores for the leads in ``con``'s leads/events/contacts tables."""
-    return score_features(bucket_features(con, as_of), scorer, reasons)
-
-
-def bucket_features(con, as_of: pd.Timestamp) -> pd.DataFrame:
-    """The features of the open leads and owners in ``con``'s tables at ``as_of``."""
     feats = job.to_pandas(job.compute(con, [as_of]))
-    return feats[feats["is_open"] | feats["is_owner"]].reset_index(drop=True)
-
-
-def score_features(feats: pd.DataFrame, scorer: Scorer, reasons: int) -> pd.DataFrame:
-    """Output rows for :func:`bucket_features`: lead models on open leads, churn on all."""
+    feats = feats[feats["is_open"] | feats["is_owner"]].reset_index(drop=True)
     if feats.empty:
         return pd.DataFrame(columns=list(OUTPUT_COLUMNS))
     open_rows = feats[feats["is_open"]]
