@@ -301,6 +301,13 @@ def test_open_and_owner_status(con):
               for lid in ("OWN", "LOST", "FUT", "LATE", "OPEN")}
     assert status == {"OWN": (False, True), "LOST": (False, False), "FUT": (True, False),
                       "LATE": (True, False), "OPEN": (True, False)}
+    # how long ago the order became visible, however far back; missing until then
+    assert row(df, "OWN")["days_since_order"] == pytest.approx(150.0)
+    for lid in ("LOST", "FUT", "LATE", "OPEN"):
+        assert math.isnan(row(df, lid)["days_since_order"]), lid
+    sql = _sql_frame(con, [T]).set_index("lead_id")
+    assert sql.loc["OWN", "days_since_order"] == pytest.approx(150.0)
+    assert sql.loc[["LOST", "FUT", "LATE", "OPEN"], "days_since_order"].isna().all()
     only_open = job.to_pandas(job.compute(con, [T], only_open=True))
     assert sorted(only_open["lead_id"]) == ["FUT", "LATE", "OPEN"]
 

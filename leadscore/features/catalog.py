@@ -114,7 +114,9 @@ class SlotFeature(Feature):
 
 @dataclass(frozen=True)
 class Static(Feature):
-    """A lead attribute (``column`` of the leads table) or ``lead_age_days``."""
+    """A lead attribute (``column`` of the leads table), ``lead_age_days``, or
+    ``days_since_order`` (from the first visible order, however long ago; missing while the
+    lead has not ordered). The last two are computed at the cutoff, not read from the table."""
 
     column: str = ""
 
@@ -284,6 +286,10 @@ def _static() -> list[Feature]:
                column="intended_model"),
         Static("budget", says="Budget {value:,.0f}", column="budget"),
         Static("lead_age_days", says="Lead is {value:.0f} days old", column="lead_age_days"),
+        # an owner's engagement follows the car (delivery, then service months later), not the
+        # purchase funnel: churn needs to tell owners apart and know how far along they are
+        Static("days_since_order", says="Ordered {value:.0f} days ago",
+               column="days_since_order"),
         # carried for local-time slot planning; not a model input (see LEAD_BEHAVIOUR)
         Static("tz", says="Dealer time zone {value}", dtype="category", column="tz"),
     ]

@@ -468,6 +468,9 @@ def _per_cutoff_sql(plan: _Plan, grid: _Grid, cut: _Cut, t: dict[str, str], only
         if isinstance(f, cat.Static):
             if f.column == "lead_age_days":
                 e = f"({us} - b.created_us) / {US_PER_DAY}.0"
+            elif f.column == "days_since_order":
+                e = (f"CASE WHEN st.vs_order <= {us} THEN ({us} - st.vs_order) / {US_PER_DAY}.0 "
+                     f"END")
             elif f.dtype == "category":
                 e = f'b."{f.column}"'
             else:
@@ -823,6 +826,8 @@ class _Reduced:
             if isinstance(f, cat.Static):
                 if f.column == "lead_age_days":
                     v = (a - created) / US_PER_DAY
+                elif f.column == "days_since_order":
+                    v = np.where(self.vs_order <= a, (a - self.vs_order) / US_PER_DAY, np.nan)
                 else:
                     col = self.leads.column(f.column).take(keep)
                     cols[f.name] = col if f.dtype == "category" else col.cast(pa.float64())
