@@ -20,5 +20,8 @@ SPEC = ModelSpec(
     truth_column="p_churn",
     known_limits=(
         "Owners' engagement is sparse; a 30-day horizon flags most owners between services.",
+        "An owner's first service visit comes months after the order: until the training data "
+        "spans it (about five months of orders and visits), owners score near 1 and their "
+        "calibration is poor; benchmarks/model_quality.py reports it apart from open leads.",
     ),
 )

@@ -249,7 +249,12 @@ def build(
     frame = pd.concat([frame, lab], axis=1)
     frame = frame[~frame["censored"]].drop(columns="censored").reset_index(drop=True)
     if frame.empty:
-        raise ValueError("every row is right-censored: the label window passes the data's end")
+        latest = (end - pd.Timedelta(days=horizon)).floor("D")
+        raise ValueError(
+            f"every row is right-censored: a {horizon:g}-day label window after the latest "
+            f"cutoff ({cutoffs[-1]}) passes the data's end ({end}); use cutoffs on or before "
+            f"{latest.date()} or a shorter --horizon-days"
+        )
     parts, notes = assign_splits(frame, split, horizon, seed)
     frame["split"] = parts.to_numpy()
     frame = frame[frame["split"] != ""].reset_index(drop=True)
