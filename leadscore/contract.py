@@ -10,9 +10,9 @@ a :class:`ContractError` that names the file and the column.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
 
 import duckdb
 import pandas as pd
@@ -320,16 +320,9 @@ def _empty_table(con, table: str) -> None:
     con.execute(f"CREATE OR REPLACE TABLE {table} AS SELECT {cols} LIMIT 0")
 
 
-class Sink(Protocol):
-    """Where validated rows go instead of DuckDB tables (see :func:`load`)."""
-
-    def __call__(self, con: duckdb.DuckDBPyConnection, table: str, sql: str) -> int:
-        """Write the (clean) rows of ``sql``; return how many."""
-
-    def checked(self, con: duckdb.DuckDBPyConnection, table: str, sql: str) -> tuple[int, str]:
-        """Write the rows of ``sql``: where ``_reason`` is NULL they are clean, to be found by
-        the sink's readers; the others (bad rows) kept apart. Returns how many rows were
-        written and a SQL relation over the bad ones."""
+#: where clean rows go instead of a table: ``sink(con, table, select_sql)`` writes the rows of
+#: the query somewhere and returns how many it wrote (see :func:`load`)
+Sink = Callable[[duckdb.DuckDBPyConnection, str, str], int]
 
 
 def _load_table(con, table: str, path: Path | None, clock_sql: str,
@@ -339,9 +332,7 @@ def _load_table(con, table: str, path: Path | None, clock_sql: str,
     Three passes over the source, none of which materialises more than the clean table plus
     the (small) sets of duplicate and bad rows: (1) exact duplicates, found through a hash of
     the contract's columns and confirmed on the values; (2) bad rows with their reason and raw
-    values; (3) the clean table: every row that is neither, in the file's order. With a sink,
-    (2) and (3) are one pass: the sink gets every row with its verdict and keeps the bad ones
-    apart.
+    values; (3) the clean table: every row that is neither, in the file's order.
     """
     rep = TableReport(table=table, file=str(path) if path else None)
     qfile = quarantine_dir / f"{table}.parquet" if quarantine_dir is not None else None
@@ -390,35 +381,22 @@ def _load_table(con, table: str, path: Path | None, clock_sql: str,
                   FROM ({checked}))"""
         rules.append(("conflicting_lead_id", "", "lead_id"))
     originals = ", ".join(f'{c.original(c.src)} AS "{n}"' for n, c in cols.items())
+    con.execute(
+        f"""CREATE OR REPLACE TEMP TABLE _bad_{table} AS
+        SELECT {originals}, _file, _row, _reason FROM ({checked}) WHERE _reason IS NOT NULL"""
+    )
+
+    # 3. the clean table
     keep = {"channel": "lower(channel) AS channel", "outcome": "lower(outcome) AS outcome"}
     sel = ", ".join(keep.get(n, f'"{n}"') for n in cols)
+    clean = f"""SELECT {sel} FROM (SELECT {typed}, _file, _row FROM {scan}) s
+        ANTI JOIN (SELECT _file, _row FROM _drop_{table}
+                   UNION ALL SELECT _file, _row FROM _bad_{table}) x USING (_file, _row)"""
     if sink is None:
-        con.execute(
-            f"""CREATE OR REPLACE TEMP TABLE _bad_{table} AS
-            SELECT {originals}, _file, _row, _reason FROM ({checked}) WHERE _reason IS NOT NULL"""
-        )
-        # 3. the clean table
-        clean = f"""SELECT {sel} FROM (SELECT {typed}, _file, _row FROM {scan}) s
-            ANTI JOIN (SELECT _file, _row FROM _drop_{table}
-                       UNION ALL SELECT _file, _row FROM _bad_{table}) x USING (_file, _row)"""
         con.execute(f"CREATE OR REPLACE TABLE {table} AS {clean}")
         rep.rows_ok = con.execute(f"SELECT count(*) FROM {table}").fetchall()[0][0]
     else:
-        # 2+3 in one pass: every row goes to the sink with its verdict (and, when bad, where
-        # it came from); the few bad rows' raw values are then read back from the source
-        bad = "_reason IS NOT NULL"
-        written, bad_rows = sink.checked(
-            con, table, f"""SELECT {sel}, _reason,
-                CASE WHEN {bad} THEN _file END AS _file, CASE WHEN {bad} THEN _row END AS _row
-            FROM ({checked})""")
-        con.execute(f"CREATE OR REPLACE TEMP TABLE _verdict_{table} AS "
-                    f"SELECT _file, _row, _reason FROM ({bad_rows})")
-        orig = ", ".join(f'{c.original()} AS "{n}"' for n, c in cols.items())
-        con.execute(f"""CREATE OR REPLACE TEMP TABLE _bad_{table} AS
-            SELECT {orig}, _file, _row, v._reason FROM {scan} s
-            JOIN _verdict_{table} v USING (_file, _row)""")
-        con.execute(f"DROP TABLE _verdict_{table}")
-        rep.rows_ok = written - con.execute(f"SELECT count(*) FROM _bad_{table}").fetchone()[0]
+        rep.rows_ok = sink(con, table, clean)
 
     field_of = {name: fld for name, _, fld in rules}
     for reason, n in con.execute(
@@ -459,12 +437,11 @@ def load(
     ``clock`` is the run's clock (default: now); rows stamped after it are quarantined because
     they cannot have happened yet. Bad rows go to ``quarantine_dir/<table>.parquet``.
 
-    ``sink``: events and contacts are handed to it as they are checked instead of becoming
-    tables, every row with its verdict in one pass (:meth:`Sink.checked`), and the clean
-    leads once complete (they stay a table too: events and contacts are checked against
-    them). The nightly job writes them straight to its bucketed Parquet this way, rather than
-    building tens of millions of rows into DuckDB only to copy them out again, and reads the
-    source once less; the connection then holds no ``events``/``contacts`` tables of them.
+    ``sink``: the clean events and contacts are handed to it as they are validated instead of
+    becoming tables, and the clean leads once complete (they stay a table too: events and
+    contacts are checked against them). The nightly job writes them straight to its bucketed
+    Parquet this way, rather than building tens of millions of rows into DuckDB only to copy
+    them out again; the connection then holds no ``events``/``contacts`` tables of them.
     """
     data_dir = Path(data_dir)
     if not data_dir.is_dir():

@@ -154,39 +154,21 @@ def _run_key(data_dir: Path, as_of: pd.Timestamp, versions: dict, bucket_leads: 
 
 
 class _BucketSink:
-    """A :class:`contract.Sink`: a table's clean rows to Parquet partitioned by lead bucket
-    (``<work>/<table>/bucket=N/``), its bad rows to ``bucket=-1``, which no reader opens.
-    Without a fixed count, the buckets follow from the clean leads, which are validated
-    first."""
-
-    BAD = -1
+    """A :data:`contract.Sink`: a table's clean rows to Parquet partitioned by lead bucket
+    (``<work>/<table>/bucket=N/``). Without a fixed count, the buckets follow from the clean
+    leads, which are validated first."""
 
     def __init__(self, work: Path, bucket_leads: int | None = None,
                  n_buckets: int | None = None):
         self.work, self.bucket_leads, self.n_buckets = work, bucket_leads, n_buckets
 
     def __call__(self, con, table: str, sql: str) -> int:
-        return self._copy(con, table, sql, self._bucket(con))
-
-    def checked(self, con, table: str, sql: str) -> tuple[int, str]:
-        bucket = f"CASE WHEN _reason IS NULL THEN {self._bucket(con)} ELSE {self.BAD} END"
-        rows = self._copy(con, table, sql, bucket)
-        bad = sorted((self.work / table / f"bucket={self.BAD}").glob("*.parquet"))
-        if not bad:
-            return rows, f"SELECT * FROM ({sql}) LIMIT 0"
-        paths = ", ".join(contract._lit(str(p)) for p in bad)
-        return rows, f"SELECT * EXCLUDE (bucket) FROM read_parquet([{paths}])"
-
-    def _bucket(self, con) -> str:
         if self.n_buckets is None:
             n_leads = con.execute("SELECT count(*) FROM leads").fetchone()[0]
             self.n_buckets = max(1, math.ceil(n_leads / self.bucket_leads))
-        return f"(hash(lead_id) % {self.n_buckets})::INT"
-
-    def _copy(self, con, table: str, sql: str, bucket: str) -> int:
         (rows,) = con.execute(
-            f"COPY (SELECT *, {bucket} AS bucket FROM ({sql})) TO "
-            f"{contract._lit(str(self.work / table))} (FORMAT parquet, PARTITION_BY (bucket))"
+            f"COPY (SELECT *, (hash(lead_id) % {self.n_buckets})::INT AS bucket FROM ({sql})) "
+            f"TO {contract._lit(str(self.work / table))} (FORMAT parquet, PARTITION_BY (bucket))"
         ).fetchone()
         return int(rows)
 
@@ -208,8 +190,8 @@ def bucket_connection(work: Path, bucket: int, threads: int = 2):
         files = list((work / table / f"bucket={bucket}").glob("*.parquet"))
         if files:
             paths = ", ".join(f"'{p}'" for p in files)
-            cols = ", ".join(f'"{c.name}"' for c in contract.TABLES[table])
-            con.execute(f"CREATE VIEW {table} AS SELECT {cols} FROM read_parquet([{paths}])")
+            con.execute(f"CREATE VIEW {table} AS SELECT * EXCLUDE (bucket) "
+                        f"FROM read_parquet([{paths}])")
         else:
             contract._empty_table(con, table)
     return con
