@@ -24,6 +24,7 @@ class Engine(StrEnum):
 
 
 class Split(StrEnum):
+    auto = "auto"
     time = "time"
     entity = "entity"
 
@@ -156,7 +157,9 @@ def train(
         str | None, typer.Option("--as-of", help="Cutoff(s) instead of rolling ones")
     ] = None,
     horizon_days: Annotated[float | None, typer.Option(help="Label horizon in days")] = None,
-    split: Annotated[Split | None, typer.Option(help="time (default) or entity")] = None,
+    split: Annotated[Split | None, typer.Option(
+        help="auto (default: time when the data allows an out-of-time holdout, else entity), "
+             "time (out-of-time, or fail) or entity (grouped by lead)")] = None,
     seed: Annotated[int | None, typer.Option(help="Random seed")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="End with one JSON line")] = False,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,

@@ -63,7 +63,8 @@ def test_training_set_excludes_censored_rows_and_purges_overlap(sim_data):
     spec = models.get("conversion")
     start, end = dataset.data_bounds(ds.con)
     cutoffs = [*dataset.rolling_cutoffs(start, end, 7, 30), end - pd.Timedelta(days=3)]
-    ts = dataset.build(ds.con, spec, as_of=cutoffs)
+    ts = dataset.build(ds.con, spec, as_of=cutoffs)  # auto: enough history for out-of-time
+    assert ts.split_kind == "time"
     assert ts.n_censored > 0
     assert (ts.frame["as_of"] + pd.Timedelta(days=30) <= ts.data_end).all()
     first_test = ts.part("test")["as_of"].min()
@@ -73,6 +74,20 @@ def test_training_set_excludes_censored_rows_and_purges_overlap(sim_data):
     parts = train_period.groupby("lead_id")["split"].nunique()
     assert (parts == 1).all()
     assert ts.frame["is_open"].all()
+
+
+def test_auto_split_falls_back_to_entity_when_the_history_is_too_short(sim_data):
+    ds = contract.load(sim_data)
+    spec = models.get("conversion")
+    start, end = dataset.data_bounds(ds.con)
+    cutoffs = dataset.rolling_cutoffs(start, end, 7, 30)[:2]
+    with pytest.raises(dataset.TooShortForTime, match="at least 3 usable cutoffs"):
+        dataset.build(ds.con, spec, split="time", as_of=cutoffs)
+    ts = dataset.build(ds.con, spec, as_of=cutoffs)
+    assert ts.split_kind == "entity"
+    assert "in-time metrics" in ts.notes[0] and "at least 3 usable cutoffs" in ts.notes[0]
+    assert set(ts.frame["split"]) == {"fit", "valid", "calib", "test"}
+    assert (ts.frame.groupby("lead_id")["split"].nunique() == 1).all()
 
 
 def test_entity_split_keeps_each_lead_in_one_part(sim_data):

@@ -35,7 +35,8 @@ class ExperimentConfig(BaseModel):
     description: str = ""
     params: dict[str, float | int | str] = Field(default_factory=dict)
     horizon_days: float | None = Field(None, gt=0)
-    split: Literal["time", "entity"] = "time"
+    #: auto: out-of-time when the data allows it, else grouped by lead (the run says which)
+    split: Literal["auto", "time", "entity"] = "auto"
     as_of: list[str] | None = None
     seed: int = 0
     exclude_features: list[str] = Field(default_factory=list)

@@ -118,22 +118,39 @@ def _lead_bucket(lead_ids: pd.Series, seed: int) -> np.ndarray:
     return (h.to_numpy() % 10_000) / 10_000.0
 
 
+class TooShortForTime(ValueError):
+    """The data cannot give an out-of-time holdout (too few cutoffs for the label window)."""
+
+
 def assign_splits(
     frame: pd.DataFrame, kind: str, horizon_days: float, seed: int,
     test_share: float = TEST_SHARE,
-) -> tuple[pd.Series, list[str]]:
-    """Split labels: fit / valid (early stopping) / calib (calibration) / test, or '' (purged)."""
+) -> tuple[pd.Series, list[str], str]:
+    """Split labels: fit / valid (early stopping) / calib (calibration) / test, or '' (purged).
+
+    ``auto`` is ``time`` when the data allows an out-of-time holdout and ``entity`` (grouped
+    by lead, in-time) when it is too short, with a note saying so: a short history still
+    trains, and the run says how it was validated. Returns the labels, notes and the kind used.
+    """
+    if kind == "auto":
+        try:
+            return assign_splits(frame, "time", horizon_days, seed, test_share)
+        except TooShortForTime as e:
+            split, notes, _ = assign_splits(frame, "entity", horizon_days, seed, test_share)
+            log.warning("out-of-time validation impossible (%s): entity split instead", e)
+            return split, [f"entity split (grouped by lead, in-time metrics): {e}", *notes], \
+                "entity"
     notes: list[str] = []
     u = _lead_bucket(frame["lead_id"], seed)
     split = pd.Series("", index=frame.index, dtype="object")
     if kind == "entity":
         split[:] = np.select([u < 0.6, u < 0.7, u < 0.8], ["fit", "valid", "calib"], "test")
-        return split, notes
+        return split, notes, kind
     if kind != "time":
-        raise ValueError(f"split must be 'time' or 'entity', not {kind!r}")
+        raise ValueError(f"split must be 'auto', 'time' or 'entity', not {kind!r}")
     cut = np.sort(frame["as_of"].unique())
     if len(cut) < 3:
-        raise ValueError(
+        raise TooShortForTime(
             f"out-of-time validation needs at least 3 usable cutoffs, found {len(cut)}; "
             "use --split entity with a single --as-of for short data"
         )
@@ -144,9 +161,10 @@ def assign_splits(
     in_train_period = frame["as_of"] + gap <= first_test
     purged = int((~is_test & ~in_train_period).sum())
     if not in_train_period.any():
-        raise ValueError(
-            "no training cutoff ends its label window before the test period; "
-            "give more history or use --split entity"
+        raise TooShortForTime(
+            f"no training cutoff ends its {horizon_days:g}-day label window before the test "
+            f"period starts ({first_test.date()}, {len(cut)} cutoffs in all); give more "
+            "history or use --split entity"
         )
     split[is_test] = "test"
     tr = in_train_period.to_numpy()
@@ -155,7 +173,7 @@ def assign_splits(
         f"out-of-time: test cutoffs from {first_test.date()}, {purged:,} rows purged whose "
         f"label window overlaps the test period"
     )
-    return split, notes
+    return split, notes, kind
 
 
 def fingerprint(data_dir: Path, cutoffs: list[pd.Timestamp], extra: dict | None = None) -> str:
@@ -176,7 +194,7 @@ def fingerprint(data_dir: Path, cutoffs: list[pd.Timestamp], extra: dict | None 
 
 
 def build_attempts(
-    con: duckdb.DuckDBPyConnection, spec: ModelSpec, *, split: str = "time", seed: int = 0,
+    con: duckdb.DuckDBPyConnection, spec: ModelSpec, *, split: str = "auto", seed: int = 0,
 ) -> TrainingSet:
     """One row per logged contact attempt: the lead's features just before it (``as_of`` =
     the attempt's time, so nothing at or after it is seen), the slot's features, and whether
@@ -198,20 +216,20 @@ def build_attempts(
                               rows["channel"])
     frame["label"] = frame["outcome"].isin(spec.label.outcomes).astype("int8")
     frame = frame.drop(columns=["outcome"])
-    parts, notes = assign_splits(frame, split, 0.0, seed)
+    parts, notes, kind = assign_splits(frame, split, 0.0, seed)
     frame["split"] = parts.to_numpy()
     frame = frame[frame["split"] != ""].reset_index(drop=True)
     _, end = data_bounds(con)
     cut = sorted(frame["as_of"].unique())
     return TrainingSet(frame=frame, cutoffs=[pd.Timestamp(cut[0]), pd.Timestamp(cut[-1])],
-                       data_end=end, n_censored=0, split_kind=split, notes=notes)
+                       data_end=end, n_censored=0, split_kind=kind, notes=notes)
 
 
 def build(
     con: duckdb.DuckDBPyConnection,
     spec: ModelSpec,
     *,
-    split: str = "time",
+    split: str = "auto",
     as_of: list[pd.Timestamp] | None = None,
     seed: int = 0,
     feature_cache: Path | None = None,
@@ -255,12 +273,12 @@ def build(
             f"cutoff ({cutoffs[-1]}) passes the data's end ({end}); use cutoffs on or before "
             f"{latest.date()} or a shorter --horizon-days"
         )
-    parts, notes = assign_splits(frame, split, horizon, seed)
+    parts, notes, kind = assign_splits(frame, split, horizon, seed)
     frame["split"] = parts.to_numpy()
     frame = frame[frame["split"] != ""].reset_index(drop=True)
     if n_censored:
         notes.append(f"{n_censored:,} right-censored rows excluded (label window past {end})")
     ts = TrainingSet(frame=frame, cutoffs=cutoffs, data_end=end, n_censored=n_censored,
-                     split_kind=split, notes=notes)
+                     split_kind=kind, notes=notes)
     log.info("training set %s: %s", spec.name, ts.counts())
     return ts

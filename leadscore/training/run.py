@@ -172,7 +172,7 @@ def train(
                        feature_cache=cache)
     registry.configure()
     mlflow.set_experiment(spec.registered_name)
-    with mlflow.start_run(run_name=cfg.run_name or f"{spec.name}-{cfg.split}") as run:
+    with mlflow.start_run(run_name=cfg.run_name or f"{spec.name}-{ts.split_kind}") as run:
         if cfg.sweep is not None:
             from leadscore.training.sweep import best_params
 
