@@ -267,6 +267,7 @@ def rescore(
 ) -> None:
     """Score every open lead (and owner, for churn) with the champion models."""
     _logging(verbose)
+    logging.getLogger("leadscore.serving.batch").setLevel(logging.INFO)  # progress lines
     from leadscore.contract import ContractError
     from leadscore.serving import batch
 

@@ -202,6 +202,7 @@ class _Progress:
 
     def __init__(self, total: int, done: int):
         self.total, self.done, self.rows, self.t0 = total, done, 0, time.perf_counter()
+        self.resumed = done  # finished by an earlier run: not part of this run's rate
         self.bar = None
         if sys.stderr.isatty():
             from tqdm import tqdm
@@ -218,9 +219,11 @@ class _Progress:
         el = time.perf_counter() - self.t0
         rate = self.rows / el if el > 0 else 0.0
         left = self.total - self.done
-        eta = el / max(self.done, 1) * left
-        log.warning("rescore: bucket %d/%d, %d rows, %.0f rows/s, ETA %.0fs",
-                    self.done, self.total, self.rows, rate, eta)
+        eta = el / max(self.done - self.resumed, 1) * left
+        # INFO: the rescore command shows this logger's progress without --verbose, and a
+        # nightly job's log does not fill with warnings that are not
+        log.info("rescore: bucket %d/%d, %d rows, %.0f rows/s, ETA %.0fs",
+                 self.done, self.total, self.rows, rate, eta)
 
     def close(self):
         if self.bar is not None:
