@@ -2,8 +2,9 @@
 
 World A is simulated and the three models are trained on it (timed: the goal is < 5 minutes on
 2 cores for 50,000 leads × 180 days). Each model is then judged twice on data it did not train
-on: the out-of-time holdout of world A, and a second world B simulated with another seed
-(every cutoff of B whose label window is observed). Printed per model: ROC AUC, the oracle's
+on: the out-of-time holdout of world A (the training run's evaluation fit, which never saw it),
+and a second world B simulated with another seed (every cutoff of B whose label window is
+observed), scored by the registered champion (refit on all of A's labelled rows). Printed per model: ROC AUC, the oracle's
 AUC on the same rows (the simulator's true probabilities), the gap, and calibration error.
 
 Goals: conversion and churn within 0.01 AUC of the oracle with ECE ≤ 0.02; contact urgency
@@ -117,7 +118,9 @@ def main() -> None:
           f"{train_s:.1f}s (goal < 300s, ratio to goal {train_s / 300:.2f})")
     if args.diagnose:
         print()
-        print(diagnose(worlds["A"]).to_string(index=False, float_format=lambda x: f"{x:.4f}"))
+        runs = {m: r.run_id for m, r in results.items()}
+        print(diagnose(worlds["A"], runs).to_string(index=False,
+                                                   float_format=lambda x: f"{x:.4f}"))
 
 
 #: What the simulator's oracle knows and behaviour only hints at (``truth_leads.parquet``).
@@ -125,14 +128,17 @@ LATENT = ("intent", "horizon_days", "browsiness", "night_share", "quiet", "msg_a
           "responsiveness")
 
 
-def diagnose(data_dir: Path) -> pd.DataFrame:
-    """Refit each model on world A with the latent state appended; compare gaps on A's holdout."""
+def diagnose(data_dir: Path, runs: dict[str, str]) -> pd.DataFrame:
+    """Refit each model on world A with the latent state appended; compare gaps on A's holdout
+    with the training run's evaluation fit (its logged holdout predictions: the registered
+    model is refit on all the data, that holdout included)."""
     from dataclasses import replace
 
-    from leadscore import contract, registry
+    from leadscore import contract
     from leadscore.features import catalog
     from leadscore.models import get
     from leadscore.training import dataset, evaluate
+    from leadscore.training.promote import _holdout
     from leadscore.training.run import cache_dir, load_truth
     from leadscore.training.trainer import fit
 
@@ -156,11 +162,13 @@ def diagnose(data_dir: Path) -> pd.DataFrame:
         frame["days_to_horizon"] = frame["horizon_days"] - frame["lead_age_days"]
         ts.frame = frame
         informed = fit(replace(spec, features=(*spec.features, *extra)), ts).model
-        champion, _ = registry.load(model)
         test = ts.part("test")
         y = test["label"].to_numpy()
-        for who, lm, feats in (("champion", champion, test), ("+ latent state", informed, test)):
-            p = lm.predict_proba(feats)
+        logged = test[["lead_id", "as_of"]].merge(
+            _holdout(runs[model])[["lead_id", "as_of", "p_eval"]], on=["lead_id", "as_of"],
+            how="left")["p_eval"].to_numpy()
+        for who, p in (("champion (evaluation fit)", logged),
+                       ("+ latent state", informed.predict_proba(test))):
             o = evaluate.oracle(test, truth, spec.truth_column, p)
             row = {"model": model, "features": who, "auc": o.get("model_auc_on_truth_rows"),
                    "oracle_auc": o.get("oracle_auc"), "gap": o.get("oracle_gap"),

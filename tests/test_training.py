@@ -141,6 +141,31 @@ def test_run_logs_artifacts_signature_and_card(trained):
     assert "finance_calc_7d" in inputs and "source" in inputs
 
 
+def test_registered_model_is_refit_on_all_labels_and_metrics_stay_the_evaluations(trained):
+    """The run's metrics are the evaluation fit's on a holdout it never saw (its predictions
+    are logged beside the holdout); the registered model is boosted on more rows, the holdout
+    included, with the same number of trees."""
+    import mlflow
+    from mlflow import MlflowClient
+    from sklearn.metrics import roc_auc_score
+
+    from leadscore.training.promote import _holdout
+
+    res = trained["conversion"]
+    run = MlflowClient().get_run(res.run_id)
+    params = run.data.params
+    assert params["refit"] == "True"
+    assert int(params["n_refit"]) > int(params["n_fit"]) + int(params["n_test"]) // 2
+    holdout = _holdout(res.run_id)
+    assert roc_auc_score(holdout["label"], holdout["p_eval"]) == pytest.approx(
+        run.data.metrics["roc_auc"], abs=1e-9)
+    lm, _ = registry.load("conversion")
+    assert lm.booster.num_trees() == int(params["best_iteration"])
+    assert not np.allclose(lm.predict_proba(holdout), holdout["p_eval"])
+    card = mlflow.artifacts.load_text(f"runs:/{res.run_id}/model_card.md")
+    assert "refit with the same settings" in card
+
+
 def test_json_line_has_run_version_and_metrics(trained):
     line = json.loads(trained["conversion"].as_json())
     assert line["run_id"] and line["registered_version"] == "1"

@@ -39,6 +39,9 @@ class ExperimentConfig(BaseModel):
     split: Literal["auto", "time", "entity"] = "auto"
     as_of: list[str] | None = None
     seed: int = 0
+    #: register a model refit on every labelled row with the evaluation's tree count (the
+    #: logged metrics stay the evaluation fit's, on a holdout it never saw)
+    refit: bool = True
     exclude_features: list[str] = Field(default_factory=list)
     calibration: Literal["isotonic", "sigmoid"] | None = None
     engagement_events: list[str] | None = None

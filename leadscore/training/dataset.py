@@ -42,6 +42,10 @@ class TrainingSet:
     def part(self, name: str) -> pd.DataFrame:
         return self.frame[self.frame["split"] == name]
 
+    def labelled(self) -> pd.DataFrame:
+        """Every row with an observed label: the four parts and the purged cutoffs."""
+        return self.frame
+
     def counts(self) -> dict[str, int]:
         return {s: int((self.frame["split"] == s).sum()) for s in SPLITS}
 
@@ -112,7 +116,7 @@ def label_rows(
     )
 
 
-def _lead_bucket(lead_ids: pd.Series, seed: int) -> np.ndarray:
+def lead_share(lead_ids: pd.Series, seed: int) -> np.ndarray:
     """A stable per-lead uniform number in [0, 1): the same lead always lands in one part."""
     h = pd.util.hash_pandas_object(lead_ids.astype(str) + f"|{seed}", index=False)
     return (h.to_numpy() % 10_000) / 10_000.0
@@ -141,7 +145,7 @@ def assign_splits(
             return split, [f"entity split (grouped by lead, in-time metrics): {e}", *notes], \
                 "entity"
     notes: list[str] = []
-    u = _lead_bucket(frame["lead_id"], seed)
+    u = lead_share(frame["lead_id"], seed)
     split = pd.Series("", index=frame.index, dtype="object")
     if kind == "entity":
         split[:] = np.select([u < 0.6, u < 0.7, u < 0.8], ["fit", "valid", "calib"], "test")
@@ -274,8 +278,9 @@ def build(
             f"{latest.date()} or a shorter --horizon-days"
         )
     parts, notes, kind = assign_splits(frame, split, horizon, seed)
-    frame["split"] = parts.to_numpy()
-    frame = frame[frame["split"] != ""].reset_index(drop=True)
+    # purged rows take no part in the evaluation fit, but their labels are observed: the
+    # refit of the registered model uses them (``TrainingSet.labelled``)
+    frame["split"] = np.where(parts.to_numpy() == "", "purged", parts.to_numpy())
     if n_censored:
         notes.append(f"{n_censored:,} right-censored rows excluded (label window past {end})")
     ts = TrainingSet(frame=frame, cutoffs=cutoffs, data_end=end, n_censored=n_censored,

@@ -33,6 +33,32 @@ def _holdout(run_id: str) -> pd.DataFrame:
         return pd.read_parquet(Path(path))
 
 
+_KEYS = ["lead_id", "as_of"]
+
+
+def _predictions(model: str, res, holdout: pd.DataFrame, own: pd.DataFrame | None = None):
+    """A version's probabilities on ``holdout`` (the challenger's), as honest as they can be.
+
+    A registered model is refit on all its training data, holdout included, so it is not
+    scored on its own run's holdout: that run's evaluation-fit predictions (``p_eval``) are
+    used instead. The same goes for the champion when its run's holdout holds the very same
+    rows (a new config on the same data). Otherwise the champion's registered model scores
+    the rows; if it trained on them, it is flattered, and the gate errs towards keeping it.
+    """
+    if own is None:
+        from mlflow.exceptions import MlflowException
+
+        try:
+            own = _holdout(res.run_id)
+        except (MlflowException, OSError):  # a version logged without a holdout: score it
+            own = None
+    if own is not None and "p_eval" in own.columns and len(own) == len(holdout):
+        keys = holdout[_KEYS].merge(own[[*_KEYS, "p_eval"]], on=_KEYS, how="left")
+        if keys["p_eval"].notna().all():
+            return keys["p_eval"].to_numpy()
+    return registry.load_version(model, res.version).predict_proba(holdout)
+
+
 def promote_version(model: str, version: str) -> Decision:
     """A data scientist's explicit choice: no gate, but recorded with the reason."""
     old = registry.resolve(model, registry.CHAMPION)
@@ -60,10 +86,9 @@ def promote_best(model: str) -> Decision:
                         "challenger is already the champion")
     holdout = _holdout(chall.run_id)
     y = holdout["label"].to_numpy()
-    vals = {}
-    for res in (champ, chall):
-        lm = registry.load_version(model, res.version)
-        vals[res.version] = evaluate.metrics(y, lm.predict_proba(holdout))[gate.metric]
+    vals = {res.version: evaluate.metrics(y, _predictions(
+        model, res, holdout, holdout if res is chall else None))[gate.metric]
+        for res in (champ, chall)}
     a, b = vals[champ.version], vals[chall.version]
     if gate.passes(b, a):
         registry.set_alias(model, registry.CHAMPION, chall.version)

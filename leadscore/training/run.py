@@ -18,7 +18,7 @@ from leadscore.features import catalog
 from leadscore.models.spec import ModelSpec
 from leadscore.training import dataset, evaluate, plots
 from leadscore.training.config import ExperimentConfig
-from leadscore.training.trainer import FitResult, fit
+from leadscore.training.trainer import FitResult, fit, refit
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +62,8 @@ def _policy_metrics(fr, ts, test, data_dir: Path) -> dict[str, float]:
     from leadscore.serving.contact_policy import RulesFile
     from leadscore.training import policy_eval
 
-    prop = policy_eval.LoggingPolicy.fit(ts.frame[ts.frame["split"] != "test"])
+    prop = policy_eval.LoggingPolicy.fit(ts.frame[ts.frame["split"].isin(["fit", "valid",
+                                                                            "calib"])])
     return policy_eval.evaluate(fr.model, test, RulesFile.load(), prop,
                                 load_truth(data_dir, "truth_leads"),
                                 load_truth(data_dir, "truth_contacts"),
@@ -75,8 +76,15 @@ def resolve_spec(cfg: ExperimentConfig) -> ModelSpec:
 
 
 def model_card(spec: ModelSpec, ts: dataset.TrainingSet, fr: FitResult,
-               m: dict[str, float], fingerprint: str) -> str:
+               m: dict[str, float], fingerprint: str, refit_rows: int | None = None) -> str:
     counts = ts.counts()
+    registered = (
+        "the evaluation fit itself." if refit_rows is None else
+        f"refit with the same settings and {fr.best_iteration} trees on {refit_rows:,} rows: "
+        "every labelled row, the holdout and purged cutoffs included, but a tenth of the leads "
+        "kept to calibrate on. The metrics below are the evaluation fit's, on a holdout it "
+        "never saw; the registered model has seen that holdout, so score it on newer data."
+    )
     rows = "\n".join(f"| {k} | {v:.4f} |" for k, v in m.items() if isinstance(v, float))
     limits = "\n".join(f"- {x}" for x in spec.known_limits) or "- none recorded"
     cut = f"{ts.cutoffs[0].date()} … {ts.cutoffs[-1].date()} ({len(ts.cutoffs)} cutoffs)"
@@ -88,6 +96,7 @@ def model_card(spec: ModelSpec, ts: dataset.TrainingSet, fr: FitResult,
 **Validation:** {ts.split_kind} split; rows {counts}. {' '.join(ts.notes)}
 **Model:** LightGBM, {fr.best_iteration} trees, {len(spec.features)} features,
 calibration {spec.calibration}; monotone increasing in {', '.join(spec.monotone) or 'nothing'}.
+**Registered model:** {registered}
 **Promotion gate:** {spec.gate.metric} must beat the champion by {spec.gate.min_gain}.
 
 ## Holdout metrics
@@ -102,18 +111,22 @@ calibration {spec.calibration}; monotone increasing in {', '.join(spec.monotone)
 """
 
 
-def _log_run(spec, cfg, ts, fr, test, p, m, fp, truth_note, register: bool):
+def _log_run(spec, cfg, ts, fr, test, p, m, fp, truth_note, register: bool,
+             final, refit_rows: int | None):
+    """``fr``: the evaluation fit (metrics, plots of its holdout predictions ``p``);
+    ``final``: the model registered (the refit, or the evaluation model itself)."""
     import mlflow
 
     by_dealer = evaluate.by_group(test, p, "dealer_id")
     by_source = evaluate.by_group(test, p, "source")
     contrib_rows = test.sample(min(len(test), 2000), random_state=0)
-    contrib = fr.model.contributions(contrib_rows)
-    gain = fr.model.booster.feature_importance("gain")
+    contrib = final.contributions(contrib_rows)
+    gain = final.booster.feature_importance("gain")
     mlflow.log_params({
         "model": spec.name, "label": spec.label.describe()[:250],
         "horizon_days": spec.label.days, "split": ts.split_kind, "seed": cfg.seed,
         "calibration": spec.calibration, "best_iteration": fr.best_iteration,
+        "refit": refit_rows is not None, "n_refit": refit_rows or 0,
         "n_features": len(spec.features), "n_cutoffs": len(ts.cutoffs),
         **{f"n_{k}": v for k, v in ts.counts().items()},
         **{f"lgb_{k}": v for k, v in fr.params.items()
@@ -127,21 +140,23 @@ def _log_run(spec, cfg, ts, fr, test, p, m, fp, truth_note, register: bool):
         (d / "config.json").write_text(cfg.model_dump_json(indent=1))
         (d / "features.json").write_text(json.dumps(list(spec.features), indent=1))
         (d / "cutoffs.json").write_text(json.dumps([str(c) for c in ts.cutoffs], indent=1))
-        (d / "model_card.md").write_text(model_card(spec, ts, fr, m, fp))
+        (d / "model_card.md").write_text(model_card(spec, ts, fr, m, fp, refit_rows))
         by_dealer.to_csv(d / "metrics_by_dealer.csv", index=False)
         by_source.to_csv(d / "metrics_by_source.csv", index=False)
         y = test["label"].to_numpy()
         plots.calibration_curve(y, p, d / "calibration_curve.png")
         plots.gains_chart(y, p, d / "gains_chart.png")
         plots.importance(list(spec.features), gain, d / "feature_importance.png")
-        plots.shap_summary(contrib, fr.model.frame(contrib_rows), d / "shap_summary.png")
+        plots.shap_summary(contrib, final.frame(contrib_rows), d / "shap_summary.png")
         # every catalogue feature, not just this spec's: promotion scores this holdout with
         # the champion too, which may use other features
         feats = [f.name for f in catalog.CATALOG if f.name in test.columns]
         keep = ["lead_id", "dealer_id", "as_of", *feats, "label"]
-        test[keep].to_parquet(d / "holdout.parquet")
+        # p_eval: the evaluation fit's predictions, which promotion compares (a refit model
+        # has seen these rows)
+        test[keep].assign(p_eval=p).to_parquet(d / "holdout.parquet")
         mlflow.log_artifacts(str(d))
-    _, version = registry.log_model(fr.model, ts.part("fit")[list(spec.features)],
+    _, version = registry.log_model(final, ts.part("fit")[list(spec.features)],
                                     spec.registered_name if register else None)
     return version
 
@@ -190,7 +205,12 @@ def train(
         if slot:
             m.update(_policy_metrics(fr, ts, test, data_dir))
         truth_note = "simulator truth" if o else "none"
-        version = _log_run(spec, cfg, ts, fr, test, p, m, fp, truth_note, register)
+        final, refit_rows = fr.model, None
+        if cfg.refit:
+            final, refit_rows = refit(spec, ts, fr.best_iteration, seed=cfg.seed,
+                                      num_threads=num_threads, overrides=overrides)
+        version = _log_run(spec, cfg, ts, fr, test, p, m, fp, truth_note, register, final,
+                           refit_rows)
         run_id = run.info.run_id
     alias = None
     if version is not None:

@@ -14,7 +14,7 @@ from sklearn.linear_model import LogisticRegression
 from leadscore.artifact import Calibrator, LeadModel
 from leadscore.features import catalog
 from leadscore.models.spec import ModelSpec
-from leadscore.training.dataset import TrainingSet
+from leadscore.training.dataset import TrainingSet, lead_share
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +67,46 @@ def fit_calibrator(method: str, margin: np.ndarray, y: np.ndarray) -> Calibrator
     return Calibrator("sigmoid", a=float(lr.coef_[0, 0]), b=float(lr.intercept_[0]))
 
 
+def _booster(spec: ModelSpec, features: list[str], cats: dict, train_df: pd.DataFrame,
+             valid_df: pd.DataFrame | None, params: dict, rounds: int,
+             patience: int | None) -> tuple[lgb.Booster, int]:
+    """Boost ``rounds`` trees, stopping early on ``valid_df`` when given; keeps only the trees
+    early stopping chose, so serving cannot use a different count."""
+    proto = LeadModel(spec.name, booster=None, features=features, categories=cats,  # type: ignore[arg-type]
+                      calibrator=Calibrator("none"))
+    dtrain = lgb.Dataset(proto.frame(train_df), label=train_df["label"].to_numpy(),
+                         categorical_feature=list(cats), free_raw_data=False)
+    kw: dict = {}
+    if valid_df is not None:
+        kw["valid_sets"] = [lgb.Dataset(proto.frame(valid_df), label=valid_df["label"].to_numpy(),
+                                        reference=dtrain)]
+        kw["valid_names"] = ["valid"]
+        kw["callbacks"] = [lgb.early_stopping(patience, first_metric_only=True, verbose=False)]
+    booster = lgb.train(params, dtrain, num_boost_round=rounds, **kw)
+    best = booster.best_iteration or booster.current_iteration()
+    return lgb.Booster(model_str=booster.model_to_string(num_iteration=best)), int(best)
+
+
+def _calibrated(spec: ModelSpec, booster: lgb.Booster, features: list[str], cats: dict,
+                calib_df: pd.DataFrame, num_threads: int) -> LeadModel:
+    model = LeadModel(
+        name=spec.name, booster=booster, features=features, categories=cats,
+        calibrator=Calibrator("none"), grades=spec.grades, label=spec.label.describe(),
+    )
+    margin = model.raw(calib_df, num_threads=num_threads)
+    model.calibrator = fit_calibrator(spec.calibration, margin, calib_df["label"].to_numpy())
+    return model
+
+
+def _two_classes(spec: ModelSpec, parts: dict[str, pd.DataFrame]) -> None:
+    for name, part in parts.items():
+        if part["label"].nunique() < 2:
+            raise ValueError(
+                f"{spec.name}: the {name} part has {len(part):,} rows and one class only; "
+                "more data or another cutoff is needed"
+            )
+
+
 def fit(
     spec: ModelSpec,
     ts: TrainingSet,
@@ -75,41 +115,49 @@ def fit(
     num_threads: int = 2,
     overrides: dict | None = None,
 ) -> FitResult:
+    """The evaluation fit: boosted on ``fit``, stopped early on ``valid``, calibrated on
+    ``calib``; the holdout (``test``) stays unseen."""
     features = list(spec.features)
     fit_df, valid_df, calib_df = ts.part("fit"), ts.part("valid"), ts.part("calib")
-    for name, part in (("fit", fit_df), ("valid", valid_df), ("calib", calib_df)):
-        if part["label"].nunique() < 2:
-            raise ValueError(
-                f"{spec.name}: the {name} part has {len(part):,} rows and one class only; "
-                "more data or another cutoff is needed"
-            )
+    _two_classes(spec, {"fit": fit_df, "valid": valid_df, "calib": calib_df})
     cats = categories_of(fit_df, features)
-    proto = LeadModel(spec.name, booster=None, features=features, categories=cats,  # type: ignore[arg-type]
-                      calibrator=Calibrator("none"))
     params = booster_params(spec, features, seed, num_threads, overrides)
     merged = {**spec.params, **(overrides or {})}
-    dtrain = lgb.Dataset(proto.frame(fit_df), label=fit_df["label"].to_numpy(),
-                         categorical_feature=list(cats), free_raw_data=False)
-    dvalid = lgb.Dataset(proto.frame(valid_df), label=valid_df["label"].to_numpy(),
-                         reference=dtrain)
-    booster = lgb.train(
-        params,
-        dtrain,
-        num_boost_round=int(merged.get("num_boost_round", 2000)),
-        valid_sets=[dvalid],
-        valid_names=["valid"],
-        callbacks=[lgb.early_stopping(int(merged.get("early_stopping_rounds", 100)),
-                                      first_metric_only=True, verbose=False)],
-    )
-    best = booster.best_iteration or booster.current_iteration()
-    # Keep only the trees early stopping chose, so serving cannot use a different count.
-    booster = lgb.Booster(model_str=booster.model_to_string(num_iteration=best))
-    model = LeadModel(
-        name=spec.name, booster=booster, features=features, categories=cats,
-        calibrator=Calibrator("none"), grades=spec.grades, label=spec.label.describe(),
-    )
-    margin = model.raw(calib_df, num_threads=num_threads)
-    model.calibrator = fit_calibrator(spec.calibration, margin, calib_df["label"].to_numpy())
+    booster, best = _booster(spec, features, cats, fit_df, valid_df, params,
+                             int(merged.get("num_boost_round", 2000)),
+                             int(merged.get("early_stopping_rounds", 100)))
+    model = _calibrated(spec, booster, features, cats, calib_df, num_threads)
     log.info("%s: %d trees, calibrated (%s) on %d rows", spec.name, best, spec.calibration,
              len(calib_df))
-    return FitResult(model=model, best_iteration=int(best), params=params)
+    return FitResult(model=model, best_iteration=best, params=params)
+
+
+#: share of leads the refit keeps out of boosting to calibrate on
+REFIT_CALIB_SHARE = 0.1
+
+
+def refit(
+    spec: ModelSpec,
+    ts: TrainingSet,
+    trees: int,
+    *,
+    seed: int = 0,
+    num_threads: int = 2,
+    overrides: dict | None = None,
+) -> tuple[LeadModel, int]:
+    """The model to register: the evaluation's settings and tree count, boosted on every
+    labelled row (the holdout and the purged cutoffs too) except a lead-grouped tenth kept to
+    calibrate on. Out-of-time evaluation holds back the most recent months, exactly the ones
+    closest to the leads the model will score; the evaluation fit measured the recipe, this
+    applies it to all the data. Returns the model and the rows it was boosted on."""
+    rows = ts.labelled()
+    calib = lead_share(rows["lead_id"], seed + 1) < REFIT_CALIB_SHARE
+    train_df, calib_df = rows[~calib], rows[calib]
+    _two_classes(spec, {"refit": train_df, "refit calibration": calib_df})
+    features = list(spec.features)
+    cats = categories_of(train_df, features)
+    params = booster_params(spec, features, seed, num_threads, overrides)
+    booster, _ = _booster(spec, features, cats, train_df, None, params, trees, None)
+    log.info("%s: refit with %d trees on %d rows, calibrated on %d", spec.name, trees,
+             len(train_df), len(calib_df))
+    return _calibrated(spec, booster, features, cats, calib_df, num_threads), len(train_df)
