@@ -4,8 +4,9 @@ World A is simulated and the three models are trained on it (timed: the goal is 
 2 cores for 50,000 leads × 180 days). Each model is then judged twice on data it did not train
 on: the out-of-time holdout of world A (the training run's evaluation fit, which never saw it),
 and a second world B simulated with another seed (every cutoff of B whose label window is
-observed), scored by the registered champion (refit on all of A's labelled rows). Printed per model: ROC AUC, the oracle's
-AUC on the same rows (the simulator's true probabilities), the gap, and calibration error.
+observed), scored by the registered champion (refit on all of A's labelled rows). Printed per
+model: ROC AUC, the oracle's AUC on the same rows (the simulator's true probabilities), the gap,
+and calibration error.
 
 Goals: conversion and churn within 0.01 AUC of the oracle with ECE ≤ 0.02; contact urgency
 within 0.015 of the oracle.
