@@ -209,3 +209,34 @@ def test_gate_arithmetic():
     assert g.passes(0.803, 0.800) and not g.passes(0.8015, 0.800)
     lo = Gate("log_loss", min_gain=0.001, lower_is_better=True)
     assert lo.passes(0.300, 0.302) and not lo.passes(0.302, 0.300)
+
+
+def test_refit_boosts_the_given_trees_on_every_labelled_row_and_calibrates_apart():
+    from dataclasses import replace
+
+    from leadscore.training.trainer import REFIT_CALIB_SHARE, refit
+
+    rng = np.random.default_rng(0)
+    n = 4000
+    frame = pd.DataFrame({
+        "lead_id": [f"L{i}" for i in range(n)],
+        "as_of": pd.Timestamp("2026-01-05", tz="UTC"),
+        "events_7d": rng.poisson(3, n).astype(float),
+        "lead_age_days": rng.uniform(0, 60, n),
+        "split": rng.choice(["fit", "valid", "calib", "test", "purged"], n),
+    })
+    frame["label"] = (rng.random(n) < 0.05 + 0.1 * (frame["events_7d"] > 3)).astype("int8")
+    spec = replace(models.get("conversion"), features=("events_7d", "lead_age_days"),
+                   monotone={})
+    ts = dataset.TrainingSet(frame=frame, cutoffs=[], data_end=pd.Timestamp("2026-03-01"),
+                             n_censored=0, split_kind="time")
+    model, rows = refit(spec, ts, trees=7)
+    assert model.booster.num_trees() == 7
+    calib = dataset.lead_share(frame["lead_id"], 1) < REFIT_CALIB_SHARE
+    assert rows == int((~calib).sum())  # every part, the purged rows too, but the calib tenth
+    assert model.calibrator.method == "isotonic" and model.calibrator.x
+    # a calibration tenth with one class cannot calibrate: a clear error (train() then
+    # registers the evaluation fit instead)
+    frame.loc[calib, "label"] = 0
+    with pytest.raises(ValueError, match="refit calibration part"):
+        refit(spec, ts, trees=7)

@@ -207,8 +207,13 @@ def train(
         truth_note = "simulator truth" if o else "none"
         final, refit_rows = fr.model, None
         if cfg.refit:
-            final, refit_rows = refit(spec, ts, fr.best_iteration, seed=cfg.seed,
-                                      num_threads=num_threads, overrides=overrides)
+            try:
+                final, refit_rows = refit(spec, ts, fr.best_iteration, seed=cfg.seed,
+                                          num_threads=num_threads, overrides=overrides)
+            except ValueError as e:  # e.g. a calibration tenth with one class: keep the
+                log.warning("%s: refit skipped (%s); registering the evaluation fit",
+                            spec.name, e)  # evaluated model rather than fail the run
+                ts.notes.append(f"refit skipped: {e}")
         version = _log_run(spec, cfg, ts, fr, test, p, m, fp, truth_note, register, final,
                            refit_rows)
         run_id = run.info.run_id
