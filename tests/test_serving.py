@@ -193,19 +193,6 @@ def test_records_and_frames_score_the_same_bit_for_bit(served):
                 assert g["next_slots"][0]["channel"] == g["best_channel"]
 
 
-def test_batch_frames_scored_in_slices_equal_one_piece(served):
-    """Batch scoring with reasons cuts a big frame into one slice per thread: the very same
-    output frame, in the same order."""
-    ids = served.ids["north"] + served.ids["south"]
-    frame = served.runtime.store.get(ids[:300])
-    one = Scorer(served.runtime.scorer.models, num_threads=1).score(frame, reasons=3)
-    sliced = Scorer(served.runtime.scorer.models, num_threads=3)
-    sliced.SPLIT_BATCH_ROWS = 50
-    got = sliced.score(frame, reasons=3)
-    assert len(got) == len(frame) and got["reasons"].str.len().gt(2).all()
-    pd.testing.assert_frame_equal(got, one)
-
-
 # --- id path == inline path ------------------------------------------------------------------
 
 def _clean(v):

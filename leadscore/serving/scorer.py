@@ -170,9 +170,6 @@ class Scorer:
 
     #: requests with at least this many rows are split over ``split`` threads
     SPLIT_ROWS = 32
-    #: batch frames with at least this many rows (and reasons) are scored in one slice per
-    #: thread (see :meth:`score`)
-    SPLIT_BATCH_ROWS = 2048
     _pool: ThreadPoolExecutor | None = None
     _pool_lock = threading.Lock()
 
@@ -213,22 +210,7 @@ class Scorer:
         limits which models score (owners get churn risk, not a lead score).
         """
         n = len(feats)
-        if reasons > 0 and self.num_threads > 1 and n >= self.SPLIT_BATCH_ROWS:
-            # The TreeSHAP kernels release the GIL; writing the reasons holds it. One slice
-            # per thread, each with one kernel thread, keeps every core busy: one slice's
-            # kernels run while another's reasons are written (in one piece, a core idles
-            # through the reasons). Rows are independent: the same numbers either way.
-            step = -(-n // self.num_threads)
-            parts = list(self._executor(self.num_threads).map(
-                lambda i: self._score_frame(feats.iloc[i: i + step], reasons, only, slots, 1),
-                range(0, n, step)))
-            return pd.concat(parts, ignore_index=True)
-        return self._score_frame(feats, reasons, only, slots, self.num_threads)
-
-    def _score_frame(self, feats: pd.DataFrame, reasons: int, only: Iterable[str] | None,
-                     slots: int, threads: int) -> pd.DataFrame:
-        n = len(feats)
-        cols = self._core(_FrameRows(feats), reasons, only, slots, None, threads)
+        cols = self._core(_FrameRows(feats), reasons, only, slots, None)
         out = pd.DataFrame({
             "lead_id": feats["lead_id"].astype(str).to_numpy(),
             "dealer_id": feats["dealer_id"].astype(str).to_numpy(),
@@ -299,10 +281,9 @@ class Scorer:
 
     # -- the core -----------------------------------------------------------------------------
     def _core(self, rows: _FrameRows, reasons: int, only: Iterable[str] | None,
-              slots: int, now: pd.Timestamp | None, threads: int | None = None) -> dict:
+              slots: int, now: pd.Timestamp | None) -> dict:
         """Columns (arrays) of the output contract for ``rows``; a model that does not score
         leaves its columns out."""
-        threads = self.num_threads if threads is None else threads
         keep = set(self.models) if only is None else set(only) & set(self.models)
         n = rows.n
         cols: dict = {"reasons": [[] for _ in range(n)]}
@@ -317,13 +298,13 @@ class Scorer:
             if x is None:
                 x = matrices[model.layout] = rows.matrix(model)
             if reasons > 0:
-                contrib = model.contributions(x, num_threads=threads)
+                contrib = model.contributions(x, num_threads=self.num_threads)
                 raw = contrib.sum(axis=1)
                 for acc, rs in zip(cols["reasons"], rows.reasons(model, contrib, reasons, x),
                                    strict=True):
                     acc.extend(rs)
             else:
-                raw = model.raw(x, num_threads=threads)
+                raw = model.raw(x, num_threads=self.num_threads)
             p = model.calibrator(raw)
             cols[col] = p
             if name == "conversion":
@@ -334,11 +315,11 @@ class Scorer:
                                                    dtype=object)
         slot = self.models.get(SLOT_MODEL)
         if slot is not None and SLOT_MODEL in keep:
-            self._recommend(slot, rows, cols, reasons, slots, now, threads)
+            self._recommend(slot, rows, cols, reasons, slots, now)
         return cols
 
     def _recommend(self, slot: LeadModel, rows: _FrameRows, cols: dict, reasons: int,
-                   slots: int, now: pd.Timestamp | None, threads: int) -> None:
+                   slots: int, now: pd.Timestamp | None) -> None:
         """Best slot and channel in the next 72 hours, urgency deciding how soon."""
         from leadscore.serving.contact_policy import SLOT_FEATURES, recommend_matrix
 
@@ -346,7 +327,7 @@ class Scorer:
             slot, rows.matrix(slot, absent=SLOT_FEATURES), rows.column("as_of"),
             rows.column("tz", DEFAULT_TZ), [str(d) for d in rows.column("dealer_id")],
             cols.get("contact_urgency"), self.rules, top=slots, reasons=reasons > 0,
-            num_threads=threads, not_before=now)
+            num_threads=self.num_threads, not_before=now)
         cols["best_slot_start"] = rec.best_slot_start
         cols["best_channel"] = rec.best_channel
         cols["p_response"] = rec.p_response
