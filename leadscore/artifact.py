@@ -98,6 +98,12 @@ class LeadModel:
         return {f: j for j, f in enumerate(self.features)}
 
     @cached_property
+    def categorical_mask(self) -> list[bool]:
+        """Per column of :meth:`matrix`: whether it holds category codes (reasons name the
+        category, not its code)."""
+        return [f in self.categories for f in self.features]
+
+    @cached_property
     def layout(self) -> tuple:
         """What the matrix depends on: models with equal layouts share one matrix."""
         return (tuple(self.features),

@@ -137,3 +137,27 @@ def test_recommendations_come_with_scores(trained):
     assert (starts >= pd.to_datetime(out["as_of"], utc=True)).all()
     assert (starts <= pd.to_datetime(out["as_of"], utc=True) + pd.Timedelta(hours=73)).all()
     assert out["reasons"].str.contains('"model": "contact-slot"').all()
+
+
+def test_slot_activity_share_is_the_share_of_the_daypart_the_hour_falls_in():
+    """The vectorised look-up in ``slot_values`` against the plain definition: per daypart,
+    the hours in [start, end) take that daypart's share; a missing hour or daypart column
+    gives NaN."""
+    from leadscore.features import catalog, slots
+
+    rng = np.random.default_rng(0)
+    n = 400
+    hour = rng.integers(0, 24, n).astype(float)
+    hour[:4] = [np.nan, 23.5, 3.99, 24.0]
+    cols = {catalog.daypart_feature(a): rng.random(n) for a, _ in catalog.DAYPARTS}
+    del cols[catalog.daypart_feature(catalog.DAYPARTS[2][0])]  # a snapshot lacking one
+    expected = np.full(n, np.nan)
+    for a, b in catalog.DAYPARTS:
+        v = cols.get(catalog.daypart_feature(a))
+        if v is not None:
+            m = (hour >= a) & (hour < b)
+            expected[m] = v[m]
+    got = slots.slot_values(hour, np.zeros(n), np.zeros(n, bool), cols.get)
+    np.testing.assert_array_equal(got["slot_activity_share"], expected)
+    assert np.isnan(got["slot_activity_share"][[0, 3]]).all()
+    assert got["slot_activity_share"][1] == cols[catalog.daypart_feature(20)][1]

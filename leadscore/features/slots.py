@@ -16,6 +16,8 @@ import pandas as pd
 from leadscore.features import catalog
 from leadscore.schema import CHANNELS, DEFAULT_TZ
 
+#: where each daypart ends (they are contiguous and cover the day)
+_PART_ENDS = np.array([b for _, b in catalog.DAYPARTS], dtype=float)
 #: lead feature → its value per slot row (None when the lead features lack it)
 LeadValues = Callable[[str], np.ndarray | None]
 
@@ -30,11 +32,13 @@ def slot_values(hour: np.ndarray, weekday: np.ndarray, is_phone: np.ndarray,
     out = {"slot_hour": hour, "slot_weekday": weekday,
            "slot_weekend": (weekday >= 5).astype(float)}
     shares = np.full(n, np.nan)
-    for a, b in catalog.DAYPARTS:
-        v = lead(catalog.daypart_feature(a))
-        if v is not None:
-            m = (hour >= a) & (hour < b)
-            shares[m] = v[m]
+    parts = [lead(catalog.daypart_feature(a)) for a, _ in catalog.DAYPARTS]
+    if n and any(v is not None for v in parts):  # the share of the daypart the hour is in
+        h = np.where(np.isfinite(hour), hour, -1.0)
+        part = np.searchsorted(_PART_ENDS, h, side="right")
+        inside = (h >= catalog.DAYPARTS[0][0]) & (part < len(parts))
+        table = np.column_stack([v if v is not None else shares for v in parts])
+        shares = np.where(inside, table[np.arange(n), np.minimum(part, len(parts) - 1)], np.nan)
     out["slot_activity_share"] = shares
     # the lead's own history on this kind of channel (a call, or a message of any kind): the
     # plainest evidence of how it answers, lined up with the slot so that no tree has to learn

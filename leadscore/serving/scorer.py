@@ -9,6 +9,7 @@ only for the rows that ask for them; scores without reasons come from the same c
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import math
@@ -64,6 +65,13 @@ def _top_columns(c: np.ndarray, top: int) -> tuple[np.ndarray, np.ndarray]:
     return out[0], out[1]
 
 
+@functools.lru_cache(maxsize=1 << 16)
+def _sentence(feature: str, value: float | str | None) -> str:
+    """An advisor sentence, written once per (feature, value) in the process: counts and
+    shares repeat across leads and requests."""
+    return catalog.BY_NAME[feature].sentence(value)
+
+
 def _reasons(model: LeadModel, contrib: np.ndarray, top: int, x: np.ndarray,
              value_of) -> list[list[dict]]:
     """Per row, the ``top`` most positive then the ``top`` most negative contributions, each
@@ -71,7 +79,7 @@ def _reasons(model: LeadModel, contrib: np.ndarray, top: int, x: np.ndarray,
     routes them); their sentence says so plainly. Numeric values come from the model's matrix
     ``x``; categorical ones from ``value_of(i, j)`` (row i's value of feature j: a category
     the model never saw is still named). Selection, rounding and look-ups are done for the
-    whole block at once, and each distinct sentence is written once (counts repeat)."""
+    whole block at once."""
     c = contrib[:, :-1]
     n = len(c)
     if not n or top <= 0:
@@ -79,16 +87,15 @@ def _reasons(model: LeadModel, contrib: np.ndarray, top: int, x: np.ndarray,
     pos, neg = _top_columns(c, top)
     cols = np.concatenate([pos, neg], axis=1)
     k = pos.shape[1]
-    contribs = np.take_along_axis(c, cols, axis=1)
+    rows = np.arange(n)[:, None]
+    contribs = c[rows, cols]
     keep = np.concatenate([contribs[:, :k] > 0, contribs[:, k:] < 0], axis=1)
-    vals = np.take_along_axis(x, cols, axis=1)
+    vals = x[rows, cols]
     vals = np.where(np.isnan(vals), None, vals).tolist()  # None for missing; floats otherwise
     rounded = np.round(contribs, 6).tolist()
     cols_l, keep_l = cols.tolist(), keep.tolist()
     name, feats = model.name, model.features
-    says = [catalog.BY_NAME[f] for f in feats]
-    categorical = [f in model.categories for f in feats]
-    written: dict[tuple, str] = {}
+    categorical = model.categorical_mask
     out = []
     for i in range(n):
         rs = []
@@ -97,12 +104,8 @@ def _reasons(model: LeadModel, contrib: np.ndarray, top: int, x: np.ndarray,
                 continue
             if categorical[j]:
                 v = _plain(value_of(i, j))
-            key = (j, v)
-            sentence = written.get(key)
-            if sentence is None:
-                sentence = written[key] = says[j].sentence(v)
             rs.append({"model": name, "feature": feats[j], "value": v, "contribution": cv,
-                       "sentence": sentence})
+                       "sentence": _sentence(feats[j], v)})
         out.append(rs)
     return out
 
@@ -182,6 +185,10 @@ class Scorer:
         slot_layout = {f.name for f in catalog.SLOT_CATALOG}  # laid out by the slot search
         self.required = sorted({f for m in self.models.values() for f in m.features
                                 if f not in slot_layout})
+        self._required_keys = frozenset(self.required)
+        shared: dict[tuple, int] = {}  # models with one layout share one matrix
+        self._layout = {n: shared.setdefault(m.layout, len(shared))
+                        for n, m in self.models.items()}
 
     @property
     def versions(self) -> dict[str, str]:
@@ -231,9 +238,10 @@ class Scorer:
         cut into slices scored side by side (LightGBM releases the GIL; rows are independent,
         so the numbers are the same as in one piece). ``now``: no slot before it (rows from a
         snapshot taken hours ago still get slots in the future)."""
+        required = self._required_keys
         for rec in records:  # a missing column is a stale snapshot, not a missing value
-            if any(f not in rec for f in self.required):
-                raise MissingFeatures(sorted(f for f in self.required if f not in rec))
+            if not required <= rec.keys():
+                raise MissingFeatures(sorted(required - rec.keys()))
         if split > 1 and len(records) >= self.SPLIT_ROWS:
             step = -(-len(records) // split)
             chunks = [records[i: i + step] for i in range(0, len(records), step)]
@@ -289,14 +297,14 @@ class Scorer:
         cols: dict = {"reasons": [[] for _ in range(n)]}
         if not n:
             return cols
-        matrices: dict[tuple, np.ndarray] = {}  # models with one layout share one matrix
+        matrices: dict[int, np.ndarray] = {}
         for name, model in self.models.items():
             col = PROBA_COLUMN.get(name)
             if col is None or name not in keep:
                 continue
-            x = matrices.get(model.layout)
+            x = matrices.get(self._layout[name])
             if x is None:
-                x = matrices[model.layout] = rows.matrix(model)
+                x = matrices[self._layout[name]] = rows.matrix(model)
             if reasons > 0:
                 contrib = model.contributions(x, num_threads=self.num_threads)
                 raw = contrib.sum(axis=1)
@@ -346,7 +354,7 @@ def iso_utc(v) -> str:
     if isinstance(v, str):
         v = datetime.fromisoformat(v)
     elif isinstance(v, np.datetime64):  # naive, UTC (the slot search's starts)
-        v = pd.Timestamp(v)
+        return v.astype("datetime64[us]").item().isoformat() + "Z"
     if isinstance(v, pd.Timestamp):
         v = v.tz_localize("UTC") if v.tzinfo is None else v.tz_convert("UTC")
         return v.isoformat().replace("+00:00", "Z")
