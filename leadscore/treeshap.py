@@ -149,11 +149,11 @@ class _ShapTables:
         self.shap = self._shap_layout(leaves_by_d, slot_feat) if self.usable else None
 
     def _shap_layout(self, leaves_by_d: dict, slot_feat: list[int]) -> tuple:
-        """The arrays of :func:`_shap_pass`: per tree its splits, then its leaves.
-
-        A leaf's table has ``2^d`` rows of ``width`` = the longest path's length, the columns
-        past ``d`` zero and aimed at the base column, so every leaf adds the same number of
-        values (no loop whose length the branch predictor has to guess)."""
+        """The arrays of :func:`_shap_pass`: per tree its splits, then its leaves, each leaf
+        with its table and its path features. A table has ``2^d`` rows of ``width`` = the
+        longest path's length, the columns past ``d`` zero and aimed at the base column: a
+        single row then adds the same number of values at every leaf (no loop whose length
+        the branch predictor has to guess), blocks of rows add only the first ``d``."""
         ar = self.arrays
         width = max(self.max_path, 1)
         nf = self.n_features
@@ -168,8 +168,9 @@ class _ShapTables:
             v = np.array([val for _, _, val in leaves_d], dtype=float)
             t = np.zeros((len(idx), 1 << d, width))
             t[:, :, :d] = _leaf_tables(r, v)
+            t = t.reshape(len(idx), -1)
             for row, i in enumerate(idx):
-                leaf_tab[i] = offset + row * t[0].size
+                leaf_tab[i] = offset + row * t.shape[1]
             offset += t.size
             table.append(t.ravel())
         feat, ts = ar["feat"], ar["tree_start"]
@@ -268,33 +269,37 @@ def _shap_pass(x, out, splits, thr, split_start, leaves, leaf_start, leaf_feat, 
                cat_bits, base, n_nodes, width):
     """Adds every row's contributions to ``out`` (compiled by numba; see :func:`_kernel`).
 
-    Per tree, first its splits in pre-order: a child's mask is its parent's with bit k
-    cleared when the row leaves the path there (k: the split feature's slot on the path).
-    Then its leaves: the mask picks the row of the leaf's table, whose ``width`` values are
-    added to the path's features. The table rows are first all read once (``touch``): a
-    request's single row finds the tables cold, and independent reads wait for memory
-    together instead of one after another (2x faster cold; no change on blocks). ``splits`` packs a split in one row (feature, left, right,
-    kind | missing type | default left, category bitset offset and length, path slot, own
-    index in the tree); ``leaves`` a leaf (index in the tree, table offset, path length,
-    offset in ``leaf_feat``). Numeric splits are decided as LightGBM's ``NumericalDecision``
-    but without branches; categorical ones by :func:`_go_left`.
+    Rows go in blocks, tree by tree (a tree's tables stay in cache while a block goes
+    through). Per row, first the tree's splits in pre-order: a child's mask is its parent's
+    with bit k cleared when the row leaves the path there (k: the split feature's slot on the
+    path); each leaf's mask then picks the row of the leaf's table. Then per leaf and path
+    feature, the block's rows add their table values: independent additions, where adding a
+    row's leaves one after another would chain each addition to the last one on the same
+    feature. Per row and feature the additions come in the same order either way.
+
+    ``splits`` packs a split in one row (feature, left, right, kind | missing type | default
+    left, category bitset offset and length, path slot, own index in the tree); ``leaves`` a
+    leaf (index in the tree, table offset, path length, offset in ``leaf_feat``). Numeric
+    splits are decided as LightGBM's ``NumericalDecision`` but without branches the row's
+    data would mispredict; categorical ones by :func:`_go_left`.
     """
     n_trees = split_start.shape[0] - 1
     mask = np.zeros(n_nodes, dtype=np.int64)
-    offs = np.zeros(n_nodes, dtype=np.int64)
+    block = 64
+    offs = np.zeros((n_nodes, block), dtype=np.int64)
     touch = 0.0
     nf = out.shape[1] - 1
     n = x.shape[0]
-    block = 256
     x0 = np.empty((block, x.shape[1]))
     xn = np.empty((block, x.shape[1]), dtype=np.int64)
-    # blocks of rows, tree by tree: a tree's tables stay in cache while a block goes through
     for r0 in range(0, n, block):
         r1 = min(n, r0 + block)
+        nr = r1 - r0
         _clean_rows(x, r0, r1, x0, xn)
         for t in range(n_trees):
-            for row in range(r0, r1):
-                rr = row - r0
+            l0, l1 = leaf_start[t], leaf_start[t + 1]
+            for rr in range(nr):
+                row = r0 + rr
                 mask[0] = -1
                 for j in range(split_start[t], split_start[t + 1]):
                     m = mask[splits[j, 7]]
@@ -312,16 +317,27 @@ def _shap_pass(x, out, splits, thr, split_start, leaves, leaf_start, leaf_feat, 
                         go = (dflt & (flags >> 3)) | ((1 - dflt) & np.int64(fv <= thr[j]))
                     mask[splits[j, 1]] = m & ~(bit * (1 - go))
                     mask[splits[j, 2]] = m & ~(bit * go)
-                l0, l1 = leaf_start[t], leaf_start[t + 1]
                 for q in range(l0, l1):
                     d = leaves[q, 2]
-                    offs[q - l0] = leaves[q, 1] + (mask[leaves[q, 0]] & ((1 << d) - 1)) * width
-                for q in range(l0, l1):  # all the tree's table rows requested at once
-                    touch += table[offs[q - l0]] + table[offs[q - l0] + width - 1]
-                for q in range(l0, l1):
-                    o, b = offs[q - l0], leaves[q, 3]
-                    for k in range(width):
-                        out[row, leaf_feat[b + k]] += table[o + k]
+                    offs[q - l0, rr] = leaves[q, 1] + (mask[leaves[q, 0]] & ((1 << d) - 1)) * width
+                if nr < 8:
+                    # a request's row or few: the tables are cold, so first request all the
+                    # tree's table rows at once (they wait for memory together, not one by
+                    # one), then add each in full width
+                    for q in range(l0, l1):
+                        touch += table[offs[q - l0, rr]] + table[offs[q - l0, rr] + width - 1]
+                    for q in range(l0, l1):
+                        o, b = offs[q - l0, rr], leaves[q, 3]
+                        for k in range(width):
+                            out[row, leaf_feat[b + k]] += table[o + k]
+            if nr < 8:
+                continue
+            for q in range(l0, l1):
+                d, b = leaves[q, 2], leaves[q, 3]
+                for k in range(d):
+                    f = leaf_feat[b + k]
+                    for rr in range(nr):
+                        out[r0 + rr, f] += table[offs[q - l0, rr] + k]
         for row in range(r0, r1):
             out[row, nf] += base
     return touch
