@@ -160,7 +160,8 @@ def test_reasons_are_exact_contributions_that_rebuild_the_calibrated_probability
 def test_records_and_frames_score_the_same_bit_for_bit(served):
     """The API's records path (no DataFrame on the way) and the batch frame path go through
     the one scorer core: the same numbers, slots and reasons, in one piece and split over
-    threads, with and without reasons."""
+    threads, with and without reasons; the batch's reasons text is what ``json.dumps``
+    writes of the API's."""
     from leadscore.serving.scorer import iso_utc
 
     scorer = served.runtime.scorer
@@ -188,6 +189,8 @@ def test_records_and_frames_score_the_same_bit_for_bit(served):
                 same(g["best_slot_start"],
                      None if pd.isna(w["best_slot_start"]) else iso_utc(w["best_slot_start"]))
                 assert g["reasons"] == json.loads(w["reasons"])
+                # the batch output writes reasons as JSON text directly: json.dumps' bytes
+                assert w["reasons"] == json.dumps(g["reasons"], ensure_ascii=False)
                 assert (len(g["reasons"]) > 0) == (reasons > 0)
                 assert len(g["next_slots"]) == 3
                 assert g["next_slots"][0]["channel"] == g["best_channel"]

@@ -72,14 +72,40 @@ def _sentence(feature: str, value: float | str | None) -> str:
     return catalog.BY_NAME[feature].sentence(value)
 
 
+#: what ``json.dumps(..., ensure_ascii=False)`` writes for a string
+_json_str = json.encoder.encode_basestring
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def _sentence_json(feature: str, value: float | str | None) -> str:
+    return _json_str(_sentence(feature, value))
+
+
+def _reason_json(model: str, feature: str, value: float | str | None, contribution: float
+                 ) -> str:
+    """A reason as JSON text, exactly as ``json.dumps`` writes the reason's dict (the tests
+    hold it to that): the nightly job writes millions, without building a dict for each."""
+    if value is None:
+        v = "null"
+    elif isinstance(value, str):
+        v = _json_str(value)
+    elif math.isfinite(value):
+        v = float.__repr__(value)
+    else:
+        v = json.dumps(value)
+    return (f'{{"model": {_json_str(model)}, "feature": {_json_str(feature)}, "value": {v}, '
+            f'"contribution": {float.__repr__(contribution)}, '
+            f'"sentence": {_sentence_json(feature, value)}}}')
+
+
 def _reasons(model: LeadModel, contrib: np.ndarray, top: int, x: np.ndarray,
-             value_of) -> list[list[dict]]:
+             value_of, as_json: bool = False) -> list[list]:
     """Per row, the ``top`` most positive then the ``top`` most negative contributions, each
     as feature, value, contribution and a sentence. Missing values contribute too (LightGBM
     routes them); their sentence says so plainly. Numeric values come from the model's matrix
     ``x``; categorical ones from ``value_of(i, j)`` (row i's value of feature j: a category
     the model never saw is still named). Selection, rounding and look-ups are done for the
-    whole block at once."""
+    whole block at once. ``as_json``: each reason as its JSON text (:func:`_reason_json`)."""
     c = contrib[:, :-1]
     n = len(c)
     if not n or top <= 0:
@@ -104,8 +130,11 @@ def _reasons(model: LeadModel, contrib: np.ndarray, top: int, x: np.ndarray,
                 continue
             if categorical[j]:
                 v = _plain(value_of(i, j))
-            rs.append({"model": name, "feature": feats[j], "value": v, "contribution": cv,
-                       "sentence": _sentence(feats[j], v)})
+            if as_json:
+                rs.append(_reason_json(name, feats[j], v, cv))
+            else:
+                rs.append({"model": name, "feature": feats[j], "value": v, "contribution": cv,
+                           "sentence": _sentence(feats[j], v)})
         out.append(rs)
     return out
 
@@ -136,10 +165,10 @@ class _FrameRows:
         return model.matrix(self.frame, absent=absent)
 
     def reasons(self, model: LeadModel, contrib: np.ndarray, top: int,
-                x: np.ndarray) -> list[list[dict]]:
+                x: np.ndarray, as_json: bool = False) -> list[list]:
         cats = {j: self.frame[f].to_numpy() for j, f in enumerate(model.features)
                 if f in model.categories}
-        return _reasons(model, contrib, top, x, lambda i, j: cats[j][i])
+        return _reasons(model, contrib, top, x, lambda i, j: cats[j][i], as_json)
 
 
 class _RecordRows(_FrameRows):
@@ -158,9 +187,9 @@ class _RecordRows(_FrameRows):
         return model.matrix_records(self.records)
 
     def reasons(self, model: LeadModel, contrib: np.ndarray, top: int,
-                x: np.ndarray) -> list[list[dict]]:
+                x: np.ndarray, as_json: bool = False) -> list[list]:
         recs, feats = self.records, model.features
-        return _reasons(model, contrib, top, x, lambda i, j: recs[i].get(feats[j]))
+        return _reasons(model, contrib, top, x, lambda i, j: recs[i].get(feats[j]), as_json)
 
 
 class Scorer:
@@ -217,7 +246,7 @@ class Scorer:
         limits which models score (owners get churn risk, not a lead score).
         """
         n = len(feats)
-        cols = self._core(_FrameRows(feats), reasons, only, slots, None)
+        cols = self._core(_FrameRows(feats), reasons, only, slots, None, as_json=True)
         out = pd.DataFrame({
             "lead_id": feats["lead_id"].astype(str).to_numpy(),
             "dealer_id": feats["dealer_id"].astype(str).to_numpy(),
@@ -228,7 +257,7 @@ class Scorer:
             if v is not None and col == "best_slot_start":
                 v = pd.to_datetime(v, utc=True)
             out[col] = v if v is not None else pd.Series([None] * n, dtype=object)
-        out["reasons"] = [json.dumps(r, ensure_ascii=False) for r in cols["reasons"]]
+        out["reasons"] = ["[" + ", ".join(r) + "]" for r in cols["reasons"]]
         out["model_versions"] = json.dumps(self.versions)
         return out[list(OUTPUT_COLUMNS)]
 
@@ -289,9 +318,10 @@ class Scorer:
 
     # -- the core -----------------------------------------------------------------------------
     def _core(self, rows: _FrameRows, reasons: int, only: Iterable[str] | None,
-              slots: int, now: pd.Timestamp | None) -> dict:
+              slots: int, now: pd.Timestamp | None, as_json: bool = False) -> dict:
         """Columns (arrays) of the output contract for ``rows``; a model that does not score
-        leaves its columns out."""
+        leaves its columns out. ``as_json``: reasons as JSON texts (batch output), not
+        dicts (HTTP)."""
         keep = set(self.models) if only is None else set(only) & set(self.models)
         n = rows.n
         cols: dict = {"reasons": [[] for _ in range(n)]}
@@ -308,8 +338,8 @@ class Scorer:
             if reasons > 0:
                 contrib = model.contributions(x, num_threads=self.num_threads)
                 raw = contrib.sum(axis=1)
-                for acc, rs in zip(cols["reasons"], rows.reasons(model, contrib, reasons, x),
-                                   strict=True):
+                for acc, rs in zip(cols["reasons"],
+                                   rows.reasons(model, contrib, reasons, x, as_json), strict=True):
                     acc.extend(rs)
             else:
                 raw = model.raw(x, num_threads=self.num_threads)
@@ -323,11 +353,11 @@ class Scorer:
                                                    dtype=object)
         slot = self.models.get(SLOT_MODEL)
         if slot is not None and SLOT_MODEL in keep:
-            self._recommend(slot, rows, cols, reasons, slots, now)
+            self._recommend(slot, rows, cols, reasons, slots, now, as_json)
         return cols
 
     def _recommend(self, slot: LeadModel, rows: _FrameRows, cols: dict, reasons: int,
-                   slots: int, now: pd.Timestamp | None) -> None:
+                   slots: int, now: pd.Timestamp | None, as_json: bool = False) -> None:
         """Best slot and channel in the next 72 hours, urgency deciding how soon."""
         from leadscore.serving.contact_policy import SLOT_FEATURES, recommend_matrix
 
@@ -343,10 +373,11 @@ class Scorer:
         if rec.reason is not None:
             for i, acc in enumerate(cols["reasons"]):
                 if rec.best_channel[i] is not None:
-                    acc.append({"model": SLOT_MODEL, "feature": "best_channel",
-                                "value": rec.best_channel[i],
-                                "contribution": round(float(rec.margin[i]), 6),
-                                "sentence": rec.reason[i]})
+                    r = {"model": SLOT_MODEL, "feature": "best_channel",
+                         "value": rec.best_channel[i],
+                         "contribution": round(float(rec.margin[i]), 6),
+                         "sentence": rec.reason[i]}
+                    acc.append(json.dumps(r, ensure_ascii=False) if as_json else r)
 
 
 def iso_utc(v) -> str:
