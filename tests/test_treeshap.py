@@ -56,6 +56,11 @@ def test_batch_treeshap_equals_lightgbm_pred_contrib(params):
     for threads in (1, 3):
         ours = treeshap.contributions(model, test, num_threads=threads)
         np.testing.assert_allclose(ours, theirs, rtol=0, atol=1e-12)
+    # a request's row or few take the kernel's row-by-row path (under 8 rows in a block of
+    # 64): single rows, a handful, and a block of 64 followed by a short one
+    for lo, hi in [(i, i + 1) for i in range(0, 600, 37)] + [(0, 5), (100, 107), (200, 270)]:
+        ours = treeshap.contributions(model, test.iloc[lo:hi])
+        np.testing.assert_allclose(ours, theirs[lo:hi], rtol=0, atol=1e-12)
     kinds = {t.decision_type for t in model.booster.trees_to_dataframe().itertuples()}
     assert {"<=", "=="} <= kinds  # both kinds of split were exercised
 

@@ -218,6 +218,9 @@ class Scorer:
 
     #: requests with at least this many rows are split over ``split`` threads
     SPLIT_ROWS = 32
+    #: frames with at least this many rows compute contributions ahead of the reasons
+    AHEAD_ROWS = 2048
+    _ahead: ThreadPoolExecutor | None = None
     _pool: ThreadPoolExecutor | None = None
     _pool_lock = threading.Lock()
 
@@ -296,6 +299,13 @@ class Scorer:
         return self._records(records, reasons, slots, now)
 
     @classmethod
+    def _ahead_pool(cls) -> ThreadPoolExecutor:
+        with cls._pool_lock:
+            if cls._ahead is None:
+                cls._ahead = ThreadPoolExecutor(1, thread_name_prefix="leadscore-shap")
+            return cls._ahead
+
+    @classmethod
     def _executor(cls, k: int) -> ThreadPoolExecutor:
         with cls._pool_lock:
             if cls._pool is None or cls._pool._max_workers < k:
@@ -344,15 +354,24 @@ class Scorer:
         if not n:
             return cols
         matrices: dict[int, np.ndarray] = {}
-        for name, model in self.models.items():
-            col = PROBA_COLUMN.get(name)
-            if col is None or name not in keep:
-                continue
-            x = matrices.get(self._layout[name])
-            if x is None:
-                x = matrices[self._layout[name]] = rows.matrix(model)
+        scored = [(name, model) for name, model in self.models.items()
+                  if PROBA_COLUMN.get(name) is not None and name in keep]
+        for name, model in scored:
+            if self._layout[name] not in matrices:
+                matrices[self._layout[name]] = rows.matrix(model)
+        ahead = None
+        if reasons > 0 and n >= self.AHEAD_ROWS:
+            # TreeSHAP releases the GIL, writing reasons does not: while the reasons of one
+            # model are written, the next models' contributions are computed beside them
+            ahead = [self._ahead_pool().submit(model.contributions, matrices[self._layout[name]],
+                                               num_threads=self.num_threads)
+                     for name, model in scored]
+        for k, (name, model) in enumerate(scored):
+            col = PROBA_COLUMN[name]
+            x = matrices[self._layout[name]]
             if reasons > 0:
-                contrib = model.contributions(x, num_threads=self.num_threads)
+                contrib = (ahead[k].result() if ahead is not None
+                           else model.contributions(x, num_threads=self.num_threads))
                 raw = contrib.sum(axis=1)
                 for acc, rs in zip(cols["reasons"],
                                    rows.reasons(model, contrib, reasons, x, as_json), strict=True):
