@@ -196,6 +196,22 @@ def test_records_and_frames_score_the_same_bit_for_bit(served):
                 assert g["next_slots"][0]["channel"] == g["best_channel"]
 
 
+def test_contributions_computed_ahead_give_the_serial_frame(served, monkeypatch):
+    """Big batch frames compute the models' contributions on a side thread while reasons are
+    written: the output is the serial path's, cell for cell."""
+    from leadscore.serving.scorer import Scorer
+
+    scorer = served.runtime.scorer
+    ids = served.ids["north"] + served.ids["south"]
+    frame = served.runtime.store.get(ids)
+    monkeypatch.setattr(Scorer, "AHEAD_ROWS", 10**9)
+    serial = scorer.score(frame, reasons=3)
+    monkeypatch.setattr(Scorer, "AHEAD_ROWS", 1)
+    ahead = scorer.score(frame, reasons=3)
+    assert len(ahead) == len(frame) > 100
+    pd.testing.assert_frame_equal(ahead, serial)
+
+
 # --- id path == inline path ------------------------------------------------------------------
 
 def _clean(v):
