@@ -87,20 +87,13 @@ def _reason_head(model: str, feature: str) -> str:
 
 
 def _json_value(value: float | str | None) -> str:
+    """A reason's value as ``json.dumps`` writes it (the loop in :func:`_reasons` inlines the
+    common cases: None and finite floats)."""
     if value is None:
         return "null"
     if isinstance(value, str):
         return _json_str(value)
     return float.__repr__(value) if math.isfinite(value) else json.dumps(value)
-
-
-def _reason_json(model: str, feature: str, value: float | str | None, contribution: float
-                 ) -> str:
-    """A reason as JSON text, exactly as ``json.dumps`` writes the reason's dict (the tests
-    hold it to that): the nightly job writes millions, without building a dict for each."""
-    return (f"{_reason_head(model, feature)}{_json_value(value)}, "
-            f'"contribution": {float.__repr__(contribution)}, '
-            f'"sentence": {_sentence_json(feature, value)}}}')
 
 
 def _reasons(model: LeadModel, contrib: np.ndarray, top: int, x: np.ndarray,
@@ -110,8 +103,9 @@ def _reasons(model: LeadModel, contrib: np.ndarray, top: int, x: np.ndarray,
     routes them); their sentence says so plainly. Numeric values come from the model's matrix
     ``x``; categorical ones from ``value_of(i, j)`` (row i's value of feature j: a category
     the model never saw is still named). Selection, rounding and look-ups are done for the
-    whole block at once. ``as_json``: each reason as its JSON text (:func:`_reason_json`,
-    inlined here: this loop is most of the nightly job's Python time)."""
+    whole block at once. ``as_json``: each reason as JSON text, exactly the bytes
+    ``json.dumps(..., ensure_ascii=False)`` writes for its dict, without the dict (this loop
+    is most of the nightly job's Python time; the tests hold the two forms together)."""
     c = contrib[:, :-1]
     n = len(c)
     if not n or top <= 0:
