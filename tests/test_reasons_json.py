@@ -8,7 +8,7 @@ from types import SimpleNamespace
 
 import numpy as np
 
-from leadscore.serving.scorer import _reasons
+from leadscore.serving.scorer import _reasons, _reasons_text, _ReasonText
 
 
 def test_reasons_text_is_json_dumps_of_the_reason_dicts():
@@ -20,6 +20,7 @@ def test_reasons_text_is_json_dumps_of_the_reason_dicts():
     x = rng.random((n, len(feats))) * 40
     x[::7, 0] = np.nan              # missing: null, "none recorded"
     x[::11, 2] = np.inf             # not finite: json.dumps writes Infinity
+    x[::23, 2] = -0.0               # distinct from 0.0 in the text
     x[::13, 3] = 1e-7               # repr in exponent form
     x[:, 1] = rng.integers(0, 3, n)  # category codes; the names come from value_of
     names = ['web "portal"', "Händler-Showroom", None]
@@ -28,12 +29,49 @@ def test_reasons_text_is_json_dumps_of_the_reason_dicts():
     contrib[::19, 1] = 1e-9          # rounds to 0.0: kept only while strictly positive
     value_of = lambda i, j: names[int(x[i, j])]  # noqa: E731
 
-    as_text = _reasons(model, contrib, 2, x, value_of, as_json=True)
+    rows, texts = _reasons_text(model, contrib, 2, x, value_of)
     as_dicts = _reasons(model, contrib, 2, x, value_of)
-    assert len(as_text) == len(as_dicts) == n
-    assert sum(map(len, as_text)) > n  # reasons were written
-    for text, dicts in zip(as_text, as_dicts, strict=True):
-        assert text == [json.dumps(d, ensure_ascii=False) for d in dicts]
+    assert len(rows) == len(texts) == sum(map(len, as_dicts)) > n  # reasons were written
+    assert rows.tolist() == sorted(rows.tolist())
+    assert texts.to_pylist() == [json.dumps(d, ensure_ascii=False) for rs in as_dicts for d in rs]
+    # the per-row lists, with a second model's reasons after the first's and rows without any
+    acc = _ReasonText(n + 2)
+    acc.add(rows, texts)
+    acc.add(rows[::-3][::-1], texts.take(np.arange(len(texts))[::-3][::-1].copy()))
+    second = {}
+    for i, t in zip(rows[::-3][::-1].tolist(), texts.to_pylist()[::-3][::-1], strict=True):
+        second.setdefault(i, []).append(json.loads(t))
+    got = acc.column()
+    assert len(got) == n + 2 and got[n] == got[n + 1] == "[]"
+    for i, dicts in enumerate(as_dicts):
+        want = dicts + second.get(i, [])
+        assert got[i] == json.dumps(want, ensure_ascii=False)
     values = {d["value"] for rs in as_dicts for d in rs if d["feature"] != "source"}
     assert None in values and np.inf in values
     assert {d["value"] for rs in as_dicts for d in rs if d["feature"] == "source"} <= set(names)
+
+
+def test_top_columns_order_as_a_stable_sort_whatever_the_block():
+    """Blocks take arg-max passes, requests a sort: both pick the columns a stable sort
+    picks, ties to the lower column (contributions tie often: equal splits, zeros)."""
+    from leadscore.serving.scorer import _top_columns
+
+    rng = np.random.default_rng(11)
+    for n in (1, 3, 5, 200):
+        c = rng.integers(-3, 4, size=(n, 9)).astype(float)  # many ties
+        for top in (1, 3, 12):
+            pos, neg = _top_columns(c, top)
+            k = min(top, 9)
+            assert (pos == np.argsort(-c, axis=1, kind="stable")[:, :k]).all()
+            assert (neg == np.argsort(c, axis=1, kind="stable")[:, :k]).all()
+
+
+def test_negative_zero_reads_as_zero_whichever_is_seen_first():
+    """Sentences are cached by value and -0.0 == 0.0: both must read the same."""
+    from leadscore.features import catalog
+    from leadscore.serving.scorer import _sentence
+
+    f = catalog.BY_NAME["sessions_7d"]
+    assert f.sentence(-0.0) == f.sentence(0.0) == "0 browsing sessions in the last 7 days"
+    _sentence.cache_clear()
+    assert _sentence("sessions_7d", -0.0) == f.sentence(0.0)

@@ -39,6 +39,8 @@ class Feature:
         """Render the advisor sentence; missing values read as 'none recorded'."""
         if value is None or (isinstance(value, float) and value != value):
             return self.says.split("{")[0].rstrip(" :") + ": none recorded"
+        if isinstance(value, float):
+            value += 0.0  # -0.0 reads as 0 (and caches keyed by value cannot tell them apart)
         return self.says.format(value=value)
 
 
