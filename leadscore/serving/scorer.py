@@ -166,6 +166,14 @@ def _reasons(model: LeadModel, contrib: np.ndarray, top: int, x: np.ndarray,
     return out
 
 
+#: Arrow's type of the reasons text: large (64-bit offsets), as a big frame's may pass 2 GB
+_TEXT = pa.large_string()
+
+
+def _text(literal: str) -> pa.Scalar:
+    return pa.scalar(literal, _TEXT)
+
+
 def _reasons_text(model: LeadModel, contrib: np.ndarray, top: int, x: np.ndarray,
                   value_of) -> tuple[np.ndarray, pa.Array]:
     """The reasons :func:`_reasons` selects, as JSON text: exactly the bytes
@@ -178,7 +186,7 @@ def _reasons_text(model: LeadModel, contrib: np.ndarray, top: int, x: np.ndarray
     pieces joined by Arrow."""
     n = len(contrib)
     if not n or top <= 0:
-        return np.empty(0, np.int64), pa.array([], pa.string())
+        return np.empty(0, np.int64), pa.array([], _TEXT)
     cols, contribs, keep = _pick(contrib, top)
     r, s = np.nonzero(keep)  # row-major: rows ascending, a row's reasons in order
     jk = cols[r, s]
@@ -210,11 +218,11 @@ def _reasons_text(model: LeadModel, contrib: np.ndarray, top: int, x: np.ndarray
             vt[u], st[u] = _json_value(v), _sentence_json(f, v)
         vtext[sel] = np.array(vt, dtype=object)[inv]
         stext[sel] = np.array(st, dtype=object)[inv]
-    heads = pa.array([_reason_head(model.name, f) for f in feats], pa.string())
+    heads = pa.array([_reason_head(model.name, f) for f in feats], _TEXT)
     text = pc.binary_join_element_wise(
-        heads.take(pa.array(jk)), pa.array(vtext, pa.string()), ', "contribution": ',
-        pa.array(list(map(frepr, ck)), pa.string()), ', "sentence": ',
-        pa.array(stext, pa.string()), "}", "")
+        heads.take(pa.array(jk)), pa.array(vtext, _TEXT), _text(', "contribution": '),
+        pa.array(list(map(frepr, ck)), _TEXT), _text(', "sentence": '),
+        pa.array(stext, _TEXT), _text("}"), _text(""))
     return r, text
 
 
@@ -237,13 +245,14 @@ class _ReasonText:
         if not self.rows:
             return np.full(self.n, "[]", dtype=object)
         rows = np.concatenate(self.rows)
-        texts = pa.concat_arrays([t if isinstance(t, pa.Array) else pa.array(t, pa.string())
+        texts = pa.concat_arrays([t if isinstance(t, pa.Array) else pa.array(t, _TEXT)
                                   for t in self.texts])
         order = np.argsort(rows, kind="stable")  # by row; models keep the order they came in
         offsets = np.zeros(self.n + 1, dtype=np.int32)
         np.cumsum(np.bincount(rows, minlength=self.n), out=offsets[1:])
         lists = pa.ListArray.from_arrays(pa.array(offsets), texts.take(pa.array(order)))
-        joined = pc.binary_join_element_wise("[", pc.binary_join(lists, ", "), "]", "")
+        joined = pc.binary_join_element_wise(_text("["), pc.binary_join(lists, _text(", ")),
+                                             _text("]"), _text(""))
         return joined.to_numpy(zero_copy_only=False)
 
 
