@@ -29,6 +29,16 @@ def test_reasons_text_is_json_dumps_of_the_reason_dicts():
     contrib[::19, 1] = 1e-9          # rounds to 0.0: kept only while strictly positive
     value_of = lambda i, j: names[int(x[i, j])]  # noqa: E731
 
+    # a request's few rows (a sort) and a block (arg-max passes) pick the same reasons, ties too
+    ties = np.column_stack([rng.integers(-2, 3, size=(n, len(feats))) / 4, np.zeros(n)])
+    for c in (contrib, ties):
+        for m in (1, 3, 4):
+            got = _reasons(model, c[:m], 2, x[:m], value_of)
+            assert got == _reasons(model, np.concatenate([c[:m]] * 5), 2,
+                                   np.concatenate([x[:m]] * 5), value_of)[:m]
+            assert [json.dumps(d, ensure_ascii=False) for rs in got for d in rs] == \
+                _reasons_text(model, c[:m], 2, x[:m], value_of)[1].to_pylist()
+
     rows, texts = _reasons_text(model, contrib, 2, x, value_of)
     as_dicts = _reasons(model, contrib, 2, x, value_of)
     assert len(rows) == len(texts) == sum(map(len, as_dicts)) > n  # reasons were written
