@@ -85,3 +85,37 @@ def test_negative_zero_reads_as_zero_whichever_is_seen_first():
     assert f.sentence(-0.0) == f.sentence(0.0) == "0 browsing sessions in the last 7 days"
     _sentence.cache_clear()
     assert _sentence("sessions_7d", -0.0) == f.sentence(0.0)
+
+
+def test_sentence_templates_are_used_only_where_they_say_what_the_feature_says(monkeypatch):
+    """The batch formats numbers into JSON-escaped sentence templates; a feature whose
+    sentence is not its template's (an overriding class) falls back to the sentence itself,
+    and the text stays json.dumps' of the dicts either way."""
+    from dataclasses import dataclass
+
+    from leadscore.features import catalog
+    from leadscore.serving import scorer
+
+    @dataclass(frozen=True)
+    class Loud(catalog.Feature):
+        def sentence(self, value: object) -> str:
+            return super().sentence(value).upper()
+
+    monkeypatch.setitem(catalog.BY_NAME, "loud", Loud("loud", says="Seen {value:.0f} times"))
+    monkeypatch.setitem(catalog.BY_NAME, "quoted",
+                        catalog.Feature("quoted", says='Said "{value:.1f}"\\ times\n'))
+    for cache in (scorer._sentence_json_template, scorer._sentence, scorer._sentence_json):
+        cache.cache_clear()
+    assert scorer._sentence_json_template("loud") is None
+    assert scorer._sentence_json_template("quoted") is not None
+
+    model = SimpleNamespace(name="m", features=["loud", "quoted"], categorical_mask=[False] * 2)
+    x = np.array([[3.0, -0.0], [np.nan, 2.25], [3.0, 1e-7]])
+    contrib = np.array([[0.5, -0.25, 0.0], [-0.5, 0.25, 0.0], [0.1, 0.2, 0.0]])
+    dicts = _reasons(model, contrib, 2, x, None)
+    assert dicts[0][0]["sentence"] == "SEEN 3 TIMES"
+    assert [json.dumps(d, ensure_ascii=False) for rs in dicts for d in rs] == \
+        _reasons_text(model, np.concatenate([contrib] * 2), 2, np.concatenate([x] * 2),
+                      None)[1].to_pylist()[: sum(map(len, dicts))]
+    for cache in (scorer._sentence_json_template, scorer._sentence, scorer._sentence_json):
+        cache.cache_clear()

@@ -93,14 +93,15 @@ def _sentence_json(feature: str, value: float | str | None) -> str:
 @functools.lru_cache(maxsize=4096)
 def _sentence_json_template(feature: str) -> str | None:
     """The feature's sentence template JSON-escaped, so that formatting a number into it
-    gives the sentence's JSON directly (a number's text needs no escaping); None when the
-    template is not that simple. The batch writer formats ~100k distinct values per bucket:
-    more than a cache of whole sentences holds."""
-    says = catalog.BY_NAME[feature].says
-    template = _json_str(says)
+    (``value=v + 0.0``: -0.0 reads as 0) gives the sentence's JSON directly, a number's
+    text needing no escaping; None when that does not give what ``Feature.sentence`` says.
+    The batch writer formats ~100k distinct values per bucket: more than a cache of whole
+    sentences holds."""
+    feat = catalog.BY_NAME[feature]
+    template = _json_str(feat.says)
     try:
-        ok = all(template.format(value=v) == _json_str(says.format(value=v))
-                 for v in (0.0, -1.5, 12345.678, math.inf))
+        ok = all(template.format(value=v + 0.0) == _json_str(feat.sentence(v))
+                 for v in (0.0, -0.0, -1.5, 0.25, 12345.678, math.inf))
     except (ValueError, KeyError, IndexError):
         ok = False
     return template if ok else None
@@ -205,12 +206,11 @@ def _reasons_text(model: LeadModel, contrib: np.ndarray, top: int, x: np.ndarray
             vtext[sel] = [_json_value(v) for v in vs]
             stext[sel] = [_sentence_json(f, v) for v in vs]
             continue
-        # distinct by bit pattern: -0.0 stays -0.0, every NaN is one "missing"
+        # distinct by bit pattern: -0.0 stays -0.0 (its value reads "-0.0"), any NaN is missing
         bits, inv = np.unique(x[r[sel], j].view(np.int64), return_inverse=True)
         nums = bits.view(np.float64).tolist()
         vt = list(map(frepr, nums))
         template = _sentence_json_template(f)
-        # + 0.0: -0.0 reads as 0, as in Feature.sentence
         st = ([template.format(value=v + 0.0) for v in nums] if template is not None
               else [_sentence_json(f, v) for v in nums])
         for u in np.flatnonzero(~np.isfinite(bits.view(np.float64))).tolist():
