@@ -55,7 +55,7 @@ def _top_columns(c: np.ndarray, top: int) -> tuple[np.ndarray, np.ndarray]:
     """Per row, the columns of the ``top`` largest values (largest first) and of the ``top``
     smallest (smallest first), ties to the lower column, as a stable sort orders them. A
     block takes ``top`` arg-max passes over its whole matrix each way (a row-by-row partial
-    sort, ``argpartition`` along rows, was ten times slower)."""
+    sort, ``argpartition`` along rows, took about three times as long)."""
     k = min(top, c.shape[1])
     if len(c) <= 4:  # a request's few rows: one stable sort each beats the passes
         order = np.argsort(-c, axis=1, kind="stable")
