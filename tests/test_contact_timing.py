@@ -161,3 +161,38 @@ def test_slot_activity_share_is_the_share_of_the_daypart_the_hour_falls_in():
     np.testing.assert_array_equal(got["slot_activity_share"], expected)
     assert np.isnan(got["slot_activity_share"][[0, 3]]).all()
     assert got["slot_activity_share"][1] == cols[catalog.daypart_feature(20)][1]
+
+
+def test_slot_fill_lays_out_candidates_exactly_as_slot_values(trained, monkeypatch):
+    """The per-grid gather of :class:`_SlotFill` against :func:`slot_values` on repeated rows:
+    bit-identical matrices for leads with missing and present values, on grids of several
+    zones and rules; and a slot feature computed from lead values (not picked) falls back to
+    the general layout."""
+    from leadscore import registry
+    from leadscore.serving import contact_policy as cp
+
+    lm, _ = registry.load("contact-slot")
+    rng = np.random.default_rng(3)
+    X = rng.random((7, len(lm.features))) * 10
+    X[rng.random(X.shape) < 0.3] = np.nan
+    rules = RulesFile(dealers={"D1": ContactRules(quiet_hours=(20, 9))})
+    first = pd.Timestamp("2026-03-28T22:00Z")  # a DST change in Europe inside the window
+    for zone, dealer in (("Europe/Berlin", ""), ("Asia/Shanghai", "D1"),
+                         ("America/New_York", "")):
+        g = cp._grid(rules, first.value // 1000, zone, dealer)
+        fill = g.fill(lm)
+        assert fill is not None and g.size > 0
+        np.testing.assert_array_equal(fill.rows(X), cp._slot_rows(lm, g, X))
+        np.testing.assert_array_equal(fill.rows(X[:1]), cp._slot_rows(lm, g, X[:1]))
+
+    real = cp.slot_values
+
+    def mixed(hour, weekday, is_phone, lead):
+        out = real(hour, weekday, is_phone, lead)
+        p = lead("phone_attempts")
+        out["slot_channel_attempts"] = p * 2 if p is not None else out["slot_channel_attempts"]
+        return out
+
+    monkeypatch.setattr(cp, "slot_values", mixed)
+    g = cp._grid(rules, first.value // 1000 + 3_600_000_000, "Europe/Berlin", "")
+    assert g.fill(lm) is None

@@ -205,6 +205,72 @@ class _Grid:
                                          dtype=float)
         return code
 
+    def fill(self, model: LeadModel) -> _SlotFill | None:
+        """How the slot columns of ``model``'s matrix are laid out on this grid (cached per
+        model layout); None when :func:`slot_values` is not a per-slot pick of lead values."""
+        cache = self.__dict__.setdefault("_fills", {})
+        key = model.layout
+        if key not in cache:
+            cache[key] = _SlotFill.probe(self, model)
+        return cache[key]
+
+
+@dataclass(frozen=True)
+class _SlotFill:
+    """The slot columns of a grid's candidate rows, as a gather: per slot, each slot column
+    holds either a constant of the grid (hour, weekday, channel) or one of the lead's own
+    columns (the activity share of the slot's daypart, the lead's history on the slot's kind
+    of channel). Found once per grid by running :func:`slot_values` on column numbers in
+    place of lead values, so the one definition stays :func:`slot_values`; a request then lays
+    out its candidates with one gather instead of re-deriving dayparts and channels (that
+    re-derivation was most of a single lead's slot search)."""
+
+    dst: np.ndarray  # (d,) the matrix columns written
+    src: np.ndarray  # (G, d) the lead column each slot takes, -1 for a constant
+    const: np.ndarray  # (G, d) the constants (NaN where a lead column is taken)
+
+    @classmethod
+    def probe(cls, g: _Grid, model: LeadModel) -> _SlotFill | None:
+        col, n_cols, n = model.index, len(model.index), g.size
+        shift = n_cols + 1
+
+        def run(offset: int) -> dict[str, np.ndarray]:
+            def lead(name: str) -> np.ndarray | None:
+                return np.full(n, float(col[name] + offset)) if name in col else None
+
+            return slot_values(g.hour, g.weekday, g.is_phone, lead)
+
+        base, moved = run(0), run(shift)
+        dst, src, const = [], [], []
+        for name, a in base.items():
+            if name not in col:
+                continue
+            b = moved[name]
+            taken = ~((a == b) | (np.isnan(a) & np.isnan(b)))
+            at = a[taken]
+            if not (np.all(b[taken] - at == shift) and np.all(at == np.floor(at))
+                    and np.all((at >= 0) & (at < n_cols))):
+                return None  # arithmetic on lead values: not a pick
+            dst.append(col[name])
+            src.append(np.where(taken, a, -1).astype(np.intp))
+            const.append(np.where(taken, np.nan, a))
+        if "channel" in col:
+            dst.append(col["channel"])
+            src.append(np.full(n, -1, dtype=np.intp))
+            const.append(g.codes(model.codes.get("channel", {})))
+        if not dst:
+            return cls(np.empty(0, np.intp), np.empty((n, 0), np.intp), np.empty((n, 0)))
+        return cls(np.asarray(dst, dtype=np.intp), np.column_stack(src), np.column_stack(const))
+
+    def rows(self, X: np.ndarray) -> np.ndarray:
+        """Every lead row of ``X`` once per slot (lead-major), slot columns laid out."""
+        k, n = len(X), len(self.src)
+        rep = np.repeat(X, n, axis=0)
+        if len(self.dst):
+            picked = X[:, np.maximum(self.src, 0)]  # (k, G, d)
+            rep[:, self.dst] = np.where(self.src >= 0, picked, self.const).reshape(k * n, -1)
+        return rep
+
 
 _US_PER_HOUR = 3_600_000_000
 #: grids kept per process: (first hour, zone, dealer rules) -- a day of hours for many zones
@@ -244,6 +310,26 @@ def _utc_us(values: Sequence) -> np.ndarray:
 _CHUNK_ROWS = 400_000
 
 
+def _slot_rows(model: LeadModel, g: _Grid, X: np.ndarray) -> np.ndarray:
+    """Every lead row of ``X`` once per slot of ``g`` (lead-major), slot columns computed by
+    :func:`slot_values` on the repeated rows: the general layout, which :class:`_SlotFill`
+    reproduces by a gather whenever the slot features are picks of lead values."""
+    col, k, n = model.index, len(X), g.size
+    rep = np.repeat(X, n, axis=0)
+
+    def lead(name: str) -> np.ndarray | None:
+        return rep[:, col[name]] if name in col else None
+
+    slot_cols = slot_values(np.tile(g.hour, k), np.tile(g.weekday, k), np.tile(g.is_phone, k),
+                            lead)
+    for name, v in slot_cols.items():
+        if name in col:
+            rep[:, col[name]] = v
+    if "channel" in col:
+        rep[:, col["channel"]] = np.tile(g.codes(model.codes.get("channel", {})), k)
+    return rep
+
+
 def recommend_matrix(
     model: LeadModel,
     X: np.ndarray,
@@ -270,7 +356,6 @@ def recommend_matrix(
     """
     n = len(X)
     col = model.index
-    ch_codes = model.codes.get("channel", {})
     best_start = np.full(n, np.iinfo(np.int64).min, dtype=np.int64)
     best_channel = np.full(n, None, dtype=object)
     p_best = np.full(n, np.nan)
@@ -295,24 +380,14 @@ def recommend_matrix(
         G = g.size
         if not G:
             continue
-        is_phone, soon, chans = g.is_phone, g.soon, g.channels
-        code = g.codes(ch_codes)
+        soon, chans = g.soon, g.channels
+        fill = g.fill(model)
         step = max(1, _CHUNK_ROWS // G)
         for s0 in range(0, len(idx), step):
             rows = idx[s0:s0 + step]
             k = len(rows)
-            rep = np.repeat(X[rows], G, axis=0)
-
-            def lead(name: str, rep=rep) -> np.ndarray | None:
-                return rep[:, col[name]] if name in col else None
-
-            slot_cols = slot_values(np.tile(g.hour, k), np.tile(g.weekday, k),
-                                    np.tile(is_phone, k), lead)
-            for name, v in slot_cols.items():
-                if name in col:
-                    rep[:, col[name]] = v
-            if "channel" in col:
-                rep[:, col["channel"]] = np.tile(code, k)
+            rep = (fill.rows(X[rows]) if fill is not None
+                   else _slot_rows(model, g, X[rows]))
             P = model.predict_proba(rep, num_threads=num_threads).reshape(k, G)
             Pm = P
             if urgency is not None:
