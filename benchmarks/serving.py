@@ -11,7 +11,10 @@ last full day, and a key file. Then start, side by side:
 and drive each with ``wrk`` (a Lua script rotates request bodies over the tenant's lead ids; a
 warm-up run precedes each scenario). Scenarios: one lead by id with reasons at 1 (latency
 floor, stalls show as p99 >> p50), 8 and 32 connections; 100 leads by id with reasons at one
-connection (a list refresh; its ~100 ms of TreeSHAP leave no room for queueing under 150 ms).
+connection (a list refresh; its ~100 ms of TreeSHAP leave no room for queueing under 150 ms);
+and the single-lead requests with an unknown key at one connection (``denied@1``: every one
+answered 401 after HTTP parsing, the middlewares, validation and the key check, nothing
+scored): the framework's share of a request, measured in the same run.
 Each scenario runs ``--rounds`` times, alternating the servers so both see the same background
 load; medians are reported. Prints p50/p90/p99 (wrk's, corrected for coordinated omission: a
 stall of T ms at R req/s counts as the ~T*R/1000 requests that would have waited behind it),
@@ -45,6 +48,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 KEY = "bench-key-north"
+DENIED_KEY = "bench-key-unknown"
 TARGETS = {
     "single@8": {"p99_ms": 15.0, "throughput_ratio": 0.5},
     "single@32": {"p99_ms": 60.0, "errors": 0},
@@ -184,9 +188,10 @@ def cpu_seconds(proc: subprocess.Popen) -> float:
     return total
 
 
-def wrk(port: int, bodies: Path, connections: int, seconds: float, work: Path) -> dict:
-    script = work / f"score-{bodies.stem}.lua"
-    script.write_text(LUA % {"bodies": bodies, "key": KEY})
+def wrk(port: int, bodies: Path, connections: int, seconds: float, work: Path,
+        key: str = KEY) -> dict:
+    script = work / f"score-{bodies.stem}-{'ok' if key == KEY else 'denied'}.lua"
+    script.write_text(LUA % {"bodies": bodies, "key": key})
     cmd = ["wrk", "-t", "1", "-c", str(connections), "-d", f"{max(1, round(seconds))}s",
            "--latency", "--timeout", "5s", "-s", str(script), f"http://127.0.0.1:{port}"]
     proc = subprocess.run(cmd, capture_output=True, text=True)
@@ -213,7 +218,7 @@ def main() -> None:
     ap.add_argument("--warmup", type=float, default=3.0, help="seconds of warm-up per scenario")
     ap.add_argument("--rounds", type=int, default=3, help="alternating rounds per scenario")
     ap.add_argument("--only", choices=["service", "bare"], help="measure one server only")
-    ap.add_argument("--scenarios", default="single@1,single@8,single@32,batch100@1")
+    ap.add_argument("--scenarios", default="single@1,single@8,single@32,batch100@1,denied@1")
     ap.add_argument("--keep", action="store_true", help="keep the work folder")
     ap.add_argument("--json", action="store_true", help="end with one JSON line of results")
     args = ap.parse_args()
@@ -243,7 +248,7 @@ def main() -> None:
             json.dumps({"leads": [{"lead_id": i} for i in (ids * 2)[k: k + 100]],
                         "reasons": 3}) + "\n"
             for k in range(0, len(ids), 37)))
-        bodies = {"single": single, "batch100": batch}
+        bodies = {"single": single, "batch100": batch, "denied": single}
 
         env = dict(os.environ, MLFLOW_TRACKING_URI=uri, PYTHONPATH=str(ROOT),
                    BENTOML_HOME=str(work / "bentoml"), LEADSCORE_STORE=str(store_path),
@@ -276,10 +281,14 @@ def main() -> None:
             for r in range(args.rounds):  # alternate, so both see the same background load
                 for s in (servers if r % 2 == 0 else servers[::-1]):
                     port = ports[s.name]
+                    key = DENIED_KEY if kind == "denied" else KEY
                     if r == 0:
-                        wrk(port, bodies[kind], int(conns), args.warmup, work)
+                        wrk(port, bodies[kind], int(conns), args.warmup, work, key)
                     c0 = cpu_seconds(s.proc)
-                    res = wrk(port, bodies[kind], int(conns), args.duration, work)
+                    res = wrk(port, bodies[kind], int(conns), args.duration, work, key)
+                    if kind == "denied":  # a 401 is the answer here; anything else an error
+                        res["errors"] -= res["status"]
+                        res["errors"] += res["requests"] - res["status"]
                     res["cpu_ms"] = 1e3 * (cpu_seconds(s.proc) - c0) / max(res["requests"], 1)
                     runs[s.name].append(res)
             for name, rs in runs.items():
@@ -334,6 +343,12 @@ def report(results: dict, args) -> None:
         if checks:
             line += "   " + ", ".join(f"{c}: {'PASS' if ok else 'FAIL'}" for c, ok in checks)
         print(line)
+    for name in ("service", "bare"):
+        d, one = results.get("denied@1", {}).get(name), results.get("single@1", {}).get(name)
+        if d and one:
+            print(f"  {name}: a request denied before scoring costs {d['cpu_ms']:.2f} ms of "
+                  f"server CPU, {d['cpu_ms'] / one['cpu_ms']:.0%} of a scored one "
+                  f"({one['cpu_ms']:.2f} ms at one connection)")
 
 
 if __name__ == "__main__":
