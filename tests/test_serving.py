@@ -13,6 +13,7 @@ import math
 import threading
 import time
 from datetime import UTC, datetime
+from pathlib import Path
 from types import SimpleNamespace
 from zoneinfo import available_timezones
 
@@ -547,6 +548,69 @@ def test_no_arbitrary_body_is_a_server_error(served, body):
 
 
 # --- readiness and hot reload ----------------------------------------------------------------
+
+def test_a_half_copied_model_in_the_store_is_waited_for_or_imported_again(served, monkeypatch):
+    """BentoML copies an imported model into its store file by file: a worker starting beside
+    an importing one can find the model listed but not whole. It must wait for the importer
+    (which holds the import lock) rather than fail, and a model a crash left half copied is
+    imported again."""
+    import bentoml
+
+    from leadscore.artifact import META_FILE, find_artifact_dir
+    from leadscore.serving import runtime as rt
+
+    version = registry.resolve("conversion").version
+    meta = find_artifact_dir(Path(bentoml.models.get(rt._bento_tag("conversion", version)).path))
+    meta = meta / META_FILE
+    x = served.runtime.current().models["conversion"]
+    rows = served.runtime.store.get_records(served.ids["north"][:5])
+    expected = x.predict_proba(pd.DataFrame(rows))
+
+    # (1) an importer is mid-copy: the loader waits for its lock, then loads, importing nothing
+    monkeypatch.setattr(rt, "_LOADED", {})
+    monkeypatch.setattr(bentoml.mlflow, "import_model", lambda *a, **k: pytest.fail("imported"))
+    meta.rename(meta.with_suffix(".copying"))
+    got: dict = {}
+    with rt._import_lock():
+        t = threading.Thread(target=lambda: got.update(
+            m=rt._bento_model("conversion", version, "champion")[1]))
+        t.start()
+        time.sleep(0.5)
+        assert t.is_alive()  # waiting on the lock, not failed
+        meta.with_suffix(".copying").rename(meta)  # the importer's copy completes
+    t.join(30)
+    assert np.array_equal(got["m"].predict_proba(pd.DataFrame(rows)), expected)
+
+    # (2) nobody is importing and the model will not load: deleted and imported again
+    monkeypatch.undo()
+    monkeypatch.setattr(rt, "_LOADED", {})
+    meta.unlink()
+    m = rt._bento_model("conversion", version, "champion")[1]
+    assert np.array_equal(m.predict_proba(pd.DataFrame(rows)), expected)
+    assert (find_artifact_dir(Path(bentoml.models.get(
+        rt._bento_tag("conversion", version)).path)) / META_FILE).is_file()
+
+
+def test_a_worker_without_models_retries_even_with_reloading_off(served, monkeypatch):
+    from leadscore.serving import runtime as rt
+
+    monkeypatch.setattr(rt, "NOT_READY_RETRY_SECONDS", 0.05)
+    calls = []
+
+    def loader():
+        calls.append(1)
+        if len(calls) < 3:
+            raise RuntimeError("registry busy")
+        return served.runtime.current()
+
+    r = Runtime(served.runtime.store, served.runtime.keys, loader=loader, reload_seconds=0)
+    with pytest.raises(RuntimeError):
+        r.reload()
+    r.start_watcher()
+    r._thread.join(10)
+    assert r.ready and len(calls) == 3
+    assert not r._thread.is_alive()  # reloading is off: once ready, the watcher stops
+
 
 def test_not_ready_before_models_load(served):
     from leadscore.serving import service

@@ -40,6 +40,8 @@ def _bento_tag(name: str, version: str) -> str:
 #: loaded artifacts by BentoML tag: a periodic reload that finds the same champions costs
 #: registry look-ups only, not re-parsing every model (which holds the GIL for tens of ms)
 _LOADED: dict[str, LeadModel] = {}
+#: a worker without models tries to load them again this often (see Runtime.retry_seconds)
+NOT_READY_RETRY_SECONDS = 5.0
 
 
 @contextlib.contextmanager
@@ -58,26 +60,60 @@ def _import_lock():
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
+def _load_bento(bm) -> LeadModel:
+    """The artifact of a BentoML store model, parsed once per tag and path."""
+    from leadscore.artifact import find_artifact_dir
+
+    key = f"{bm.tag}@{bm.path}"
+    lm = _LOADED.get(key)
+    if lm is None:
+        lm = LeadModel.load(find_artifact_dir(Path(bm.path)))
+        lm.meta = {**lm.meta, "version": str(bm.tag.version).lstrip("v")}
+        _LOADED[key] = lm
+    return lm
+
+
 def _bento_model(name: str, version: str | None, alias: str):
+    """The model of that registry version from the BentoML store, imported first if needed;
+    returns the store's model and its loaded artifact.
+
+    BentoML copies an imported model into its store file by file, so a worker starting beside
+    one that is importing can find the model listed but not yet whole (and a crash mid-import
+    leaves it so). A model that will not load is therefore looked at again under the import
+    lock, which an importing worker holds until its copy is complete; if it still will not
+    load, it is deleted and imported again. A store without the lock file (a built Bento on a
+    read-only disk) is only written to when a model is missing or broken."""
     import bentoml
 
     from leadscore import registry
 
     if version is None:
-        return bentoml.models.get(f"{BENTO_PREFIX}{name}:latest")
+        bm = bentoml.models.get(f"{BENTO_PREFIX}{name}:latest")
+        return bm, _load_bento(bm)
     tag = _bento_tag(name, version)
     try:
-        return bentoml.models.get(tag)
+        bm = bentoml.models.get(tag)
+        return bm, _load_bento(bm)
     except bentoml.exceptions.NotFound:
         pass
+    except Exception as e:  # half copied by another worker, or left by a crash
+        log.info("%s did not load (%s); looking again under the import lock", tag,
+                 type(e).__name__)
     with _import_lock():
         try:
-            return bentoml.models.get(tag)  # another worker imported it meanwhile
+            bm = bentoml.models.get(tag)  # another worker imported it meanwhile
+            return bm, _load_bento(bm)
         except bentoml.exceptions.NotFound:
-            return bentoml.mlflow.import_model(
-                tag, model_uri=f"models:/{registry.registered_name(name)}/{version}",
-                labels={"alias": alias, "source": "mlflow-registry"},
-            )
+            pass
+        except Exception as e:  # nobody is importing it: it is broken
+            log.warning("%s in the BentoML store is incomplete (%s); importing it again", tag,
+                        type(e).__name__)
+            bentoml.models.delete(tag)
+        bm = bentoml.mlflow.import_model(
+            tag, model_uri=f"models:/{registry.registered_name(name)}/{version}",
+            labels={"alias": alias, "source": "mlflow-registry"},
+        )
+        return bm, _load_bento(bm)
 
 
 def load_from_bento_store(names=ALL_MODELS, alias: str = "champion",
@@ -90,7 +126,6 @@ def load_from_bento_store(names=ALL_MODELS, alias: str = "champion",
     import bentoml
 
     from leadscore import registry
-    from leadscore.artifact import find_artifact_dir
 
     models = {}
     for name in names:
@@ -102,17 +137,9 @@ def load_from_bento_store(names=ALL_MODELS, alias: str = "champion",
             log.warning("registry unreachable for %s (%s); using the BentoML store", name,
                         type(e).__name__)
         try:
-            bm = _bento_model(name, version, alias)
+            _, models[name] = _bento_model(name, version, alias)
         except bentoml.exceptions.NotFound:
             log.warning("no %s model for %s: its columns stay null", alias, name)
-            continue
-        key = f"{bm.tag}@{bm.path}"
-        lm = _LOADED.get(key)
-        if lm is None:
-            lm = LeadModel.load(find_artifact_dir(Path(bm.path)))
-            lm.meta = {**lm.meta, "version": str(bm.tag.version).lstrip("v")}
-            _LOADED[key] = lm
-        models[name] = lm
     current = {id(m) for m in models.values()}
     for key in list(_LOADED):  # forget superseded versions of the models just loaded
         if key.split(":")[0].removeprefix(BENTO_PREFIX) in models and id(_LOADED[key]) \
@@ -167,16 +194,31 @@ class Runtime:
                 self.on_swap()
             return True
 
+    @property
+    def retry_seconds(self) -> float:
+        """How soon the watcher tries again while there are no models: a worker that could
+        not load them at start (registry down, store busy) retries at least this often, even
+        with reloading off, since until it has models it answers 503 to its share of the
+        clients."""
+        if self.reload_seconds > 0:
+            return min(self.reload_seconds, NOT_READY_RETRY_SECONDS)
+        return NOT_READY_RETRY_SECONDS
+
     def start_watcher(self) -> None:
-        if self._thread is not None or self.reload_seconds <= 0:
+        """Re-resolve the champions every ``reload_seconds`` (never when <= 0), and every
+        :attr:`retry_seconds` while not ready."""
+        if self._thread is not None or (self.reload_seconds <= 0 and self.ready):
             return
 
         def loop():
-            while not self._stop.wait(self.reload_seconds):
+            while not self._stop.wait(self.reload_seconds if self.ready
+                                      else self.retry_seconds):
                 try:
                     self.reload()
                 except Exception:  # keep serving the models we have
                     log.exception("model reload failed; keeping the current models")
+                if self.reload_seconds <= 0 and self.ready:
+                    return
 
         self._thread = threading.Thread(target=loop, name="champion-watcher", daemon=True)
         self._thread.start()

@@ -175,7 +175,7 @@ class LeadScoreService:
             self.runtime.reload()
         except Exception:  # not ready (503, /readyz) until the watcher loads them
             log.exception("loading the champion models failed; retrying every %s s",
-                          self.runtime.reload_seconds)
+                          self.runtime.retry_seconds)
         self.runtime.start_watcher()
         gc.collect()  # once, before serving: start-up garbage is not worth freezing
         _freeze_heap()
