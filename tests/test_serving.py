@@ -389,6 +389,33 @@ def test_bad_input_is_a_4xx_that_names_the_field(served, body, field):
     assert err.startswith(field) or f"{field}:" in err, err
 
 
+def test_the_fast_path_answers_exactly_as_the_route(served, monkeypatch):
+    """``ScoreFastPath`` takes ``application/json`` bodies past FastAPI's routing; a ``+json``
+    type goes the route's way (FastAPI reads it as JSON all the same). Every answer,
+    scores and error wording alike, must be the same both ways, and the fast path must really
+    be the one taking JSON bodies."""
+    from leadscore.serving import api
+
+    monkeypatch.setattr(api, "now_utc", lambda: pd.Timestamp("2026-06-01T10:17:00Z"))
+    validated = []
+    real = api.ScoreRequest.model_validate_json.__func__
+    monkeypatch.setattr(api.ScoreRequest, "model_validate_json", classmethod(
+        lambda cls, raw, **kw: validated.append(1) or real(cls, raw, **kw)))
+    ids = served.ids["north"][:2] + served.ids["south"][:1] + ["no-such-lead"]
+    bodies = [b if isinstance(b, bytes) else json.dumps(b).encode() for _, b, _ in BAD_BODIES]
+    bodies += [json.dumps({"leads": [{"lead_id": i} for i in ids], "reasons": r}).encode()
+               for r in (0, 3)]
+    bodies.append(json.dumps({"leads": [_inline(dealer_id=served.south[0])]}).encode())
+    for raw in bodies:
+        for headers in (NORTH, {}, {"X-API-Key": "wrong"}):
+            fast = served.client.post("/score", content=raw, headers={
+                **headers, "Content-Type": "application/json; charset=utf-8"})
+            route = served.client.post("/score", content=raw, headers={
+                **headers, "Content-Type": "application/vnd.crm+json"})
+            assert (fast.status_code, fast.content) == (route.status_code, route.content), raw
+    assert len(validated) == 3 * (len(bodies) - 1)  # every body but the empty one, each key
+
+
 def test_oversize_bodies_get_413_with_or_without_a_length(served):
     big = b'{"leads": [{"lead_id": "' + b"x" * MAX_BODY_BYTES + b'"}]}'
     r = served.client.post("/score", content=big,
