@@ -19,6 +19,7 @@ the very same doubles); tests hold both to LightGBM's own values.
 
 from __future__ import annotations
 
+import itertools
 import math
 import threading
 
@@ -252,6 +253,43 @@ def _predict_pass(x, out, node, thr, tree_start, cat_bits):
                 out[row] += thr[i]
 
 
+def _predict_groups_pass(x, out, group, varying, node, thr, tree_start, cat_bits, nxt):
+    """:func:`_predict_pass` for rows in runs of ``group`` that agree on every column not
+    flagged in ``varying`` (a lead's candidate slots: only the slot columns differ). Per run,
+    every split on a shared column is decided once, from the run's first row: ``nxt[i]`` is
+    the first node at or below ``i`` that is a leaf or splits on a varying column, going the
+    run's way at the shared splits (nodes are in pre-order, so children come after their
+    parent and one backward pass fills it). Each row then visits only the varying splits.
+    Same leaves summed in the same order: the same doubles as :func:`_predict_pass`."""
+    n_trees = tree_start.shape[0] - 1
+    n = x.shape[0]
+    for g0 in range(0, n, group):
+        g1 = min(n, g0 + group)
+        for i in range(node.shape[0] - 1, -1, -1):
+            f = node[i, 0]
+            if f < 0 or varying[f]:
+                nxt[i] = i
+            else:
+                flags = node[i, 3]
+                if _go_left(x[g0, f], thr[i], flags & 1, (flags >> 1) & 3, flags >> 3,
+                            node[i, 4], node[i, 5], cat_bits):
+                    nxt[i] = nxt[node[i, 1]]
+                else:
+                    nxt[i] = nxt[node[i, 2]]
+        for t in range(n_trees):
+            start = nxt[tree_start[t]]
+            for row in range(g0, g1):
+                i = start
+                while node[i, 0] >= 0:
+                    flags = node[i, 3]
+                    if _go_left(x[row, node[i, 0]], thr[i], flags & 1, (flags >> 1) & 3,
+                                flags >> 3, node[i, 4], node[i, 5], cat_bits):
+                        i = nxt[node[i, 1]]
+                    else:
+                        i = nxt[node[i, 2]]
+                out[row] += thr[i]
+
+
 def _clean_rows(x, r0, r1, x0, xn):
     """Rows ``r0:r1`` of ``x`` as the numeric splits read them: ``x0`` the value with NaN
     and LightGBM's near-zero band as 0.0, ``xn`` 1 where it was NaN. Done once per row so a
@@ -344,7 +382,8 @@ def _shap_pass(x, out, splits, thr, split_start, leaves, leaf_start, leaf_feat, 
 
 
 def _kernel(name: str = "shap"):
-    """The ``shap`` (:func:`_shap_pass`) or ``predict`` (:func:`_predict_pass`) kernel,
+    """The ``shap`` (:func:`_shap_pass`), ``predict`` (:func:`_predict_pass`) or
+    ``predict_groups`` (:func:`_predict_groups_pass`) kernel,
     compiled once per process; None when numba is not importable."""
     with _lock:
         return _compile().get(name)
@@ -362,7 +401,8 @@ def _compile() -> dict:
                 _go_left = numba.njit(inline="always")(_go_left)
                 _clean_rows = numba.njit(inline="always")(_clean_rows)
             jit = numba.njit(nogil=True, cache=True)
-            _kernels = {"shap": jit(_shap_pass), "predict": jit(_predict_pass)}
+            _kernels = {"shap": jit(_shap_pass), "predict": jit(_predict_pass),
+                        "predict_groups": jit(_predict_groups_pass)}
     return _kernels
 
 
@@ -428,4 +468,35 @@ def raw_scores(model, feats, num_threads: int = 1) -> np.ndarray:
     node, thr = tables.packed
     _run(kernel, x, out, (node, thr, tables.arrays["tree_start"], tables.arrays["cat_bits"]),
          num_threads)
+    return out
+
+
+def raw_scores_groups(model, x: np.ndarray, group: int, varying: np.ndarray,
+                      num_threads: int = 1) -> np.ndarray:
+    """:func:`raw_scores` of a matrix whose rows come in runs of ``group`` that agree on every
+    column except those where ``varying`` (one flag per model feature) is set: the slot
+    search's candidates, a lead's row repeated with only its slot columns changed. The splits
+    on the other columns are decided once per run, not once per row (:func:`_predict_groups_pass`)
+    — same values, bit for bit."""
+    tables = _tables(model)
+    kernel = _kernel("predict_groups")
+    if kernel is None or tables.n_features != len(model.features) or group < 2:
+        return raw_scores(model, x, num_threads=num_threads)
+    x = _as_matrix(model, x)
+    out = np.zeros(len(x))
+    node, thr = tables.packed
+    varying = np.asarray(varying, dtype=np.bool_)
+    args = (node, thr, tables.arrays["tree_start"], tables.arrays["cat_bits"])
+    n_groups = -(-len(x) // group)
+    if num_threads <= 1 or len(x) < 512 or n_groups < 2:
+        kernel(x, out, group, varying, *args, np.empty(len(node), dtype=np.int64))
+        return out
+    from concurrent.futures import ThreadPoolExecutor
+
+    cuts = [c * group for c in np.linspace(0, n_groups, min(num_threads, n_groups) + 1)
+            .astype(int)]
+    with ThreadPoolExecutor(len(cuts) - 1) as pool:
+        list(pool.map(lambda ab: kernel(x[ab[0]:ab[1]], out[ab[0]:ab[1]], group, varying,
+                                        *args, np.empty(len(node), dtype=np.int64)),
+                      itertools.pairwise(cuts)))
     return out

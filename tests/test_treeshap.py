@@ -87,6 +87,28 @@ def test_raw_scores_are_lightgbms_to_the_bit(params):
     np.testing.assert_array_equal(model.raw(test), theirs)
 
 
+@pytest.mark.parametrize("varying", [["a", "c"], ["b", "z", "k"], []],
+                         ids=["numeric-and-categorical", "numeric", "none"])
+def test_grouped_walk_gives_lightgbms_raw_scores(varying):
+    """The slot search's walk: runs of rows that share every column but ``varying`` (each a
+    lead's row with its slot columns changed). Splits on the shared columns are decided once
+    per run; the scores must still be LightGBM's, to the bit, whatever the split kinds, runs
+    that do not divide the rows, and threads."""
+    model, test = _split_kinds_model({})
+    x = model.matrix(test)
+    group = 7
+    runs = np.repeat(x[: -(-len(x) // group)], group, axis=0)[: len(x) - 3]  # a short last run
+    cols = [model.features.index(f) for f in varying]
+    runs[:, cols] = x[: len(runs)][:, cols]  # the varying columns differ within each run
+    flags = np.isin(np.arange(len(model.features)), cols)
+    theirs = model.booster.predict(runs, raw_score=True)
+    for threads in (1, 3):
+        np.testing.assert_array_equal(
+            treeshap.raw_scores_groups(model, runs, group, flags, num_threads=threads), theirs)
+    np.testing.assert_array_equal(model.predict_proba_groups(runs, group, flags),
+                                  model.predict_proba(runs))
+
+
 def test_constant_trees_count_in_raw_scores_and_the_base_value():
     rng = np.random.default_rng(3)
     df = pd.DataFrame({"a": rng.normal(size=60)})
