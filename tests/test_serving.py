@@ -416,6 +416,22 @@ def test_the_fast_path_answers_exactly_as_the_route(served, monkeypatch):
     assert len(validated) == 3 * (len(bodies) - 1)  # every body but the empty one, each key
 
 
+def test_a_scoring_answer_closes_the_connection_when_the_worker_holds_too_many(
+        served, monkeypatch):
+    """``serving.sharing.should_recycle``: a worker with two or more keep-alive connections
+    above a sibling closes the connection it just answered, so the client reconnects, most
+    often to the idler worker. The answer itself is whole."""
+    from leadscore.serving import api
+
+    body = {"leads": [{"lead_id": served.ids["north"][0]}]}
+    r = score(served, body)
+    assert r.status_code == 200 and r.headers.get("connection") != "close"
+    monkeypatch.setattr(api, "should_recycle", lambda: True)
+    r = score(served, body)
+    assert r.status_code == 200 and r.headers["connection"] == "close"
+    assert r.json()["results"][0]["status"] == "ok"
+
+
 def test_oversize_bodies_get_413_with_or_without_a_length(served):
     big = b'{"leads": [{"lead_id": "' + b"x" * MAX_BODY_BYTES + b'"}]}'
     r = served.client.post("/score", content=big,

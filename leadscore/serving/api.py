@@ -27,6 +27,7 @@ from leadscore.schema import CHANNELS, OUTCOMES
 from leadscore.serving.auth import Tenant
 from leadscore.serving.runtime import Runtime, features_from_inline, now_utc
 from leadscore.serving.scorer import MissingFeatures, Scorer
+from leadscore.serving.sharing import should_recycle
 
 log = logging.getLogger("leadscore.http")
 
@@ -348,6 +349,8 @@ class ScoreFastPath:
 
                 return await self.app(scope, replay, send)
             response = await _score(self.runtime, req, key)
+            if should_recycle():
+                response.headers["connection"] = "close"
         except StarletteHTTPException as e:
             response = _http_error_response(e)
         await response(scope, receive, send)
