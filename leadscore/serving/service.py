@@ -9,7 +9,8 @@ Settings come from the environment so a built Bento is configured at deploy time
 - ``LEADSCORE_WORKERS`` worker processes (default 1; one per core is the usual choice)
 - ``LEADSCORE_STORE`` online feature store file (default ``features.db``)
 - ``LEADSCORE_API_KEYS`` hashed key file (see ``serving.auth``)
-- ``LEADSCORE_RELOAD_SECONDS`` how often to look for a new champion (default 30; 0: never)
+- ``LEADSCORE_RELOAD_SECONDS`` how often to look for a new champion (default 30; 0: never;
+  a worker that has no models yet retries every 5 s either way)
 - ``LEADSCORE_BATCH_THREADS`` threads one big request is split over (default: cores/workers)
 - ``LEADSCORE_ACCESS_LOG`` 1 to have BentoML log every request (default off)
 - ``LEADSCORE_TRACE_SCORE`` 1 to trace ``/score`` with OpenTelemetry (default off; set it when
