@@ -394,9 +394,10 @@ def test_the_fast_path_answers_exactly_as_the_route(served, monkeypatch):
     type goes the route's way (FastAPI reads it as JSON all the same). Every answer,
     scores and error wording alike, must be the same both ways, and the fast path must really
     be the one taking JSON bodies."""
-    from leadscore.serving import api
+    from leadscore.serving import api, coalesce
 
-    monkeypatch.setattr(api, "now_utc", lambda: pd.Timestamp("2026-06-01T10:17:00Z"))
+    for module in (api, coalesce):
+        monkeypatch.setattr(module, "now_utc", lambda: pd.Timestamp("2026-06-01T10:17:00Z"))
     validated = []
     real = api.ScoreRequest.model_validate_json.__func__
     monkeypatch.setattr(api.ScoreRequest, "model_validate_json", classmethod(
@@ -414,6 +415,159 @@ def test_the_fast_path_answers_exactly_as_the_route(served, monkeypatch):
                 **headers, "Content-Type": "application/vnd.crm+json"})
             assert (fast.status_code, fast.content) == (route.status_code, route.content), raw
     assert len(validated) == 3 * (len(bodies) - 1)  # every body but the empty one, each key
+
+
+# --- requests scored together (serving.coalesce) -----------------------------------------------
+
+@pytest.fixture
+def coalescing(served, monkeypatch):
+    """The scorer with every ``score_records`` call recorded (row counts), the clock fixed,
+    and each request's answer when scored alone."""
+    from leadscore.serving import coalesce
+
+    now = pd.Timestamp("2026-06-01T10:17:00Z")
+    monkeypatch.setattr(coalesce, "now_utc", lambda: now)
+    scorer = served.runtime.scorer
+    real = scorer.score_records
+    calls = []
+
+    def recorded(records, **kw):
+        calls.append(len(records))
+        return real(records, **kw)
+
+    monkeypatch.setattr(scorer, "score_records", recorded)
+    store, north = served.runtime.store, frozenset(served.north)
+    requests = [store.get_records(served.ids["north"][i: i + k], dealers=north)
+                for i, k in ((0, 1), (1, 1), (2, 3), (5, 1), (6, 2))]
+
+    def alone(records, reasons=3):
+        return real(records, reasons=reasons, slots=3, now=now)
+
+    return SimpleNamespace(scorer=scorer, calls=calls, requests=requests, alone=alone)
+
+
+def _together(coalescer, scorer, requests, reasons=None):
+    import asyncio
+
+    async def main():
+        return await asyncio.gather(*(
+            coalescer.score(scorer, r, reasons=3 if reasons is None else reasons[k])
+            for k, r in enumerate(requests)), return_exceptions=True)
+
+    return asyncio.run(main())
+
+
+def test_requests_arriving_together_are_scored_in_one_pass_each_getting_its_own_answer(
+        coalescing):
+    from leadscore.serving.coalesce import Coalescer
+
+    got = _together(Coalescer(), coalescing.scorer, coalescing.requests)
+    assert coalescing.calls == [8]  # five requests, eight leads, one pass
+    assert got == [coalescing.alone(r) for r in coalescing.requests]  # to the bit
+
+
+def test_a_lone_request_is_scored_at_once_and_full_batches_close_early(coalescing):
+    from leadscore.serving.coalesce import Coalescer
+
+    assert _together(Coalescer(), coalescing.scorer, coalescing.requests[:1]) == \
+        [coalescing.alone(coalescing.requests[0])]
+    assert coalescing.calls == [1]
+    coalescing.calls.clear()
+    got = _together(Coalescer(max_rows=3), coalescing.scorer, coalescing.requests)
+    assert coalescing.calls == [5, 3]  # 1+1+3 and 1+2: closed once three rows or more wait
+    assert got == [coalescing.alone(r) for r in coalescing.requests]
+
+
+def test_requests_asking_for_different_reasons_are_scored_apart(coalescing):
+    from leadscore.serving.coalesce import Coalescer
+
+    reasons = [3, 0, 3, 0, 5]
+    got = _together(Coalescer(), coalescing.scorer, coalescing.requests, reasons)
+    assert sorted(coalescing.calls) == [2, 2, 4]  # reasons 3: 1+3 rows, 0: 1+1, 5: 2
+    assert got == [coalescing.alone(r, k) for r, k in zip(coalescing.requests, reasons,
+                                                          strict=True)]
+
+
+def test_one_requests_failure_is_not_its_neighbours(coalescing):
+    """A row the scorer cannot take fails the batch; each request is then scored on its own,
+    so only the request it came in gets the error."""
+    from leadscore.serving.coalesce import Coalescer
+    from leadscore.serving.scorer import MissingFeatures
+
+    broken = [dict(coalescing.requests[2][0])]
+    del broken[0][coalescing.scorer.required[0]]
+    requests = [*coalescing.requests[:2], broken, *coalescing.requests[3:]]
+    got = _together(Coalescer(), coalescing.scorer, requests)
+    assert isinstance(got[2], MissingFeatures)
+    for k in (0, 1, 3, 4):
+        assert got[k] == coalescing.alone(requests[k])
+    assert coalescing.calls[0] == 6 and len(coalescing.calls) == 1 + len(requests)
+
+
+def test_a_request_whose_client_left_does_not_hold_up_the_others(coalescing):
+    import asyncio
+
+    from leadscore.serving.coalesce import Coalescer
+
+    async def main():
+        c = Coalescer()
+        tasks = [asyncio.ensure_future(c.score(coalescing.scorer, r, reasons=3))
+                 for r in coalescing.requests]
+        await asyncio.sleep(0)  # all of them waiting in the gathering
+        tasks[1].cancel()
+        return await asyncio.gather(*tasks, return_exceptions=True)
+
+    got = asyncio.run(main())
+    assert isinstance(got[1], asyncio.CancelledError)
+    assert [got[k] for k in (0, 2, 3, 4)] == [coalescing.alone(coalescing.requests[k])
+                                              for k in (0, 2, 3, 4)]
+
+
+def test_concurrent_http_requests_are_scored_together_with_the_answers_they_get_alone(
+        served, coalescing):
+    """The whole way in: several tenants' requests at once through the ASGI app (fast path
+    and route), scored in one pass, each answered as when it comes alone, and a tenant still
+    sees nothing of another's leads."""
+    import asyncio
+
+    import httpx
+
+    from leadscore.serving import api
+
+    asked = (
+        (served.ids["north"][:1], NORTH, "application/json"),
+        (served.ids["south"][:2], SOUTH, "application/json"),
+        (served.ids["south"][2:3], NORTH, "application/json"),  # another tenant's: not found
+        (served.ids["north"][1:4], NORTH, "application/vnd.crm+json"),  # the route's way
+    )
+    bodies = [({"leads": [{"lead_id": i} for i in ids]}, headers, ctype)
+              for ids, headers, ctype in asked]
+    app = create_app(served.runtime)
+
+    async def post(client, body, headers, ctype):
+        r = await client.post("/score", content=json.dumps(body),
+                              headers={**headers, "Content-Type": ctype})
+        return r.status_code, r.json()
+
+    async def main(together):
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
+                                     base_url="http://leadscore") as client:
+            if together:
+                return await asyncio.gather(*(post(client, *b) for b in bodies))
+            return [await post(client, *b) for b in bodies]
+
+    monkey_now = pd.Timestamp("2026-06-01T10:17:00Z")
+    api.now_utc, saved = (lambda: monkey_now), api.now_utc
+    try:
+        one_by_one = asyncio.run(main(False))
+        assert coalescing.calls == [1, 2, 3]  # the other tenant's lead never reaches a scorer
+        coalescing.calls.clear()
+        together = asyncio.run(main(True))
+    finally:
+        api.now_utc = saved
+    assert coalescing.calls == [6]
+    assert together == one_by_one
+    assert together[2] == (200, {"results": [api._not_found(served.ids["south"][2])]})
 
 
 def test_a_scoring_answer_closes_the_connection_when_the_worker_holds_too_many(

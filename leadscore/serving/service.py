@@ -3,7 +3,8 @@
 BentoML owns the process model (workers, graceful shutdown), ``/healthz`` ``/livez``
 ``/readyz`` and ``/metrics``; the scoring route is the FastAPI app of ``serving.api`` mounted at
 the root, so its pydantic contract and OpenAPI examples are served as written (JSON bodies
-that validate take ``serving.api.ScoreFastPath`` past FastAPI's routing to the same code).
+that validate take ``serving.api.ScoreFastPath`` past FastAPI's routing to the same code;
+small requests that arrive together are scored in one pass, ``serving.coalesce``).
 Settings come from the environment so a built Bento is configured at deploy time:
 
 - ``LEADSCORE_WORKERS`` worker processes (default 1; one per core is the usual choice)

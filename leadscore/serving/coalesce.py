@@ -1,0 +1,115 @@
+"""Small requests that arrive together are scored in one pass of the models.
+
+Why: one lead costs ~1.5 ms in process, most of it fixed per call (a few dozen numpy steps,
+three tree walks, the slot search), while 16 leads in one call cost ~0.8 ms each. Under load a
+worker's event loop finds several requests ready each time it looks up from scoring; scoring
+them as one batch is more throughput and less of the queueing that makes the tail.
+
+Unlike BentoML's adaptive batching nothing waits for company: a batch is whatever has reached
+this point by the time the loop has gone round with nothing new arriving (at most a few turns,
+microseconds), so a lone client sees no added latency and no request is ever refused for
+waiting. Requests keep their own tenant checks and store lookups before they get here; what is
+shared is only the scoring of rows that are already theirs, and rows are independent, so every
+answer is what scoring the request alone gives. A batch that fails is scored again request by
+request, so one request's error never becomes its neighbours'.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from leadscore.serving.runtime import now_utc
+from leadscore.serving.scorer import Scorer
+
+
+@dataclass
+class _Job:
+    scorer: Scorer
+    records: Sequence[dict]
+    reasons: int
+    future: asyncio.Future
+
+
+@dataclass
+class _Gathering:
+    jobs: list[_Job] = field(default_factory=list)
+    rows: int = 0
+    seen: int = 1  # jobs there at the last look (the first one started the gathering)
+    turns: int = 0
+
+
+class Coalescer:
+    """One per app; keeps a gathering per event loop (a test client runs its own loop)."""
+
+    def __init__(self, max_rows: int = 32, max_turns: int = 4, slots: int = 3):
+        #: a batch closes at this many rows: scoring holds the loop, ~0.8 ms per row
+        self.max_rows = max_rows
+        #: loop turns a gathering may wait while requests keep arriving (each is microseconds)
+        self.max_turns = max_turns
+        self.slots = slots
+        self._open: dict[asyncio.AbstractEventLoop, _Gathering] = {}
+
+    async def score(self, scorer: Scorer, records: Sequence[dict], *, reasons: int) -> list[dict]:
+        """What ``scorer.score_records(records, reasons=reasons)`` returns, scored beside the
+        other requests of this moment."""
+        if not records:  # nothing of the tenant's: no reason to wait for anyone
+            return []
+        loop = asyncio.get_running_loop()
+        job = _Job(scorer, records, reasons, loop.create_future())
+        gathering = self._open.get(loop)
+        if gathering is None:
+            gathering = self._open[loop] = _Gathering()
+            loop.call_soon(self._look, loop, gathering)
+        gathering.jobs.append(job)
+        gathering.rows += len(records)
+        if gathering.rows >= self.max_rows:
+            self._close(loop, gathering)
+        return await job.future
+
+    def _look(self, loop: asyncio.AbstractEventLoop, gathering: _Gathering) -> None:
+        if self._open.get(loop) is not gathering:  # closed full already
+            return
+        if len(gathering.jobs) > gathering.seen and gathering.turns < self.max_turns:
+            gathering.seen = len(gathering.jobs)  # still arriving: one more turn
+            gathering.turns += 1
+            loop.call_soon(self._look, loop, gathering)
+            return
+        self._close(loop, gathering)
+
+    def _close(self, loop: asyncio.AbstractEventLoop, gathering: _Gathering) -> None:
+        del self._open[loop]
+        groups: dict[tuple[int, int], list[_Job]] = {}
+        for job in gathering.jobs:
+            groups.setdefault((id(job.scorer), job.reasons), []).append(job)
+        for jobs in groups.values():
+            self._run(jobs)
+
+    def _run(self, jobs: list[_Job]) -> None:
+        first = jobs[0]
+        records = [r for job in jobs for r in job.records]
+        try:
+            out = first.scorer.score_records(records, reasons=first.reasons, slots=self.slots,
+                                             now=now_utc())
+        except Exception as e:
+            if len(jobs) == 1:
+                _settle(first.future, exc=e)
+            else:  # whose rows? each request on its own finds out
+                for job in jobs:
+                    self._run([job])
+            return
+        start = 0
+        for job in jobs:
+            end = start + len(job.records)
+            _settle(job.future, result=out[start:end])
+            start = end
+
+
+def _settle(future: asyncio.Future, result=None, exc: BaseException | None = None) -> None:
+    if future.done():  # the client went away and its task was cancelled
+        return
+    if exc is not None:
+        future.set_exception(exc)
+    else:
+        future.set_result(result)
