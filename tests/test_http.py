@@ -122,15 +122,20 @@ def test_score_over_http(server, http_env):
         assert x["as_of"].endswith("Z")
 
 
-def test_health_readiness_metrics_and_openapi(server):
+def test_health_readiness_metrics_and_openapi(server, http_env):
     for path in ("/healthz", "/livez", "/readyz"):
         assert httpx.get(server.url + path, timeout=10).status_code == 200, path
-    httpx.post(server.url + "/score", headers=HEADERS, json={"leads": [{"lead_id": "x"}]},
-               timeout=30)
+    r = httpx.post(server.url + "/score", headers=HEADERS,
+                   json={"leads": [{"lead_id": http_env.ids[0]}]}, timeout=30)
+    assert r.status_code == 200 and r.json()["results"][0]["status"] == "ok"
     m = httpx.get(server.url + "/metrics", timeout=10)
     assert m.status_code == 200
     assert re.search(r'request_duration_seconds\w*\{[^}]*endpoint="/score"', m.text), \
         m.text[:2000]
+    # the service's own: leads per pass of the models, and the pass's seconds
+    passes = re.search(r"^leadscore_scoring_pass_rows_count\S* (\S+)$", m.text, re.M)
+    assert passes and float(passes.group(1)) >= 1, m.text[:2000]
+    assert re.search(r"^leadscore_scoring_pass_seconds_bucket\{", m.text, re.M)
     spec = httpx.get(server.url + "/openapi.json", timeout=10)
     assert spec.status_code == 200
     doc = spec.json()
