@@ -85,8 +85,14 @@ class Coalescer:
         groups: dict[tuple[int, int], list[_Job]] = {}
         for job in gathering.jobs:
             groups.setdefault((id(job.scorer), job.reasons), []).append(job)
-        for jobs in groups.values():
-            self._run(jobs)
+        batches = list(groups.values())
+        for k, jobs in enumerate(batches):
+            try:
+                self._run(jobs)
+            except BaseException as e:  # a loop callback's error reaches no request: tell them
+                for job in (job for rest in batches[k:] for job in rest):
+                    _settle(job.future, exc=e)
+                raise
 
     def _run(self, jobs: list[_Job]) -> None:
         first = jobs[0]
