@@ -18,7 +18,9 @@ scored): the framework's share of a request, measured in the same run.
 Each scenario runs ``--rounds`` times, alternating the servers so both see the same background
 load; medians are reported. Prints p50/p90/p99 (wrk's, corrected for coordinated omission: a
 stall of T ms at R req/s counts as the ~T*R/1000 requests that would have waited behind it),
-requests/s, errors, server CPU per request, the ratios service/bare, and the targets:
+requests/s, errors, server CPU per request, the service's leads per pass of the models (from
+its ``/metrics``: how many requests were scored together), the ratios service/bare, and the
+targets:
 
   single, 8 connections:  p99 <= 15 ms and throughput >= 50% of bare
   single, 32 connections: no errors, p99 <= 60 ms
@@ -34,6 +36,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -188,6 +191,22 @@ def cpu_seconds(proc: subprocess.Popen) -> float:
     return total
 
 
+def pass_totals(port: int) -> tuple[float, float]:
+    """(leads, passes) the service's workers have scored so far in coalesced passes, from
+    its ``/metrics`` (``leadscore_scoring_pass_rows``); (0, 0) for a server without them."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as r:
+            text = r.read().decode()
+    except OSError:
+        return 0.0, 0.0
+
+    def total(kind: str) -> float:
+        return sum(float(v) for v in re.findall(
+            rf"^leadscore_scoring_pass_rows_{kind}(?:\{{[^}}]*\}})? (\S+)$", text, re.M))
+
+    return total("sum"), total("count")
+
+
 def wrk(port: int, bodies: Path, connections: int, seconds: float, work: Path,
         key: str = KEY) -> dict:
     script = work / f"score-{bodies.stem}-{'ok' if key == KEY else 'denied'}.lua"
@@ -284,12 +303,16 @@ def main() -> None:
                     key = DENIED_KEY if kind == "denied" else KEY
                     if r == 0:
                         wrk(port, bodies[kind], int(conns), args.warmup, work, key)
+                    p0 = pass_totals(port)
                     c0 = cpu_seconds(s.proc)
                     res = wrk(port, bodies[kind], int(conns), args.duration, work, key)
                     if kind == "denied":  # wrk counts any 4xx/5xx; all should be the 401
                         res["errors"] -= res["status"]
                         res["errors"] += res["requests"] - res["status"]
                     res["cpu_ms"] = 1e3 * (cpu_seconds(s.proc) - c0) / max(res["requests"], 1)
+                    p1 = pass_totals(port)  # after the CPU reading: the scrape is not the run's
+                    passes = p1[1] - p0[1]  # requests scored together: leads per pass
+                    res["per_pass"] = (p1[0] - p0[0]) / passes if passes else 0.0
                     runs[s.name].append(res)
             for name, rs in runs.items():
                 results.setdefault(sc, {})[name] = median_run(rs)
@@ -317,13 +340,17 @@ def median_run(runs: list[dict]) -> dict:
 
 def report(results: dict, args) -> None:
     print(f"\nmedians of {args.rounds} rounds of {args.duration:g} s; latency percentiles are "
-          f"wrk's (corrected for coordinated omission); cpu = server CPU per request")
+          f"wrk's (corrected for coordinated omission); cpu = server CPU per request;\n"
+          f"leads/pass = leads per pass of the models (small requests that arrive together "
+          f"share one; - where none was coalesced)")
     print(f"{'scenario':<12} {'server':<8} {'p50 ms':>8} {'p90 ms':>8} {'p99 ms':>8} "
-          f"{'max ms':>8} {'req/s':>9} {'cpu ms':>7} {'errors':>7}")
+          f"{'max ms':>8} {'req/s':>9} {'cpu ms':>7} {'errors':>7} {'leads/pass':>11}")
     for sc, by in results.items():
         for name, r in by.items():
+            per_pass = f"{r['per_pass']:.1f}" if r.get("per_pass") else "-"
             print(f"{sc:<12} {name:<8} {r['p50']:>8.2f} {r['p90']:>8.2f} {r['p99']:>8.2f} "
-                  f"{r['max']:>8.1f} {r['rps']:>9.0f} {r['cpu_ms']:>7.2f} {r['errors']:>7d}")
+                  f"{r['max']:>8.1f} {r['rps']:>9.0f} {r['cpu_ms']:>7.2f} {r['errors']:>7d} "
+                  f"{per_pass:>11}")
     print("\nratios service/bare and targets:")
     for sc, by in results.items():
         s, b = by.get("service"), by.get("bare")
