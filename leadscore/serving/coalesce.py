@@ -17,6 +17,7 @@ request, so one request's error never becomes its neighbours'.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -24,6 +25,8 @@ from functools import cache
 
 from leadscore.serving.runtime import now_utc
 from leadscore.serving.scorer import Scorer
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -101,9 +104,6 @@ class Coalescer:
         try:
             out = first.scorer.score_records(records, reasons=first.reasons, slots=self.slots,
                                              now=now_utc())
-            rows, seconds = _pass_metrics()
-            rows.observe(len(records))
-            seconds.observe(time.perf_counter() - t0)
         except Exception as e:
             if len(jobs) == 1:
                 _settle(first.future, exc=e)
@@ -111,11 +111,18 @@ class Coalescer:
                 for job in jobs:
                     self._run([job])
             return
+        seconds = time.perf_counter() - t0
         start = 0
         for job in jobs:
             end = start + len(job.records)
             _settle(job.future, result=out[start:end])
             start = end
+        try:  # after the answers: a metrics fault must cost no request
+            rows_metric, seconds_metric = _pass_metrics()
+            rows_metric.observe(len(records))
+            seconds_metric.observe(seconds)
+        except Exception:
+            log.warning("scoring pass metrics not recorded", exc_info=True)
 
 
 @cache
