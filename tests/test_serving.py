@@ -556,15 +556,10 @@ def test_concurrent_http_requests_are_scored_together_with_the_answers_they_get_
                 return await asyncio.gather(*(post(client, *b) for b in bodies))
             return [await post(client, *b) for b in bodies]
 
-    monkey_now = pd.Timestamp("2026-06-01T10:17:00Z")
-    api.now_utc, saved = (lambda: monkey_now), api.now_utc
-    try:
-        one_by_one = asyncio.run(main(False))
-        assert coalescing.calls == [1, 2, 3]  # the other tenant's lead never reaches a scorer
-        coalescing.calls.clear()
-        together = asyncio.run(main(True))
-    finally:
-        api.now_utc = saved
+    one_by_one = asyncio.run(main(False))  # the clock is the fixture's, fixed
+    assert coalescing.calls == [1, 2, 3]  # the other tenant's lead never reaches a scorer
+    coalescing.calls.clear()
+    together = asyncio.run(main(True))
     assert coalescing.calls == [6]
     assert together == one_by_one
     assert together[2] == (200, {"results": [api._not_found(served.ids["south"][2])]})
