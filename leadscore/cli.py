@@ -263,13 +263,19 @@ def rescore(
     force: Annotated[bool, typer.Option(help="Redo a finished run / replace other output")] = (
         False
     ),
+    cache: Annotated[Path | None, typer.Option(
+        help="Where validated input rows are kept between runs, so a run validates only the "
+             "files added since [default: DATA/.leadscore-intake]; deleting it costs one full "
+             "validation")] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
     """Score every open lead (and owner, for churn) with the champion models."""
     _logging(verbose)
-    logging.getLogger("leadscore.serving.batch").setLevel(logging.INFO)  # progress lines
+    for name in ("leadscore.serving.batch", "leadscore.serving.intake"):  # progress lines
+        logging.getLogger(name).setLevel(logging.INFO)
     from leadscore.contract import ContractError
     from leadscore.serving import batch
+    from leadscore.serving.intake import IntakeBusy
 
     names = [m.strip() for m in models.split(",") if m.strip()]
     unknown = sorted(set(names) - {m.value for m in ModelName})
@@ -279,8 +285,9 @@ def rescore(
     target = out.with_name(out.name + ".parts") if out_format is OutFormat.csv else out
     try:
         res = batch.rescore(data, cutoff, target, models=names, reasons=reasons,
-                            bucket_leads=bucket_leads, force=force, engine=engine.value)
-    except (ContractError, FileExistsError, ValueError) as e:
+                            bucket_leads=bucket_leads, force=force, engine=engine.value,
+                            cache=cache)
+    except (ContractError, FileExistsError, ValueError, IntakeBusy) as e:
         _fail(str(e))
     if out_format is OutFormat.csv:
         batch.export_csv(target, out)

@@ -10,7 +10,7 @@ a :class:`ContractError` that names the file and the column.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -151,11 +151,13 @@ def _lit(text: str) -> str:
     return "'" + text.replace("'", "''") + "'"
 
 
-def _scan_sql(path: Path) -> str:
-    """The file's rows plus ``_file`` (its source file) and ``_row`` (0-based row in that file)."""
+def _scan_sql(path: Path, files: Sequence[Path] | None = None) -> str:
+    """The file's rows plus ``_file`` (its source file) and ``_row`` (0-based row in that file).
+    ``files``: only these Parquet files of the folder ``path``."""
     p = _lit(str(path))
     if path.is_dir():
-        glob = _lit(f"{path}/**/*.parquet")
+        glob = (_lit(f"{path}/**/*.parquet") if files is None
+                else "[" + ", ".join(_lit(str(f)) for f in files) + "]")
         return (
             f"(SELECT * EXCLUDE (filename, file_row_number), filename AS _file, "
             f"file_row_number AS _row FROM read_parquet({glob}, filename=true, "
@@ -281,9 +283,14 @@ def _check_parse_rates(con, path: Path, scan: str, cols: dict[str, _Col]) -> Non
             )
 
 
-def _reasons(table: str, cols: dict[str, _Col], clock_sql: str) -> list[tuple[str, str, str]]:
+def _reasons(table: str, cols: dict[str, _Col], clock_sql: str,
+             prior: bool = False) -> list[tuple[str, str, str]]:
     """(reason, SQL condition, offending field) in priority order, over rows holding the typed
-    values under the contract's names and the raw ones as ``_src_<name>``."""
+    values under the contract's names and the raw ones as ``_src_<name>``. With ``prior``, the
+    leads validated by earlier loads (``_prior_leads``) count as known, and a lead row for one
+    of them that is not an exact duplicate conflicts with it (the earlier row wins)."""
+    known = ("(SELECT lead_id FROM leads UNION ALL SELECT lead_id FROM _prior_leads)" if prior
+             else "(SELECT lead_id FROM leads)")
     rules: list[tuple[str, str, str]] = []
     for name, c in cols.items():
         present = c.present(c.src)
@@ -299,9 +306,12 @@ def _reasons(table: str, cols: dict[str, _Col], clock_sql: str) -> list[tuple[st
             ("created_at_after_clock", f"created_at > {clock_sql}", "created_at"),
             ("unknown_tz", "tz IS NOT NULL AND tz NOT IN (SELECT name FROM _tz_names)", "tz"),
         ]
+        if prior:
+            rules.append(("conflicting_lead_id",
+                          "lead_id IN (SELECT lead_id FROM _prior_leads)", "lead_id"))
     elif table == "events":
         rules += [
-            ("unknown_lead", "lead_id NOT IN (SELECT lead_id FROM leads)", "lead_id"),
+            ("unknown_lead", f"lead_id NOT IN {known}", "lead_id"),
             ("ts_after_ingested_at", "ingested_at IS NOT NULL AND ts > ingested_at", "ts"),
             ("ts_after_clock", f"ts > {clock_sql}", "ts"),
             ("ingested_at_after_clock", f"ingested_at > {clock_sql}", "ingested_at"),
@@ -310,7 +320,7 @@ def _reasons(table: str, cols: dict[str, _Col], clock_sql: str) -> list[tuple[st
         chans = ", ".join(f"'{c}'" for c in CHANNELS)
         outs = ", ".join(f"'{o}'" for o in OUTCOMES)
         rules += [
-            ("unknown_lead", "lead_id NOT IN (SELECT lead_id FROM leads)", "lead_id"),
+            ("unknown_lead", f"lead_id NOT IN {known}", "lead_id"),
             ("unknown_channel", f"lower(channel) NOT IN ({chans})", "channel"),
             ("unknown_outcome", f"lower(outcome) NOT IN ({outs})", "outcome"),
             ("ts_after_clock", f"ts > {clock_sql}", "ts"),
@@ -318,9 +328,13 @@ def _reasons(table: str, cols: dict[str, _Col], clock_sql: str) -> list[tuple[st
     return rules
 
 
-def _empty_table(con, table: str) -> None:
+def _empty_sql(table: str) -> str:
     cols = ", ".join(f'CAST(NULL AS {_SQL_TYPE[c.kind]}) AS "{c.name}"' for c in TABLES[table])
-    con.execute(f"CREATE OR REPLACE TABLE {table} AS SELECT {cols} LIMIT 0")
+    return f"SELECT {cols} LIMIT 0"
+
+
+def _empty_table(con, table: str) -> None:
+    con.execute(f"CREATE OR REPLACE TABLE {table} AS {_empty_sql(table)}")
 
 
 #: where clean rows go instead of a table: ``sink(con, table, select_sql)`` writes the rows of
@@ -328,16 +342,70 @@ def _empty_table(con, table: str) -> None:
 Sink = Callable[[duckdb.DuckDBPyConnection, str, str], int]
 
 
+def _raw_hash_sql(cols: dict[str, _Col]) -> str:
+    """The hash of a row's raw values over every contract column (absent ones as NULL): what
+    the duplicate rule compares. Kept with the rows a load keeps or quarantines (``_h``), so a
+    later load finds exact duplicates of them by one column."""
+    return "hash(" + ", ".join("NULL" if c.family is None else c.q for c in cols.values()) + ")"
+
+
+def _clean_value(table: str, name: str, typed: str) -> str:
+    """A typed value as the clean table holds it (see :func:`load`)."""
+    if name in ("channel", "outcome"):
+        return f"lower({typed})"
+    if table == "leads" and name == "tz":
+        return f"coalesce({typed}, '{DEFAULT_TZ}')"
+    return typed
+
+
+def _prior_duplicates(con, table: str, scan: str, cols: dict[str, _Col]) -> None:
+    """Add to ``_drop_<table>`` the rows that repeat a row an earlier load kept
+    (``_prior_<table>``) or quarantined (``_prior_bad_<table>``): the same raw hash, confirmed
+    on the cleaned values or on the quarantined text. Only the hash column of the (large)
+    earlier data is read unless there are candidates."""
+    norm = ", ".join(f'{_clean_value(table, n, c.typed())} AS "{n}"' for n, c in cols.items())
+    text = ", ".join(f'{c.original()} AS "_o_{n}"' for n, c in cols.items())
+    con.execute(
+        f"""CREATE OR REPLACE TEMP TABLE _new_{table} AS
+        SELECT {norm}, {text}, {_raw_hash_sql(cols)} AS _h, _file, _row
+        FROM {scan} s ANTI JOIN _drop_{table} USING (_file, _row)"""
+    )
+    same = {"": " AND ".join(f'n."{n}" IS NOT DISTINCT FROM p."{n}"' for n in cols),
+            "bad_": " AND ".join(f'n."_o_{n}" IS NOT DISTINCT FROM p."{n}"' for n in cols)}
+    for kind, cond in same.items():
+        prior = f"_prior_{kind}{table}"
+        hits = con.execute(
+            f"SELECT count(*) FROM {prior} WHERE _h IN (SELECT _h FROM _new_{table})"
+        ).fetchall()[0][0]
+        if hits:
+            con.execute(
+                f"""INSERT INTO _drop_{table} SELECT DISTINCT n._file, n._row FROM _new_{table} n
+                JOIN (SELECT * FROM {prior} WHERE _h IN (SELECT _h FROM _new_{table})) p
+                ON n._h = p._h AND {cond}
+                ANTI JOIN _drop_{table} d ON d._file = n._file AND d._row = n._row"""
+            )
+
+
 def _load_table(con, table: str, path: Path | None, clock_sql: str,
-                quarantine_dir: Path | None, sink: Sink | None = None) -> TableReport:
+                quarantine_dir: Path | None, sink: Sink | None = None,
+                files: Sequence[Path] | None = None, prior: bool = False,
+                row_hash: bool = False) -> TableReport:
     """Validate one file into the clean table ``table`` (or into ``sink``).
 
     Three passes over the source, none of which materialises more than the clean table plus
     the (small) sets of duplicate and bad rows: (1) exact duplicates, found through a hash of
     the contract's columns and confirmed on the values; (2) bad rows with their reason and raw
     values; (3) the clean table: every row that is neither, in the file's order.
+
+    ``files``: only these files of the folder ``path`` (a later load of files added to it).
+    ``prior``: rows kept and quarantined by earlier loads are in ``_prior_<table>`` and
+    ``_prior_bad_<table>`` (with their ``_h``): a row repeating one of them is a duplicate, and
+    a lead already known conflicts (see :func:`_reasons`). ``row_hash``: clean and quarantined
+    rows carry their raw hash as ``_h``.
     """
     rep = TableReport(table=table, file=str(path) if path else None)
+    if files is not None:
+        rep.file = f"{path} ({len(files)} new file{'s' if len(files) != 1 else ''})"
     qfile = quarantine_dir / f"{table}.parquet" if quarantine_dir is not None else None
     if qfile is not None and qfile.exists():
         qfile.unlink()  # a quarantine file always belongs to the latest load
@@ -346,7 +414,7 @@ def _load_table(con, table: str, path: Path | None, clock_sql: str,
             raise ContractError(f"no {table}.parquet, {table}.csv or {table}/ folder found")
         _empty_table(con, table)
         return rep
-    scan = _scan_sql(path)
+    scan = _scan_sql(path, files)
     cols = _check_columns(con, table, path, scan)
     if path.suffix == ".csv":  # parse the text once; the passes below read it several times
         con.execute(f"CREATE OR REPLACE TEMP TABLE _src_{table} AS SELECT * FROM {scan}")
@@ -366,14 +434,17 @@ def _load_table(con, table: str, path: Path | None, clock_sql: str,
             FROM {scan} WHERE hash({raw}) IN (SELECT _h FROM suspects)
         ) WHERE _copy > 1"""
     )
+    if prior:
+        _prior_duplicates(con, table, scan, cols)
     rep.duplicates = con.execute(f"SELECT count(*) FROM _drop_{table}").fetchall()[0][0]
 
     # 2. bad rows: the first broken rule names the reason
-    rules = _reasons(table, cols, clock_sql)
+    rules = _reasons(table, cols, clock_sql, prior)
     case = "CASE " + " ".join(f"WHEN {cond} THEN '{name}'" for name, cond, _ in rules) + " END"
     typed = ", ".join(f'{c.typed()} AS "{n}"' for n, c in cols.items())
     srcs = ", ".join(f"{'NULL' if c.family is None else c.q} AS {c.src}" for c in cols.values())
-    rows = f"""(SELECT {typed}, {srcs}, _file, _row FROM {scan} s
+    h = f", {_raw_hash_sql(cols)} AS _h" if row_hash else ""
+    rows = f"""(SELECT {typed}, {srcs}{h}, _file, _row FROM {scan} s
                 ANTI JOIN _drop_{table} d USING (_file, _row))"""
     checked = f"SELECT *, {case} AS _reason FROM {rows}"
     if table == "leads":  # a lead_id seen again with other values: the first valid row wins
@@ -386,13 +457,15 @@ def _load_table(con, table: str, path: Path | None, clock_sql: str,
     originals = ", ".join(f'{c.original(c.src)} AS "{n}"' for n, c in cols.items())
     con.execute(
         f"""CREATE OR REPLACE TEMP TABLE _bad_{table} AS
-        SELECT {originals}, _file, _row, _reason FROM ({checked}) WHERE _reason IS NOT NULL"""
+        SELECT {originals}, _file, _row, _reason{", _h" if row_hash else ""}
+        FROM ({checked}) WHERE _reason IS NOT NULL"""
     )
 
     # 3. the clean table
     keep = {"channel": "lower(channel) AS channel", "outcome": "lower(outcome) AS outcome"}
     sel = ", ".join(keep.get(n, f'"{n}"') for n in cols)
-    clean = f"""SELECT {sel} FROM (SELECT {typed}, _file, _row FROM {scan}) s
+    clean = f"""SELECT {sel}{", _h" if row_hash else ""} FROM (
+            SELECT {typed}{h}, _file, _row FROM {scan}) s
         ANTI JOIN (SELECT _file, _row FROM _drop_{table}
                    UNION ALL SELECT _file, _row FROM _bad_{table}) x USING (_file, _row)"""
     if sink is None:
@@ -420,7 +493,7 @@ def _load_table(con, table: str, path: Path | None, clock_sql: str,
             f"COPY (SELECT * FROM _bad_{table} ORDER BY _file, _row) TO {_lit(str(qfile))} "
             f"(FORMAT parquet)"
         )
-    for tmp in ("_drop_", "_bad_", "_src_"):
+    for tmp in ("_drop_", "_bad_", "_src_", "_new_"):
         con.execute(f"DROP TABLE IF EXISTS {tmp}{table}")
     if rep.n_quarantined + rep.duplicates + rep.rows_ok != rep.rows_read:  # pragma: no cover
         raise RuntimeError(f"{table}: rows were lost while loading {path}")
@@ -434,6 +507,9 @@ def load(
     quarantine_dir: Path | None = None,
     con: duckdb.DuckDBPyConnection | None = None,
     sink: Sink | None = None,
+    row_hash: bool = False,
+    files: dict[str, Sequence[Path]] | None = None,
+    prior: dict[str, str] | None = None,
 ) -> Dataset:
     """Validate the folder's files into clean DuckDB tables ``leads``, ``events``, ``contacts``.
 
@@ -445,6 +521,16 @@ def load(
     contacts are checked against them). The nightly job writes them straight to its bucketed
     Parquet this way, rather than building tens of millions of rows into DuckDB only to copy
     them out again; the connection then holds no ``events``/``contacts`` tables of them.
+
+    ``row_hash``: the clean rows (and quarantined ones) carry the hash of their raw values as
+    ``_h``, for a later load of added files to compare with. ``files`` and ``prior`` are that
+    later load: ``files`` lists the added files per table (an empty list: nothing new), and
+    ``prior`` holds, per table, SQL for the rows earlier loads kept (key ``<table>``) and
+    quarantined (key ``bad_<table>``), with their ``_h``. Events and contacts may then belong to
+    earlier leads, a row repeating an earlier one is an exact duplicate and a lead row for an
+    earlier lead conflicts with it: what one load of all the files would decide, as long as the
+    added files come after the earlier ones in file order. The clean tables (and what reaches
+    ``sink``) hold the new rows only.
     """
     data_dir = Path(data_dir)
     if not data_dir.is_dir():
@@ -458,11 +544,24 @@ def load(
     con.execute(
         "CREATE OR REPLACE TEMP TABLE _tz_names AS SELECT name FROM pg_timezone_names()"
     )
+    if prior is not None:
+        for table in TABLES:
+            for key in (table, f"bad_{table}"):
+                empty = f"SELECT *, NULL::UBIGINT AS _h FROM ({_empty_sql(table)})"
+                con.execute(f"CREATE OR REPLACE TEMP VIEW _prior_{key} AS "
+                            f"{prior.get(key, empty)}")
     reports: dict[str, TableReport] = {}
     for table in TABLES:  # leads first: events and contacts check their lead exists
+        path = find_file(data_dir, table)
+        new_files = None if files is None else files.get(table, [])
+        if new_files is not None and not new_files:
+            _empty_table(con, table)
+            reports[table] = TableReport(table=table, file=f"{path} (no new files)")
+            continue
         reports[table] = _load_table(
-            con, table, find_file(data_dir, table), clock_sql, quarantine_dir,
-            None if table == "leads" else sink,
+            con, table, path, clock_sql, quarantine_dir,
+            None if table == "leads" else sink, files=new_files, prior=prior is not None,
+            row_hash=row_hash or prior is not None,
         )
     con.execute(f"UPDATE leads SET tz = '{DEFAULT_TZ}' WHERE tz IS NULL")
     if sink is not None:

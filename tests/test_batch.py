@@ -34,7 +34,7 @@ from leadscore.cli import app
 from leadscore.features import job
 from leadscore.features.slots import add_slot_features
 from leadscore.schema import CHANNELS
-from leadscore.serving import batch
+from leadscore.serving import batch, intake
 from leadscore.serving.scorer import OUTPUT_COLUMNS, SLOT_MODEL, Scorer
 from leadscore.training import trainer
 
@@ -371,7 +371,7 @@ def test_rerun_is_a_noop_unless_forced_and_other_inputs_are_refused(env, data, t
 
 def test_a_rerun_after_a_crash_scores_from_the_validated_buckets(
         reference, env, data, tmp_path, monkeypatch):
-    """The inputs are validated and bucketed once per run: the rerun after a crash and the
+    """The inputs are validated and bucketed once and kept: the rerun after a crash and the
     no-op rerun after it never read the inputs again, and the result is the uninterrupted
     run's."""
     data = copy_data(data, tmp_path / "data")
@@ -388,18 +388,49 @@ def test_a_rerun_after_a_crash_scores_from_the_validated_buckets(
     monkeypatch.setattr(batch, "score_bucket", crash_on_the_third_bucket)
     with pytest.raises(RuntimeError, match="went away"):
         batch.rescore(data, env.as_of, out, bucket_leads=100)
-    split = json.loads((out / "_work" / "_split.json").read_text())
-    assert split["buckets"] >= 5 and split["quarantined"] == 0
+    kept = json.loads((intake.default_cache(data) / intake.STATE).read_text())
+    assert kept["buckets"] >= 5 and len(kept["segments"]) == 1
+    assert not any(c["quarantined"] for c in kept["segments"][0]["counts"].values())
 
     monkeypatch.setattr(batch, "score_bucket", real)
     loads = []
     monkeypatch.setattr(contract, "load", lambda *a, **kw: loads.append(1))
     res = batch.rescore(data, env.as_of, out, bucket_leads=100)
-    assert loads == [] and res.skipped_buckets == 2 and res.buckets == split["buckets"]
-    assert not (out / "_work").exists()
+    assert loads == [] and res.skipped_buckets == 2 and res.buckets == kept["buckets"]
+    assert {p.name for p in out.iterdir()} == {batch.MANIFEST} | {
+        f"part-{b:05d}.parquet" for b in range(res.buckets)}
     again = batch.rescore(data, env.as_of, out, bucket_leads=100)
     assert again.noop and loads == []
     assert_same_scores(read_sorted(out), reference.frame)
+
+
+def test_a_night_validates_only_its_new_files_and_scores_as_if_it_had_read_them_all(
+        reference, env, data, tmp_path, monkeypatch):
+    """Inputs as an operator's folders fill up: yesterday's history, then today's drop. The
+    second night validates only the drop (against the rows kept from the first) and scores
+    exactly what a rescoring of the same rows from scratch scores."""
+    folders, cut = tmp_path / "data", env.as_of - pd.Timedelta(days=2)
+    today = {}
+    for table, col in (("leads", "created_at"), ("events", "ingested_at"), ("contacts", "ts")):
+        df = pd.read_parquet(data / f"{table}.parquet")
+        (folders / table).mkdir(parents=True)
+        old = df[col].fillna(df.get("ts", df[col])) < cut
+        df[old].to_parquet(folders / table / "2025-01-01.parquet", index=False)
+        today[table] = df[~old]
+    today = {t: df for t, df in today.items() if len(df)}  # (the simulated leads came early)
+    assert {"events", "contacts"} <= set(today)
+    first = batch.rescore(folders, cut, tmp_path / "night-1", reasons=0)
+    assert first.rows > 0
+    for table, df in today.items():
+        df.to_parquet(folders / table / "2025-01-02.parquet", index=False)
+
+    real, seen = contract.load, []
+    monkeypatch.setattr(contract, "load", lambda *a, **kw: seen.append(kw.get("files")) or
+                        real(*a, **kw))
+    batch.rescore(folders, env.as_of, tmp_path / "night-2")
+    assert [{t: [p.name for p in fs] for t, fs in f.items()} for f in seen] == [
+        {t: ["2025-01-02.parquet"] for t in today}]
+    assert_same_scores(read_sorted(tmp_path / "night-2"), reference.frame)
 
 
 def test_csv_export_reads_back_with_the_same_rows_and_reasons_as_sentences(reference, tmp_path):

@@ -165,7 +165,8 @@ def test_bad_rows_are_quarantined_with_reason_and_row(tmp_path, fmt):
 def test_a_sink_gets_the_same_rows_report_and_quarantine_as_tables(tmp_path, fmt):
     """The nightly job's path (clean rows streamed to bucketed Parquet) agrees with the tables
     path on every count, example, quarantined row and clean row."""
-    from leadscore.serving.batch import _BucketSink, bucket_connection
+    from leadscore.serving.batch import bucket_connection
+    from leadscore.serving.intake import BucketSink
 
     data = tmp_path / "data"
     for t, df in (("leads", LEADS), ("events", EVENTS), ("contacts", CONTACTS)):
@@ -174,7 +175,7 @@ def test_a_sink_gets_the_same_rows_report_and_quarantine_as_tables(tmp_path, fmt
     q_tables = {t: pd.read_parquet(tmp_path / "t" / "quarantine" / f"{t}.parquet")
                 for t in ("events", "contacts")}
     (tmp_path / "work").mkdir()
-    sink = _BucketSink(tmp_path / "work", n_buckets=3)
+    sink = BucketSink(tmp_path / "work", "0", n_buckets=3)
     sunk = load(data, tmp_path / "s", sink=sink)
     for table in ("leads", "events", "contacts"):
         a, b = tables.reports[table], sunk.reports[table]

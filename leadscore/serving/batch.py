@@ -2,9 +2,9 @@
 
 How it keeps its promises:
 - **bounded memory**: the inputs are validated straight into Parquet partitioned by a hash of
-  ``lead_id`` (one pass per table: bad rows to quarantine, clean rows to their bucket); each
-  bucket is featurised and scored alone, so memory follows the bucket size, not the number of
-  leads;
+  ``lead_id`` (bad rows to quarantine, clean rows to their bucket), kept between nights so a
+  night validates only its new files (:mod:`leadscore.serving.intake`); each bucket is
+  featurised and scored alone, so memory follows the bucket size, not the number of leads;
 - **nothing lost, nothing doubled**: each bucket's result is written to a hidden temp file and
   renamed to ``part-NNNNN.parquet`` (atomic on POSIX), then recorded in ``_manifest.json``
   (itself replaced atomically). Readers ignore ``_``/``.`` files, so they see whole parts only.
@@ -13,7 +13,7 @@ How it keeps its promises:
 - **idempotent**: a finished run with the same inputs (each file's path, size and modification
   time), cutoff, models and settings is a no-op unless ``force``, decided before reading any
   rows; different inputs into the same folder need ``force`` (which clears it). A rerun after a
-  crash reuses the run's validated buckets (``_work/_split.json`` holds the run's key).
+  crash finds the inputs already validated in the intake.
 
 The per-bucket function :func:`score_bucket` is what the Spark engine runs per partition
 (:mod:`leadscore.serving.spark`): both engines hand their buckets' results to the same part
@@ -25,7 +25,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import math
 import os
 import shutil
 import sys
@@ -38,6 +37,7 @@ import pandas as pd
 
 from leadscore import contract
 from leadscore.features import job
+from leadscore.serving import intake
 from leadscore.serving.scorer import ALL_MODELS, OUTPUT_COLUMNS, SLOT_MODEL, Scorer
 
 log = logging.getLogger(__name__)
@@ -134,43 +134,13 @@ def _atomic_write_text(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def _inputs_fingerprint(data_dir: Path) -> list:
-    """Each input file's path, size and modification time (as ``make`` decides): a finished
-    run is recognised without reading tens of millions of rows again."""
-    out = []
-    for table in contract.TABLES:
-        p = contract.find_file(data_dir, table)
-        files = [] if p is None else [p] if p.is_file() else sorted(p.rglob("*.parquet"))
-        out.append([table, [(str(f.relative_to(data_dir)), f.stat().st_size,
-                             f.stat().st_mtime_ns) for f in files]])
-    return out
-
-
 def _run_key(data_dir: Path, as_of: pd.Timestamp, versions: dict, bucket_leads: int,
              reasons: int) -> str:
-    blob = json.dumps([_inputs_fingerprint(data_dir), str(as_of), versions, bucket_leads,
-                       reasons])
+    """Each input file's path, size and modification time (as ``make`` decides), the cutoff,
+    models and settings: a finished run is recognised without reading any rows."""
+    files = [[t, f["files"]] for t, f in intake.input_files(data_dir).items()]
+    blob = json.dumps([files, str(as_of), versions, bucket_leads, reasons])
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
-
-
-class _BucketSink:
-    """A :data:`contract.Sink`: a table's clean rows to Parquet partitioned by lead bucket
-    (``<work>/<table>/bucket=N/``). Without a fixed count, the buckets follow from the clean
-    leads, which are validated first."""
-
-    def __init__(self, work: Path, bucket_leads: int | None = None,
-                 n_buckets: int | None = None):
-        self.work, self.bucket_leads, self.n_buckets = work, bucket_leads, n_buckets
-
-    def __call__(self, con, table: str, sql: str) -> int:
-        if self.n_buckets is None:
-            n_leads = con.execute("SELECT count(*) FROM leads").fetchone()[0]
-            self.n_buckets = max(1, math.ceil(n_leads / self.bucket_leads))
-        (rows,) = con.execute(
-            f"COPY (SELECT *, (hash(lead_id) % {self.n_buckets})::INT AS bucket FROM ({sql})) "
-            f"TO {contract._lit(str(self.work / table))} (FORMAT parquet, PARTITION_BY (bucket))"
-        ).fetchone()
-        return int(rows)
 
 
 def _split_buckets(ds: contract.Dataset, work: Path, n_buckets: int) -> None:
@@ -178,7 +148,7 @@ def _split_buckets(ds: contract.Dataset, work: Path, n_buckets: int) -> None:
     if work.exists():
         shutil.rmtree(work)
     work.mkdir(parents=True)
-    sink = _BucketSink(work, n_buckets=n_buckets)
+    sink = intake.BucketSink(work, "0", n_buckets=n_buckets)
     for table in ("leads", "events", "contacts"):
         sink(ds.con, table, f"SELECT * FROM {table}")
 
@@ -186,12 +156,13 @@ def _split_buckets(ds: contract.Dataset, work: Path, n_buckets: int) -> None:
 def bucket_connection(work: Path, bucket: int, threads: int = 2):
     """A DuckDB connection whose leads/events/contacts are one bucket of the split tables."""
     con = contract.connect(threads=threads)
-    for table in ("leads", "events", "contacts"):
-        files = list((work / table / f"bucket={bucket}").glob("*.parquet"))
+    for table, columns in contract.TABLES.items():
+        files = sorted((work / table / f"bucket={bucket}").glob("*.parquet"))
         if files:
-            paths = ", ".join(f"'{p}'" for p in files)
-            con.execute(f"CREATE VIEW {table} AS SELECT * EXCLUDE (bucket) "
-                        f"FROM read_parquet([{paths}])")
+            paths = ", ".join(contract._lit(str(p)) for p in files)
+            cols = ", ".join(f'"{c.name}"' for c in columns)
+            con.execute(f"CREATE VIEW {table} AS SELECT {cols} "
+                        f"FROM read_parquet([{paths}], hive_partitioning=false)")
         else:
             contract._empty_table(con, table)
     return con
@@ -241,12 +212,15 @@ def rescore(
     force: bool = False,
     scorer: Scorer | None = None,
     engine: str = "duckdb",
+    cache: Path | None = None,
 ) -> RescoreResult:
     """Score every open lead (and owner, for churn) at ``as_of`` into the Parquet folder ``out``.
 
-    The inputs are validated in a DuckDB capped at ``LEADSCORE_DUCKDB_MEMORY`` (default
-    ``DEFAULT_LOAD_MEMORY``) that spills to a hidden folder next to ``out``, so memory stays
-    bounded whatever the size of the inputs.
+    The inputs are validated into ``cache`` (default ``<data_dir>/.leadscore-intake``; see
+    :mod:`leadscore.serving.intake`), which keeps them between runs: a night validates only the
+    files added since. Validation runs in a DuckDB capped at ``LEADSCORE_DUCKDB_MEMORY``
+    (default ``DEFAULT_LOAD_MEMORY``) that spills to a hidden folder next to ``out``, so
+    memory stays bounded whatever the size of the inputs.
     """
     if engine not in ENGINES:
         raise ValueError(f"unknown engine {engine!r}; expected one of {', '.join(ENGINES)}")
@@ -256,39 +230,9 @@ def rescore(
     try:
         return _rescore(data_dir, as_of, out, models=models, reasons=reasons,
                         bucket_leads=bucket_leads, force=force, scorer=scorer, engine=engine,
-                        spill=spill)
+                        spill=spill, cache=cache)
     finally:
         shutil.rmtree(spill, ignore_errors=True)
-
-
-def _split_inputs(data_dir: Path, work: Path, key: str, bucket_leads: int, spill: Path) -> dict:
-    """Validate the inputs straight into per-bucket Parquet under ``work`` (quarantining bad
-    rows), once per run: a rerun after a crash finds ``_split.json`` with the run's key and
-    goes straight back to scoring. Returns the bucket count and the quarantined row count."""
-    marker = work / "_split.json"
-    if marker.is_file():
-        info = json.loads(marker.read_text())
-        if info.get("run_key") == key:
-            return info
-    if work.exists():
-        shutil.rmtree(work)
-    work.mkdir(parents=True)
-    sink = _BucketSink(work, bucket_leads=bucket_leads)
-    ds = contract.load(data_dir, quarantine_dir=data_dir / "quarantine",
-                       con=_load_connection(spill), sink=sink)
-    ds.con.close()
-    info = {"run_key": key, "buckets": sink.n_buckets,
-            "quarantined": sum(r.n_quarantined for r in ds.reports.values())}
-    _atomic_write_text(marker, json.dumps(info))
-    return info
-
-
-def _load_connection(spill: Path):
-    """The validation connection: memory-capped, spilling to ``spill``."""
-    spill.mkdir(parents=True, exist_ok=True)
-    con = contract.connect(memory_limit=os.environ.get(LOAD_MEMORY_ENV, DEFAULT_LOAD_MEMORY))
-    con.execute(f"SET temp_directory={contract._lit(str(spill))}")
-    return con
 
 
 def _rescore(
@@ -303,6 +247,7 @@ def _rescore(
     scorer: Scorer | None = None,
     engine: str = "duckdb",
     spill: Path,
+    cache: Path | None = None,
 ) -> RescoreResult:
     t0 = time.perf_counter()
     data_dir, out = Path(data_dir), Path(out)
@@ -343,37 +288,37 @@ def _rescore(
     done = {int(b) for b in manifest["parts"]}
     for stale in out.glob(f".part-*{_TMP_SUFFIX}"):  # left by a run that was killed mid-write
         stale.unlink()
-    work = out / "_work"
-    if "buckets" in manifest and len(done) >= manifest["buckets"]:
-        n_buckets, quarantined = manifest["buckets"], manifest["quarantined"]
-    else:
-        split = _split_inputs(data_dir, work, key, bucket_leads, spill)
-        n_buckets, quarantined = split["buckets"], split["quarantined"]
-        if manifest.get("buckets") != n_buckets:
-            manifest.update(buckets=n_buckets, quarantined=quarantined)
-            _atomic_write_text(manifest_path, json.dumps(manifest, indent=1))
-    todo = [b for b in range(n_buckets) if b not in done]
-    if engine == "spark":
-        from leadscore.serving import spark
+    cache = Path(cache) if cache is not None else intake.default_cache(data_dir)
+    memory = os.environ.get(LOAD_MEMORY_ENV, DEFAULT_LOAD_MEMORY)
+    with intake.Intake(data_dir, cache, bucket_leads, spill, memory).opened() as kept:
+        if "buckets" in manifest and len(done) >= manifest["buckets"]:
+            n_buckets, quarantined = manifest["buckets"], manifest["quarantined"]
+        else:
+            got = kept.refresh()
+            n_buckets, quarantined = got.buckets, got.quarantined
+            if manifest.get("buckets") != n_buckets:
+                manifest.update(buckets=n_buckets, quarantined=quarantined)
+                _atomic_write_text(manifest_path, json.dumps(manifest, indent=1))
+        todo = [b for b in range(n_buckets) if b not in done]
+        if engine == "spark":
+            from leadscore.serving import spark
 
-        results = spark.rescore_buckets(work, todo, as_of, scorer, reasons)
-    else:
-        results = _score_embedded(work, todo, as_of, scorer, reasons)
-    progress = _Progress(n_buckets, len(done))
-    try:
-        for b, scored in results:  # in completion order; Spark runs several at once
-            n = _write_part(out, b, scored)
-            manifest["parts"][str(b)] = {"file": f"part-{b:05d}.parquet", "rows": n}
-            _atomic_write_text(manifest_path, json.dumps(manifest, indent=1))
-            progress.step(n)
-    finally:
-        results.close()  # stops the Spark jobs still running if writing failed
-        progress.close()
+            results = spark.rescore_buckets(cache, todo, as_of, scorer, reasons)
+        else:
+            results = _score_embedded(cache, todo, as_of, scorer, reasons)
+        progress = _Progress(n_buckets, len(done))
+        try:
+            for b, scored in results:  # in completion order; Spark runs several at once
+                n = _write_part(out, b, scored)
+                manifest["parts"][str(b)] = {"file": f"part-{b:05d}.parquet", "rows": n}
+                _atomic_write_text(manifest_path, json.dumps(manifest, indent=1))
+                progress.step(n)
+        finally:
+            results.close()  # stops the Spark jobs still running if writing failed
+            progress.close()
     rows = sum(p["rows"] for p in manifest["parts"].values())
     manifest.update({"complete": True, "rows": rows})
     _atomic_write_text(manifest_path, json.dumps(manifest, indent=1))
-    if work.exists():
-        shutil.rmtree(work)
     return RescoreResult(out, rows, n_buckets, len(done), time.perf_counter() - t0, False,
                          quarantined, scorer.versions)
 
