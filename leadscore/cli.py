@@ -275,7 +275,7 @@ def rescore(
         logging.getLogger(name).setLevel(logging.INFO)
     from leadscore.contract import ContractError
     from leadscore.serving import batch
-    from leadscore.serving.intake import IntakeBusy
+    from leadscore.serving.intake import IntakeError
 
     names = [m.strip() for m in models.split(",") if m.strip()]
     unknown = sorted(set(names) - {m.value for m in ModelName})
@@ -287,7 +287,7 @@ def rescore(
         res = batch.rescore(data, cutoff, target, models=names, reasons=reasons,
                             bucket_leads=bucket_leads, force=force, engine=engine.value,
                             cache=cache)
-    except (ContractError, FileExistsError, ValueError, IntakeBusy) as e:
+    except (ContractError, FileExistsError, ValueError, IntakeError) as e:
         _fail(str(e))
     if out_format is OutFormat.csv:
         batch.export_csv(target, out)

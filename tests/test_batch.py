@@ -481,8 +481,10 @@ def test_models_not_registered_are_skipped_and_their_columns_are_null(
     # only conversion asked for
     out = tmp_path / "conversion_only"
     res = CliRunner().invoke(app, ["rescore", "--data", str(data), "--as-of",
-                                   str(env.as_of), "--out", str(out), "--models", "conversion"])
+                                   str(env.as_of), "--out", str(out), "--models", "conversion",
+                                   "--cache", str(tmp_path / "kept")])
     assert res.exit_code == 0, res.output[-2000:]
+    assert (tmp_path / "kept" / intake.STATE).is_file()
     df = read_sorted(out).set_index("lead_id")
     assert df.index.equals(ref.index)
     for c in ("p_inquiry", "contact_urgency", "best_slot_start", "best_channel", "p_response",

@@ -243,3 +243,12 @@ def test_one_cache_serves_one_job_at_a_time(tmp_path):
           opened(data, tmp_path)):
         pass
     assert refresh(data, tmp_path).mode == "start"  # the lock went with the first job
+
+
+def test_a_cache_that_cannot_be_written_is_a_clear_error(tmp_path):
+    data = tmp_path / "data"
+    deliver(data, NIGHT_1, "2025-05-01")
+    (tmp_path / "a-file").write_text("")
+    with (pytest.raises(intake.IntakeError, match="--cache"),
+          opened(data, tmp_path, root=tmp_path / "a-file" / "cache")):
+        pass

@@ -57,7 +57,11 @@ MAX_SEGMENTS = 8
 _AFTER_CLOCK = ("created_at_after_clock", "ts_after_clock", "ingested_at_after_clock")
 
 
-class IntakeBusy(RuntimeError):
+class IntakeError(RuntimeError):
+    """The cache cannot be used; the message says why and what to do."""
+
+
+class IntakeBusy(IntakeError):
     """Another job holds the cache's lock."""
 
 
@@ -136,8 +140,13 @@ class Intake:
     @contextlib.contextmanager
     def opened(self) -> Iterator[Intake]:
         """Hold the cache's lock, read its state and delete what a killed run left."""
-        self.root.mkdir(parents=True, exist_ok=True)
-        with open(self.root / "_lock", "w") as lock:
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            lock = open(self.root / "_lock", "w")  # noqa: SIM115 (closed below)
+        except OSError as e:
+            raise IntakeError(f"{self.root}: cannot keep validated rows there ({e.strerror}); "
+                              f"pass --cache with a writable folder") from None
+        with lock:
             try:
                 fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
@@ -173,7 +182,6 @@ class Intake:
         os.replace(tmp, self.root / STATE)
         self.state = state
         self._sweep()
-        self._publish_quarantine()
 
     # ------------------------------------------------------------------ the nightly step
 
@@ -205,6 +213,7 @@ class Intake:
                           "bucket_leads": self.bucket_leads, "buckets": seg.pop("buckets"),
                           "files": current, "segments": [seg]})
             mode = "start"
+        self._publish_quarantine()  # every run: a run killed after its commit left it stale
         n_new = sum(len(v) for v in new.values()) if mode == "append" else 0
         log.info("intake: %s, %d new file(s), %d bucket(s)", mode, n_new, self.buckets)
         return IntakeResult(self.buckets, self.quarantined, mode, n_new,
