@@ -342,10 +342,11 @@ def main() -> None:
                                    str(models_dir), at, reasons, bucket, args.engine,
                                    str(cache_dir))
         ph = ", ".join(f"{k} {v:.1f}s" for k, v in res["phases"].items())
+        # in process only; the next bucket's features overlap the scoring of this one
+        ph = f"; in-process phases (overlapping): {ph}" if args.engine == "duckdb" else ""
         print(f"  {label}: {res['rows']:,} rows in {res['seconds']:.1f}s "
               f"({cpu:.0f} CPU-s) = {res['rows'] / res['seconds']:,.0f} rows/s; intake "
-              f"{res['intake']}; peak RSS {peak / 1e9:.2f} GB"
-              f"{'; in-process phases: ' + ph if ph and args.engine == 'duckdb' else ''}")
+              f"{res['intake']}; peak RSS {peak / 1e9:.2f} GB{ph}")
         return res, peak, cpu
 
     rescore("yesterday (validates all history)", "out-yesterday", cut, 0, cache)

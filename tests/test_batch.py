@@ -369,14 +369,16 @@ def test_rerun_is_a_noop_unless_forced_and_other_inputs_are_refused(env, data, t
     assert json.loads((out / batch.MANIFEST).read_text())["complete"]
 
 
+@pytest.mark.parametrize("step", ["score_features", "bucket_features"])
 def test_a_rerun_after_a_crash_scores_from_the_validated_buckets(
-        reference, env, data, tmp_path, monkeypatch):
+        reference, env, data, tmp_path, monkeypatch, step):
     """The inputs are validated and bucketed once and kept: the rerun after a crash and the
     no-op rerun after it never read the inputs again, and the result is the uninterrupted
-    run's."""
+    run's. The crash comes while scoring a bucket, or while computing the features of one
+    ahead of its turn."""
     data = copy_data(data, tmp_path / "data")
     out = tmp_path / "scores"
-    real = batch.score_bucket
+    real = getattr(batch, step)
     calls = []
 
     def crash_on_the_third_bucket(*args, **kwargs):
@@ -385,14 +387,14 @@ def test_a_rerun_after_a_crash_scores_from_the_validated_buckets(
             raise RuntimeError("the machine went away")
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(batch, "score_bucket", crash_on_the_third_bucket)
+    monkeypatch.setattr(batch, step, crash_on_the_third_bucket)
     with pytest.raises(RuntimeError, match="went away"):
         batch.rescore(data, env.as_of, out, bucket_leads=100)
     kept = json.loads((intake.default_cache(data) / intake.STATE).read_text())
     assert kept["buckets"] >= 5 and len(kept["segments"]) == 1
     assert not any(c["quarantined"] for c in kept["segments"][0]["counts"].values())
 
-    monkeypatch.setattr(batch, "score_bucket", real)
+    monkeypatch.setattr(batch, step, real)
     loads = []
     monkeypatch.setattr(contract, "load", lambda *a, **kw: loads.append(1))
     res = batch.rescore(data, env.as_of, out, bucket_leads=100)
