@@ -415,11 +415,14 @@ def _load_table(con, table: str, path: Path | None, clock_sql: str,
         _empty_table(con, table)
         return rep
     scan = _scan_sql(path, files)
-    cols = _check_columns(con, table, path, scan)
+    # what a whole-file error names: the file itself when one new file is read
+    where = path if not files else files[0] if len(files) == 1 else Path(
+        f"{path} (new files {', '.join(f.name for f in files)})")
+    cols = _check_columns(con, table, where, scan)
     if path.suffix == ".csv":  # parse the text once; the passes below read it several times
         con.execute(f"CREATE OR REPLACE TEMP TABLE _src_{table} AS SELECT * FROM {scan}")
         scan = f"_src_{table}"
-    _check_parse_rates(con, path, scan, cols)
+    _check_parse_rates(con, where, scan, cols)
     rep.rows_read = con.execute(f"SELECT count(*) FROM {scan}").fetchall()[0][0]
 
     # 1. exact duplicates over the contract's columns (as read): keep the first occurrence

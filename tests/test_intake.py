@@ -252,3 +252,21 @@ def test_a_cache_that_cannot_be_written_is_a_clear_error(tmp_path):
     with (pytest.raises(intake.IntakeError, match="--cache"),
           opened(data, tmp_path, root=tmp_path / "a-file" / "cache")):
         pass
+
+
+def test_a_new_file_wrong_as_a_whole_stops_the_night_and_leaves_the_kept_rows(tmp_path):
+    data = tmp_path / "data"
+    deliver(data, NIGHT_1, "2025-05-01")
+    first = refresh(data, tmp_path)
+    before = kept(tmp_path / "cache", first.buckets)
+    NIGHT_2["events"].drop(columns=["ts"]).to_parquet(data / "events" / "2025-05-02.parquet")
+    with pytest.raises(contract.ContractError, match=r"events/2025-05-02.parquet: missing "
+                                                     r"column 'ts'"):
+        refresh(data, tmp_path)
+    with opened(data, tmp_path) as it:
+        assert kept(tmp_path / "cache", it.buckets) == before
+        assert not list((tmp_path / "cache").glob(".q-*"))
+    deliver(data, NIGHT_2, "2025-05-02")  # the file, corrected
+    res = refresh(data, tmp_path)
+    assert res.mode == "append"
+    assert_same_as_validated_at_once(data, tmp_path, res)

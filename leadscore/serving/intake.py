@@ -278,8 +278,12 @@ class Intake:
         self.spill.mkdir(parents=True, exist_ok=True)
         con = contract.connect(memory_limit=self.memory_limit)
         con.execute(f"SET temp_directory={contract._lit(str(self.spill))}")
-        ds = contract.load(self.data_dir, clock=self.clock, quarantine_dir=qdir, con=con,
-                           sink=sink, row_hash=True, files=new, prior=prior)
+        try:
+            ds = contract.load(self.data_dir, clock=self.clock, quarantine_dir=qdir, con=con,
+                               sink=sink, row_hash=True, files=new, prior=prior)
+        except BaseException:  # a file wrong as a whole: its segment is swept at next open
+            con.close()
+            raise
         counts = {}
         for table, rep in ds.reports.items():
             counts[table] = {"read": rep.rows_read, "ok": rep.rows_ok,
