@@ -51,7 +51,8 @@ NIGHT_2 = {
     "events": events(("L1", "page_view", 1),  # the same as a kept event: a duplicate
                      ("L1", "order", 80),  # a kept lead's new event
                      ("L4", "page_view", 75), ("L4", "page_view", 75),  # a new lead's
-                     ("L5", "page_view", 76)),  # an unknown lead
+                     ("L5", "page_view", 76),  # an unknown lead
+                     ("NOPE", "page_view", 3)),  # a quarantined one again: a duplicate
     "contacts": contacts(("L1", "phone", "connected", 5),  # a kept one again: a duplicate
                          ("L2", "wechat", "replied", 40),  # equal to a kept one only once
                          ("L4", "sms", "ignored", 77)),  # cleaned: not an exact duplicate
@@ -153,7 +154,7 @@ def test_a_night_validates_only_its_new_files_and_keeps_what_validating_all_woul
     # the cross-night cases were all met: duplicates of kept rows and a conflicting lead
     q = counts_of(tmp_path / "cache")
     assert q["leads"] == (1, {"conflicting_lead_id": 1})
-    assert q["events"] == (3, {"unknown_lead": 2})
+    assert q["events"] == (4, {"unknown_lead": 2})
     assert q["contacts"] == (1, {})
 
     again = refresh(data, tmp_path)
