@@ -4,6 +4,8 @@ and always the same rows, quarantine and counts as validating every file again."
 from __future__ import annotations
 
 import json
+import re
+from types import SimpleNamespace
 
 import pandas as pd
 import pytest
@@ -271,3 +273,32 @@ def test_a_new_file_wrong_as_a_whole_stops_the_night_and_leaves_the_kept_rows(tm
     res = refresh(data, tmp_path)
     assert res.mode == "append"
     assert_same_as_validated_at_once(data, tmp_path, res)
+
+
+def test_a_bucket_is_never_planned_as_smaller_than_it_is(tmp_path, monkeypatch):
+    """DuckDB sizes a scan of several files from the first; a night's small file must not be
+    that one, or the feature job's joins are planned for a hundredth of the rows. (The
+    segment ids are fixed so that the small file's name sorts first.)"""
+    ids = iter(["f" * 32, "0" * 32])
+    monkeypatch.setattr(intake.uuid, "uuid4", lambda: SimpleNamespace(hex=next(ids)))
+    data = tmp_path / "data"
+    history = events(*[(f"L{1 + i % 3}", "page_view", i) for i in range(500)])
+    deliver(data, {**NIGHT_1, "events": history}, "2025-05-01")
+    refresh(data, tmp_path)
+    deliver(data, {"events": events(("L1", "order", 600))}, "2025-05-02")
+    res = refresh(data, tmp_path)
+    assert res.mode == "append" and res.buckets == 2
+    checked = 0
+    for b in range(res.buckets):
+        folder = tmp_path / "cache" / "events" / f"bucket={b}"
+        files = sorted(p.name for p in folder.glob("*.parquet"))
+        if len(files) < 2:
+            continue
+        checked += 1
+        con = batch.bucket_connection(tmp_path / "cache", b)
+        (n,) = con.execute("SELECT count(*) FROM events").fetchone()
+        plan = con.execute("EXPLAIN SELECT * FROM events").fetchall()[0][1]
+        con.close()
+        estimate = int(re.search(r"~([\d,]+) rows", plan).group(1).replace(",", ""))
+        assert n > 100 and estimate >= n, (files, n, estimate)
+    assert checked == 1  # the bucket of L1, where tonight's order landed

@@ -177,10 +177,16 @@ def _split_buckets(ds: contract.Dataset, work: Path, n_buckets: int) -> None:
 
 
 def bucket_connection(work: Path, bucket: int, threads: int = 2):
-    """A DuckDB connection whose leads/events/contacts are one bucket of the split tables."""
+    """A DuckDB connection whose leads/events/contacts are one bucket of the split tables.
+
+    The biggest file of a table comes first: DuckDB estimates a scan of several files as the
+    first one's rows times their number, and a night's small file first made that estimate
+    fall a hundredfold short, so the feature job's joins were planned the wrong way round
+    (+15% feature time with one night appended)."""
     con = contract.connect(threads=threads)
     for table, columns in contract.TABLES.items():
-        files = sorted((work / table / f"bucket={bucket}").glob("*.parquet"))
+        files = sorted((work / table / f"bucket={bucket}").glob("*.parquet"),
+                       key=lambda p: (-p.stat().st_size, p.name))
         if files:
             paths = ", ".join(contract._lit(str(p)) for p in files)
             cols = ", ".join(f'"{c.name}"' for c in columns)
