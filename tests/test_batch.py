@@ -435,6 +435,50 @@ def test_a_night_validates_only_its_new_files_and_scores_as_if_it_had_read_them_
     assert_same_scores(read_sorted(tmp_path / "night-2"), reference.frame)
 
 
+def test_a_resume_after_the_intake_was_bucketed_anew_redoes_the_parts(
+        reference, env, data, tmp_path, monkeypatch):
+    """Buckets are sized when the intake starts, so the same inputs can be bucketed two ways:
+    kept since a night with half the leads, or validated anew (the cache deleted). A run that
+    crashed under one and resumes under the other must not keep parts that split the leads
+    the other way: one row per lead, the reference's rows."""
+    folders = tmp_path / "data"
+    leads = pd.read_parquet(data / "leads.parquet").sort_values("created_at")
+    first = set(leads["lead_id"].iloc[: len(leads) // 2])
+    for table in ("leads", "events", "contacts"):
+        df = pd.read_parquet(data / f"{table}.parquet")
+        (folders / table).mkdir(parents=True)
+        early = df["lead_id"].isin(first)
+        df[early].to_parquet(folders / table / "2025-01-01.parquet", index=False)
+        df[~early].to_parquet(folders / table / "2025-01-02.parquet.later", index=False)
+    night = batch.rescore(folders, env.as_of, tmp_path / "night-1", bucket_leads=100)
+    for f in folders.rglob("*.later"):
+        f.rename(f.with_suffix(""))
+
+    real, calls = batch.score_features, []
+
+    def crash_on_the_third_bucket(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            raise RuntimeError("the machine went away")
+        return real(*args, **kwargs)
+
+    out = tmp_path / "scores"
+    monkeypatch.setattr(batch, "score_features", crash_on_the_third_bucket)
+    with pytest.raises(RuntimeError, match="went away"):
+        batch.rescore(folders, env.as_of, out, bucket_leads=100)
+    monkeypatch.setattr(batch, "score_features", real)
+    crashed = json.loads((out / batch.MANIFEST).read_text())
+    assert crashed["buckets"] == night.buckets and len(crashed["parts"]) == 2
+
+    shutil.rmtree(intake.default_cache(folders))  # validated anew: more, smaller buckets
+    res = batch.rescore(folders, env.as_of, out, bucket_leads=100)
+    assert res.buckets > night.buckets and res.skipped_buckets == 0
+    assert len(visible_parts(out)) == res.buckets
+    got = read_sorted(out)
+    assert not got["lead_id"].duplicated().any()
+    assert_same_scores(got, reference.frame)
+
+
 def test_csv_export_reads_back_with_the_same_rows_and_reasons_as_sentences(reference, tmp_path):
     csv = tmp_path / "scores.csv"
     n = batch.export_csv(reference.out, csv)

@@ -326,6 +326,14 @@ def _rescore(
             got = kept.refresh()
             n_buckets, quarantined = got.buckets, got.quarantined
             if manifest.get("buckets") != n_buckets:
+                if done:  # the intake started over with another bucketing since the crash:
+                    # the parts written split the leads another way, so they are redone
+                    log.warning("rescore: the validated inputs are bucketed anew (%s → %d "
+                                "buckets): the %d parts written before are redone",
+                                manifest["buckets"], n_buckets, len(done))
+                    for part in out.glob("part-*.parquet"):
+                        part.unlink()
+                    manifest["parts"], done = {}, set()
                 manifest.update(buckets=n_buckets, quarantined=quarantined)
                 _atomic_write_text(manifest_path, json.dumps(manifest, indent=1))
         todo = [b for b in range(n_buckets) if b not in done]
