@@ -678,9 +678,8 @@ class _Reduced:
             self.vs_close = np.full(self.n, _NEVER, dtype=np.int64)
             self.vs_order[st["k"]] = st["o"]
             self.vs_close[st["k"]] = st["c"]
-            if plan.contacts:
-                self.ct = _fetch(con, f"SELECT * FROM ({_common(plan, lk, hi)[1][1]}) "
-                                      f"ORDER BY k, rn")
+            if plan.contacts:  # in no order: the stats need none (see _contacts_at)
+                self.ct = _fetch(con, _contacts_rows_sql(lk, hi))
             self._events(con, make, drop, lk, first, hi, spans)
         finally:
             for name in tmp:
@@ -1022,55 +1021,72 @@ class _Reduced:
         return res
 
     def _contacts_at(self, a: int) -> dict[str, np.ndarray]:
-        c, n = self.ct, self.n
-        sel = c["t"] < a
-        k = c["k"][sel]
-        t = c["t"][sel]
-        resp, replied = c["resp"][sel], c["replied"][sel]
-        phone, msg = c["phone"][sel], c["msg"][sel]
-        attempts = np.bincount(k, minlength=n).astype(np.float64)
-        responses = np.bincount(k, weights=resp, minlength=n)
-        last_resp_rn = np.zeros(n)
-        last_resp_t = np.full(n, -1, dtype=np.int64)
-        np.maximum.at(last_resp_rn, k[resp], c["rn"][sel][resp])
-        np.maximum.at(last_resp_t, k[resp], t[resp])
-        res = {}
-        starts = _runs(k)
-        first = np.full(n, -1, dtype=np.int64)
-        last = np.full(n, -1, dtype=np.int64)
-        if len(starts):
-            first[k[starts]] = t[starts]  # rows are sorted by (k, t)
-            ends = np.r_[starts[1:], len(k)] - 1
-            last[k[ends]] = t[ends]
-        with np.errstate(divide="ignore", invalid="ignore"):
-            for f in self.plan.contacts:
-                if f.stat == "attempts":
-                    v = attempts
-                elif f.stat == "responses":
-                    v = responses
-                elif f.stat == "replies":
-                    v = np.bincount(k, weights=replied, minlength=n)
-                elif f.stat == "response_rate":
-                    v = np.where(attempts > 0, responses / attempts, np.nan)
-                elif f.stat in ("phone_attempts", "message_attempts"):
-                    v = np.bincount(k, weights=phone if f.stat == "phone_attempts" else msg,
-                                    minlength=n)
-                elif f.stat in ("phone_response_rate", "message_response_rate"):
-                    ch = phone if f.stat == "phone_response_rate" else msg
-                    tries = np.bincount(k, weights=ch, minlength=n)
-                    ok = np.bincount(k, weights=ch & resp, minlength=n)
-                    v = np.where(tries > 0, ok / tries, np.nan)
-                elif f.stat == "days_since":
-                    v = np.where(last >= 0, (a - last) / US_PER_DAY, np.nan)
-                elif f.stat == "days_since_response":
-                    v = np.where(last_resp_t >= 0, (a - last_resp_t) / US_PER_DAY, np.nan)
-                elif f.stat == "unanswered_streak":  # rows before ``a``: a prefix of the log
-                    v = attempts - last_resp_rn
-                else:  # uncontacted_hours
-                    created = self.leads.column("created_us").to_numpy()
-                    v = (np.where(first >= 0, first, a) - created) / US_PER_HOUR
-                res[f.name] = v
-        return res
+        return contact_stats(self.ct, self.n, a, self.plan.contacts,
+                             self.leads.column("created_us").to_numpy())
+
+
+def _contacts_rows_sql(lk: str, hi: str) -> str:
+    """One row per contact attempt before ``hi`` of the leads in ``lk``, as
+    :func:`contact_stats` reads them."""
+    return f"""SELECT l.k, epoch_us(c.ts) AS t,
+        coalesce(c.outcome IN {_in(RESPONSE_OUTCOMES)}, FALSE) AS resp,
+        coalesce(c.outcome = 'replied', FALSE) AS replied,
+        coalesce(c.channel = 'phone', FALSE) AS phone,
+        coalesce(c.channel IN {_in(MESSAGE_CHANNELS)}, FALSE) AS msg
+    FROM contacts c JOIN {lk} l ON c.lead_id = l.lead_id WHERE c.ts < {hi}"""
+
+
+def contact_stats(c: dict, n: int, a: int, feats: Sequence[cat.ContactStat],
+                  created_us: np.ndarray) -> dict[str, np.ndarray]:
+    """The contact features at cutoff ``a`` from attempt rows (k, t, resp, replied, phone, msg)
+    in any order. The unanswered streak is the attempts after the last answer in the lead's
+    log ordered by (ts, answered): those stamped after it, as an attempt at the same instant
+    sorts before the answer — so no sort is needed."""
+    sel = c["t"] < a
+    k = c["k"][sel].astype(np.int64)
+    t = c["t"][sel]
+    resp, replied = c["resp"][sel], c["replied"][sel]
+    phone, msg = c["phone"][sel], c["msg"][sel]
+    low, high = np.iinfo(np.int64).min, np.iinfo(np.int64).max
+    attempts = np.bincount(k, minlength=n).astype(np.float64)
+    responses = np.bincount(k, weights=resp, minlength=n)
+    last_resp_t = np.full(n, low, dtype=np.int64)
+    np.maximum.at(last_resp_t, k[resp], t[resp])
+    first = np.full(n, high, dtype=np.int64)
+    last = np.full(n, low, dtype=np.int64)
+    np.minimum.at(first, k, t)
+    np.maximum.at(last, k, t)
+    seen = attempts > 0
+    answered = last_resp_t > low
+    res = {}
+    with np.errstate(divide="ignore", invalid="ignore"):
+        for f in feats:
+            if f.stat == "attempts":
+                v = attempts
+            elif f.stat == "responses":
+                v = responses
+            elif f.stat == "replies":
+                v = np.bincount(k, weights=replied, minlength=n)
+            elif f.stat == "response_rate":
+                v = np.where(seen, responses / attempts, np.nan)
+            elif f.stat in ("phone_attempts", "message_attempts"):
+                v = np.bincount(k, weights=phone if f.stat == "phone_attempts" else msg,
+                                minlength=n)
+            elif f.stat in ("phone_response_rate", "message_response_rate"):
+                ch = phone if f.stat == "phone_response_rate" else msg
+                tries = np.bincount(k, weights=ch, minlength=n)
+                ok = np.bincount(k, weights=ch & resp, minlength=n)
+                v = np.where(tries > 0, ok / tries, np.nan)
+            elif f.stat == "days_since":
+                v = np.where(seen, (a - last) / US_PER_DAY, np.nan)
+            elif f.stat == "days_since_response":
+                v = np.where(answered, (a - last_resp_t) / US_PER_DAY, np.nan)
+            elif f.stat == "unanswered_streak":
+                v = np.bincount(k, weights=t > last_resp_t[k], minlength=n)
+            else:  # uncontacted_hours
+                v = (np.where(seen, first, a) - created_us) / US_PER_HOUR
+            res[f.name] = v
+    return res
 
 
 def compute(
