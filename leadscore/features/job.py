@@ -610,7 +610,11 @@ def _fetch(con, sql: str, keys: tuple[str, ...] = ()) -> dict[str, np.ndarray]:
     (the rows being sorted by them), also the start of each run of equal keys (``_starts``),
     the run of each row (``_run``) and the keys of each run (``_<key>``)."""
     res = con.execute(sql).fetchnumpy()
-    rows = {n: np.asarray(v) for n, v in res.items()}
+    return _with_runs({n: np.asarray(v) for n, v in res.items()}, keys)
+
+
+def _with_runs(rows: dict[str, np.ndarray], keys: tuple[str, ...] = ()) -> dict[str, np.ndarray]:
+    """``rows`` plus the runs of equal ``keys`` (see :func:`_fetch`)."""
     if keys:
         starts = _runs(*(rows[k] for k in keys))
         flag = np.zeros(len(rows[keys[0]]), dtype=np.int32)
@@ -684,6 +688,39 @@ class _Reduced:
         finally:
             for name in tmp:
                 con.execute(f"DROP TABLE IF EXISTS {name}")
+
+    @classmethod
+    def of_rows(cls, plan: _Plan, grid: _Grid, cuts: list[int], leads: pa.Table,
+                vs_order: np.ndarray, vs_close: np.ndarray, rows: dict) -> _Reduced:
+        """The reduction of one cutoff (``cuts == [c]``) from rows reduced elsewhere (kept
+        rollups, :mod:`leadscore.features.rollup`): every row visible (``vis`` 0), ``d`` in
+        ``grid``'s buckets, ``leads`` in ``k`` order with ``created_us``. ``rows`` holds
+        what the plan needs: main, latest, hours, sess (by gap), model (+ n_models), ct."""
+        if len(cuts) != 1:
+            raise ValueError("kept rollups give one cutoff at a time")
+        self = cls.__new__(cls)
+        self.plan, self.grid, self.cuts = plan, grid, cuts
+        self._state, self._done = {}, -1
+        self.leads, self.n = leads, leads.num_rows
+        self.vs_order, self.vs_close = vs_order, vs_close
+        self.sess = rows.get("sess", {})
+        for name in ("main", "hours", "ct"):
+            if name in rows:
+                setattr(self, name, rows[name])
+        if "latest" in rows:
+            self.latest = {**rows["latest"], "_at": np.array([0, len(rows["latest"]["k"])])}
+        if "model" in rows:
+            self.n_models = rows["n_models"]
+            wins = {grid.window(plan.days(f.window_days)) for f in plan.model_feats}
+            self.models_dense = self.n_models * self.n * len(wins) <= _DENSE_MODELS
+            m = rows["model"]
+            if self.models_dense:
+                self.model = m
+            else:
+                order = np.lexsort((m["mc"], m["k"]))
+                self.model = _with_runs({c: v[order] for c, v in m.items()}, ("k", "mc"))
+                self.model["_lead_starts"] = _runs(self.model["_k"])
+        return self
 
     def _segments(self) -> list[int] | None:
         """Bucket edges at which some window of some cutoff starts or ends. Rows only need
@@ -790,15 +827,16 @@ class _Reduced:
 
     # ------------------------------------------------------------------ one cutoff
 
-    def at(self, i: int, only_open: bool) -> pa.Table:
-        """The output rows at cutoff ``i``: every lead created by then, in lead_id order."""
+    def at(self, i: int, only_open: bool, order: np.ndarray | None = None) -> pa.Table:
+        """The output rows at cutoff ``i``: every lead created by then, in lead_id order
+        (``k`` order unless ``order``, the leads' ``k`` in lead_id order, says otherwise)."""
         plan, grid, a = self.plan, self.grid, self.cuts[i]
         if i != self._done + 1:
             raise ValueError("cutoffs are computed in order, each once")
         self._done = i
         D = grid.bucket(a)
         created = self.leads.column("created_us").to_numpy()
-        keep = np.flatnonzero(created <= a)
+        keep = np.flatnonzero(created <= a) if order is None else order[created[order] <= a]
         is_open = ~(self.vs_close <= a)
         if only_open:
             keep = keep[is_open[keep]]
@@ -834,7 +872,7 @@ class _Reduced:
             else:
                 v = out[f.name]
             # a copy: the arrays may be views of state that the next cutoff updates
-            v = np.array(v, dtype=np.float64) if len(keep) == len(v) else \
+            v = np.array(v, dtype=np.float64) if order is None and len(keep) == len(v) else \
                 np.asarray(v, dtype=np.float64)[keep]
             cols[f.name] = pa.array(v, from_pandas=True)
         return pa.table(cols)
@@ -864,6 +902,15 @@ class _Reduced:
         each window (buckets), kept up to date from one cutoff to the next: the rows that
         became visible are added, the rows that left a window taken away."""
         n, nw, size = self.n, len(wins), n_slots * self.n
+        if len(self.cuts) == 1:  # every row is visible at the one cutoff: nothing to keep
+            cls = np.searchsorted(np.asarray(wins), D - rows["d"], side="left")
+            keep = cls < nw
+            flat = (cls[keep] * size + slot[rows[key][keep]] * n + rows["k"][keep])
+            add = np.bincount(flat, weights=rows["n"][keep], minlength=nw * size)
+            add = add.reshape(nw, size)
+            for j in range(1, nw):  # windows are nested (in place: cheaper than cumsum)
+                add[j] += add[j - 1]
+            return add.reshape(nw, n_slots, n)
         st = self._state.get(name)
         if st is None:  # the rows in order of visibility and of bucket, once
             vis = rows["vis"]
@@ -908,7 +955,7 @@ class _Reduced:
         lt = self.latest
         part = slice(lt["_at"][i], lt["_at"][i + 1])  # one row per (lead, code) here
         flat = slot[lt["code"][part]] * self.n + lt["k"][part]
-        mx[flat] = np.maximum(mx[flat], lt["m"][part])
+        np.maximum.at(mx, flat, lt["m"][part])  # event codes may share a slot
         return mx.reshape(n_slots, self.n)
 
     def _main_at(self, i: int, D: int, a: int) -> dict[str, np.ndarray]:

@@ -1,0 +1,394 @@
+"""Feature rollups kept between nights: a night's features from what each load of rows reduced
+to, instead of every event of the lookback again.
+
+Why: once the intake kept validated rows (:mod:`leadscore.serving.intake`), the feature job was
+two thirds of a nightly rescoring: each night it read and grouped 90 days of events per lead
+to add one day. Here each bucket keeps, per validated load, its rows reduced by (lead, day of
+``ts``, day from which the row is visible, event type | local hour | model), which a cutoff
+then only filters and sums (numpy, no SQL over the events). A night reduces its own load and
+the rollups of the earlier loads stay as they were, because those sums are additive.
+
+The one thing that is not additive is where sessions start: an event that arrives late can
+join two sessions into one. So session starts are kept for every lead and, each night, the
+leads with new events have theirs recomputed from all their events.
+
+Exactness. Days are UTC days: an event is visible at cutoff ``c`` iff ``vs <= c`` (``vs`` as
+in :mod:`leadscore.features.job`), which for a cutoff at midnight of day ``D`` is
+``ceil(vs / day) <= D``; its windows hold whole days. So for a midnight cutoff the rollups give
+exactly what :func:`job.compute` gives (the tests compare them over several nights, late
+rows included); any other cutoff is computed from the events (:func:`applies`).
+
+Kept per bucket in ``<cache>/_features/bucket=N/`` (the intake's cache):
+- ``leads-<id>.arrow``: the leads, numbered (``lk``) in the order they arrived;
+- ``r-<id>/``: one or more loads' reductions (main, hours, models, status, contacts);
+- ``s<gap>-<id>/``: the session starts of every lead, for one session gap;
+- ``state.json`` (replaced atomically, written last): the loads absorbed and the files that
+  hold them. Files it does not list (a killed run's) are deleted before an update.
+
+A bucket starts over — reduces every kept load again — when the intake's loads do not extend
+the ones absorbed (the intake started over or was re-bucketed). Merged intake loads keep
+their history (``covers``), so a merge costs nothing here.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import uuid
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+
+from leadscore import contract
+from leadscore.features import catalog as cat
+from leadscore.features import job
+from leadscore.schema import (
+    CLOSING_TYPES,
+    MESSAGE_CHANNELS,
+    RESPONSE_OUTCOMES,
+    STANDARD_EVENT_TYPES,
+)
+
+DAY = job.US_PER_DAY
+FORMAT = 1
+STATE = "state.json"
+DIR = "_features"
+#: reductions of more loads than this are rewritten as one file
+MAX_FILES = 8
+_NEVER = np.iinfo(np.int64).max
+_W_NONE = np.iinfo(np.int32).max  # a session start that no earlier event can cancel
+_OTHER = job._OTHER_CODE
+
+
+def applies(as_of: pd.Timestamp) -> bool:
+    """Whether kept rollups can give the features at ``as_of``: a UTC midnight."""
+    return pd.Timestamp(as_of).value % (DAY * 1000) == 0
+
+
+def segment_loads(segment: dict) -> list[str]:
+    """The loads an intake segment holds: itself, or the ones it was merged from."""
+    return list(segment.get("covers") or [segment["id"]])
+
+
+def bucket_dir(cache: Path, bucket: int) -> Path:
+    return Path(cache) / DIR / f"bucket={bucket}"
+
+
+def features(cache: Path, bucket: int, segments: Sequence[dict], as_of: pd.Timestamp,
+             feature_list: Sequence[cat.Feature] = cat.CATALOG) -> pa.Table:
+    """``job.compute(con, [as_of], feature_list)`` for one bucket of the intake in ``cache``
+    (whose kept segments are ``segments``), from the kept rollups, brought up to date first."""
+    if not applies(as_of):
+        raise ValueError(f"rollups give features at a UTC midnight, not at {as_of}")
+    store = _Store(bucket_dir(cache, bucket), Path(cache), bucket)
+    plan = job._Plan(feature_list, cat.LOOKBACK_DAYS)
+    store.update(segments, plan.gaps)
+    return store.features(plan, pd.Timestamp(as_of))
+
+
+# --------------------------------------------------------------------------- the store
+
+
+class _Store:
+    def __init__(self, root: Path, cache: Path, bucket: int):
+        self.root, self.cache, self.bucket = root, cache, bucket
+        path = root / STATE
+        st = json.loads(path.read_text()) if path.is_file() else None
+        self.state = st if st and st.get("format") == FORMAT else None
+
+    # ------------------------------------------------------------------ keeping up to date
+
+    def update(self, segments: Sequence[dict], gaps: Sequence[int]) -> None:
+        """Absorb the intake's loads not yet absorbed, and keep session starts for ``gaps``."""
+        absorbed = set(self.state["loads"]) if self.state else set()
+        new_segs, restart = [], self.state is None
+        for s in segments:
+            loads = set(segment_loads(s))
+            if loads <= absorbed:
+                continue
+            if loads & absorbed:  # merged from absorbed and unabsorbed loads
+                restart = True
+            new_segs.append(s["id"])
+        if absorbed - {x for s in segments for x in segment_loads(s)}:
+            restart = True  # the intake started over, or was bucketed anew
+        if restart:
+            self.state, new_segs = None, [s["id"] for s in segments]
+        missing = [g for g in gaps if str(g) not in (self.state or {}).get("sessions", {})]
+        if not new_segs and not missing:
+            return
+        self.root.mkdir(parents=True, exist_ok=True)
+        self._sweep()
+        st = self.state or {"format": FORMAT, "loads": [], "leads": None, "n_leads": 0,
+                            "event_types": [], "models": [], "files": [], "sessions": {}}
+        st = json.loads(json.dumps(st))  # a copy: the kept state changes only on commit
+        uid = uuid.uuid4().hex[:12]
+        written: list[Path] = []
+        con = contract.connect(threads=2)
+        try:
+            self._views(con, segments, new_segs, st)
+            if new_segs:
+                self._absorb(con, st, uid, written)
+                st["loads"] += [x for s in segments if s["id"] in new_segs
+                                for x in segment_loads(s)]
+            else:
+                con.execute("CREATE TABLE lmz AS SELECT lk, lead_id FROM lm")
+            for gap in {*map(str, gaps), *st["sessions"]}:
+                self._sessions(con, st, int(gap), bool(new_segs), uid, written)
+        finally:
+            con.close()
+        if len(st["files"]) > MAX_FILES:
+            merged = self._path(f"r-{uid}m")
+            _save(merged, _concat([_load(self.root / f) for f in st["files"]]))
+            st["files"] = [merged.name]
+        self._commit(st)
+
+    def _path(self, name: str) -> Path:
+        return self.root / name
+
+    def _sweep(self) -> None:
+        keep = {STATE}
+        if self.state:
+            keep |= {*self.state["files"], *self.state["sessions"].values()}
+            if self.state["leads"]:
+                keep.add(self.state["leads"])
+        for f in self.root.iterdir():
+            if f.name not in keep:
+                shutil.rmtree(f) if f.is_dir() else f.unlink()
+
+    def _commit(self, st: dict) -> None:
+        tmp = self.root / f".{STATE}.tmp"
+        tmp.write_text(json.dumps(st, indent=1))
+        os.replace(tmp, self.root / STATE)
+        self.state = st
+        self._sweep()
+
+    def _views(self, con, segments: Sequence[dict], new_segs: list[str], st: dict) -> None:
+        """leads/events/contacts: the bucket's kept rows; new_*: those of the new loads;
+        lm: the lead map kept so far."""
+        for table, columns in contract.TABLES.items():
+            cols = ", ".join(f'"{c.name}"' for c in columns)
+            folder = self.cache / table / f"bucket={self.bucket}"
+            for name, ids in ((table, [s["id"] for s in segments]), (f"new_{table}", new_segs)):
+                files = [f for i in ids for f in sorted(folder.glob(f"seg-{i}-*.parquet"))]
+                if files:
+                    paths = ", ".join(contract._lit(str(p)) for p in files)
+                    con.execute(f"CREATE VIEW {name} AS SELECT {cols} FROM read_parquet("
+                                f"[{paths}], hive_partitioning=false)")
+                else:
+                    con.execute(f"CREATE TABLE {name} AS {contract._empty_sql(table)}")
+        if st["leads"]:
+            con.register("lm_kept", self._leads(st).select(["lead_id", "lk"]))
+            con.execute("CREATE TABLE lm AS SELECT * FROM lm_kept")
+            con.unregister("lm_kept")
+        else:
+            con.execute("CREATE TABLE lm (lead_id VARCHAR, lk INTEGER)")
+
+    def _absorb(self, con, st: dict, uid: str, written: list) -> None:
+        """Number the new leads, reduce the new loads' rows and keep both."""
+        n0 = st["n_leads"]
+        con.execute(f"""INSERT INTO lm SELECT lead_id,
+            CAST({n0} + row_number() OVER (ORDER BY lead_id) - 1 AS INTEGER)
+            FROM (SELECT DISTINCT lead_id FROM new_leads WHERE lead_id NOT IN
+                  (SELECT lead_id FROM lm))""")
+        table = con.sql("""SELECT m.lk, CAST(row_number() OVER (ORDER BY m.lead_id) - 1
+                AS INTEGER) AS _rank, epoch_us(l.created_at) AS created_us, l.*
+            FROM lm m JOIN leads l ON l.lead_id = m.lead_id ORDER BY m.lk""").to_arrow_table()
+        st["n_leads"] = con.execute("SELECT count(*) FROM lm").fetchone()[0]
+        if table.num_rows != st["n_leads"]:
+            raise RuntimeError(f"{self.root}: {st['n_leads']} leads numbered, "
+                               f"{table.num_rows} in the intake")
+        leads = self._path(f"leads-{uid}.arrow")
+        tmp = leads.with_name(f".{leads.name}.tmp")
+        with pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_file(sink, table.schema) as w:
+            w.write_table(table)
+        os.replace(tmp, leads)
+        written.append(leads)
+        st["leads"] = leads.name
+        zones = [r[0] for r in con.execute(
+            "SELECT DISTINCT tz FROM leads WHERE tz IS NOT NULL ORDER BY 1").fetchall()]
+        tzi = " ".join(f"WHEN {contract._lit(z)} THEN {i}" for i, z in enumerate(zones))
+        tzi = f"CAST(CASE l.tz {tzi} END AS SMALLINT)" if tzi else "CAST(NULL AS SMALLINT)"
+        con.execute(f"CREATE TABLE lmz AS SELECT m.lk, m.lead_id, {tzi} AS tzi "
+                    f"FROM lm m JOIN leads l ON l.lead_id = m.lead_id")
+        lo, hi = con.execute("SELECT epoch_us(min(ts)), epoch_us(max(ts)) "
+                             "FROM new_events").fetchone()
+        hour = "CAST(NULL AS INTEGER)"
+        if lo is not None and lo > 0 and zones:
+            offsets = job._tz_offsets(con, zones, lo, hi)
+            offsets = {i: offsets[z] for i, z in enumerate(zones)}
+            hour = job._local_hour_sql(offsets, "e.ts", "epoch_us(e.ts)", "m.tzi")
+        types = [r[0] for r in con.execute(
+            "SELECT DISTINCT event_type FROM new_events ORDER BY 1").fetchall()]
+        st["event_types"] += [t for t in types if t not in set(st["event_types"])]
+        if len(st["event_types"]) >= 2**16:
+            raise ValueError(f"{self.cache}: more than 65,535 distinct event types")
+        _dictionary(con, "et", "event_type", st["event_types"])
+        con.execute(f"""CREATE TABLE x AS SELECT m.lk, epoch_us(e.ts) AS t,
+            {job._VS} AS vs, CAST(coalesce(t.et, 0) AS USMALLINT) AS et,
+            e.event_type IN {job._in(CLOSING_TYPES)} AS closing,
+            e.event_type = 'order' AS is_order,
+            CAST(coalesce({hour}, -1) AS TINYINT) AS lh, e.model
+            FROM new_events e JOIN lmz m ON e.lead_id = m.lead_id
+            LEFT JOIN et t ON t.event_type = e.event_type""")
+        day = f"CAST(t // {DAY} AS INTEGER)"
+        vday = f"CAST((vs + {DAY - 1}) // {DAY} AS INTEGER)"
+        models = [r[0] for r in con.execute(
+            "SELECT DISTINCT model FROM x WHERE model IS NOT NULL ORDER BY 1").fetchall()]
+        st["models"] += [m for m in models if m not in set(st["models"])]
+        _dictionary(con, "mc", "model", st["models"])
+        rows = {
+            "main": job._fetch(con, f"""SELECT lk, {day} AS d, {vday} AS vd, et,
+                CAST(count(*) AS INTEGER) AS n, max(t) AS m FROM x GROUP BY ALL"""),
+            "hours": job._fetch(con, f"""SELECT lk, {day} AS d, {vday} AS vd, lh,
+                CAST(count(*) AS INTEGER) AS n FROM x WHERE lh >= 0 GROUP BY ALL"""),
+            "model": job._fetch(con, f"""SELECT x.lk, x.d, x.vd, c.mc, x.n FROM (
+                SELECT lk, {day} AS d, {vday} AS vd, model, CAST(count(*) AS INTEGER) AS n
+                FROM x WHERE model IS NOT NULL GROUP BY ALL) x JOIN mc c ON c.model = x.model"""),
+            "status": job._fetch(con, f"""SELECT lk,
+                coalesce(min(CASE WHEN is_order THEN vs END), {_NEVER}) AS o,
+                min(vs) AS c FROM x WHERE closing GROUP BY lk"""),
+            "ct": job._fetch(con, f"""SELECT m.lk AS k, epoch_us(c.ts) AS t,
+                coalesce(c.outcome IN {job._in(RESPONSE_OUTCOMES)}, FALSE) AS resp,
+                coalesce(c.outcome = 'replied', FALSE) AS replied,
+                coalesce(c.channel = 'phone', FALSE) AS phone,
+                coalesce(c.channel IN {job._in(MESSAGE_CHANNELS)}, FALSE) AS msg
+                FROM new_contacts c JOIN lmz m ON c.lead_id = m.lead_id"""),
+        }
+        path = self._path(f"r-{uid}")
+        _save(path, rows)
+        written.append(path)
+        st["files"].append(path.name)
+
+    def _sessions(self, con, st: dict, gap: int, absorbed: bool, uid: str, written) -> None:
+        """Session starts (lk, d, vd, w, n) of every lead: ``w`` is the first day on which an
+        earlier event within the gap is visible (the start no longer counts from then on).
+        Recomputed for the leads with new events; for all the first time."""
+        key = str(gap)
+        old = st["sessions"].get(key)
+        if old is not None and not absorbed:
+            return
+        src = (f"SELECT m.lk AS k, epoch_us(e.ts) AS t, "
+               f"CAST(({job._VS} + {DAY - 1}) // {DAY} AS INTEGER) AS vis "
+               f"FROM events e JOIN lmz m ON e.lead_id = m.lead_id")
+        if old is not None:  # only the leads with new events
+            src += " WHERE m.lk IN (SELECT DISTINCT lk FROM x)"
+        cand, fix, sess = job._sessions_sql(job._Grid(), src, gap * job.US_PER_MIN)
+        con.execute(f"CREATE OR REPLACE TEMP TABLE cand AS {cand}")
+        con.execute(f"CREATE OR REPLACE TEMP TABLE fix AS {fix.format(cand='cand')}")
+        new = job._fetch(con, f"""SELECT k AS lk, CAST(d // {DAY} AS INTEGER) AS d, vis AS vd,
+            CAST(coalesce(w, {_W_NONE}) AS INTEGER) AS w, CAST(sum(n) AS INTEGER) AS n
+            FROM ({sess.format(cand='cand', fix='fix')}) GROUP BY ALL""")
+        if old is not None:
+            kept = _load(self.root / old)["s"]
+            dirty = con.execute("SELECT DISTINCT lk FROM x").fetchnumpy()["lk"]
+            stay = ~np.isin(kept["lk"], dirty)
+            new = {c: np.concatenate([kept[c][stay], new[c]]) for c in new}
+        path = self._path(f"s{gap}-{uid}")
+        _save(path, {"s": new})
+        written.append(path)
+        st["sessions"][key] = path.name
+
+    # ------------------------------------------------------------------ one cutoff
+
+    def features(self, plan: job._Plan, as_of: pd.Timestamp) -> pa.Table:
+        a = pd.Timestamp(as_of)
+        a = (a.tz_localize("UTC") if a.tzinfo is None else a.tz_convert("UTC")).value // 1000
+        D = a // DAY
+        grid = job._Grid.for_cutoffs([a], plan.spans()["all"])
+        base = grid.base // DAY  # grid buckets are days: d - base
+        spans = plan.spans()
+        st = self.state
+        kept = _concat([_load(self.root / f) for f in st["files"]])
+        leads = self._leads(st)
+        n = leads.num_rows
+        order = np.empty(n, dtype=np.int64)  # the leads' lk in lead_id order
+        order[leads.column("_rank").to_numpy()] = np.arange(n)
+        status = kept["status"]
+        vs_order = np.full(n, _NEVER, dtype=np.int64)
+        vs_close = np.full(n, _NEVER, dtype=np.int64)
+        np.minimum.at(vs_order, status["lk"], status["o"])
+        np.minimum.at(vs_close, status["lk"], status["c"])
+        rows: dict = {}
+
+        def recent(r: dict, span_us: int, cols: Sequence[str]) -> dict:
+            sel = (r["vd"] <= D) & (r["d"] >= D - span_us // DAY)
+            out = {"k": r["lk"][sel], "d": r["d"][sel] - base}
+            out["vis"] = np.zeros(len(out["k"]), dtype=np.int32)
+            out.update({c: r[c][sel] for c in cols})
+            return out
+
+        if plan.main:
+            code = np.zeros(len(st["event_types"]) + 1, dtype=np.uint8)  # kept → plan's code
+            for i, t in enumerate(st["event_types"]):
+                code[i + 1] = plan.code.get(
+                    t, 0 if t in STANDARD_EVENT_TYPES or not plan.other else _OTHER)
+            main = recent(kept["main"], spans["main"], ("et", "n", "m"))
+            main["code"] = code[main.pop("et")]
+            rows["latest"] = {"k": main["k"], "code": main["code"], "vis": main["vis"],
+                              "m": main.pop("m")}
+            rows["main"] = main
+        if plan.hours:
+            rows["hours"] = recent(kept["hours"], spans["hours"], ("lh", "n"))
+        if plan.gaps:
+            rows["sess"] = {}
+            for gap in plan.gaps:
+                s = _load(self.root / st["sessions"][str(gap)])["s"]
+                full = spans["sessions"] - max(plan.gaps) * job.US_PER_MIN
+                s = {**s, "vd": np.where(s["w"] > D, s["vd"], D + 1)}  # cancelled by then
+                r = recent(s, full, ("n",))
+                r["w"] = np.ones(len(r["k"]), dtype=np.int32)
+                rows["sess"][gap] = r
+        if plan.model_feats:
+            rows["model"] = recent(kept["model"], spans["models"], ("mc", "n"))
+            rows["n_models"] = len(st["models"]) + 1
+        if plan.contacts:
+            rows["ct"] = kept["ct"]
+        reduced = job._Reduced.of_rows(plan, grid, [a], leads, vs_order, vs_close, rows)
+        return reduced.at(0, only_open=False, order=order)
+
+    def _leads(self, st: dict) -> pa.Table:
+        """The bucket's leads in ``lk`` order (memory-mapped: read without a copy)."""
+        with pa.memory_map(str(self.root / st["leads"])) as src:
+            return pa.ipc.open_file(src).read_all()
+
+
+# --------------------------------------------------------------------------- files
+
+
+def _dictionary(con, table: str, column: str, names: list[str]) -> None:
+    """A table numbering ``names`` from 1 (codes kept in the rollups)."""
+    con.execute(f"CREATE TABLE {table} ({column} VARCHAR, {table} INTEGER)")
+    if names:
+        con.executemany(f"INSERT INTO {table} VALUES (?, ?)",
+                        [[n, i + 1] for i, n in enumerate(names)])
+
+
+def _save(path: Path, rows: dict[str, dict[str, np.ndarray]]) -> None:
+    """A folder of ``<table>.<column>.npy`` (read back without parsing or checksums), written
+    under a hidden name and renamed whole."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    for t, cols in rows.items():
+        for c, v in cols.items():
+            np.save(tmp / f"{t}.{c}.npy", np.ascontiguousarray(v), allow_pickle=False)
+    os.replace(tmp, path)
+
+
+def _load(path: Path) -> dict[str, dict[str, np.ndarray]]:
+    out: dict[str, dict] = {}
+    for f in sorted(path.glob("*.npy")):
+        t, c = f.name[:-4].split(".", 1)
+        out.setdefault(t, {})[c] = np.load(f, allow_pickle=False)
+    return out
+
+
+def _concat(parts: list[dict]) -> dict:
+    if len(parts) == 1:
+        return parts[0]
+    return {t: {c: np.concatenate([p[t][c] for p in parts]) for c in parts[0][t]}
+            for t in parts[0]}
