@@ -369,7 +369,7 @@ def test_rerun_is_a_noop_unless_forced_and_other_inputs_are_refused(env, data, t
     assert json.loads((out / batch.MANIFEST).read_text())["complete"]
 
 
-@pytest.mark.parametrize("step", ["score_features", "bucket_features"])
+@pytest.mark.parametrize("step", ["score_features", "_bucket_features"])
 def test_a_rerun_after_a_crash_scores_from_the_validated_buckets(
         reference, env, data, tmp_path, monkeypatch, step):
     """The inputs are validated and bucketed once and kept: the rerun after a crash and the

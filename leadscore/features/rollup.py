@@ -42,6 +42,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from leadscore import contract
 from leadscore.features import catalog as cat
@@ -59,6 +60,8 @@ STATE = "state.json"
 DIR = "_features"
 #: reductions of more loads than this are rewritten as one file
 MAX_FILES = 8
+#: cutoffs this many days before the latest night's still come from the rollups
+SLACK_DAYS = 7
 _NEVER = np.iinfo(np.int64).max
 _W_NONE = np.iinfo(np.int32).max  # a session start that no earlier event can cancel
 _OTHER = job._OTHER_CODE
@@ -79,18 +82,42 @@ def bucket_dir(cache: Path, bucket: int) -> Path:
 
 
 def features(cache: Path, bucket: int, segments: Sequence[dict], as_of: pd.Timestamp,
-             feature_list: Sequence[cat.Feature] = cat.CATALOG) -> pa.Table:
+             feature_list: Sequence[cat.Feature] = cat.CATALOG) -> pa.Table | None:
     """``job.compute(con, [as_of], feature_list)`` for one bucket of the intake in ``cache``
-    (whose kept segments are ``segments``), from the kept rollups, brought up to date first."""
+    (whose kept segments are ``segments``), from the kept rollups, brought up to date first.
+    None when they cannot give it: a cutoff that is not a UTC midnight, or one more than
+    ``SLACK_DAYS`` before the latest night's (see :meth:`_Store._sessions`)."""
     if not applies(as_of):
-        raise ValueError(f"rollups give features at a UTC midnight, not at {as_of}")
+        return None
+    a = _us(as_of)
     store = _Store(bucket_dir(cache, bucket), Path(cache), bucket)
     plan = job._Plan(feature_list, cat.LOOKBACK_DAYS)
-    store.update(segments, plan.gaps)
-    return store.features(plan, pd.Timestamp(as_of))
+    try:
+        store.update(segments, _session_days(plan), a)
+    except _Unkeyable:
+        return None
+    return store.features(plan, a)
+
+
+def _us(ts: pd.Timestamp) -> int:
+    t = pd.Timestamp(ts)
+    return (t.tz_localize("UTC") if t.tzinfo is None else t.tz_convert("UTC")).value // 1000
+
+
+def _session_days(plan: job._Plan) -> dict[int, int]:
+    """Per session gap, the longest window its features look back (days)."""
+    out: dict[int, int] = {}
+    for f in plan.features:
+        if isinstance(f, cat.Sessions):
+            out[f.gap_minutes] = max(out.get(f.gap_minutes, 0), plan.days(f.window_days))
+    return out
 
 
 # --------------------------------------------------------------------------- the store
+
+
+class _Unkeyable(Exception):
+    """The kept events' (lead, time) do not fit one 64-bit key."""
 
 
 class _Store:
@@ -102,8 +129,9 @@ class _Store:
 
     # ------------------------------------------------------------------ keeping up to date
 
-    def update(self, segments: Sequence[dict], gaps: Sequence[int]) -> None:
-        """Absorb the intake's loads not yet absorbed, and keep session starts for ``gaps``."""
+    def update(self, segments: Sequence[dict], gaps: dict[int, int], as_of_us: int) -> None:
+        """Absorb the intake's loads not yet absorbed, and keep session starts for ``gaps``
+        (gap minutes → the days the features look back) exact from ``as_of_us``."""
         absorbed = set(self.state["loads"]) if self.state else set()
         new_segs, restart = [], self.state is None
         for s in segments:
@@ -117,13 +145,17 @@ class _Store:
             restart = True  # the intake started over, or was bucketed anew
         if restart:
             self.state, new_segs = None, [s["id"] for s in segments]
-        missing = [g for g in gaps if str(g) not in (self.state or {}).get("sessions", {})]
+        kept = (self.state or {}).get("sessions", {})
+        missing = [g for g, days in gaps.items()
+                   if str(g) not in kept or kept[str(g)]["days"] < days]
         if not new_segs and not missing:
             return
         self.root.mkdir(parents=True, exist_ok=True)
         self._sweep()
+        today = as_of_us // DAY
         st = self.state or {"format": FORMAT, "loads": [], "leads": None, "n_leads": 0,
-                            "event_types": [], "models": [], "files": [], "sessions": {}}
+                            "event_types": [], "models": [], "files": [], "sessions": {},
+                            "from_day": today - cat.LOOKBACK_DAYS - SLACK_DAYS}
         st = json.loads(json.dumps(st))  # a copy: the kept state changes only on commit
         uid = uuid.uuid4().hex[:12]
         written: list[Path] = []
@@ -136,13 +168,20 @@ class _Store:
                                 for x in segment_loads(s)]
             else:
                 con.execute("CREATE TABLE lmz AS SELECT lk, lead_id FROM lm")
-            for gap in {*map(str, gaps), *st["sessions"]}:
-                self._sessions(con, st, int(gap), bool(new_segs), uid, written)
+            for gap in {*gaps, *map(int, st["sessions"])}:
+                self._sessions(con, st, gap, gaps.get(gap, 0), bool(new_segs), as_of_us, uid,
+                               written)
         finally:
             con.close()
-        if len(st["files"]) > MAX_FILES:
+        if len(st["files"]) > MAX_FILES:  # one file, without the days no cutoff needs
+            st["from_day"] = max(st["from_day"], today - cat.LOOKBACK_DAYS - SLACK_DAYS)
+            rows = _concat([_load(self.root / f) for f in st["files"]])
+            for name in ("main", "hours", "model"):
+                keep = rows[name]["d"] >= st["from_day"]
+                rows[name] = {c: v[keep] for c, v in rows[name].items()}
             merged = self._path(f"r-{uid}m")
-            _save(merged, _concat([_load(self.root / f) for f in st["files"]]))
+            _save(merged, rows)
+            written.append(merged)
             st["files"] = [merged.name]
         self._commit(st)
 
@@ -152,7 +191,7 @@ class _Store:
     def _sweep(self) -> None:
         keep = {STATE}
         if self.state:
-            keep |= {*self.state["files"], *self.state["sessions"].values()}
+            keep |= {*self.state["files"], *(s["dir"] for s in self.state["sessions"].values())}
             if self.state["leads"]:
                 keep.add(self.state["leads"])
         for f in self.root.iterdir():
@@ -181,7 +220,9 @@ class _Store:
                 else:
                     con.execute(f"CREATE TABLE {name} AS {contract._empty_sql(table)}")
         if st["leads"]:
-            con.register("lm_kept", self._leads(st).select(["lead_id", "lk"]))
+            ids = self._leads(st).select(["lead_id"])
+            con.register("lm_kept", ids.append_column("lk", pa.array(
+                np.arange(ids.num_rows, dtype=np.int32))))
             con.execute("CREATE TABLE lm AS SELECT * FROM lm_kept")
             con.unregister("lm_kept")
         else:
@@ -194,13 +235,16 @@ class _Store:
             CAST({n0} + row_number() OVER (ORDER BY lead_id) - 1 AS INTEGER)
             FROM (SELECT DISTINCT lead_id FROM new_leads WHERE lead_id NOT IN
                   (SELECT lead_id FROM lm))""")
-        table = con.sql("""SELECT m.lk, CAST(row_number() OVER (ORDER BY m.lead_id) - 1
-                AS INTEGER) AS _rank, epoch_us(l.created_at) AS created_us, l.*
-            FROM lm m JOIN leads l ON l.lead_id = m.lead_id ORDER BY m.lk""").to_arrow_table()
+        table = con.sql(f"""SELECT epoch_us(l.created_at) AS created_us, l.*
+            FROM lm m JOIN new_leads l ON l.lead_id = m.lead_id WHERE m.lk >= {n0}
+            ORDER BY m.lk""").to_arrow_table()
+        if st["leads"]:
+            old = self._leads(st)
+            table = pa.concat_tables([old, table.cast(old.schema)])
         st["n_leads"] = con.execute("SELECT count(*) FROM lm").fetchone()[0]
         if table.num_rows != st["n_leads"]:
             raise RuntimeError(f"{self.root}: {st['n_leads']} leads numbered, "
-                               f"{table.num_rows} in the intake")
+                               f"{table.num_rows} kept")
         leads = self._path(f"leads-{uid}.arrow")
         tmp = leads.with_name(f".{leads.name}.tmp")
         with pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_file(sink, table.schema) as w:
@@ -235,6 +279,7 @@ class _Store:
             FROM new_events e JOIN lmz m ON e.lead_id = m.lead_id
             LEFT JOIN et t ON t.event_type = e.event_type""")
         day = f"CAST(t // {DAY} AS INTEGER)"
+        kept = f"t >= {st['from_day'] * DAY}"  # older days: no cutoff the rollups give needs them
         vday = f"CAST((vs + {DAY - 1}) // {DAY} AS INTEGER)"
         models = [r[0] for r in con.execute(
             "SELECT DISTINCT model FROM x WHERE model IS NOT NULL ORDER BY 1").fetchall()]
@@ -242,12 +287,12 @@ class _Store:
         _dictionary(con, "mc", "model", st["models"])
         rows = {
             "main": job._fetch(con, f"""SELECT lk, {day} AS d, {vday} AS vd, et,
-                CAST(count(*) AS INTEGER) AS n, max(t) AS m FROM x GROUP BY ALL"""),
+                CAST(count(*) AS INTEGER) AS n, max(t) AS m FROM x WHERE {kept} GROUP BY ALL"""),
             "hours": job._fetch(con, f"""SELECT lk, {day} AS d, {vday} AS vd, lh,
-                CAST(count(*) AS INTEGER) AS n FROM x WHERE lh >= 0 GROUP BY ALL"""),
+                CAST(count(*) AS INTEGER) AS n FROM x WHERE lh >= 0 AND {kept} GROUP BY ALL"""),
             "model": job._fetch(con, f"""SELECT x.lk, x.d, x.vd, c.mc, x.n FROM (
                 SELECT lk, {day} AS d, {vday} AS vd, model, CAST(count(*) AS INTEGER) AS n
-                FROM x WHERE model IS NOT NULL GROUP BY ALL) x JOIN mc c ON c.model = x.model"""),
+                FROM x WHERE model IS NOT NULL AND {kept} GROUP BY ALL) x JOIN mc c ON c.model = x.model"""),
             "status": job._fetch(con, f"""SELECT lk,
                 coalesce(min(CASE WHEN is_order THEN vs END), {_NEVER}) AS o,
                 min(vs) AS c FROM x WHERE closing GROUP BY lk"""),
@@ -263,50 +308,92 @@ class _Store:
         written.append(path)
         st["files"].append(path.name)
 
-    def _sessions(self, con, st: dict, gap: int, absorbed: bool, uid: str, written) -> None:
-        """Session starts (lk, d, vd, w, n) of every lead: ``w`` is the first day on which an
-        earlier event within the gap is visible (the start no longer counts from then on).
-        Recomputed for the leads with new events; for all the first time."""
-        key = str(gap)
-        old = st["sessions"].get(key)
-        if old is not None and not absorbed:
+    def _sessions(self, con, st: dict, gap: int, days: int, absorbed: bool, as_of_us: int,
+                  uid: str, written: list) -> None:
+        """The events since a horizon as (lk, t, v: the day from which visible) sorted by
+        (lk, t), and per group of equal (lk, t) ``w``, kept on its first row: the first day
+        on which an earlier event within the gap is visible. A group's start counts at a
+        cutoff from the day its first event is visible until day ``w``.
+
+        A night inserts its events and recomputes ``w`` only for the groups within the gap
+        after one of them (a late event can join two sessions into one); the rest stand.
+        The horizon is ``SLACK_DAYS`` plus the window plus the gap before the cutoff: the
+        rows are exact for cutoffs from ``exact_from`` on, and earlier ones are computed
+        from the events (:func:`features` returns None)."""
+        old = st["sessions"].get(str(gap))
+        every = old is None or old["days"] < days
+        if not every and not absorbed:
             return
-        src = (f"SELECT m.lk AS k, epoch_us(e.ts) AS t, "
-               f"CAST(({job._VS} + {DAY - 1}) // {DAY} AS INTEGER) AS vis "
-               f"FROM events e JOIN lmz m ON e.lead_id = m.lead_id")
-        if old is not None:  # only the leads with new events
-            src += " WHERE m.lk IN (SELECT DISTINCT lk FROM x)"
-        cand, fix, sess = job._sessions_sql(job._Grid(), src, gap * job.US_PER_MIN)
-        con.execute(f"CREATE OR REPLACE TEMP TABLE cand AS {cand}")
-        con.execute(f"CREATE OR REPLACE TEMP TABLE fix AS {fix.format(cand='cand')}")
-        new = job._fetch(con, f"""SELECT k AS lk, CAST(d // {DAY} AS INTEGER) AS d, vis AS vd,
-            CAST(coalesce(w, {_W_NONE}) AS INTEGER) AS w, CAST(sum(n) AS INTEGER) AS n
-            FROM ({sess.format(cand='cand', fix='fix')}) GROUP BY ALL""")
-        if old is not None:
-            kept = _load(self.root / old)["s"]
-            dirty = con.execute("SELECT DISTINCT lk FROM x").fetchnumpy()["lk"]
-            stay = ~np.isin(kept["lk"], dirty)
-            new = {c: np.concatenate([kept[c][stay], new[c]]) for c in new}
+        days = max(days, old["days"] if old else 0)
+        gap_us = gap * job.US_PER_MIN
+        since = as_of_us - (days + SLACK_DAYS) * DAY - gap_us
+        if not every:
+            since = max(since, old["since"])
+        vis = f"CAST(({job._VS} + {DAY - 1}) // {DAY} AS INTEGER)"
+        if every:
+            ev = job._fetch(con, f"""SELECT m.lk AS k, epoch_us(e.ts) AS t, {vis} AS v
+                FROM events e JOIN lmz m ON e.lead_id = m.lead_id
+                WHERE e.ts >= {job._ts_lit(since)} ORDER BY k, t""")
+            ev["w"] = np.full(len(ev["k"]), _W_NONE, dtype=np.int32)
+            new = ev
+        else:
+            ev = _load(self.root / old["dir"])["s"]
+            inside = ev["t"] >= since
+            ev = {c: v[inside] for c, v in ev.items()}
+            new = job._fetch(con, f"""SELECT lk AS k, t,
+                CAST((vs + {DAY - 1}) // {DAY} AS INTEGER) AS v FROM x
+                WHERE t >= {since} ORDER BY k, t""")
+        span = max([0, *(int(x["t"].max()) - since for x in (ev, new) if len(x["t"]))])
+        shift = max(int(span).bit_length(), 1)
+        if shift + max(st["n_leads"], 1).bit_length() > 62:  # keys do not fit: start over
+            raise _Unkeyable
+        key_new = (new["k"].astype(np.int64) << shift) | (new["t"] - since)
+        if not every:
+            key_old = (ev["k"].astype(np.int64) << shift) | (ev["t"] - since)
+            pos = np.searchsorted(key_old, key_new, side="right")
+            ev = {c: np.insert(ev[c], pos, new[c] if c != "w" else _W_NONE) for c in ev}
+            key = np.insert(key_old, pos, key_new)
+        else:
+            key = key_new
+        starts = job._runs(key)
+        gkey = key[starts]
+        lead0 = (gkey >> shift) << shift  # where each group's lead begins
+        lo = np.maximum(gkey - gap_us, lead0)
+        # groups with a new event at or within the gap before them
+        todo = np.flatnonzero(np.searchsorted(key_new, gkey, side="right")
+                              > np.searchsorted(key_new, lo, side="left"))
+        first = starts[todo]
+        lo_rows = np.searchsorted(key, lo[todo], side="left")
+        ln = first - lo_rows
+        w = np.full(len(todo), _W_NONE, dtype=np.int32)
+        has = np.flatnonzero(ln > 0)
+        if len(has):  # min of v over each group's earlier rows within the gap
+            lengths = ln[has]
+            seg = np.cumsum(lengths) - lengths
+            rows = np.repeat(lo_rows[has] - seg, lengths) + np.arange(int(lengths.sum()))
+            w[has] = np.minimum.reduceat(ev["v"][rows], seg)
+        ev["w"][first] = w
         path = self._path(f"s{gap}-{uid}")
-        _save(path, {"s": new})
+        _save(path, {"s": ev})
         written.append(path)
-        st["sessions"][key] = path.name
+        st["sessions"][str(gap)] = {"dir": path.name, "days": days, "since": int(since),
+                               "exact_from": int(since + days * DAY + gap_us)}
 
     # ------------------------------------------------------------------ one cutoff
 
-    def features(self, plan: job._Plan, as_of: pd.Timestamp) -> pa.Table:
-        a = pd.Timestamp(as_of)
-        a = (a.tz_localize("UTC") if a.tzinfo is None else a.tz_convert("UTC")).value // 1000
+    def features(self, plan: job._Plan, a: int) -> pa.Table | None:
         D = a // DAY
         grid = job._Grid.for_cutoffs([a], plan.spans()["all"])
         base = grid.base // DAY  # grid buckets are days: d - base
         spans = plan.spans()
         st = self.state
+        if D < st["from_day"] + cat.LOOKBACK_DAYS or any(
+                a < st["sessions"][str(g)]["exact_from"] for g in plan.gaps):
+            return None  # earlier than the days kept
         kept = _concat([_load(self.root / f) for f in st["files"]])
         leads = self._leads(st)
         n = leads.num_rows
-        order = np.empty(n, dtype=np.int64)  # the leads' lk in lead_id order
-        order[leads.column("_rank").to_numpy()] = np.arange(n)
+        order = pc.sort_indices(leads.column("lead_id")).to_numpy()  # lk in lead_id order
         status = kept["status"]
         vs_order = np.full(n, _NEVER, dtype=np.int64)
         vs_close = np.full(n, _NEVER, dtype=np.int64)
@@ -336,12 +423,17 @@ class _Store:
         if plan.gaps:
             rows["sess"] = {}
             for gap in plan.gaps:
-                s = _load(self.root / st["sessions"][str(gap)])["s"]
-                full = spans["sessions"] - max(plan.gaps) * job.US_PER_MIN
-                s = {**s, "vd": np.where(s["w"] > D, s["vd"], D + 1)}  # cancelled by then
-                r = recent(s, full, ("n",))
-                r["w"] = np.ones(len(r["k"]), dtype=np.int32)
-                rows["sess"][gap] = r
+                ev = _load(self.root / st["sessions"][str(gap)]["dir"])["s"]
+                starts = job._runs(ev["k"], ev["t"])
+                v = np.minimum.reduceat(ev["v"], starts) if len(starts) else ev["v"][:0]
+                t = ev["t"][starts]
+                d = (t // DAY).astype(np.int32)
+                sel = (v <= D) & (ev["w"][starts] > D) & (d >= D - _session_days(plan)[gap])
+                m = int(sel.sum())
+                rows["sess"][gap] = {"k": ev["k"][starts][sel], "d": d[sel] - base,
+                                     "vis": np.zeros(m, dtype=np.int32),
+                                     "w": np.ones(m, dtype=np.int32),
+                                     "n": np.ones(m, dtype=np.int32)}
         if plan.model_feats:
             rows["model"] = recent(kept["model"], spans["models"], ("mc", "n"))
             rows["n_models"] = len(st["models"]) + 1

@@ -3,8 +3,10 @@
 How it keeps its promises:
 - **bounded memory**: the inputs are validated straight into Parquet partitioned by a hash of
   ``lead_id`` (bad rows to quarantine, clean rows to their bucket), kept between nights so a
-  night validates only its new files (:mod:`leadscore.serving.intake`); each bucket is
-  featurised and scored alone, so memory follows the bucket size, not the number of leads;
+  night validates only its new files (:mod:`leadscore.serving.intake`) and reduces only
+  their events into the feature rollups kept beside them (:mod:`leadscore.features.rollup`);
+  each bucket is featurised and scored alone, so memory follows the bucket size, not the
+  number of leads;
 - **nothing lost, nothing doubled**: each bucket's result is written to a hidden temp file and
   renamed to ``part-NNNNN.parquet`` (atomic on POSIX), then recorded in ``_manifest.json``
   (itself replaced atomically). Readers ignore ``_``/``.`` files, so they see whole parts only.
@@ -37,7 +39,7 @@ from pathlib import Path
 import pandas as pd
 
 from leadscore import contract
-from leadscore.features import job
+from leadscore.features import job, rollup
 from leadscore.serving import intake
 from leadscore.serving.scorer import ALL_MODELS, OUTPUT_COLUMNS, SLOT_MODEL, Scorer
 
@@ -125,16 +127,23 @@ def _write_part(out: Path, bucket: int, scored: pd.DataFrame) -> int:
     return len(scored)
 
 
-def _bucket_features(work: Path, bucket: int, as_of: pd.Timestamp) -> pd.DataFrame:
-    con = bucket_connection(work, bucket)
-    try:
-        return bucket_features(con, as_of)
-    finally:
-        con.close()
+def _bucket_features(work: Path, bucket: int, as_of: pd.Timestamp,
+                     segments: Sequence[dict] | None = None) -> pd.DataFrame:
+    """A bucket's features: from the intake's kept rollups when they can give them (a UTC
+    midnight cutoff; :mod:`leadscore.features.rollup`), else from its events."""
+    table = rollup.features(work, bucket, segments, as_of) if segments is not None else None
+    if table is None:
+        con = bucket_connection(work, bucket)
+        try:
+            table = job.compute(con, [as_of])
+        finally:
+            con.close()
+    feats = job.to_pandas(table)
+    return feats[feats["is_open"] | feats["is_owner"]].reset_index(drop=True)
 
 
 def _score_embedded(work: Path, buckets: Sequence[int], as_of: pd.Timestamp, scorer: Scorer,
-                    reasons: int):
+                    reasons: int, segments: Sequence[dict] | None = None):
     """The embedded engine: buckets one after another in this process, the next bucket's
     features computed on a second thread while this one is scored and written. DuckDB and the
     tree walks release the GIL, so each phase's single-threaded stretches (numpy, pandas,
@@ -142,12 +151,15 @@ def _score_embedded(work: Path, buckets: Sequence[int], as_of: pd.Timestamp, sco
     One bucket's features wait at most, so memory stays bounded."""
     if not buckets:
         return
+    if segments is not None and not rollup.applies(as_of):
+        log.info("rescore: features from the events (the kept rollups give UTC midnights, "
+                 "not %s)", as_of)
     with ThreadPoolExecutor(1, thread_name_prefix="leadscore-features") as pool:
-        ahead = pool.submit(_bucket_features, work, buckets[0], as_of)
+        ahead = pool.submit(_bucket_features, work, buckets[0], as_of, segments)
         for i, b in enumerate(buckets):
             feats = ahead.result()
             if i + 1 < len(buckets):
-                ahead = pool.submit(_bucket_features, work, buckets[i + 1], as_of)
+                ahead = pool.submit(_bucket_features, work, buckets[i + 1], as_of, segments)
             yield b, score_features(feats, scorer, reasons)
 
 
@@ -342,7 +354,8 @@ def _rescore(
 
             results = spark.rescore_buckets(cache, todo, as_of, scorer, reasons)
         else:
-            results = _score_embedded(cache, todo, as_of, scorer, reasons)
+            results = _score_embedded(cache, todo, as_of, scorer, reasons,
+                                      kept.state["segments"])
         progress = _Progress(n_buckets, len(done))
         try:
             for b, scored in results:  # in completion order; Spark runs several at once

@@ -21,7 +21,8 @@ Nothing half-written is ever read: each load writes files named after a new segm
 becomes part of the intake only when ``_intake.json`` (replaced atomically) lists the segment;
 files of unlisted segments, left by a killed run, are deleted when the next run opens the
 cache. After ``MAX_SEGMENTS`` loads the segments are merged into one, so a bucket stays a few
-files. A lock file keeps two jobs out of one cache. Deleting the cache only costs one full
+files; a merged segment lists the loads it ``covers``, so what was derived from them (the
+feature rollups, :mod:`leadscore.features.rollup`) stays valid. A lock file keeps two jobs out of one cache. Deleting the cache only costs one full
 validation.
 
 The quarantine the operator reads, ``<data>/quarantine/<table>.parquet``, holds the bad rows of
@@ -371,8 +372,9 @@ class Intake:
                 for r, n in c["quarantined"].items():
                     m["quarantined"][r] = m["quarantined"].get(r, 0) + n
         first_due = min(due, key=pd.Timestamp, default=None)
+        covers = [x for s in self.state["segments"] for x in s.get("covers") or [s["id"]]]
         self._commit({**self.state, "segments": [
-            {"id": seg_id, "counts": counts, "valid_from": first_due}]})
+            {"id": seg_id, "counts": counts, "valid_from": first_due, "covers": covers}]})
         log.info("intake: merged the kept loads into one")
 
     def _publish_quarantine(self) -> None:
