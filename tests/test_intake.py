@@ -232,10 +232,13 @@ def test_loads_are_merged_into_one_after_a_few_nights(tmp_path, monkeypatch):
             "2025-05-03")
     res = refresh(data, tmp_path)
     state = json.loads((tmp_path / "cache" / intake.STATE).read_text())
-    assert res.mode == "append" and len(state["segments"]) == 1
-    for b in range(res.buckets):  # one file per table and bucket
+    # the two earlier loads as one (which says so), tonight's apart
+    assert res.mode == "append" and len(state["segments"]) == 2
+    merged, newest = state["segments"]
+    assert len(merged["covers"]) == 2 and newest["id"] not in merged["covers"]
+    for b in range(res.buckets):  # a file per table and bucket for each
         for t in contract.TABLES:
-            assert len(list((tmp_path / "cache" / t / f"bucket={b}").glob("*"))) <= 1
+            assert len(list((tmp_path / "cache" / t / f"bucket={b}").glob("*"))) <= 2
     assert_same_as_validated_at_once(data, tmp_path, res)
 
 

@@ -20,9 +20,9 @@ full validation) whenever that could differ:
 Nothing half-written is ever read: each load writes files named after a new segment id and
 becomes part of the intake only when ``_intake.json`` (replaced atomically) lists the segment;
 files of unlisted segments, left by a killed run, are deleted when the next run opens the
-cache. After ``MAX_SEGMENTS`` loads the segments are merged into one, so a bucket stays a few
-files; a merged segment lists the loads it ``covers``, so what was derived from them (the
-feature rollups, :mod:`leadscore.features.rollup`) stays valid. A lock file keeps two jobs out of one cache. Deleting the cache only costs one full
+cache. After ``MAX_SEGMENTS`` loads the segments but the newest are merged into one, so a
+bucket stays a few files; a merged segment lists the loads it ``covers``, so what was derived
+from them (the feature rollups, :mod:`leadscore.features.rollup`) stays valid. A lock file keeps two jobs out of one cache. Deleting the cache only costs one full
 validation.
 
 The quarantine the operator reads, ``<data>/quarantine/<table>.parquet``, holds the bad rows of
@@ -337,23 +337,28 @@ class Intake:
         return None
 
     def _merge(self) -> None:
-        """Rewrite every kept segment as one, so each bucket stays a few files."""
+        """Rewrite the kept segments but the newest as one, so each bucket stays a few files.
+        The newest stays apart: what is derived from each load (the feature rollups) has not
+        seen it yet, and could not take it out of a merged segment."""
+        old, newest = self.state["segments"][:-1], self.state["segments"][-1]
         seg_id = uuid.uuid4().hex[:12]
         con = contract.connect(memory_limit=self.memory_limit)
         con.execute(f"SET temp_directory={contract._lit(str(self.spill))}")
         try:
             for table in contract.TABLES:
-                if not any((self.root / table).glob("*/*.parquet")):
+                files = [f for s in old
+                         for f in sorted((self.root / table).glob(f"bucket=*/seg-{s['id']}-*"))]
+                if not files:
                     continue
                 con.execute(
-                    f"COPY (SELECT * FROM read_parquet({_glob(self.root / table)}, "
-                    f"hive_partitioning=true, "
+                    f"COPY (SELECT * FROM read_parquet({_list(files)}, hive_partitioning=true, "
                     f"union_by_name=true)) TO {contract._lit(str(self.root / table))} "
                     f"(FORMAT parquet, PARTITION_BY (bucket), "
                     f"FILENAME_PATTERN 'seg-{seg_id}-{{i}}', OVERWRITE_OR_IGNORE)"
                 )
             for table in contract.TABLES:
-                q = sorted((self.root / "quarantine" / table).glob("seg-*.parquet"))
+                q = [f for s in old for f in
+                     (self.root / "quarantine" / table).glob(f"seg-{s['id']}.parquet")]
                 if q:
                     dst = self.root / "quarantine" / table / f"seg-{seg_id}.parquet"
                     con.execute(f"COPY (SELECT * FROM read_parquet({_list(q)}, union_by_name=true) "
@@ -362,8 +367,8 @@ class Intake:
         finally:
             con.close()
         counts: dict = {}
-        due = [s["valid_from"] for s in self.state["segments"] if s.get("valid_from")]
-        for s in self.state["segments"]:
+        due = [s["valid_from"] for s in old if s.get("valid_from")]
+        for s in old:
             for table, c in s["counts"].items():
                 m = counts.setdefault(table, {"read": 0, "ok": 0, "duplicates": 0,
                                               "quarantined": {}})
@@ -372,10 +377,11 @@ class Intake:
                 for r, n in c["quarantined"].items():
                     m["quarantined"][r] = m["quarantined"].get(r, 0) + n
         first_due = min(due, key=pd.Timestamp, default=None)
-        covers = [x for s in self.state["segments"] for x in s.get("covers") or [s["id"]]]
+        covers = [x for s in old for x in s.get("covers") or [s["id"]]]
         self._commit({**self.state, "segments": [
-            {"id": seg_id, "counts": counts, "valid_from": first_due, "covers": covers}]})
-        log.info("intake: merged the kept loads into one")
+            {"id": seg_id, "counts": counts, "valid_from": first_due, "covers": covers},
+            newest]})
+        log.info("intake: merged the %d earlier loads into one", len(covers))
 
     def _publish_quarantine(self) -> None:
         """``<data>/quarantine/<table>.parquet``: every kept load's bad rows, in file order."""
