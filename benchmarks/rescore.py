@@ -12,13 +12,13 @@ The runs are the nightly job as an operator runs it, on the same rows in folders
 the cutoff ``as_of`` is the last simulated midnight; "yesterday" rescored at ``as_of - 1 day``
 with each table's rows that had arrived by then (``0-history-*`` files), validating all of
 them into the intake; "tonight" the last day's rows arrive as new ``1-day-*`` files and the
-job validates only those (against the rows kept), computes features from the stored events of
-every lead, scores and writes. The reasons=3 run starts from the same kept intake (a hardlink
+job validates only those (against the rows kept), reduces their events into the feature rollups
+kept per bucket, computes every lead's features from those, scores and writes. The reasons=3 run starts from the same kept intake (a hardlink
 copy). "Nothing kept" is tonight's run with an empty intake (every file validated): the first
 night, or a night after the intake had to start over.
 
   (a) tonight's ``rescore`` without reasons (validation of the new files, features from the
-      stored events, scoring, Parquet parts) in rows/s, against bare ``Booster.predict`` over
+      stored events through the kept rollups, scoring, Parquet parts) in rows/s, against bare ``Booster.predict`` over
       a ready feature matrix of the same rows (each model over the rows it scores: the lead
       models over open leads, churn over open leads and owners), timed in another child.
       Goal: >= 50%. Also printed: the same with nothing kept.
@@ -151,13 +151,14 @@ def _timed(obj, name: str, acc: dict) -> None:
 
 def child_rescore(data: str, out: str, models_dir: str, as_of: str, reasons: int,
                   bucket_leads: int, engine: str, cache: str, q) -> None:
-    from leadscore.features import job
+    from leadscore.features import job, rollup
     from leadscore.serving import batch, intake
     from leadscore.serving.scorer import Scorer
 
     phases: dict[str, float] = defaultdict(float)
     modes = []
-    for obj, name in ((intake.Intake, "refresh"), (job, "compute"), (job, "to_pandas"),
+    for obj, name in ((intake.Intake, "refresh"), (rollup, "features"), (job, "compute"),
+                      (job, "to_pandas"),
                       (Scorer, "score"), (batch, "_write_part")):
         _timed(obj, name, phases)
     real = intake.Intake._plan
