@@ -9,21 +9,26 @@ then only filters and sums (numpy, no SQL over the events). A night reduces its 
 the rollups of the earlier loads stay as they were, because those sums are additive.
 
 The one thing that is not additive is where sessions start: an event that arrives late can
-join two sessions into one. So session starts are kept for every lead and, each night, the
-leads with new events have theirs recomputed from all their events.
+join two sessions into one. So the recent events themselves are kept, sorted by (lead, time),
+with when each one's session start stops counting; a night inserts its events and recomputes
+that only for the events within the session gap after one of them.
 
 Exactness. Days are UTC days: an event is visible at cutoff ``c`` iff ``vs <= c`` (``vs`` as
 in :mod:`leadscore.features.job`), which for a cutoff at midnight of day ``D`` is
 ``ceil(vs / day) <= D``; its windows hold whole days. So for a midnight cutoff the rollups give
 exactly what :func:`job.compute` gives (the tests compare them over several nights, late
-rows included); any other cutoff is computed from the events (:func:`applies`).
+rows included). Days older than any cutoff from ``SLACK_DAYS`` before the latest night needs
+are not kept (so a night's cost does not grow with the years of history): earlier cutoffs,
+and any cutoff that is not a midnight, are computed from the events (:func:`features` says
+None).
 
 Kept per bucket in ``<cache>/_features/bucket=N/`` (the intake's cache):
 - ``leads-<id>.arrow``: the leads, numbered (``lk``) in the order they arrived;
 - ``r-<id>/``: one or more loads' reductions (main, hours, models, status, contacts);
-- ``s<gap>-<id>/``: the session starts of every lead, for one session gap;
-- ``state.json`` (replaced atomically, written last): the loads absorbed and the files that
-  hold them. Files it does not list (a killed run's) are deleted before an update.
+- ``s<gap>-<id>/``: the recent events for the sessions of one session gap;
+- ``state.json`` (replaced atomically, written last): the loads absorbed, the files that
+  hold them, the first day kept. Files it does not list (a killed run's) are deleted before
+  an update.
 
 A bucket starts over — reduces every kept load again — when the intake's loads do not extend
 the ones absorbed (the intake started over or was re-bucketed). Merged intake loads keep
@@ -125,7 +130,8 @@ class _Store:
         self.root, self.cache, self.bucket = root, cache, bucket
         path = root / STATE
         st = json.loads(path.read_text()) if path.is_file() else None
-        self.state = st if st and st.get("format") == FORMAT else None
+        same = st and st.get("format") == FORMAT and st.get("lookback") == cat.LOOKBACK_DAYS
+        self.state = st if same else None
 
     # ------------------------------------------------------------------ keeping up to date
 
@@ -153,7 +159,8 @@ class _Store:
         self.root.mkdir(parents=True, exist_ok=True)
         self._sweep()
         today = as_of_us // DAY
-        st = self.state or {"format": FORMAT, "loads": [], "leads": None, "n_leads": 0,
+        st = self.state or {"format": FORMAT, "lookback": cat.LOOKBACK_DAYS,
+                            "loads": [], "leads": None, "n_leads": 0,
                             "event_types": [], "models": [], "files": [], "sessions": {},
                             "from_day": today - cat.LOOKBACK_DAYS - SLACK_DAYS}
         st = json.loads(json.dumps(st))  # a copy: the kept state changes only on commit
