@@ -265,8 +265,10 @@ class _Store:
         tzi = f"CAST(CASE l.tz {tzi} END AS SMALLINT)" if tzi else "CAST(NULL AS SMALLINT)"
         con.execute(f"CREATE TABLE lmz AS SELECT m.lk, m.lead_id, {tzi} AS tzi "
                     f"FROM lm m JOIN leads l ON l.lead_id = m.lead_id")
-        lo, hi = con.execute("SELECT epoch_us(min(ts)), epoch_us(max(ts)) "
-                             "FROM new_events").fetchone()
+        # older days: no cutoff the rollups give needs them (the sessions' horizon is later)
+        since = _ts(st["from_day"] * DAY)
+        lo, hi = con.execute(f"SELECT epoch_us(min(ts)), epoch_us(max(ts)) FROM new_events "
+                             f"WHERE ts >= {since}").fetchone()
         hour = "CAST(NULL AS INTEGER)"
         if lo is not None and lo > 0 and zones:
             offsets = job._tz_offsets(con, zones, lo, hi)
@@ -280,13 +282,10 @@ class _Store:
         _dictionary(con, "et", "event_type", st["event_types"])
         con.execute(f"""CREATE TABLE x AS SELECT m.lk, epoch_us(e.ts) AS t,
             {job._VS} AS vs, CAST(coalesce(t.et, 0) AS USMALLINT) AS et,
-            e.event_type IN {job._in(CLOSING_TYPES)} AS closing,
-            e.event_type = 'order' AS is_order,
             CAST(coalesce({hour}, -1) AS TINYINT) AS lh, e.model
             FROM new_events e JOIN lmz m ON e.lead_id = m.lead_id
-            LEFT JOIN et t ON t.event_type = e.event_type""")
+            LEFT JOIN et t ON t.event_type = e.event_type WHERE e.ts >= {since}""")
         day = f"CAST(t // {DAY} AS INTEGER)"
-        kept = f"t >= {st['from_day'] * DAY}"  # older days: no cutoff the rollups give needs them
         vday = f"CAST((vs + {DAY - 1}) // {DAY} AS INTEGER)"
         models = [r[0] for r in con.execute(
             "SELECT DISTINCT model FROM x WHERE model IS NOT NULL ORDER BY 1").fetchall()]
@@ -294,15 +293,17 @@ class _Store:
         _dictionary(con, "mc", "model", st["models"])
         rows = {
             "main": job._fetch(con, f"""SELECT lk, {day} AS d, {vday} AS vd, et,
-                CAST(count(*) AS INTEGER) AS n, max(t) AS m FROM x WHERE {kept} GROUP BY ALL"""),
+                CAST(count(*) AS INTEGER) AS n, max(t) AS m FROM x GROUP BY ALL"""),
             "hours": job._fetch(con, f"""SELECT lk, {day} AS d, {vday} AS vd, lh,
-                CAST(count(*) AS INTEGER) AS n FROM x WHERE lh >= 0 AND {kept} GROUP BY ALL"""),
+                CAST(count(*) AS INTEGER) AS n FROM x WHERE lh >= 0 GROUP BY ALL"""),
             "model": job._fetch(con, f"""SELECT x.lk, x.d, x.vd, c.mc, x.n FROM (
                 SELECT lk, {day} AS d, {vday} AS vd, model, CAST(count(*) AS INTEGER) AS n
-                FROM x WHERE model IS NOT NULL AND {kept} GROUP BY ALL) x JOIN mc c ON c.model = x.model"""),
-            "status": job._fetch(con, f"""SELECT lk,
-                coalesce(min(CASE WHEN is_order THEN vs END), {_NEVER}) AS o,
-                min(vs) AS c FROM x WHERE closing GROUP BY lk"""),
+                FROM x WHERE model IS NOT NULL GROUP BY ALL) x JOIN mc c ON c.model = x.model"""),
+            # every day: a lead's status looks at its whole history
+            "status": job._fetch(con, f"""SELECT m.lk,
+                coalesce(min(CASE WHEN e.event_type = 'order' THEN {job._VS} END), {_NEVER}) AS o,
+                min({job._VS}) AS c FROM new_events e JOIN lmz m ON e.lead_id = m.lead_id
+                WHERE e.event_type IN {job._in(CLOSING_TYPES)} GROUP BY m.lk"""),
             "ct": job._fetch(con, f"""SELECT m.lk AS k, epoch_us(c.ts) AS t,
                 coalesce(c.outcome IN {job._in(RESPONSE_OUTCOMES)}, FALSE) AS resp,
                 coalesce(c.outcome = 'replied', FALSE) AS replied,
@@ -456,6 +457,10 @@ class _Store:
 
 
 # --------------------------------------------------------------------------- files
+
+
+def _ts(us: int) -> str:
+    return job._ts_lit(int(us))
 
 
 def _dictionary(con, table: str, column: str, names: list[str]) -> None:
