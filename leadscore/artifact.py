@@ -119,8 +119,16 @@ class LeadModel:
             raise KeyError(f"{self.name}: feature frame lacks {missing}")
         X = np.full((len(df), len(self.features)), np.nan)
         codes = self.codes
+        dtypes = df.dtypes.to_dict()
+        plain = [j for j, f in enumerate(self.features) if f in dtypes and f not in codes
+                 and pd.api.types.is_numeric_dtype(dtypes[f])
+                 and not isinstance(dtypes[f], pd.CategoricalDtype)]
+        if plain:  # numbers in one block copy (a frame's float columns are one block)
+            X[:, plain] = df[[self.features[j] for j in plain]].to_numpy(
+                dtype=np.float64, na_value=np.nan)
+        done = set(plain)
         for j, f in enumerate(self.features):
-            if f not in df.columns:
+            if f not in df.columns or j in done:
                 continue
             col = df[f]
             if f in codes:

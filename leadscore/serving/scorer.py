@@ -376,7 +376,8 @@ class Scorer:
         out = pd.DataFrame({
             "lead_id": feats["lead_id"].astype(str).to_numpy(),
             "dealer_id": feats["dealer_id"].astype(str).to_numpy(),
-            "as_of": pd.to_datetime(feats["as_of"], utc=True).to_numpy(),
+            # the array itself: to_numpy() of zoned times makes a Timestamp object per row
+            "as_of": pd.to_datetime(feats["as_of"], utc=True).array,
         })
         for col in OUTPUT_COLUMNS[3:-2]:
             v = cols.get(col)
