@@ -12,16 +12,18 @@ The runs are the nightly job as an operator runs it, on the same rows in folders
 the cutoff ``as_of`` is the last simulated midnight; "yesterday" rescored at ``as_of - 1 day``
 with each table's rows that had arrived by then (``0-history-*`` files), validating all of
 them into the intake; "tonight" the last day's rows arrive as new ``1-day-*`` files and the
-job validates only those (against the rows kept), reduces their events into the feature rollups
-kept per bucket, computes every lead's features from those, scores and writes. The reasons=3 run starts from the same kept intake (a hardlink
-copy). "Nothing kept" is tonight's run with an empty intake (every file validated): the first
-night, or a night after the intake had to start over.
+job validates only those (against the rows kept), reduces their events into the feature
+rollups kept per bucket, computes every lead's features from those, scores and writes. The
+reasons=3 run starts from the same kept intake (a hardlink copy). "Nothing kept" is tonight's
+run with an empty intake (every file validated): the first night, or a night after the intake
+had to start over.
 
   (a) tonight's ``rescore`` without reasons (validation of the new files, features from the
-      stored events through the kept rollups, scoring, Parquet parts) in rows/s, against bare ``Booster.predict`` over
-      a ready feature matrix of the same rows (each model over the rows it scores: the lead
-      models over open leads, churn over open leads and owners), timed in another child.
-      Goal: >= 50%. Also printed: the same with nothing kept.
+      stored events through the kept rollups, scoring, Parquet parts) in rows/s, against
+      bare ``Booster.predict`` over a ready feature matrix of the same rows (each model over
+      the rows it scores: the lead models over open leads, churn over open leads and
+      owners), timed in another child. Goal: >= 50%. Also printed: the same with nothing
+      kept.
   (b) ``rescore`` with top-3 reasons per score in rows/s, against
       ``shap.TreeExplainer(booster).shap_values(X)`` on the same models and rows (timed on up
       to ``--shap-rows`` rows per model; its values are asserted equal to the contributions

@@ -393,12 +393,11 @@ class _Store:
         D = a // DAY
         grid = job._Grid.for_cutoffs([a], plan.spans()["all"])
         base = grid.base // DAY  # grid buckets are days: d - base
-        spans = plan.spans()
         st = self.state
-        if D < st["from_day"] + cat.LOOKBACK_DAYS or any(
+        if st["from_day"] + cat.LOOKBACK_DAYS > D or any(
                 a < st["sessions"][str(g)]["exact_from"] for g in plan.gaps):
             return None  # earlier than the days kept
-        kept = _concat([_load(self.root / f) for f in st["files"]])
+        kept = _concat([_load(self.root / f, mmap=True) for f in st["files"]])
         leads = self._leads(st)
         n = leads.num_rows
         order = pc.sort_indices(leads.column("lead_id")).to_numpy()  # lk in lead_id order
@@ -409,11 +408,15 @@ class _Store:
         np.minimum.at(vs_close, status["lk"], status["c"])
         rows: dict = {}
 
-        def recent(r: dict, span_us: int, cols: Sequence[str]) -> dict:
-            sel = (r["vd"] <= D) & (r["d"] >= D - span_us // DAY)
-            out = {"k": r["lk"][sel], "d": r["d"][sel] - base}
+        def visible(r: dict, cols: Sequence[str]) -> dict:
+            """The rows visible at the cutoff (the job drops those outside its windows)."""
+            sel = r["vd"] <= D
+            if sel.all():  # the usual case: no copies
+                out = {"k": r["lk"], **{c: r[c] for c in cols}}
+            else:
+                out = {"k": r["lk"][sel], **{c: r[c][sel] for c in cols}}
+            out["d"] = (r["d"] if sel.all() else r["d"][sel]) - base
             out["vis"] = np.zeros(len(out["k"]), dtype=np.int32)
-            out.update({c: r[c][sel] for c in cols})
             return out
 
         if plan.main:
@@ -421,13 +424,13 @@ class _Store:
             for i, t in enumerate(st["event_types"]):
                 code[i + 1] = plan.code.get(
                     t, 0 if t in STANDARD_EVENT_TYPES or not plan.other else _OTHER)
-            main = recent(kept["main"], spans["main"], ("et", "n", "m"))
+            main = visible(kept["main"], ("et", "n", "m"))
             main["code"] = code[main.pop("et")]
             rows["latest"] = {"k": main["k"], "code": main["code"], "vis": main["vis"],
                               "m": main.pop("m")}
             rows["main"] = main
         if plan.hours:
-            rows["hours"] = recent(kept["hours"], spans["hours"], ("lh", "n"))
+            rows["hours"] = visible(kept["hours"], ("lh", "n"))
         if plan.gaps:
             rows["sess"] = {}
             for gap in plan.gaps:
@@ -443,7 +446,7 @@ class _Store:
                                      "w": np.ones(m, dtype=np.int32),
                                      "n": np.ones(m, dtype=np.int32)}
         if plan.model_feats:
-            rows["model"] = recent(kept["model"], spans["models"], ("mc", "n"))
+            rows["model"] = visible(kept["model"], ("mc", "n"))
             rows["n_models"] = len(st["models"]) + 1
         if plan.contacts:
             rows["ct"] = kept["ct"]
@@ -483,11 +486,12 @@ def _save(path: Path, rows: dict[str, dict[str, np.ndarray]]) -> None:
     os.replace(tmp, path)
 
 
-def _load(path: Path) -> dict[str, dict[str, np.ndarray]]:
+def _load(path: Path, mmap: bool = False) -> dict[str, dict[str, np.ndarray]]:
+    """``mmap``: read-only views of the page cache, no copy (the cutoff's reads)."""
     out: dict[str, dict] = {}
     for f in sorted(path.glob("*.npy")):
         t, c = f.name[:-4].split(".", 1)
-        out.setdefault(t, {})[c] = np.load(f, allow_pickle=False)
+        out.setdefault(t, {})[c] = np.load(f, allow_pickle=False, mmap_mode="r" if mmap else None)
     return out
 
 

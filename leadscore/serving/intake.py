@@ -22,8 +22,8 @@ becomes part of the intake only when ``_intake.json`` (replaced atomically) list
 files of unlisted segments, left by a killed run, are deleted when the next run opens the
 cache. After ``MAX_SEGMENTS`` loads the segments but the newest are merged into one, so a
 bucket stays a few files; a merged segment lists the loads it ``covers``, so what was derived
-from them (the feature rollups, :mod:`leadscore.features.rollup`) stays valid. A lock file keeps two jobs out of one cache. Deleting the cache only costs one full
-validation.
+from them (the feature rollups, :mod:`leadscore.features.rollup`) stays valid. A lock file
+keeps two jobs out of one cache. Deleting the cache only costs one full validation.
 
 The quarantine the operator reads, ``<data>/quarantine/<table>.parquet``, holds the bad rows of
 every load the intake keeps (each load's own are kept under ``<cache>/quarantine/``).
