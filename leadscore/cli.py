@@ -259,7 +259,7 @@ def rescore(
         OutFormat.parquet
     ),
     reasons: Annotated[int, typer.Option(min=0, max=10, help="Reasons per score")] = 3,
-    bucket_leads: Annotated[int, typer.Option(min=100, help="Leads per bucket")] = 50_000,
+    bucket_leads: Annotated[int, typer.Option(min=100, help="Leads per bucket")] = 100_000,
     force: Annotated[bool, typer.Option(help="Redo a finished run / replace other output")] = (
         False
     ),
