@@ -479,6 +479,26 @@ def test_a_resume_after_the_intake_was_bucketed_anew_redoes_the_parts(
     assert_same_scores(got, reference.frame)
 
 
+@pytest.mark.parametrize("hours", [0, 6])
+def test_scores_equal_scoring_the_feature_jobs_rows(reference, env, data, tmp_path, hours):
+    """At a midnight the features come from the kept rollups, at any other cutoff from the
+    events: either way the scores are those of the feature job's rows over the whole data
+    set (unbucketed) put through the same scorer."""
+    as_of = env.as_of + pd.Timedelta(hours=hours)
+    got = reference.frame if hours == 0 else None
+    if got is None:
+        batch.rescore(data, as_of, tmp_path / "scores", cache=tmp_path / "kept")
+        got = read_sorted(tmp_path / "scores")
+        assert (tmp_path / "kept" / intake.STATE).is_file()
+    ds = contract.load(data)
+    feats = job.to_pandas(job.compute(ds.con, [as_of]))
+    ds.con.close()
+    rows = feats[feats["is_open"] | feats["is_owner"]].reset_index(drop=True)
+    (tmp_path / "want").mkdir()
+    batch._write_part(tmp_path / "want", 0, batch.score_features(rows, Scorer.from_registry(), 3))
+    assert_same_scores(got, read_sorted(tmp_path / "want"))
+
+
 def test_csv_export_reads_back_with_the_same_rows_and_reasons_as_sentences(reference, tmp_path):
     csv = tmp_path / "scores.csv"
     n = batch.export_csv(reference.out, csv)
