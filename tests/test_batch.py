@@ -499,6 +499,29 @@ def test_scores_equal_scoring_the_feature_jobs_rows(reference, env, data, tmp_pa
     assert_same_scores(got, read_sorted(tmp_path / "want"))
 
 
+def test_a_part_is_the_file_pandas_would_write(env, data, tmp_path):
+    """Parts go straight to Arrow: the same schema (pandas metadata included) and values as
+    writing the type-fixed frame with pandas, for open leads, owners (lead columns null) and
+    the two mixed (slot starts beside nulls)."""
+    ds = contract.load(data)
+    feats = job.to_pandas(job.compute(ds.con, [env.as_of]))
+    ds.con.close()
+    rows = feats[feats["is_open"] | feats["is_owner"]].reset_index(drop=True)
+    scorer = Scorer.from_registry()
+    for name, part in (("mixed", rows), ("open", rows[rows["is_open"]]),
+                       ("owners", rows[~rows["is_open"]])):
+        scored = batch.score_features(part.reset_index(drop=True), scorer, 1)
+        (tmp_path / name).mkdir()
+        batch._write_part(tmp_path / name, 0, scored)
+        ours = tmp_path / name / "part-00000.parquet"
+        theirs = tmp_path / f"{name}.parquet"
+        batch._fmt_types(scored).to_parquet(theirs, index=False)
+        assert pq.read_schema(ours).equals(pq.read_schema(theirs), check_metadata=True), name
+        assert pq.read_table(ours).equals(pq.read_table(theirs)), name
+        pd.testing.assert_frame_equal(pd.read_parquet(ours), pd.read_parquet(theirs),
+                                      check_exact=True)
+
+
 def test_csv_export_reads_back_with_the_same_rows_and_reasons_as_sentences(reference, tmp_path):
     csv = tmp_path / "scores.csv"
     n = batch.export_csv(reference.out, csv)
