@@ -125,6 +125,12 @@ class _Plan:
         s["all"] = max(s["main"], s["recent"])
         return s
 
+    def code_of(self, event_type: str) -> int:
+        """An event type's code: the rule :meth:`code_sql` writes in SQL."""
+        if event_type in self.code:
+            return self.code[event_type]
+        return _OTHER_CODE if self.other and event_type not in STANDARD_EVENT_TYPES else 0
+
     def code_sql(self, col: str) -> str:
         whens = " ".join(f"WHEN '{t}' THEN {c}" for t, c in self.code.items())
         rest = (f"CASE WHEN {col} IN {_in(STANDARD_EVENT_TYPES)} THEN 0 ELSE {_OTHER_CODE} END"
@@ -296,12 +302,33 @@ def _lk_sql(hi: str) -> str:
             f"epoch_us(created_at) AS created_us, * FROM leads WHERE created_at <= {hi}")
 
 
+def status_sql(events: str, lk: str, key: str = "k", hi: str | None = None) -> str:
+    """Per lead of ``lk`` (keyed by its column ``key``): the first instant an order
+    (``vs_order``) and a closing event (``vs_close``) of table ``events`` is visible; with
+    ``hi``, of the events before it. Shared by the feature job and the kept rollups."""
+    before = "" if hi is None else f" AND e.ts < {hi}"
+    return f"""SELECT l.{key} AS k,
+        min(CASE WHEN e.event_type = 'order' THEN {_VS} END) AS vs_order, min({_VS}) AS vs_close
+    FROM {events} e JOIN {lk} l ON e.lead_id = l.lead_id
+    WHERE e.event_type IN {_in(CLOSING_TYPES)}{before} GROUP BY l.{key}"""
+
+
+def contact_rows_sql(contacts: str, lk: str, key: str = "k", hi: str | None = None) -> str:
+    """One row per contact attempt in table ``contacts`` of the leads in ``lk`` (before
+    ``hi``), as :func:`contact_stats` reads them (in no order). Shared by the feature job and
+    the kept rollups."""
+    before = "" if hi is None else f" WHERE c.ts < {hi}"
+    return f"""SELECT l.{key} AS k, epoch_us(c.ts) AS t,
+        coalesce(c.outcome IN {_in(RESPONSE_OUTCOMES)}, FALSE) AS resp,
+        coalesce(c.outcome = 'replied', FALSE) AS replied,
+        coalesce(c.channel = 'phone', FALSE) AS phone,
+        coalesce(c.channel IN {_in(MESSAGE_CHANNELS)}, FALSE) AS msg
+    FROM {contacts} c JOIN {lk} l ON c.lead_id = l.lead_id{before}"""
+
+
 def _common(plan: _Plan, lk: str, hi: str) -> list[tuple[str, str]]:
     """Status (first instant an order / a closing event is visible) and contacts."""
-    out = [("status", f"""SELECT l.k,
-        min(CASE WHEN e.event_type = 'order' THEN {_VS} END) AS vs_order, min({_VS}) AS vs_close
-    FROM events e JOIN {lk} l ON e.lead_id = l.lead_id
-    WHERE e.event_type IN {_in(CLOSING_TYPES)} AND e.ts < {hi} GROUP BY l.k""")]
+    out = [("status", status_sql("events", lk, hi=hi))]
     if plan.contacts:
         out.append(("contacts", f"""SELECT l.k, epoch_us(c.ts) AS t,
         coalesce(c.outcome IN {_in(RESPONSE_OUTCOMES)}, FALSE) AS resp,
@@ -683,7 +710,7 @@ class _Reduced:
             self.vs_order[st["k"]] = st["o"]
             self.vs_close[st["k"]] = st["c"]
             if plan.contacts:  # in no order: the stats need none (see _contacts_at)
-                self.ct = _fetch(con, _contacts_rows_sql(lk, hi))
+                self.ct = _fetch(con, contact_rows_sql("contacts", lk, hi=hi))
             self._events(con, make, drop, lk, first, hi, spans)
         finally:
             for name in tmp:
@@ -1070,17 +1097,6 @@ class _Reduced:
     def _contacts_at(self, a: int) -> dict[str, np.ndarray]:
         return contact_stats(self.ct, self.n, a, self.plan.contacts,
                              self.leads.column("created_us").to_numpy())
-
-
-def _contacts_rows_sql(lk: str, hi: str) -> str:
-    """One row per contact attempt before ``hi`` of the leads in ``lk``, as
-    :func:`contact_stats` reads them."""
-    return f"""SELECT l.k, epoch_us(c.ts) AS t,
-        coalesce(c.outcome IN {_in(RESPONSE_OUTCOMES)}, FALSE) AS resp,
-        coalesce(c.outcome = 'replied', FALSE) AS replied,
-        coalesce(c.channel = 'phone', FALSE) AS phone,
-        coalesce(c.channel IN {_in(MESSAGE_CHANNELS)}, FALSE) AS msg
-    FROM contacts c JOIN {lk} l ON c.lead_id = l.lead_id WHERE c.ts < {hi}"""
 
 
 def contact_stats(c: dict, n: int, a: int, feats: Sequence[cat.ContactStat],

@@ -49,15 +49,9 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from leadscore import contract
+from leadscore import atomic, contract
 from leadscore.features import catalog as cat
 from leadscore.features import job
-from leadscore.schema import (
-    CLOSING_TYPES,
-    MESSAGE_CHANNELS,
-    RESPONSE_OUTCOMES,
-    STANDARD_EVENT_TYPES,
-)
 
 DAY = job.US_PER_DAY
 FORMAT = 1
@@ -69,7 +63,6 @@ MAX_FILES = 8
 SLACK_DAYS = 7
 _NEVER = np.iinfo(np.int64).max
 _W_NONE = np.iinfo(np.int32).max  # a session start that no earlier event can cancel
-_OTHER = job._OTHER_CODE
 
 
 def applies(as_of: pd.Timestamp) -> bool:
@@ -206,9 +199,7 @@ class _Store:
                 shutil.rmtree(f) if f.is_dir() else f.unlink()
 
     def _commit(self, st: dict) -> None:
-        tmp = self.root / f".{STATE}.tmp"
-        tmp.write_text(json.dumps(st, indent=1))
-        os.replace(tmp, self.root / STATE)
+        atomic.write_text(self.root / STATE, json.dumps(st, indent=1))
         self.state = st
         self._sweep()
 
@@ -300,16 +291,10 @@ class _Store:
                 SELECT lk, {day} AS d, {vday} AS vd, model, CAST(count(*) AS INTEGER) AS n
                 FROM x WHERE model IS NOT NULL GROUP BY ALL) x JOIN mc c ON c.model = x.model"""),
             # every day: a lead's status looks at its whole history
-            "status": job._fetch(con, f"""SELECT m.lk,
-                coalesce(min(CASE WHEN e.event_type = 'order' THEN {job._VS} END), {_NEVER}) AS o,
-                min({job._VS}) AS c FROM new_events e JOIN lmz m ON e.lead_id = m.lead_id
-                WHERE e.event_type IN {job._in(CLOSING_TYPES)} GROUP BY m.lk"""),
-            "ct": job._fetch(con, f"""SELECT m.lk AS k, epoch_us(c.ts) AS t,
-                coalesce(c.outcome IN {job._in(RESPONSE_OUTCOMES)}, FALSE) AS resp,
-                coalesce(c.outcome = 'replied', FALSE) AS replied,
-                coalesce(c.channel = 'phone', FALSE) AS phone,
-                coalesce(c.channel IN {job._in(MESSAGE_CHANNELS)}, FALSE) AS msg
-                FROM new_contacts c JOIN lmz m ON c.lead_id = m.lead_id"""),
+            "status": job._fetch(con, f"""SELECT k AS lk,
+                coalesce(vs_order, {_NEVER}) AS o, vs_close AS c
+                FROM ({job.status_sql("new_events", "lmz", key="lk")})"""),
+            "ct": job._fetch(con, job.contact_rows_sql("new_contacts", "lmz", key="lk")),
         }
         path = self._path(f"r-{uid}")
         _save(path, rows)
@@ -420,10 +405,8 @@ class _Store:
             return out
 
         if plan.main:
-            code = np.zeros(len(st["event_types"]) + 1, dtype=np.uint8)  # kept → plan's code
-            for i, t in enumerate(st["event_types"]):
-                code[i + 1] = plan.code.get(
-                    t, 0 if t in STANDARD_EVENT_TYPES or not plan.other else _OTHER)
+            code = np.array([0, *map(plan.code_of, st["event_types"])],
+                            dtype=np.uint8)  # kept code → the plan's
             main = visible(kept["main"], ("et", "n", "m"))
             main["code"] = code[main.pop("et")]
             rows["latest"] = {"k": main["k"], "code": main["code"], "vis": main["vis"],

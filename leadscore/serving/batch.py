@@ -39,7 +39,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from leadscore import contract
+from leadscore import atomic, contract
 from leadscore.features import job, rollup
 from leadscore.serving import intake
 from leadscore.serving.scorer import ALL_MODELS, OUTPUT_COLUMNS, SLOT_MODEL, Scorer
@@ -76,7 +76,12 @@ class RescoreResult:
 
 def bucket_features(con, as_of: pd.Timestamp) -> pd.DataFrame:
     """The features of the open leads and owners in ``con``'s leads/events/contacts tables."""
-    feats = job.to_pandas(job.compute(con, [as_of]))
+    return _entities(job.compute(con, [as_of]))
+
+
+def _entities(table) -> pd.DataFrame:
+    """The rows the job scores from a feature table: open leads and owners."""
+    feats = job.to_pandas(table)
     return feats[feats["is_open"] | feats["is_owner"]].reset_index(drop=True)
 
 
@@ -163,8 +168,7 @@ def _bucket_features(work: Path, bucket: int, as_of: pd.Timestamp,
             table = job.compute(con, [as_of])
         finally:
             con.close()
-    feats = job.to_pandas(table)
-    return feats[feats["is_open"] | feats["is_owner"]].reset_index(drop=True)
+    return _entities(table)
 
 
 def _score_embedded(work: Path, buckets: Sequence[int], as_of: pd.Timestamp, scorer: Scorer,
@@ -191,12 +195,6 @@ def _score_embedded(work: Path, buckets: Sequence[int], as_of: pd.Timestamp, sco
                 ahead.append(pool.submit(_bucket_features, work, buckets[i + AHEAD], as_of,
                                          segments))
             yield b, score_features(feats, scorer, reasons)
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def _run_key(data_dir: Path, as_of: pd.Timestamp, versions: dict, bucket_leads: int,
@@ -354,7 +352,7 @@ def _rescore(
         out.mkdir(parents=True)
         manifest = {"run_key": key, "as_of": str(as_of), "models": scorer.versions,
                     "parts": {}, "complete": False}
-        _atomic_write_text(manifest_path, json.dumps(manifest, indent=1))
+        atomic.write_text(manifest_path, json.dumps(manifest, indent=1))
 
     done = {int(b) for b in manifest["parts"]}
     for stale in out.glob(f".part-*{_TMP_SUFFIX}"):  # left by a run that was killed mid-write
@@ -377,7 +375,7 @@ def _rescore(
                         part.unlink()
                     manifest["parts"], done = {}, set()
                 manifest.update(buckets=n_buckets, quarantined=quarantined)
-                _atomic_write_text(manifest_path, json.dumps(manifest, indent=1))
+                atomic.write_text(manifest_path, json.dumps(manifest, indent=1))
         todo = [b for b in range(n_buckets) if b not in done]
         if engine == "spark":
             from leadscore.serving import spark
@@ -391,14 +389,14 @@ def _rescore(
             for b, scored in results:  # in completion order; Spark runs several at once
                 n = _write_part(out, b, scored)
                 manifest["parts"][str(b)] = {"file": f"part-{b:05d}.parquet", "rows": n}
-                _atomic_write_text(manifest_path, json.dumps(manifest, indent=1))
+                atomic.write_text(manifest_path, json.dumps(manifest, indent=1))
                 progress.step(n)
         finally:
             results.close()  # stops the Spark jobs still running if writing failed
             progress.close()
     rows = sum(p["rows"] for p in manifest["parts"].values())
     manifest.update({"complete": True, "rows": rows})
-    _atomic_write_text(manifest_path, json.dumps(manifest, indent=1))
+    atomic.write_text(manifest_path, json.dumps(manifest, indent=1))
     return RescoreResult(out, rows, n_buckets, len(done), time.perf_counter() - t0, False,
                          quarantined, scorer.versions)
 

@@ -47,7 +47,7 @@ from pathlib import Path
 import duckdb
 import pandas as pd
 
-from leadscore import contract
+from leadscore import atomic, contract
 
 log = logging.getLogger(__name__)
 
@@ -178,9 +178,7 @@ class Intake:
                 d.rmdir()
 
     def _commit(self, state: dict) -> None:
-        tmp = self.root / f".{STATE}.tmp"
-        tmp.write_text(json.dumps(state, indent=1))
-        os.replace(tmp, self.root / STATE)
+        atomic.write_text(self.root / STATE, json.dumps(state, indent=1))
         self.state = state
         self._sweep()
 
