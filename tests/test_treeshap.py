@@ -82,9 +82,35 @@ def test_raw_scores_are_lightgbms_to_the_bit(params):
     for threads in (1, 3):
         np.testing.assert_array_equal(treeshap.raw_scores(model, test, num_threads=threads),
                                       theirs)
+    assert treeshap._tables(model).heap is not None  # the level-by-level walk gave them
     x = model.matrix(test)  # a ready matrix gives the same as the frame
     np.testing.assert_array_equal(treeshap.raw_scores(model, x), theirs)
     np.testing.assert_array_equal(model.raw(test), theirs)
+    for lo, hi in [(0, 1), (5, 38), (100, 164)]:  # a request's rows; blocks and their rests
+        np.testing.assert_array_equal(treeshap.raw_scores(model, x[lo:hi]), theirs[lo:hi])
+
+
+def test_raw_scores_read_odd_category_codes_as_lightgbm_does():
+    """A matrix handed over directly may hold any number where a category code goes:
+    LightGBM truncates it to an int, sends NaN and negatives right, and (-1, 0) is
+    category 0. Both walks must agree with it on every such value."""
+    model, test = _split_kinds_model({})
+    x = model.matrix(test)
+    j = model.features.index("c")
+    odd = [-0.5, -0.99, -1.0, -3.0, 2.7, 7.99, 8.0, 31.5, 32.0, 100.0, 1e-40, -1e-40,
+           np.nan, 6.0, 0.0]
+    x[:, j] = np.resize(odd, len(x))
+    theirs = model.booster.predict(x, raw_score=True)
+    np.testing.assert_array_equal(treeshap.raw_scores(model, x), theirs)
+
+
+def test_deep_trees_walk_node_by_node(monkeypatch):
+    model, test = _split_kinds_model({"zero_as_missing": True})
+    monkeypatch.setattr(treeshap, "_HEAP_MAX_DEPTH", 2)
+    model._shap_tables = None
+    assert treeshap._tables(model).heap is None
+    np.testing.assert_array_equal(treeshap.raw_scores(model, test, num_threads=2),
+                                  model.booster.predict(model.frame(test), raw_score=True))
 
 
 @pytest.mark.parametrize("varying", [["a", "c"], ["b", "z", "k"], []],
