@@ -13,8 +13,9 @@ Used when numba is importable and no leaf path has more than ``_SHAP_MAX_PATH`` 
 features; otherwise LightGBM's ``pred_contrib``.
 
 Every reason leadscore gives (HTTP and batch) comes from :func:`contributions`, every score
-from :func:`raw_scores` (a plain root-to-leaf walk, leaf values summed in LightGBM's order, so
-the very same doubles); tests hold both to LightGBM's own values.
+from :func:`raw_scores` (a root-to-leaf walk for a few rows, level by level through complete
+binary trees for more; leaf values summed in LightGBM's order either way, so the very same
+doubles); tests hold both to LightGBM's own values.
 """
 
 from __future__ import annotations
@@ -385,6 +386,10 @@ def _shap_pass(x, out, splits, thr, split_start, leaves, leaf_start, leaf_feat, 
 #: deepest tree the heap walk takes: a tree of depth d is laid out in 2^d - 1 splits and 2^d
 #: leaves, so deeper trees (grown leaf-wise without a depth limit) keep the node-by-node walk
 _HEAP_MAX_DEPTH = 10
+#: fewer rows walk node by node: preparing a row's columns (one per split kind and feature
+#: in use, ~300 for the benchmark's models) costs more than the branches it saves for one
+#: row (one row: 4.0 µs against 7.9 for the conversion model; four rows break even)
+_HEAP_MIN_ROWS = 4
 #: the split kinds of the heap walk's columns (:func:`_heap_rows`), in their order
 _PLAIN, _NAN_LEFT, _NAN_RIGHT, _ZERO_LEFT, _ZERO_RIGHT, _IN_SET, _CONST = range(7)
 
@@ -602,11 +607,11 @@ def raw_scores(model, feats, num_threads: int = 1) -> np.ndarray:
 
     LightGBM's predictor pays a set-up cost per call that the compiled walk over the flat
     trees does not: that is what a one-lead HTTP request and the slot search's hundred-odd
-    candidates are made of. On big batches, trees up to ``_HEAP_MAX_DEPTH`` deep go level by
-    level without data-dependent branches (:func:`_heap_pass`): the nightly job's depth-6
-    models score 2-3.4 times as fast as by walking node by node, which is LightGBM's own
-    speed. Deeper trees walk node by node (:func:`_predict_pass`). Same leaves, same
-    summation order: the same doubles."""
+    candidates are made of. From ``_HEAP_MIN_ROWS`` rows on, trees up to ``_HEAP_MAX_DEPTH``
+    deep go level by level without data-dependent branches (:func:`_heap_pass`): the nightly
+    job's depth-6 models score 2-3.4 times as fast as by walking node by node, which is
+    LightGBM's own speed. Deeper trees walk node by node (:func:`_predict_pass`). Same
+    leaves, same summation order: the same doubles."""
     tables = _tables(model)
     kernel = _kernel("predict")
     if kernel is None or tables.n_features != len(model.features):
@@ -615,7 +620,7 @@ def raw_scores(model, feats, num_threads: int = 1) -> np.ndarray:
     x = _as_matrix(model, feats)
     out = np.zeros(len(x))
     heap = _kernel("heap")
-    if tables.heap is not None and heap is not None:
+    if tables.heap is not None and heap is not None and len(x) >= _HEAP_MIN_ROWS:
         _run(heap, x, out, tables.heap, num_threads)
         return out
     node, thr = tables.packed

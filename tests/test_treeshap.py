@@ -86,7 +86,7 @@ def test_raw_scores_are_lightgbms_to_the_bit(params):
     x = model.matrix(test)  # a ready matrix gives the same as the frame
     np.testing.assert_array_equal(treeshap.raw_scores(model, x), theirs)
     np.testing.assert_array_equal(model.raw(test), theirs)
-    for lo, hi in [(0, 1), (5, 38), (100, 164)]:  # a request's rows; blocks and their rests
+    for lo, hi in [(0, 1), (0, 4), (5, 38), (100, 164)]:  # a request's rows; blocks, rests
         np.testing.assert_array_equal(treeshap.raw_scores(model, x[lo:hi]), theirs[lo:hi])
 
 
