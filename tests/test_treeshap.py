@@ -46,12 +46,16 @@ def _split_kinds_model(params: dict) -> tuple[LeadModel, pd.DataFrame]:
     return model, test
 
 
+@pytest.mark.parametrize("shared_from", [4, 10**9], ids=["shared-ways", "row-blocks"])
 @pytest.mark.parametrize("params", [{}, {"zero_as_missing": True}, {"use_missing": False}],
                          ids=["nan-missing", "zero-missing", "no-missing"])
-def test_batch_treeshap_equals_lightgbm_pred_contrib(params):
+def test_batch_treeshap_equals_lightgbm_pred_contrib(params, shared_from, monkeypatch):
+    """Both kernels: rows in blocks through every tree (requests' few rows), and tree by tree
+    with each distinct way through a tree computed once (batches)."""
+    monkeypatch.setattr(treeshap, "_SHARED_MIN_ROWS", shared_from)
     model, test = _split_kinds_model(params)
     tables = treeshap._ShapTables(model.booster)
-    assert tables.usable and tables.max_path <= 5
+    assert tables.usable and tables.max_path <= 5 and tables.shared is not None
     theirs = model.booster.predict(model.frame(test), pred_contrib=True)
     for threads in (1, 3):
         ours = treeshap.contributions(model, test, num_threads=threads)
@@ -63,6 +67,18 @@ def test_batch_treeshap_equals_lightgbm_pred_contrib(params):
         np.testing.assert_allclose(ours, theirs[lo:hi], rtol=0, atol=1e-12)
     kinds = {t.decision_type for t in model.booster.trees_to_dataframe().itertuples()}
     assert {"<=", "=="} <= kinds  # both kinds of split were exercised
+
+
+def test_trees_of_more_than_64_splits_go_row_block_by_row_block():
+    """A row's way through a tree is one 64-bit word in the shared pass: bigger trees take
+    the row-block kernel, with the same values."""
+    model, test = _split_kinds_model({"num_leaves": 90, "max_depth": 9, "min_data_in_leaf": 3})
+    tables = treeshap._tables(model)
+    assert tables.usable and tables.shared is None
+    assert max(t["num_leaves"] for t in model.booster.dump_model()["tree_info"]) > 65
+    np.testing.assert_allclose(treeshap.contributions(model, test, num_threads=2),
+                               model.booster.predict(model.frame(test), pred_contrib=True),
+                               rtol=0, atol=1e-12)
 
 
 def test_batch_treeshap_falls_back_to_lightgbm_for_deep_paths(monkeypatch):
