@@ -28,6 +28,7 @@ import numpy as np
 
 _SHAP_MAX_PATH = 10
 _kernels: dict | None = None
+_trailing_zeros = None  # numba's count-trailing-zeros intrinsic, bound by _compile
 _lock = threading.Lock()
 
 
@@ -256,41 +257,163 @@ def _predict_pass(x, out, node, thr, tree_start, cat_bits):
                 out[row] += thr[i]
 
 
-def _predict_groups_pass(x, out, group, varying, node, thr, tree_start, cat_bits, nxt):
+def _predict_groups_pass(x, out, group, varying, node, thr, tree_start, cat_bits):
     """:func:`_predict_pass` for rows in runs of ``group`` that agree on every column not
-    flagged in ``varying`` (a lead's candidate slots: only the slot columns differ). Per run,
-    every split on a shared column is decided once, from the run's first row: ``nxt[i]`` is
-    the first node at or below ``i`` that is a leaf or splits on a varying column, going the
-    run's way at the shared splits (nodes are in pre-order, so children come after their
-    parent and one backward pass fills it). Each row then visits only the varying splits.
-    Same leaves summed in the same order: the same doubles as :func:`_predict_pass`."""
-    n_trees = tree_start.shape[0] - 1
-    n = x.shape[0]
+    flagged in ``varying`` (a lead's candidate slots: only the slot columns differ).
+
+    A run goes through each tree once, as a set of rows (a bitmask): a split on a shared
+    column is decided from the run's first row and the whole set follows it; a split on a
+    varying column divides the set into the rows going left and right, and both parts go
+    on. Which rows go left is found from the column's distinct values in the run, sorted
+    once per run with the rows holding each (values within LightGBM's zero threshold read
+    as 0.0, NaN apart): a numerical split sends left a prefix of them, plus NaN and zero
+    as its missing-value rule says; a categorical one is decided per distinct value. Each
+    row lands in exactly one leaf per tree, whose value it adds, trees in order: the same
+    doubles as :func:`_predict_pass`. A lead's 117 candidates in the slot model's 383
+    depth-6 trees visit ~9 nodes per tree this way; walked one by one they took 4.7 times
+    as long (524 µs against 111 per lead)."""
+    n, nf = x.shape
+    words = (group + 63) // 64
+    vcols = np.flatnonzero(varying)
+    nv = vcols.shape[0]
+    slot = np.full(nf, -1, dtype=np.int64)
+    for j in range(nv):
+        slot[vcols[j]] = j
+    one, none = np.uint64(1), np.uint64(0)
+    dval = np.empty((nv, group))  # per varying column: distinct values, ascending
+    dmask = np.zeros((nv, group, words), dtype=np.uint64)  # the rows holding each
+    cum = np.zeros((nv, group + 1, words), dtype=np.uint64)  # rows holding the k smallest
+    nan_rows = np.zeros((nv, words), dtype=np.uint64)
+    zero_rows = np.zeros((nv, words), dtype=np.uint64)
+    nd = np.zeros(nv, dtype=np.int64)
+    most = 1
+    for t in range(tree_start.shape[0] - 1):
+        most = max(most, tree_start[t + 1] - tree_start[t])
+    stack_node = np.empty(most + 1, dtype=np.int64)
+    stack_set = np.empty((most + 1, words), dtype=np.uint64)
+    cur = np.empty(words, dtype=np.uint64)
+    every = np.empty(words, dtype=np.uint64)
+    left = np.empty(words, dtype=np.uint64)
+    z = 1.0000000180025095e-35
     for g0 in range(0, n, group):
-        g1 = min(n, g0 + group)
-        for i in range(node.shape[0] - 1, -1, -1):
-            f = node[i, 0]
-            if f < 0 or varying[f]:
-                nxt[i] = i
-            else:
-                flags = node[i, 3]
-                if _go_left(x[g0, f], thr[i], flags & 1, (flags >> 1) & 3, flags >> 3,
-                            node[i, 4], node[i, 5], cat_bits):
-                    nxt[i] = nxt[node[i, 1]]
-                else:
-                    nxt[i] = nxt[node[i, 2]]
-        for t in range(n_trees):
-            start = nxt[tree_start[t]]
-            for row in range(g0, g1):
-                i = start
-                while node[i, 0] >= 0:
+        rows = min(n, g0 + group) - g0
+        for w in range(words):
+            every[w] = none
+        for c in range(rows):
+            every[c >> 6] |= one << np.uint64(c & 63)
+        for j in range(nv):
+            f = vcols[j]
+            cnt = 0
+            for w in range(words):
+                nan_rows[j, w] = none
+                zero_rows[j, w] = none
+            for c in range(rows):
+                v = x[g0 + c, f]
+                bit = one << np.uint64(c & 63)
+                if np.isnan(v):
+                    nan_rows[j, c >> 6] |= bit
+                    continue
+                if -z <= v <= z:
+                    v = 0.0
+                k = 0
+                while k < cnt and dval[j, k] != v:
+                    k += 1
+                if k == cnt:  # a new value: insert it in order
+                    while k > 0 and dval[j, k - 1] > v:
+                        dval[j, k] = dval[j, k - 1]
+                        for w in range(words):
+                            dmask[j, k, w] = dmask[j, k - 1, w]
+                        k -= 1
+                    dval[j, k] = v
+                    for w in range(words):
+                        dmask[j, k, w] = none
+                    cnt += 1
+                dmask[j, k, c >> 6] |= bit
+            nd[j] = cnt
+            for w in range(words):
+                cum[j, 0, w] = none
+            for k in range(cnt):
+                for w in range(words):
+                    cum[j, k + 1, w] = cum[j, k, w] | dmask[j, k, w]
+                if dval[j, k] == 0.0:
+                    for w in range(words):
+                        zero_rows[j, w] = dmask[j, k, w]
+        for t in range(tree_start.shape[0] - 1):
+            stack_node[0] = tree_start[t]
+            for w in range(words):
+                stack_set[0, w] = every[w]
+            sp = 1
+            while sp > 0:
+                sp -= 1
+                i = stack_node[sp]
+                for w in range(words):
+                    cur[w] = stack_set[sp, w]
+                while True:
+                    f = node[i, 0]
+                    if f < 0:  # a leaf: its value to each row of the set
+                        v = thr[i]
+                        for w in range(words):
+                            word = cur[w]
+                            while word != none:
+                                out[g0 + w * 64 + np.int64(_trailing_zeros(word))] += v
+                                word &= word - one
+                        break
                     flags = node[i, 3]
-                    if _go_left(x[row, node[i, 0]], thr[i], flags & 1, (flags >> 1) & 3,
-                                flags >> 3, node[i, 4], node[i, 5], cat_bits):
-                        i = nxt[node[i, 1]]
+                    j = slot[f]
+                    if j < 0:  # a shared column: the run's first row decides
+                        if _go_left(x[g0, f], thr[i], flags & 1, (flags >> 1) & 3,
+                                    flags >> 3, node[i, 4], node[i, 5], cat_bits):
+                            i = node[i, 1]
+                        else:
+                            i = node[i, 2]
+                        continue
+                    if flags & 1:
+                        for w in range(words):
+                            left[w] = none
+                        for k in range(nd[j]):  # NaN goes right
+                            if _go_left(dval[j, k], thr[i], 1, 0, 0, node[i, 4], node[i, 5],
+                                        cat_bits):
+                                for w in range(words):
+                                    left[w] |= dmask[j, k, w]
                     else:
-                        i = nxt[node[i, 2]]
-                out[row] += thr[i]
+                        th = thr[i]
+                        lo, hi = 0, nd[j]
+                        while lo < hi:  # how many distinct values are <= the threshold
+                            mid = (lo + hi) >> 1
+                            if dval[j, mid] <= th:
+                                lo = mid + 1
+                            else:
+                                hi = mid
+                        miss = (flags >> 1) & 3
+                        defl = (flags >> 3) == 1
+                        for w in range(words):
+                            pre = cum[j, lo, w]
+                            if miss == 0:  # NaN reads as 0.0
+                                left[w] = pre | nan_rows[j, w] if th >= 0.0 else pre
+                            elif miss == 2:  # NaN goes the default way
+                                left[w] = pre | nan_rows[j, w] if defl else pre
+                            else:  # zero (and NaN, read as zero) goes the default way
+                                rest = pre & ~zero_rows[j, w]
+                                left[w] = rest | zero_rows[j, w] | nan_rows[j, w] if defl \
+                                    else rest
+                    any_l = False
+                    any_r = False
+                    for w in range(words):
+                        if cur[w] & left[w]:
+                            any_l = True
+                        if cur[w] & ~left[w]:
+                            any_r = True
+                    if any_l and any_r:  # the right part waits on the stack
+                        stack_node[sp] = node[i, 2]
+                        for w in range(words):
+                            stack_set[sp, w] = cur[w] & ~left[w]
+                            cur[w] &= left[w]
+                        sp += 1
+                        i = node[i, 1]
+                    elif any_l:
+                        i = node[i, 1]
+                    else:
+                        i = node[i, 2]
 
 
 def _clean_rows(x, r0, r1, x0, xn):
@@ -699,7 +822,7 @@ def _kernel(name: str = "shap"):
 
 
 def _compile() -> dict:
-    global _kernels, _go_left, _clean_rows, _heap_rows
+    global _kernels, _go_left, _clean_rows, _heap_rows, _trailing_zeros
     if _kernels is None:
         try:
             import numba
@@ -710,6 +833,7 @@ def _compile() -> dict:
                 _go_left = numba.njit(inline="always")(_go_left)
                 _clean_rows = numba.njit(inline="always")(_clean_rows)
                 _heap_rows = numba.njit(inline="always")(_heap_rows)
+            from numba.cpython.unsafe.numbers import trailing_zeros as _trailing_zeros
             jit = numba.njit(nogil=True, cache=True)
             _kernels = {"shap": jit(_shap_pass), "predict": jit(_predict_pass),
                         "predict_groups": jit(_predict_groups_pass), "heap": jit(_heap_pass),
@@ -797,9 +921,9 @@ def raw_scores_groups(model, x: np.ndarray, group: int, varying: np.ndarray,
                       num_threads: int = 1) -> np.ndarray:
     """:func:`raw_scores` of a matrix whose rows come in runs of ``group`` that agree on every
     column except those where ``varying`` (one flag per model feature) is set: the slot
-    search's candidates, a lead's row repeated with only its slot columns changed. The splits
-    on the other columns are decided once per run, not once per row (:func:`_predict_groups_pass`)
-    — same values, bit for bit."""
+    search's candidates, a lead's row repeated with only its slot columns changed. Each run
+    goes through a tree once, as a set of rows that splits only where the varying columns
+    divide it (:func:`_predict_groups_pass`) — same values, bit for bit."""
     tables = _tables(model)
     kernel = _kernel("predict_groups")
     if kernel is None or tables.n_features != len(model.features) or group < 2:
@@ -811,7 +935,7 @@ def raw_scores_groups(model, x: np.ndarray, group: int, varying: np.ndarray,
     args = (node, thr, tables.arrays["tree_start"], tables.arrays["cat_bits"])
     n_groups = -(-len(x) // group)
     if num_threads <= 1 or len(x) < 512 or n_groups < 2:
-        kernel(x, out, group, varying, *args, np.empty(len(node), dtype=np.int64))
+        kernel(x, out, group, varying, *args)
         return out
     from concurrent.futures import ThreadPoolExecutor
 
@@ -819,6 +943,6 @@ def raw_scores_groups(model, x: np.ndarray, group: int, varying: np.ndarray,
             .astype(int)]
     with ThreadPoolExecutor(len(cuts) - 1) as pool:
         list(pool.map(lambda ab: kernel(x[ab[0]:ab[1]], out[ab[0]:ab[1]], group, varying,
-                                        *args, np.empty(len(node), dtype=np.int64)),
+                                        *args),
                       itertools.pairwise(cuts)))
     return out

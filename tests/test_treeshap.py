@@ -129,16 +129,20 @@ def test_deep_trees_walk_node_by_node(monkeypatch):
                                   model.booster.predict(model.frame(test), raw_score=True))
 
 
-@pytest.mark.parametrize("varying", [["a", "c"], ["b", "z", "k"], []],
-                         ids=["numeric-and-categorical", "numeric", "none"])
-def test_grouped_walk_gives_lightgbms_raw_scores(varying):
+@pytest.mark.parametrize("params", [{}, {"zero_as_missing": True}, {"use_missing": False}],
+                         ids=["nan-missing", "zero-missing", "no-missing"])
+@pytest.mark.parametrize(("varying", "group"), [(["a", "c"], 7), (["b", "z", "k"], 7),
+                                                ([], 7), (["a", "b", "z", "k", "c"], 70)],
+                         ids=["numeric-and-categorical", "numeric", "none", "all-two-words"])
+def test_grouped_walk_gives_lightgbms_raw_scores(varying, group, params):
     """The slot search's walk: runs of rows that share every column but ``varying`` (each a
-    lead's row with its slot columns changed). Splits on the shared columns are decided once
-    per run; the scores must still be LightGBM's, to the bit, whatever the split kinds, runs
-    that do not divide the rows, and threads."""
-    model, test = _split_kinds_model({})
+    lead's row with its slot columns changed). A run goes through each tree as a set of rows
+    divided only by the varying columns' splits; the scores must still be LightGBM's, to the
+    bit, whatever the split kinds and missing-value rules (the rows hold NaN, zeros, values
+    on thresholds and unseen categories), runs longer than one 64-bit word, runs that do not
+    divide the rows, and threads."""
+    model, test = _split_kinds_model(params)
     x = model.matrix(test)
-    group = 7
     runs = np.repeat(x[: -(-len(x) // group)], group, axis=0)[: len(x) - 3]  # a short last run
     cols = [model.features.index(f) for f in varying]
     runs[:, cols] = x[: len(runs)][:, cols]  # the varying columns differ within each run
