@@ -26,6 +26,9 @@ had to start over.
       Also printed: the same with nothing kept, and the scorer's own compiled tree walk
       (:func:`leadscore.treeshap.raw_scores`) over the same matrices, its raw scores asserted
       equal to ``Booster.predict``'s: how much of the ratio is the walk and how much the rest.
+      With ``--with-slot``, the reference adds bare ``Booster.predict`` over the slot search's
+      candidate rows (every allowed slot and channel of the next 72 hours per open lead),
+      timed on ``SLOT_SAMPLE`` leads and scaled to all of them.
   (b) ``rescore`` with top-3 reasons per score in rows/s, against
       ``shap.TreeExplainer(booster).shap_values(X)`` on the same models and rows (timed on up
       to ``--shap-rows`` rows per model; its values are asserted equal to the contributions
@@ -257,7 +260,50 @@ def child_reference(data: str, work: str, models_dir: str, as_of: str, bucket_le
         out["shap"][name] = {"rows": len(Xs), "seconds": secs, "cpu": cpu,
                              "reasons_checked": checked,
                              "max_abs_diff": float(np.max(np.abs(ours - sv)))}
+    slot = scorer.models.get("contact-slot")
+    if slot is not None:
+        out["slot"] = slot_reference(scorer, feats[feats["is_open"]])
     q.put(out)
+
+
+SLOT_SAMPLE = 2_000
+
+
+def slot_reference(scorer, open_rows: pd.DataFrame) -> dict:
+    """The slot search on a sample of open leads: the scorer's (its candidate rows collected
+    on the way) against bare ``Booster.predict`` over those same candidate rows, ready-made.
+    The candidates' raw scores are asserted equal; both times are extrapolated to every
+    open lead."""
+    from leadscore.serving.scorer import SLOT_MODEL, Scorer
+
+    slot = scorer.models[SLOT_MODEL]
+    sample = open_rows.iloc[:SLOT_SAMPLE]
+    alone = Scorer({SLOT_MODEL: slot}, num_threads=2, rules=scorer.rules)
+    alone.score(sample.iloc[:50], reasons=0)  # warm: grids, kernels
+    t, c = time.perf_counter(), time.process_time()
+    alone.score(sample, reasons=0)
+    ours, ours_cpu = time.perf_counter() - t, time.process_time() - c
+    seen = []
+    real = type(slot).predict_proba_groups
+
+    def keep(self, x, group, varying, num_threads=1):
+        seen.append((x.copy(), real(self, x, group, varying, num_threads=num_threads)))
+        return seen[-1][1]
+
+    type(slot).predict_proba_groups = keep
+    try:
+        alone.score(sample, reasons=0)
+    finally:
+        type(slot).predict_proba_groups = real
+    cand = np.concatenate([x for x, _ in seen])
+    t, c = time.perf_counter(), time.process_time()
+    bare = slot.booster.predict(cand, raw_score=True, num_threads=2)
+    secs, cpu = time.perf_counter() - t, time.process_time() - c
+    np.testing.assert_array_equal(slot.calibrator(bare), np.concatenate([p for _, p in seen]))
+    scale = len(open_rows) / len(sample)
+    return {"leads": len(sample), "candidates": len(cand), "scale": scale,
+            "predict_seconds": secs * scale, "predict_cpu": cpu * scale,
+            "ours_seconds": ours * scale, "ours_cpu": ours_cpu * scale}
 
 
 def run_child(target, *args) -> tuple[dict, int, float]:
@@ -389,6 +435,14 @@ def main() -> None:
     shap_ = {k: sum(v[k] * ref["predict"][m]["rows"] / v["rows"]  # extrapolated to all rows
                     for m, v in ref["shap"].items()) for k in ("seconds", "cpu")}
     walk = {k: sum(v[k] for v in ref["walk"].values()) for k in ("seconds", "cpu")}
+    if "slot" in ref:  # the slot model's bare reference: its candidates through predict
+        sl = ref["slot"]
+        print(f"  contact-slot: {sl['leads']:,} open leads' {sl['candidates']:,} candidate "
+              f"slots through bare Booster.predict in {sl['predict_seconds'] / sl['scale']:.2f}s"
+              f", the scorer's slot search {sl['ours_seconds'] / sl['scale']:.2f}s (same "
+              f"scores); x{sl['scale']:.0f} for every open lead: {sl['predict_seconds']:.1f}s "
+              f"vs {sl['ours_seconds']:.1f}s, counted in the reference below")
+        pred = {k: pred[k] + sl[f"predict_{k}"] for k in ("seconds", "cpu")}
     for k, v in ref["predict"].items():
         s, w = ref["shap"][k], ref["walk"][k]
         print(f"  {k:10s} Booster.predict {v['rows']:,} rows in {v['seconds']:.2f}s "

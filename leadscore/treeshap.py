@@ -8,14 +8,17 @@ FastTreeSHAP v2): a leaf's contribution to each feature on its path depends on t
 through which of those features the row *follows* (satisfies every split on it along the
 path), a bitmask over at most ``depth`` features. So per leaf and per mask the contributions
 are computed once; a row then costs one pass over each tree's nodes (which way it goes) and one
-table look-up per leaf. Same values as ``pred_contrib`` up to summation order (~1e-15).
-Used when numba is importable and no leaf path has more than ``_SHAP_MAX_PATH`` distinct
-features; otherwise LightGBM's ``pred_contrib``.
+table look-up per leaf. Batches go further (:func:`_shared_pass`): a row's contributions in a
+tree depend only on which way it goes at each split, and most rows share their way with
+others, so each tree's distinct ways are computed once. Same values as ``pred_contrib`` up to
+summation order (~1e-14). Used when numba is importable and no leaf path has more than
+``_SHAP_MAX_PATH`` distinct features; otherwise LightGBM's ``pred_contrib``.
 
 Every reason leadscore gives (HTTP and batch) comes from :func:`contributions`, every score
 from :func:`raw_scores` (a root-to-leaf walk for a few rows, level by level through complete
-binary trees for more; leaf values summed in LightGBM's order either way, so the very same
-doubles); tests hold both to LightGBM's own values.
+binary trees for more; a lead's slot candidates as one set per tree; leaf values summed in
+LightGBM's order every way, so the very same doubles); tests hold both to LightGBM's own
+values.
 """
 
 from __future__ import annotations
