@@ -284,17 +284,20 @@ def slot_reference(scorer, open_rows: pd.DataFrame) -> dict:
     alone.score(sample, reasons=0)
     ours, ours_cpu = time.perf_counter() - t, time.process_time() - c
     seen = []
-    real = type(slot).predict_proba_groups
+    real = type(slot).predict_proba_runs
 
-    def keep(self, x, group, varying, num_threads=1):
-        seen.append((x.copy(), real(self, x, group, varying, num_threads=num_threads)))
-        return seen[-1][1]
+    def keep(self, lead, vals, vcols, num_threads=1):  # the candidate rows, laid out in full
+        p = real(self, lead, vals, vcols, num_threads=num_threads)
+        rep = np.repeat(lead, vals.shape[1], axis=0)
+        rep[:, vcols] = vals.reshape(len(rep), -1)
+        seen.append((rep, p.reshape(-1)))
+        return p
 
-    type(slot).predict_proba_groups = keep
+    type(slot).predict_proba_runs = keep
     try:
         alone.score(sample, reasons=0)
     finally:
-        type(slot).predict_proba_groups = real
+        type(slot).predict_proba_runs = real
     cand = np.concatenate([x for x, _ in seen])
     t, c = time.perf_counter(), time.process_time()
     bare = slot.booster.predict(cand, raw_score=True, num_threads=2)

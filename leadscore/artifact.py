@@ -186,6 +186,16 @@ class LeadModel:
         return self.calibrator(treeshap.raw_scores_groups(self, x, group, varying,
                                                           num_threads=num_threads))
 
+    def predict_proba_runs(self, lead: np.ndarray, vals: np.ndarray, vcols: np.ndarray,
+                           num_threads: int = 1) -> np.ndarray:
+        """:meth:`predict_proba` (k x G) of each row of ``lead`` with its ``vcols`` set to
+        each of its G rows of ``vals``, never laid out in full
+        (:func:`leadscore.treeshap.raw_scores_runs`)."""
+        from leadscore import treeshap
+
+        return self.calibrator(treeshap.raw_scores_runs(self, lead, vals, vcols,
+                                                        num_threads=num_threads))
+
     def contributions(self, data, num_threads: int = 1) -> np.ndarray:
         """Exact TreeSHAP contributions on the raw margin; the last column is the base value,
         so each row sums to the raw score (:mod:`leadscore.treeshap`: LightGBM's values,

@@ -260,9 +260,12 @@ def _predict_pass(x, out, node, thr, tree_start, cat_bits):
                 out[row] += thr[i]
 
 
-def _predict_groups_pass(x, out, group, varying, node, thr, tree_start, cat_bits):
-    """:func:`_predict_pass` for rows in runs of ``group`` that agree on every column not
-    flagged in ``varying`` (a lead's candidate slots: only the slot columns differ).
+def _predict_runs_pass(lead, vals, vcols, out, node, thr, tree_start, cat_bits):
+    """:func:`_predict_pass` for runs of rows that agree on every column but ``vcols`` (a
+    lead's candidate slots: only the slot columns differ), given as each run's row ``lead``
+    (k x features; its ``vcols`` are not read) and the runs' values of ``vcols``, ``vals``
+    (k x rows per run x len(vcols)); ``out`` gets k x rows per run. The runs' rows are never
+    laid out in full.
 
     A run goes through each tree once, as a set of rows (a bitmask): a split on a shared
     column is decided from the run's first row and the whole set follows it; a split on a
@@ -275,9 +278,9 @@ def _predict_groups_pass(x, out, group, varying, node, thr, tree_start, cat_bits
     doubles as :func:`_predict_pass`. A lead's 117 candidates in the slot model's 383
     depth-6 trees visit ~9 nodes per tree this way; walked one by one they took 4.7 times
     as long (524 µs against 111 per lead)."""
-    n, nf = x.shape
+    k_runs, nf = lead.shape
+    group = vals.shape[1]
     words = (group + 63) // 64
-    vcols = np.flatnonzero(varying)
     nv = vcols.shape[0]
     slot = np.full(nf, -1, dtype=np.int64)
     for j in range(nv):
@@ -298,20 +301,19 @@ def _predict_groups_pass(x, out, group, varying, node, thr, tree_start, cat_bits
     every = np.empty(words, dtype=np.uint64)
     left = np.empty(words, dtype=np.uint64)
     z = 1.0000000180025095e-35
-    for g0 in range(0, n, group):
-        rows = min(n, g0 + group) - g0
+    rows = group
+    for g0 in range(k_runs):
         for w in range(words):
             every[w] = none
         for c in range(rows):
             every[c >> 6] |= one << np.uint64(c & 63)
         for j in range(nv):
-            f = vcols[j]
             cnt = 0
             for w in range(words):
                 nan_rows[j, w] = none
                 zero_rows[j, w] = none
             for c in range(rows):
-                v = x[g0 + c, f]
+                v = vals[g0, c, j]
                 bit = one << np.uint64(c & 63)
                 if np.isnan(v):
                     nan_rows[j, c >> 6] |= bit
@@ -358,13 +360,13 @@ def _predict_groups_pass(x, out, group, varying, node, thr, tree_start, cat_bits
                         for w in range(words):
                             word = cur[w]
                             while word != none:
-                                out[g0 + w * 64 + np.int64(_trailing_zeros(word))] += v
+                                out[g0, w * 64 + np.int64(_trailing_zeros(word))] += v
                                 word &= word - one
                         break
                     flags = node[i, 3]
                     j = slot[f]
                     if j < 0:  # a shared column: the run's first row decides
-                        if _go_left(x[g0, f], thr[i], flags & 1, (flags >> 1) & 3,
+                        if _go_left(lead[g0, f], thr[i], flags & 1, (flags >> 1) & 3,
                                     flags >> 3, node[i, 4], node[i, 5], cat_bits):
                             i = node[i, 1]
                         else:
@@ -817,9 +819,9 @@ def _heap_pass(x, out, col, thr, leaf, node_off, leaf_off, depth, cf, kb, in_set
 
 def _kernel(name: str = "shap"):
     """The ``shap`` (:func:`_shap_pass`), ``shared`` (:func:`_shared_pass`), ``heap``
-    (:func:`_heap_pass`), ``predict`` (:func:`_predict_pass`) or ``predict_groups``
-    (:func:`_predict_groups_pass`) kernel, compiled once per process; None when numba is
-    not importable."""
+    (:func:`_heap_pass`), ``predict`` (:func:`_predict_pass`) or ``predict_runs``
+    (:func:`_predict_runs_pass`) kernel, compiled once per process; None when numba is not
+    importable."""
     with _lock:
         return _compile().get(name)
 
@@ -839,7 +841,7 @@ def _compile() -> dict:
             from numba.cpython.unsafe.numbers import trailing_zeros as _trailing_zeros
             jit = numba.njit(nogil=True, cache=True)
             _kernels = {"shap": jit(_shap_pass), "predict": jit(_predict_pass),
-                        "predict_groups": jit(_predict_groups_pass), "heap": jit(_heap_pass),
+                        "predict_runs": jit(_predict_runs_pass), "heap": jit(_heap_pass),
                         "shared": jit(_shared_pass)}
     return _kernels
 
@@ -920,32 +922,53 @@ def raw_scores(model, feats, num_threads: int = 1) -> np.ndarray:
     return out
 
 
-def raw_scores_groups(model, x: np.ndarray, group: int, varying: np.ndarray,
-                      num_threads: int = 1) -> np.ndarray:
-    """:func:`raw_scores` of a matrix whose rows come in runs of ``group`` that agree on every
-    column except those where ``varying`` (one flag per model feature) is set: the slot
-    search's candidates, a lead's row repeated with only its slot columns changed. Each run
-    goes through a tree once, as a set of rows that splits only where the varying columns
-    divide it (:func:`_predict_groups_pass`) — same values, bit for bit."""
+def raw_scores_runs(model, lead: np.ndarray, vals: np.ndarray, vcols: np.ndarray,
+                    num_threads: int = 1) -> np.ndarray:
+    """Raw scores (k x G) of runs of G rows that differ only in the columns ``vcols``: run i
+    is ``lead[i]`` with its ``vcols`` set to each row of ``vals[i]`` (k x G x len(vcols)).
+    The slot search's candidates: a lead's row once per allowed slot, only the slot columns
+    changed. Each run goes through a tree once, as a set of rows that divides only where the
+    varying columns split it (:func:`_predict_runs_pass`) — LightGBM's values, bit for bit."""
+    lead = np.ascontiguousarray(lead, dtype=np.float64)
+    vals = np.ascontiguousarray(vals, dtype=np.float64)
+    vcols = np.asarray(vcols, dtype=np.int64)
+    k, group = vals.shape[:2]
     tables = _tables(model)
-    kernel = _kernel("predict_groups")
-    if kernel is None or tables.n_features != len(model.features) or group < 2:
-        return raw_scores(model, x, num_threads=num_threads)
-    x = _as_matrix(model, x)
-    out = np.zeros(len(x))
+    kernel = _kernel("predict_runs")
+    if kernel is None or tables.n_features != len(model.features):
+        rep = np.repeat(lead, group, axis=0)
+        rep[:, vcols] = vals.reshape(k * group, -1)
+        return raw_scores(model, rep, num_threads=num_threads).reshape(k, group)
+    out = np.zeros((k, group))
     node, thr = tables.packed
-    varying = np.asarray(varying, dtype=np.bool_)
     args = (node, thr, tables.arrays["tree_start"], tables.arrays["cat_bits"])
-    n_groups = -(-len(x) // group)
-    if num_threads <= 1 or len(x) < 512 or n_groups < 2:
-        kernel(x, out, group, varying, *args)
+    if num_threads <= 1 or k * group < 512 or k < 2:
+        kernel(lead, vals, vcols, out, *args)
         return out
     from concurrent.futures import ThreadPoolExecutor
 
-    cuts = [c * group for c in np.linspace(0, n_groups, min(num_threads, n_groups) + 1)
-            .astype(int)]
+    cuts = np.linspace(0, k, min(num_threads, k) + 1).astype(int)
     with ThreadPoolExecutor(len(cuts) - 1) as pool:
-        list(pool.map(lambda ab: kernel(x[ab[0]:ab[1]], out[ab[0]:ab[1]], group, varying,
-                                        *args),
-                      itertools.pairwise(cuts)))
+        list(pool.map(lambda ab: kernel(lead[ab[0]:ab[1]], vals[ab[0]:ab[1]], vcols,
+                                        out[ab[0]:ab[1]], *args),
+                      itertools.pairwise(cuts.tolist())))
     return out
+
+
+def raw_scores_groups(model, x: np.ndarray, group: int, varying: np.ndarray,
+                      num_threads: int = 1) -> np.ndarray:
+    """:func:`raw_scores_runs` of a matrix whose rows come in runs of ``group`` (the last
+    may be shorter) that agree on every column except those where ``varying`` (one flag per
+    model feature) is set — same values, bit for bit."""
+    if group < 2:
+        return raw_scores(model, x, num_threads=num_threads)
+    x = np.asarray(x, dtype=np.float64)
+    n = len(x)
+    k = -(-n // group)
+    vcols = np.flatnonzero(np.asarray(varying, dtype=np.bool_))
+    v = x[:, vcols]
+    if k * group > n:  # the short last run: padded with copies of its first row, dropped
+        v = np.concatenate([v, np.repeat(v[(k - 1) * group][None], k * group - n, axis=0)])
+    out = raw_scores_runs(model, x[::group], v.reshape(k, group, len(vcols)), vcols,
+                          num_threads=num_threads)
+    return out.reshape(-1)[:n]

@@ -221,9 +221,11 @@ class _SlotFill:
     holds either a constant of the grid (hour, weekday, channel) or one of the lead's own
     columns (the activity share of the slot's daypart, the lead's history on the slot's kind
     of channel). Found once per grid by running :func:`slot_values` on column numbers in
-    place of lead values, so the one definition stays :func:`slot_values`; a request then lays
-    out its candidates with one gather instead of re-deriving dayparts and channels (27 vs
-    116 us for one lead's 117 candidates; the model's walk over them is ~120 us)."""
+    place of lead values, so the one definition stays :func:`slot_values`; a request then
+    takes its candidates' slot columns with one gather instead of re-deriving dayparts and
+    channels (27 vs 116 us for one lead's 117 candidates), and the model reads the lead's
+    other columns from its one row (:meth:`LeadModel.predict_proba_runs`): the candidates
+    are never laid out in full."""
 
     dst: np.ndarray  # (d,) the matrix columns written
     src: np.ndarray  # (G, d) the lead column each slot takes, -1 for a constant
@@ -262,14 +264,9 @@ class _SlotFill:
             return cls(np.empty(0, np.intp), np.empty((n, 0), np.intp), np.empty((n, 0)))
         return cls(np.asarray(dst, dtype=np.intp), np.column_stack(src), np.column_stack(const))
 
-    def rows(self, X: np.ndarray) -> np.ndarray:
-        """Every lead row of ``X`` once per slot (lead-major), slot columns laid out."""
-        k, n = len(X), len(self.src)
-        rep = np.repeat(X, n, axis=0)
-        if len(self.dst):
-            picked = X[:, np.maximum(self.src, 0)]  # (k, G, d)
-            rep[:, self.dst] = np.where(self.src >= 0, picked, self.const).reshape(k * n, -1)
-        return rep
+    def values(self, X: np.ndarray) -> np.ndarray:
+        """The slot columns (``dst``) of every lead row of ``X`` at every slot: (k, G, d)."""
+        return np.where(self.src >= 0, X[:, np.maximum(self.src, 0)], self.const)
 
 
 _US_PER_HOUR = 3_600_000_000
@@ -388,10 +385,14 @@ def recommend_matrix(
         for s0 in range(0, len(idx), step):
             rows = idx[s0:s0 + step]
             k = len(rows)
-            rep = (fill.rows(X[rows]) if fill is not None
-                   else _slot_rows(model, g, X[rows]))
-            P = model.predict_proba_groups(rep, G, varying,
-                                           num_threads=num_threads).reshape(k, G)
+            if fill is not None:  # the lead rows and their slot columns per slot
+                lead, vcols = X[rows], fill.dst
+                vals = fill.values(lead)
+            else:
+                rep = _slot_rows(model, g, X[rows])
+                lead, vcols = rep[::G], np.flatnonzero(varying)
+                vals = rep[:, vcols].reshape(k, G, len(vcols))
+            P = model.predict_proba_runs(lead, vals, vcols, num_threads=num_threads)
             Pm = P
             if urgency is not None:
                 now = np.asarray(urgency)[rows] == "now"
