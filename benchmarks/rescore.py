@@ -438,6 +438,7 @@ def main() -> None:
     shap_ = {k: sum(v[k] * ref["predict"][m]["rows"] / v["rows"]  # extrapolated to all rows
                     for m, v in ref["shap"].items()) for k in ("seconds", "cpu")}
     walk = {k: sum(v[k] for v in ref["walk"].values()) for k in ("seconds", "cpu")}
+    walk_ratio = pred["seconds"] / walk["seconds"]  # the same models' matrices, no slots
     if "slot" in ref:  # the slot model's bare reference: its candidates through predict
         sl = ref["slot"]
         print(f"  contact-slot: {sl['leads']:,} open leads' {sl['candidates']:,} candidate "
@@ -462,8 +463,9 @@ def main() -> None:
           f"(per CPU-second: {pred['cpu'] / c0:.1%}) (goal >= 50%); with nothing kept: "
           f"{rows / cold[0]['seconds']:,.0f} rows/s = {rows / cold[0]['seconds'] / bare:.1%}")
     print(f"    the scorer's tree walk alone over the same ready matrices: "
-          f"{rows / walk['seconds']:,.0f} rows/s = {pred['seconds'] / walk['seconds']:.2f}x "
-          f"Booster.predict; rescore end to end = {walk['seconds'] / r0['seconds']:.1%} of it")
+          f"{rows / walk['seconds']:,.0f} rows/s = {walk_ratio:.2f}x Booster.predict; "
+          f"rescore end to end = {walk['seconds'] / r0['seconds']:.1%} of it"
+          + (" (the walk without the slot search)" if "slot" in ref else ""))
     print(f"(b) rescore, top-3 reasons: {w3:,.0f} rows/s vs shap.TreeExplainer "
           f"{rows / shap_['seconds']:,.0f} rows/s = {shap_['seconds'] / r3['seconds']:.2f}x "
           f"(per CPU-second: {shap_['cpu'] / c3:.2f}x) (goal >= 3x)")
