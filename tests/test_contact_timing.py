@@ -126,6 +126,30 @@ def test_slot_model_run_logs_policy_metrics(trained):
     assert m["policy_true_model"] > m["policy_true_logged"]  # beats the advisors' habits
 
 
+def test_slot_search_picks_lightgbms_best_candidate(trained):
+    """End to end against LightGBM itself: each lead's candidates laid out in full (the
+    general layout) and scored by ``Booster.predict``; the search (the lead's row read once,
+    the candidates walked as a set) must report that best slot and its probability."""
+    from leadscore import registry
+    from leadscore.serving import contact_policy as cp
+
+    lm, _ = registry.load("contact-slot")
+    feats = trained["features"].head(40).reset_index(drop=True)
+    X = lm.matrix(feats, absent=cp.SLOT_FEATURES)
+    rules = RulesFile()
+    rec = cp.recommend_matrix(lm, X, feats["as_of"], feats["tz"], feats["dealer_id"], None,
+                              rules, top=0, reasons=False, num_threads=2)
+    hour = 3_600_000_000
+    for i in range(len(feats)):
+        t = pd.Timestamp(feats["as_of"][i]).value // 1000
+        g = cp._grid(rules, -(-t // hour) * hour, str(feats["tz"][i]), "")
+        p = lm.calibrator(lm.booster.predict(cp._slot_rows(lm, g, X[i:i + 1]), raw_score=True))
+        best = int(np.argmax(p))
+        assert rec.p_response[i] == p[best]
+        assert rec.best_slot_start[i] == np.datetime64(int(g.start[best]), "us")
+        assert rec.best_channel[i] == g.channel[best]
+
+
 def test_recommendations_come_with_scores(trained):
     from leadscore.serving.scorer import Scorer
 
