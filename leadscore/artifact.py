@@ -177,15 +177,6 @@ class LeadModel:
     def predict_proba(self, data, num_threads: int = 1) -> np.ndarray:
         return self.calibrator(self.raw(data, num_threads=num_threads))
 
-    def predict_proba_groups(self, x: np.ndarray, group: int, varying: np.ndarray,
-                             num_threads: int = 1) -> np.ndarray:
-        """:meth:`predict_proba` of a matrix whose rows come in runs of ``group`` that differ
-        only in the ``varying`` columns (:func:`leadscore.treeshap.raw_scores_groups`)."""
-        from leadscore import treeshap
-
-        return self.calibrator(treeshap.raw_scores_groups(self, x, group, varying,
-                                                          num_threads=num_threads))
-
     def predict_proba_runs(self, lead: np.ndarray, vals: np.ndarray, vcols: np.ndarray,
                            num_threads: int = 1) -> np.ndarray:
         """:meth:`predict_proba` (k x G) of each row of ``lead`` with its ``vcols`` set to

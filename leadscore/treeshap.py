@@ -953,22 +953,3 @@ def raw_scores_runs(model, lead: np.ndarray, vals: np.ndarray, vcols: np.ndarray
                                         out[ab[0]:ab[1]], *args),
                       itertools.pairwise(cuts.tolist())))
     return out
-
-
-def raw_scores_groups(model, x: np.ndarray, group: int, varying: np.ndarray,
-                      num_threads: int = 1) -> np.ndarray:
-    """:func:`raw_scores_runs` of a matrix whose rows come in runs of ``group`` (the last
-    may be shorter) that agree on every column except those where ``varying`` (one flag per
-    model feature) is set — same values, bit for bit."""
-    if group < 2:
-        return raw_scores(model, x, num_threads=num_threads)
-    x = np.asarray(x, dtype=np.float64)
-    n = len(x)
-    k = -(-n // group)
-    vcols = np.flatnonzero(np.asarray(varying, dtype=np.bool_))
-    v = x[:, vcols]
-    if k * group > n:  # the short last run: padded with copies of its first row, dropped
-        v = np.concatenate([v, np.repeat(v[(k - 1) * group][None], k * group - n, axis=0)])
-    out = raw_scores_runs(model, x[::group], v.reshape(k, group, len(vcols)), vcols,
-                          num_threads=num_threads)
-    return out.reshape(-1)[:n]

@@ -139,20 +139,21 @@ def test_grouped_walk_gives_lightgbms_raw_scores(varying, group, params):
     lead's row with its slot columns changed). A run goes through each tree as a set of rows
     divided only by the varying columns' splits; the scores must still be LightGBM's, to the
     bit, whatever the split kinds and missing-value rules (the rows hold NaN, zeros, values
-    on thresholds and unseen categories), runs longer than one 64-bit word, runs that do not
-    divide the rows, and threads."""
+    on thresholds and unseen categories), runs longer than one 64-bit word, and threads."""
     model, test = _split_kinds_model(params)
     x = model.matrix(test)
-    runs = np.repeat(x[: -(-len(x) // group)], group, axis=0)[: len(x) - 3]  # a short last run
-    cols = [model.features.index(f) for f in varying]
-    runs[:, cols] = x[: len(runs)][:, cols]  # the varying columns differ within each run
-    flags = np.isin(np.arange(len(model.features)), cols)
-    theirs = model.booster.predict(runs, raw_score=True)
+    k = len(x) // group
+    lead = x[:k]  # each run's row; its varying columns come from other rows of the test
+    cols = np.array([model.features.index(f) for f in varying], dtype=np.int64)
+    vals = x[: k * group][:, cols].reshape(k, group, len(cols))
+    runs = np.repeat(lead, group, axis=0)  # the runs laid out in full, for LightGBM
+    runs[:, cols] = vals.reshape(k * group, len(cols))
+    theirs = model.booster.predict(runs, raw_score=True).reshape(k, group)
     for threads in (1, 3):
         np.testing.assert_array_equal(
-            treeshap.raw_scores_groups(model, runs, group, flags, num_threads=threads), theirs)
-    np.testing.assert_array_equal(model.predict_proba_groups(runs, group, flags),
-                                  model.predict_proba(runs))
+            treeshap.raw_scores_runs(model, lead, vals, cols, num_threads=threads), theirs)
+    np.testing.assert_array_equal(model.predict_proba_runs(lead, vals, cols),
+                                  model.predict_proba(runs).reshape(k, group))
 
 
 def test_constant_trees_count_in_raw_scores_and_the_base_value():
