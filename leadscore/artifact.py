@@ -197,11 +197,14 @@ class LeadModel:
 
     def warm_up(self) -> None:
         """Build what the first request would otherwise wait for: category maps, TreeSHAP
-        tables, the compiled kernel."""
+        tables, the compiled kernels (a request's few rows and bigger batches take different
+        ones, and the slot search its own)."""
         _ = self.layout
-        x = np.full((1, len(self.features)), np.nan)
-        self.contributions(x)
-        self.raw(x)
+        for rows in (1, 8):
+            x = np.full((rows, len(self.features)), np.nan)
+            self.contributions(x)
+            self.raw(x)
+        self.predict_proba_runs(x[:1], np.full((1, 2, 1), np.nan), np.zeros(1, dtype=np.int64))
 
     def grade(self, p: np.ndarray) -> np.ndarray:
         a, b, c = self.grades
