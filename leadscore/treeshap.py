@@ -794,7 +794,7 @@ def _heap_pass(x, out, col, thr, leaf, node_off, leaf_off, depth, cf, kb, in_set
     through a tree one level at a time: each row's step is a few loads and a comparison,
     with no branch on its data and no dependence on the other rows' steps, so the processor
     overlaps them (the node-by-node walk mispredicts about one branch in two). Leaf values
-    are added in tree order: the same doubles. 2-3.4 times the node-by-node walk's speed
+    are added in tree order: the same doubles. 1.9-3.4 times the node-by-node walk's speed
     on the benchmark's depth-6 models."""
     block = 32
     n = x.shape[0]
@@ -902,7 +902,7 @@ def raw_scores(model, feats, num_threads: int = 1) -> np.ndarray:
     trees does not: that is what a one-lead HTTP request and the slot search's hundred-odd
     candidates are made of. From ``_HEAP_MIN_ROWS`` rows on, trees up to ``_HEAP_MAX_DEPTH``
     deep go level by level without data-dependent branches (:func:`_heap_pass`): the nightly
-    job's depth-6 models score 2-3.4 times as fast as by walking node by node, which is
+    job's depth-6 models score 1.9-3.4 times as fast as by walking node by node, which is
     LightGBM's own speed. Deeper trees walk node by node (:func:`_predict_pass`). Same
     leaves, same summation order: the same doubles."""
     tables = _tables(model)

@@ -303,7 +303,8 @@ def _utc_us(values: Sequence) -> np.ndarray:
     return pd.DatetimeIndex(ts).as_unit("us").asi8
 
 
-#: candidate rows per model call: bounds memory (rows x slots x features floats)
+#: candidate rows per model call: bounds memory (leads x slots x slot columns, and the
+#: leads x slots probabilities)
 _CHUNK_ROWS = 400_000
 
 
