@@ -30,6 +30,8 @@ import threading
 import numpy as np
 
 _SHAP_MAX_PATH = 10
+#: LightGBM's kZeroThreshold: its predictor reads values within it as 0.0
+_ZERO = 1.0000000180025095e-35
 _kernels: dict | None = None
 _trailing_zeros = None  # numba's count-trailing-zeros intrinsic, bound by _compile
 _lock = threading.Lock()
@@ -220,7 +222,7 @@ def _go_left(fval, thr, kind, miss, defl, cat_off, cat_len, cat_bits):
     """Whether a row goes left at a split: LightGBM's ``NumericalDecision`` and
     ``CategoricalDecision`` (a category in the split's set goes left; NaN and negatives
     right). Compiled inline into both kernels."""
-    if -1.0000000180025095e-35 <= fval <= 1.0000000180025095e-35:
+    if -_ZERO <= fval <= _ZERO:
         fval = 0.0  # LightGBM's predictor reads values within its zero threshold as 0
     if kind == 1:
         if np.isnan(fval):
@@ -268,7 +270,7 @@ def _predict_runs_pass(lead, vals, vcols, out, node, thr, tree_start, cat_bits):
     laid out in full.
 
     A run goes through each tree once, as a set of rows (a bitmask): a split on a shared
-    column is decided from the run's first row and the whole set follows it; a split on a
+    column is decided from the run's ``lead`` row and the whole set follows it; a split on a
     varying column divides the set into the rows going left and right, and both parts go
     on. Which rows go left is found from the column's distinct values in the run, sorted
     once per run with the rows holding each (values within LightGBM's zero threshold read
@@ -300,13 +302,13 @@ def _predict_runs_pass(lead, vals, vcols, out, node, thr, tree_start, cat_bits):
     cur = np.empty(words, dtype=np.uint64)
     every = np.empty(words, dtype=np.uint64)
     left = np.empty(words, dtype=np.uint64)
-    z = 1.0000000180025095e-35
+    z = _ZERO
     rows = group
+    for w in range(words):
+        every[w] = none
+    for c in range(rows):
+        every[c >> 6] |= one << np.uint64(c & 63)
     for g0 in range(k_runs):
-        for w in range(words):
-            every[w] = none
-        for c in range(rows):
-            every[c >> 6] |= one << np.uint64(c & 63)
         for j in range(nv):
             cnt = 0
             for w in range(words):
@@ -365,7 +367,7 @@ def _predict_runs_pass(lead, vals, vcols, out, node, thr, tree_start, cat_bits):
                         break
                     flags = node[i, 3]
                     j = slot[f]
-                    if j < 0:  # a shared column: the run's first row decides
+                    if j < 0:  # a shared column: the lead row decides
                         if _go_left(lead[g0, f], thr[i], flags & 1, (flags >> 1) & 3,
                                     flags >> 3, node[i, 4], node[i, 5], cat_bits):
                             i = node[i, 1]
@@ -430,7 +432,7 @@ def _clean_rows(x, r0, r1, x0, xn):
             v = x[row, f]
             isn = np.isnan(v)
             xn[row - r0, f] = 1 if isn else 0
-            small = -1.0000000180025095e-35 <= v <= 1.0000000180025095e-35
+            small = -_ZERO <= v <= _ZERO
             x0[row - r0, f] = 0.0 if (isn or small) else v
 
 
@@ -561,15 +563,9 @@ def _shared_pass(x, out, splits, thr, split_start, leaves, leaf_start, leaf_loca
     (tens of MB) for each block of rows. Per feature, a tree's leaves are summed first, then
     added to the row's total: the same values as :func:`_shap_pass` to ~1e-14."""
     n, nf = x.shape
-    x0 = np.empty((nf, n))
+    x0 = np.empty((nf, n))  # by feature: a split's pass reads one column
     xn = np.empty((nf, n), dtype=np.int8)
-    for r in range(n):
-        for f in range(nf):
-            v = x[r, f]
-            isn = np.isnan(v)
-            xn[f, r] = 1 if isn else 0
-            small = -1.0000000180025095e-35 <= v <= 1.0000000180025095e-35
-            x0[f, r] = 0.0 if (isn or small) else v
+    _clean_rows(x, 0, n, x0.T, xn.T)
     total = np.zeros((nf + 1, n))
     bits = 1
     while (1 << bits) < 2 * n:
@@ -759,7 +755,7 @@ def _heap_rows(x, r0, r1, cf, kb, in_set, xb):
     feature of each column, ``kb`` where each kind's columns start. LightGBM's rules: NaN is
     read as 0.0 unless the split sends it its own way, values within its zero threshold are
     0.0, and a category is ``int(value)``, right when NaN or negative."""
-    z = 1.0000000180025095e-35
+    z = _ZERO
     top = in_set.shape[1] - 1
     for row in range(r0, r1):
         rr = row - r0
