@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -45,6 +46,41 @@ class Calibrator:
         if self.method == "none":
             return 1.0 / (1.0 + np.exp(-margin))
         raise ValueError(f"unknown calibration method {self.method!r}")
+
+
+class UnsupportedModel(ValueError):
+    """A booster leadscore cannot score exactly as LightGBM does."""
+
+
+_LINEAR_TREE = re.compile(r"^is_linear=1$", re.MULTILINE)
+
+
+def check_booster(booster: lgb.Booster, name: str = "model") -> None:
+    """Refuse a booster whose scores or reasons leadscore would get wrong.
+
+    Scores and reasons come from the compiled walk of :mod:`leadscore.treeshap`, which reads
+    only the trees' splits and leaf values and sums them into one margin: exactly LightGBM's
+    raw score for binary gradient boosting, wrong for linear leaves (``linear_tree``, for
+    which LightGBM has no TreeSHAP reasons either), averaged output (``boosting: rf``) or
+    several trees per iteration. Checked on LightGBM's own model text, after training and
+    on every load, so such a model is never registered nor served."""
+    text = booster.model_to_string(num_iteration=-1)
+    head = text.split("\nTree=", 1)[0].splitlines()
+    fields = dict(line.split("=", 1) for line in head if "=" in line)
+    objective = (fields.get("objective") or "").split(" ", 1)[0]
+    problems = []
+    if objective != "binary":
+        problems.append(f"objective {objective or 'none'} (leadscore scores binary models)")
+    if fields.get("num_tree_per_iteration", "1") != "1" or fields.get("num_class", "1") != "1":
+        problems.append("several trees per iteration (num_class > 1)")
+    if "average_output" in head:
+        problems.append("averaged tree output (boosting: rf)")
+    if _LINEAR_TREE.search(text):
+        problems.append("linear_tree (linear models in the leaves)")
+    if problems:
+        raise UnsupportedModel(
+            f"{name}: the booster uses {'; '.join(problems)}, which leadscore cannot score "
+            "as LightGBM does (its tree walk and TreeSHAP reasons read leaf values only)")
 
 
 @dataclass
@@ -233,6 +269,7 @@ class LeadModel:
         directory = Path(directory)
         meta = json.loads((directory / META_FILE).read_text())
         booster = lgb.Booster(model_file=str(directory / BOOSTER_FILE))
+        check_booster(booster, f"{meta['name']} ({directory / BOOSTER_FILE})")
         return cls(
             name=meta["name"],
             booster=booster,

@@ -166,8 +166,10 @@ def train(
 ) -> None:
     """Train a model, log the run to MLflow, register a version."""
     _logging(verbose)
+    from pydantic import ValidationError
+
     from leadscore.contract import ContractError
-    from leadscore.training.config import ExperimentConfig
+    from leadscore.training.config import ExperimentConfig, config_error
     from leadscore.training.run import train as run_train
 
     if config is None and model is None:
@@ -189,8 +191,11 @@ def train(
         raw["split"] = split.value
     if seed is not None:
         raw["seed"] = seed
-    try:
+    try:  # the config (params included) is checked before any data is read
         cfg = ExperimentConfig.model_validate(raw)
+    except ValidationError as e:
+        _fail(f"{config or 'train'}: {config_error(e)}")
+    try:
         res = run_train(data, cfg)
     except (ContractError, ValueError) as e:
         _fail(str(e))

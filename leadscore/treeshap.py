@@ -847,7 +847,10 @@ def _tables(model) -> _ShapTables:
     if tables is None:
         with _lock:  # serving threads: one build per model
             tables = getattr(model, "_shap_tables", None)
-            if tables is None:
+            if tables is None:  # a model built in memory has not been through load
+                from leadscore.artifact import check_booster
+
+                check_booster(model.booster, getattr(model, "name", "model"))
                 tables = model._shap_tables = _ShapTables(model.booster)
     return tables
 

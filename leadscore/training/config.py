@@ -7,9 +7,10 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from leadscore.models.spec import ModelSpec
+from leadscore.training import lgb_params
 
 
 class SearchDim(BaseModel):
@@ -25,6 +26,30 @@ class Sweep(BaseModel):
     metric: Literal["roc_auc", "log_loss"] = "roc_auc"
     space: dict[str, SearchDim]
 
+    @field_validator("space")
+    @classmethod
+    def _space(cls, v: dict[str, SearchDim]) -> dict[str, SearchDim]:
+        """Searched settings pass the same allow-list as ``params``, with bounds of their type
+        (an integer setting needs ``kind: int``), under leadscore's names."""
+        out: dict[str, SearchDim] = {}
+        for key, dim in v.items():
+            name = lgb_params.canonical(key)
+            if name in out:
+                raise ValueError(f"{key}: {name} is searched twice")
+            kind = lgb_params.SUPPORTED[name].kind
+            if kind not in (int, float):
+                raise ValueError(f"{key} cannot be searched: it is not a number")
+            if kind is int and dim.kind != "int":
+                raise ValueError(f"{key} takes integers: search it with kind: int")
+            if dim.low > dim.high:
+                raise ValueError(f"{key}: low {dim.low:g} is above high {dim.high:g}")
+            if dim.kind == "log" and dim.low <= 0:
+                raise ValueError(f"{key}: a log search needs low above 0")
+            for bound in (dim.low, dim.high):
+                lgb_params.check_value(name, int(bound) if kind is int else bound)
+            out[name] = dim
+        return out
+
 
 class ExperimentConfig(BaseModel):
     """One experiment. Unknown keys are errors, so a typo never silently does nothing."""
@@ -33,7 +58,9 @@ class ExperimentConfig(BaseModel):
     model: Literal["conversion", "contact", "churn", "contact-slot"]
     run_name: str | None = None
     description: str = ""
-    params: dict[str, float | int | str] = Field(default_factory=dict)
+    #: LightGBM settings over the spec's (bool first: YAML ``true`` stays a boolean); only
+    #: those of :mod:`leadscore.training.lgb_params`, checked before any data is read
+    params: dict[str, bool | int | float | str] = Field(default_factory=dict)
     horizon_days: float | None = Field(None, gt=0)
     #: auto: out-of-time when the data allows it, else grouped by lead (the run says which)
     split: Literal["auto", "time", "entity"] = "auto"
@@ -46,6 +73,11 @@ class ExperimentConfig(BaseModel):
     calibration: Literal["isotonic", "sigmoid"] | None = None
     engagement_events: list[str] | None = None
     sweep: Sweep | None = None
+
+    @field_validator("params")
+    @classmethod
+    def _params(cls, v: dict) -> dict:
+        return lgb_params.normalize(v)
 
     @field_validator("as_of")
     @classmethod
@@ -76,3 +108,13 @@ class ExperimentConfig(BaseModel):
         if self.engagement_events:
             spec = replace(spec, label=replace(spec.label, events=tuple(self.engagement_events)))
         return spec.validate()
+
+
+def config_error(e: ValidationError) -> str:
+    """A config's validation errors on one line, each as ``field: message``."""
+    parts = []
+    for err in e.errors():
+        where = ".".join(str(x) for x in err["loc"])
+        msg = str(err["msg"]).removeprefix("Value error, ")
+        parts.append(f"{where}: {msg}" if where else msg)
+    return "; ".join(parts)

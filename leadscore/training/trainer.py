@@ -11,9 +11,10 @@ import pandas as pd
 from sklearn.isotonic import IsotonicRegression
 from sklearn.linear_model import LogisticRegression
 
-from leadscore.artifact import Calibrator, LeadModel
+from leadscore.artifact import Calibrator, LeadModel, check_booster
 from leadscore.features import catalog
 from leadscore.models.spec import ModelSpec
+from leadscore.training import lgb_params
 from leadscore.training.dataset import TrainingSet, lead_share
 
 log = logging.getLogger(__name__)
@@ -40,7 +41,7 @@ def categories_of(frame: pd.DataFrame, features: list[str]) -> dict[str, list[st
 
 def booster_params(spec: ModelSpec, features: list[str], seed: int, num_threads: int,
                    overrides: dict | None = None) -> dict:
-    params = {**spec.params, **(overrides or {})}
+    params = {**lgb_params.normalize(spec.params), **lgb_params.normalize(overrides or {})}
     params = {k: v for k, v in params.items() if k not in _NOT_BOOSTER_PARAMS}
     params.update(
         {
@@ -84,7 +85,9 @@ def _booster(spec: ModelSpec, features: list[str], cats: dict, train_df: pd.Data
         kw["callbacks"] = [lgb.early_stopping(patience, first_metric_only=True, verbose=False)]
     booster = lgb.train(params, dtrain, num_boost_round=rounds, **kw)
     best = booster.best_iteration or booster.current_iteration()
-    return lgb.Booster(model_str=booster.model_to_string(num_iteration=best)), int(best)
+    booster = lgb.Booster(model_str=booster.model_to_string(num_iteration=best))
+    check_booster(booster, spec.name)  # never registered if serving would score it wrong
+    return booster, int(best)
 
 
 def _calibrated(spec: ModelSpec, booster: lgb.Booster, features: list[str], cats: dict,
@@ -122,7 +125,7 @@ def fit(
     _two_classes(spec, {"fit": fit_df, "valid": valid_df, "calib": calib_df})
     cats = categories_of(fit_df, features)
     params = booster_params(spec, features, seed, num_threads, overrides)
-    merged = {**spec.params, **(overrides or {})}
+    merged = {**spec.params, **lgb_params.normalize(overrides or {})}
     booster, best = _booster(spec, features, cats, fit_df, valid_df, params,
                              int(merged.get("num_boost_round", 2000)),
                              int(merged.get("early_stopping_rounds", 100)))
