@@ -3,6 +3,8 @@ exactly before any data is read, and a booster it would score wrong is never loa
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import lightgbm as lgb
 import numpy as np
 import pandas as pd
@@ -157,3 +159,24 @@ def test_a_plain_binary_booster_loads_and_scores_as_lightgbm(tmp_path):
     _leadmodel(booster, df).save(tmp_path / "m")
     model = LeadModel.load(tmp_path / "m")
     np.testing.assert_array_equal(model.raw(df), booster.predict(df, raw_score=True))
+
+
+def test_serving_does_not_reimport_a_model_it_refuses(tmp_path, monkeypatch):
+    """A refused artifact is whole: the BentoML store copy is not taken for a broken one
+    (deleted and imported again); the error reaches the reload, which keeps the old models."""
+    import bentoml
+
+    from leadscore.serving import runtime
+
+    df, y = _tiny()
+    booster = lgb.train({"objective": "binary", "linear_tree": True, "num_leaves": 4,
+                         "verbosity": -1}, lgb.Dataset(df, y), num_boost_round=3)
+    _leadmodel(booster, df).save(tmp_path / "m")
+    bm = SimpleNamespace(tag=SimpleNamespace(version="v1"), path=str(tmp_path / "m"))
+    _ = bentoml.models.get  # a lazy module: loading it later would undo the patches
+    monkeypatch.setattr(bentoml.models, "get", lambda _tag: bm)
+    deleted = []
+    monkeypatch.setattr(bentoml.models, "delete", deleted.append)
+    with pytest.raises(UnsupportedModel, match="linear_tree"):
+        runtime._bento_model("tiny", "1", "champion")
+    assert not deleted

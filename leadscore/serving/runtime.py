@@ -19,7 +19,7 @@ from pathlib import Path
 import pandas as pd
 
 from leadscore import contract
-from leadscore.artifact import LeadModel
+from leadscore.artifact import LeadModel, UnsupportedModel
 from leadscore.features import job
 from leadscore.serving.auth import KeyRing
 from leadscore.serving.scorer import (
@@ -96,6 +96,8 @@ def _bento_model(name: str, version: str | None, alias: str):
         return bm, _load_bento(bm)
     except bentoml.exceptions.NotFound:
         pass
+    except UnsupportedModel:  # whole but unservable: importing it again cannot help
+        raise
     except Exception as e:  # half copied by another worker, or left by a crash
         log.info("%s did not load (%s); looking again under the import lock", tag,
                  type(e).__name__)
@@ -105,6 +107,8 @@ def _bento_model(name: str, version: str | None, alias: str):
             return bm, _load_bento(bm)
         except bentoml.exceptions.NotFound:
             pass
+        except UnsupportedModel:
+            raise
         except Exception as e:  # nobody is importing it: it is broken
             log.warning("%s in the BentoML store is incomplete (%s); importing it again", tag,
                         type(e).__name__)
