@@ -98,9 +98,11 @@ MANAGED: dict[str, str] = {
                      "monotone_constraining_method", "mc_method"),
                     "the model spec's monotone features set them"),
     **dict.fromkeys(("num_threads", "num_thread", "nthread", "nthreads", "n_jobs",
-                     "deterministic", "force_col_wise", "force_row_wise", "verbosity",
-                     "verbose", "metric", "metrics", "metric_types"),
+                     "deterministic", "force_col_wise", "force_row_wise"),
                     "leadscore sets it for reproducible runs"),
+    **dict.fromkeys(("metric", "metrics", "metric_types"),
+                    "early stopping uses leadscore's (log loss first)"),
+    **dict.fromkeys(("verbosity", "verbose"), "leadscore sets it (use --verbose)"),
 }
 
 _ALIAS = {a: name for name, s in SUPPORTED.items() for a in (name, *s.aliases)}
