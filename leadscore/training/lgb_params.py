@@ -102,7 +102,7 @@ MANAGED: dict[str, str] = {
                     "leadscore sets it for reproducible runs"),
     **dict.fromkeys(("metric", "metrics", "metric_types"),
                     "early stopping uses leadscore's (log loss first)"),
-    **dict.fromkeys(("verbosity", "verbose"), "leadscore sets it (use --verbose)"),
+    **dict.fromkeys(("verbosity", "verbose"), "leadscore keeps LightGBM quiet"),
 }
 
 _ALIAS = {a: name for name, s in SUPPORTED.items() for a in (name, *s.aliases)}
