@@ -19,7 +19,9 @@ from pathlib import Path
 import duckdb
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 
+from leadscore import atomic
 from leadscore.features import catalog, job
 from leadscore.models.spec import ModelSpec, NoneWithin
 
@@ -197,6 +199,28 @@ def fingerprint(data_dir: Path, cutoffs: list[pd.Timestamp], extra: dict | None 
     return h.hexdigest()[:16]
 
 
+def cached_features(
+    con: duckdb.DuckDBPyConnection, cutoffs: list[pd.Timestamp], cache: Path | None,
+) -> pd.DataFrame:
+    """The catalogue's features at the cutoffs, from ``cache`` when it holds them.
+
+    The entry is written atomically, so a killed run leaves the old entry or none; an entry
+    that cannot be read (a truncated file from an older version, a bad disk) is reported,
+    deleted and recomputed rather than failing every later run.
+    """
+    if cache is not None and cache.is_file():
+        try:
+            return pd.read_parquet(cache)
+        except (OSError, ValueError, pa.ArrowException) as e:
+            log.warning("feature cache %s unreadable (%s): recomputing it", cache, e)
+            cache.unlink(missing_ok=True)
+    frame = job.to_pandas(job.compute(con, cutoffs, catalog.CATALOG))
+    if cache is not None:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        atomic.write_parquet(cache, frame)
+    return frame
+
+
 def build_attempts(
     con: duckdb.DuckDBPyConnection, spec: ModelSpec, *, split: str = "auto", seed: int = 0,
 ) -> TrainingSet:
@@ -252,13 +276,7 @@ def build(
             f"no cutoff between {start} + {WARMUP_DAYS}d and {end} - {horizon:g}d: "
             "the data is too short for this horizon; pass --as-of and --horizon-days"
         )
-    if feature_cache is not None and feature_cache.is_file():
-        frame = pd.read_parquet(feature_cache)
-    else:
-        frame = job.to_pandas(job.compute(con, cutoffs, catalog.CATALOG))
-        if feature_cache is not None:
-            feature_cache.parent.mkdir(parents=True, exist_ok=True)
-            frame.to_parquet(feature_cache)
+    frame = cached_features(con, cutoffs, feature_cache)
     if spec.entity == "open":
         frame = frame[frame["is_open"]]
     elif spec.entity == "open_or_owner":
