@@ -107,3 +107,13 @@ def test_check_holdout_names_the_model_period_and_cause():
         dataset.check_holdout(ts, "churn")
     frame.loc[2, "label"] = 1
     dataset.check_holdout(ts, "churn")  # two classes: fine
+
+
+def test_config_checks_observed_until():
+    from pydantic import ValidationError
+
+    from leadscore.training.config import ExperimentConfig
+
+    assert ExperimentConfig(model="churn", observed_until="2026-04-14").observed_until
+    with pytest.raises(ValidationError, match="not a time"):
+        ExperimentConfig(model="churn", observed_until="not a time")
