@@ -5,10 +5,34 @@ POSIX)."""
 from __future__ import annotations
 
 import os
+import secrets
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+
+def write_with(path: Path, write: Callable[[Path], None]) -> None:
+    """``write(tmp)`` fills a hidden temporary file beside ``path``, which then replaces it.
+
+    The temporary name is unique, so two processes writing the same file cannot mix their
+    bytes; a failed write removes its temporary file and leaves ``path`` as it was.
+    """
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    write_with(path, lambda tmp: tmp.write_text(text))
+
+
+def write_parquet(path: Path, frame: pd.DataFrame) -> None:
+    write_with(path, lambda tmp: frame.to_parquet(tmp))

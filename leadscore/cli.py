@@ -49,7 +49,7 @@ def _logging(verbose: bool) -> None:
     )
 
 
-def _timestamps(text: str) -> list:
+def _timestamps(text: str, option: str = "--as-of") -> list:
     import pandas as pd
 
     out = []
@@ -60,10 +60,10 @@ def _timestamps(text: str) -> list:
         try:
             t = pd.Timestamp(part)
         except ValueError as e:
-            raise typer.BadParameter(f"--as-of: cannot read {part!r} as a timestamp") from e
+            raise typer.BadParameter(f"{option}: cannot read {part!r} as a timestamp") from e
         out.append(t.tz_localize("UTC") if t.tzinfo is None else t.tz_convert("UTC"))
     if not out:
-        raise typer.BadParameter("--as-of needs at least one timestamp")
+        raise typer.BadParameter(f"{option} needs at least one timestamp")
     return out
 
 
@@ -157,6 +157,10 @@ def train(
         str | None, typer.Option("--as-of", help="Cutoff(s) instead of rolling ones")
     ] = None,
     horizon_days: Annotated[float | None, typer.Option(help="Label horizon in days")] = None,
+    observed_until: Annotated[str | None, typer.Option(
+        "--observed-until",
+        help="End of observation, UTC: labels are read up to it [default: the last day whose "
+             "event volume is in line with the rest; later rows are reported]")] = None,
     split: Annotated[Split | None, typer.Option(
         help="auto (default: time when the data allows an out-of-time holdout, else entity), "
              "time (out-of-time, or fail) or entity (grouped by lead)")] = None,
@@ -187,6 +191,11 @@ def train(
         raw["as_of"] = [str(t) for t in _timestamps(as_of)]
     if horizon_days is not None:
         raw["horizon_days"] = horizon_days
+    if observed_until:
+        ends = _timestamps(observed_until, "--observed-until")
+        if len(ends) != 1:
+            raise typer.BadParameter("--observed-until takes one timestamp")
+        raw["observed_until"] = str(ends[0])
     if split is not None:
         raw["split"] = split.value
     if seed is not None:

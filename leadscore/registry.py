@@ -8,6 +8,7 @@ stages: stages are deprecated in MLflow 3.
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import os
 import tempfile
@@ -31,10 +32,45 @@ def tracking_uri() -> str:
 
 
 _configured: str | None = None
+_initialised: set[str] = set()
+
+
+def _sqlite_path(uri: str) -> Path | None:
+    """The database file of a ``sqlite:///`` URI (None for other stores and in-memory ones)."""
+    if not uri.startswith("sqlite:///"):
+        return None
+    path = uri[len("sqlite:///"):].split("?", 1)[0]
+    return Path(path) if path and path != ":memory:" else None
+
+
+def _initialise_store(uri: str) -> None:
+    """Create a SQLite store's schema under an exclusive lock beside the database file.
+
+    MLflow builds the tables and runs its migrations the first time a process opens an empty
+    store, without a lock: two trainings starting together on a new store both migrate and one
+    fails (``duplicate column name``). Under the lock the first process builds the schema and
+    the second finds it complete. Once per process per store.
+    """
+    db = _sqlite_path(uri)
+    if db is None or uri in _initialised:
+        return
+    from mlflow import MlflowClient
+
+    db.parent.mkdir(parents=True, exist_ok=True)
+    with open(db.with_name(db.name + ".lock"), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            c = MlflowClient(tracking_uri=uri, registry_uri=uri)
+            c.search_experiments(max_results=1)  # the tracking store's tables
+            c.search_registered_models(max_results=1)  # the registry store's
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+    _initialised.add(uri)
 
 
 def configure() -> None:
-    """Point MLflow at the tracking store; quiet its chatty loggers."""
+    """Point MLflow at the tracking store (creating a new SQLite store's schema once, under
+    a lock); quiet its chatty loggers."""
     global _configured
     import mlflow
     import mlflow.tracking.fluent as fluent
@@ -50,6 +86,7 @@ def configure() -> None:
     _configured = uri
     for name in ("mlflow", "alembic"):
         logging.getLogger(name).setLevel(logging.WARNING)
+    _initialise_store(uri)
 
 
 def client():

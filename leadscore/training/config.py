@@ -65,6 +65,9 @@ class ExperimentConfig(BaseModel):
     #: auto: out-of-time when the data allows it, else grouped by lead (the run says which)
     split: Literal["auto", "time", "entity"] = "auto"
     as_of: list[str] | None = None
+    #: the end of observation (labels read up to it); default: estimated from daily volumes,
+    #: so rows dated after the data's real end do not count
+    observed_until: str | None = None
     seed: int = 0
     #: register a model refit on every labelled row with the evaluation's tree count (the
     #: logged metrics stay the evaluation fit's, on a holdout it never saw)
@@ -88,6 +91,15 @@ class ExperimentConfig(BaseModel):
 
         for t in v:
             pd.Timestamp(t)  # raises with the offending value
+        return v
+
+    @field_validator("observed_until")
+    @classmethod
+    def _end(cls, v):
+        if v is not None:
+            import pandas as pd
+
+            pd.Timestamp(v)  # raises with the offending value
         return v
 
     @classmethod

@@ -19,7 +19,9 @@ from pathlib import Path
 import duckdb
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 
+from leadscore import atomic
 from leadscore.features import catalog, job
 from leadscore.models.spec import ModelSpec, NoneWithin
 
@@ -38,6 +40,7 @@ class TrainingSet:
     n_censored: int
     split_kind: str
     notes: list[str] = field(default_factory=list)
+    observed: ObservedEnd | None = None  # how data_end was found, what lies after it
 
     def part(self, name: str) -> pd.DataFrame:
         return self.frame[self.frame["split"] == name]
@@ -50,14 +53,101 @@ class TrainingSet:
         return {s: int((self.frame["split"] == s).sum()) for s in SPLITS}
 
 
-def data_bounds(con: duckdb.DuckDBPyConnection) -> tuple[pd.Timestamp, pd.Timestamp]:
-    """First lead creation and last observed event: the span labels can be read from."""
-    start, end = con.sql(
-        "SELECT (SELECT min(created_at) FROM leads), (SELECT max(ts) FROM events)"
-    ).df().iloc[0]
-    if pd.isna(start) or pd.isna(end):
-        raise ValueError("no leads or no events: nothing to train on")
-    return pd.Timestamp(start).tz_convert("UTC"), pd.Timestamp(end).tz_convert("UTC")
+#: A day is in line with the data when it holds at least this share of a typical day's events
+#: (and the week ending with it of a typical week's); see :func:`last_full_day`.
+IN_LINE_SHARE = 0.1
+#: A typical day: the median over this many of the latest days that have events.
+REFERENCE_DAYS = 56
+
+
+def last_full_day(daily: pd.Series, share: float = IN_LINE_SHARE,
+                  reference_days: int = REFERENCE_DAYS) -> pd.Timestamp:
+    """The last day the data is really there, from event counts per day (index: days).
+
+    A stray row dated after the real end (a wrong clock, a test event) must not stretch the
+    span that label windows are observed in. Typical volume is the median count of the latest
+    ``reference_days`` days with events. The end is the latest day that (a) is in line: it
+    holds at least ``share`` of a typical day, and the seven days ending with it at least
+    ``share`` of seven typical days, so an isolated late batch is not; and (b) is followed by
+    sparse data only: fewer than ``share`` of a typical day per calendar day from it to the
+    latest event. A last partial day may fall out; that only moves the end back by hours.
+    """
+    daily = daily[daily > 0].sort_index()
+    if daily.empty:
+        raise ValueError("no events: nothing to train on")
+    floor = share * float(daily.iloc[-reference_days:].median())
+    full = daily.reindex(pd.date_range(daily.index[0], daily.index[-1], freq="D"),
+                         fill_value=0)
+    week = full.rolling(7, min_periods=1).sum()
+    after = full.iloc[::-1].cumsum().iloc[::-1].shift(-1, fill_value=0)
+    days_after = np.asarray((full.index[-1] - full.index).days, dtype=float)
+    ok = (full >= floor) & (full > 0) & (week >= 7 * floor) & (after <= floor * days_after)
+    return full.index[ok.to_numpy()][-1] if ok.any() else full.index[-1]
+
+
+@dataclass(frozen=True)
+class ObservedEnd:
+    """Where the observation ends (labels are read up to ``end``) and what lies beyond it."""
+
+    end: pd.Timestamp
+    latest: pd.Timestamp  # the latest event time in the data
+    n_after: int  # events after ``end``: reported, never used for labels
+    first_after: pd.Timestamp | None
+    given: bool  # set by the caller (--observed-until) rather than estimated
+
+    def note(self) -> str | None:
+        if not self.n_after:
+            return None
+        how = "given" if self.given else "estimated from daily volumes"
+        events = f"{self.n_after:,} event{'s' * (self.n_after > 1)}"
+        return (f"{events} after the observation end {self.end} ({how}), dated "
+                f"{self.first_after} … {self.latest}, not used for labels")
+
+
+def _utc(t) -> pd.Timestamp:
+    t = pd.Timestamp(t)
+    return t.tz_localize("UTC") if t.tzinfo is None else t.tz_convert("UTC")
+
+
+def observation_end(con: duckdb.DuckDBPyConnection, given=None) -> ObservedEnd:
+    """The end of observation: ``given`` (``--observed-until``) or :func:`last_full_day`'s
+    estimate (its latest event); events after it are counted and reported."""
+    daily = con.sql(
+        "SELECT date_trunc('day', ts) AS day, count(*) AS n, max(ts) AS last_ts "
+        "FROM events WHERE ts IS NOT NULL GROUP BY 1 ORDER BY 1"
+    ).df()
+    if daily.empty:
+        raise ValueError("no events: nothing to train on")
+    day = pd.to_datetime(daily["day"], utc=True)
+    last_ts = pd.to_datetime(daily["last_ts"], utc=True)
+    if given is not None:
+        end = _utc(given)
+    else:
+        full_day = last_full_day(pd.Series(daily["n"].to_numpy(), index=day))
+        end = last_ts[day == full_day].iloc[0]
+    n_after, first_after = con.execute(
+        "SELECT count(*), min(ts) FROM events WHERE ts > ?", [end.to_pydatetime()]
+    ).fetchall()[0]
+    obs = ObservedEnd(end=end, latest=last_ts.max(), n_after=int(n_after),
+                      first_after=_utc(first_after) if n_after else None,
+                      given=given is not None)
+    if obs.n_after:
+        log.warning("%s", obs.note())
+    return obs
+
+
+def data_start(con: duckdb.DuckDBPyConnection) -> pd.Timestamp:
+    (start,) = con.execute("SELECT min(created_at) FROM leads").fetchall()[0]
+    if start is None:
+        raise ValueError("no leads: nothing to train on")
+    return _utc(start)
+
+
+def data_bounds(
+    con: duckdb.DuckDBPyConnection, observed_until=None,
+) -> tuple[pd.Timestamp, pd.Timestamp]:
+    """First lead creation and the end of observation: the span labels can be read from."""
+    return data_start(con), observation_end(con, observed_until).end
 
 
 #: Weekly snapshots fall on Mondays 00:00 UTC (1970-01-05 was a Monday): cutoffs do not move
@@ -180,6 +270,27 @@ def assign_splits(
     return split, notes, kind
 
 
+def check_holdout(ts: TrainingSet, model: str) -> None:
+    """Stop before anything is logged when the test part has one class: its metrics would
+    be undefined (AUC NaN) and the model registered untested. The usual cause is an end of
+    observation later than where the data is, so empty label windows count as observed."""
+    test = ts.part("test")
+    classes = set(test["label"].unique().tolist())
+    if len(classes) == 2:
+        return
+    what = {frozenset({0}): "no positives", frozenset({1}): "no negatives"}.get(
+        frozenset(classes), "no rows")
+    cut = test["as_of"]
+    period = f"cutoffs {cut.min().date()} … {cut.max().date()}" if len(test) else "empty"
+    raise ValueError(
+        f"{model}: the test period ({ts.split_kind} split, {period}, {len(test):,} rows) has "
+        f"{what}; nothing is trained or registered. Likely cause: the end of observation "
+        f"({ts.data_end}) is later than where the data really ends (rows dated after it), so "
+        "label windows without data count as observed; check the data's latest rows or pass "
+        "--observed-until, or give more history"
+    )
+
+
 def fingerprint(data_dir: Path, cutoffs: list[pd.Timestamp], extra: dict | None = None) -> str:
     """Hash of the input files' bytes and the cutoffs: two runs with the same fingerprint saw
     the same data."""
@@ -197,8 +308,31 @@ def fingerprint(data_dir: Path, cutoffs: list[pd.Timestamp], extra: dict | None 
     return h.hexdigest()[:16]
 
 
+def cached_features(
+    con: duckdb.DuckDBPyConnection, cutoffs: list[pd.Timestamp], cache: Path | None,
+) -> pd.DataFrame:
+    """The catalogue's features at the cutoffs, from ``cache`` when it holds them.
+
+    The entry is written atomically, so a killed run leaves the old entry or none; an entry
+    that cannot be read (a truncated file from an older version, a bad disk) is reported,
+    deleted and recomputed rather than failing every later run.
+    """
+    if cache is not None and cache.is_file():
+        try:
+            return pd.read_parquet(cache)
+        except (OSError, ValueError, pa.ArrowException) as e:
+            log.warning("feature cache %s unreadable (%s): recomputing it", cache, e)
+            cache.unlink(missing_ok=True)
+    frame = job.to_pandas(job.compute(con, cutoffs, catalog.CATALOG))
+    if cache is not None:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        atomic.write_parquet(cache, frame)
+    return frame
+
+
 def build_attempts(
     con: duckdb.DuckDBPyConnection, spec: ModelSpec, *, split: str = "auto", seed: int = 0,
+    observed: ObservedEnd | None = None,
 ) -> TrainingSet:
     """One row per logged contact attempt: the lead's features just before it (``as_of`` =
     the attempt's time, so nothing at or after it is seen), the slot's features, and whether
@@ -223,10 +357,13 @@ def build_attempts(
     parts, notes, kind = assign_splits(frame, split, 0.0, seed)
     frame["split"] = parts.to_numpy()
     frame = frame[frame["split"] != ""].reset_index(drop=True)
-    _, end = data_bounds(con)
+    obs = observed or observation_end(con)
+    if obs.note():
+        notes.append(obs.note())
     cut = sorted(frame["as_of"].unique())
     return TrainingSet(frame=frame, cutoffs=[pd.Timestamp(cut[0]), pd.Timestamp(cut[-1])],
-                       data_end=end, n_censored=0, split_kind=kind, notes=notes)
+                       data_end=obs.end, n_censored=0, split_kind=kind, notes=notes,
+                       observed=obs)
 
 
 def build(
@@ -237,11 +374,15 @@ def build(
     as_of: list[pd.Timestamp] | None = None,
     seed: int = 0,
     feature_cache: Path | None = None,
+    observed: ObservedEnd | None = None,
 ) -> TrainingSet:
-    """Features at the cutoffs, the spec's entity filter, labels, censoring and splits."""
+    """Features at the cutoffs, the spec's entity filter, labels, censoring and splits.
+
+    ``observed``: the end of observation (default: :func:`observation_end`'s estimate)."""
     if spec.entity == "contact_attempt":
-        return build_attempts(con, spec, split=split, seed=seed)
-    start, end = data_bounds(con)
+        return build_attempts(con, spec, split=split, seed=seed, observed=observed)
+    obs = observed or observation_end(con)
+    start, end = data_start(con), obs.end
     horizon = spec.label.days
     if as_of:
         cutoffs = sorted(pd.Timestamp(t) for t in as_of)
@@ -252,13 +393,7 @@ def build(
             f"no cutoff between {start} + {WARMUP_DAYS}d and {end} - {horizon:g}d: "
             "the data is too short for this horizon; pass --as-of and --horizon-days"
         )
-    if feature_cache is not None and feature_cache.is_file():
-        frame = pd.read_parquet(feature_cache)
-    else:
-        frame = job.to_pandas(job.compute(con, cutoffs, catalog.CATALOG))
-        if feature_cache is not None:
-            feature_cache.parent.mkdir(parents=True, exist_ok=True)
-            frame.to_parquet(feature_cache)
+    frame = cached_features(con, cutoffs, feature_cache)
     if spec.entity == "open":
         frame = frame[frame["is_open"]]
     elif spec.entity == "open_or_owner":
@@ -283,7 +418,9 @@ def build(
     frame["split"] = np.where(parts.to_numpy() == "", "purged", parts.to_numpy())
     if n_censored:
         notes.append(f"{n_censored:,} right-censored rows excluded (label window past {end})")
+    if obs.note():
+        notes.append(obs.note())
     ts = TrainingSet(frame=frame, cutoffs=cutoffs, data_end=end, n_censored=n_censored,
-                     split_kind=kind, notes=notes)
+                     split_kind=kind, notes=notes, observed=obs)
     log.info("training set %s: %s", spec.name, ts.counts())
     return ts

@@ -132,8 +132,11 @@ def _log_run(spec, cfg, ts, fr, test, p, m, fp, truth_note, register: bool,
         **{f"lgb_{k}": v for k, v in fr.params.items()
            if k not in ("monotone_constraints", "metric")},
     })
+    obs = ts.observed
     mlflow.set_tags({"data_fingerprint": fp, "leadscore.model": spec.name,
-                     "truth": truth_note})
+                     "truth": truth_note, "observed_until": str(ts.data_end),
+                     "events_after_observed_until": obs.n_after if obs else 0,
+                     **({"data_warning": obs.note()} if obs and obs.note() else {})})
     mlflow.log_metrics({k: v for k, v in m.items() if np.isfinite(v)})
     with tempfile.TemporaryDirectory() as tmp:
         d = Path(tmp)
@@ -175,7 +178,8 @@ def train(
     data_dir = Path(data_dir)
     spec = resolve_spec(cfg)
     ds = contract.load(data_dir, quarantine_dir=data_dir / "quarantine")
-    start, end = dataset.data_bounds(ds.con)
+    obs = dataset.observation_end(ds.con, cfg.observed_until)
+    start, end = dataset.data_start(ds.con), obs.end
     as_of = [pd.Timestamp(t) for t in cfg.as_of] if cfg.as_of else None
     cutoffs = as_of or dataset.rolling_cutoffs(start, end, spec.cutoff_every_days,
                                                spec.label.days)
@@ -184,7 +188,8 @@ def train(
                                       {"catalog": [f.name for f in catalog.CATALOG]})
     cache = cache_dir() / f"features-{catalog_key}.parquet"
     ts = dataset.build(ds.con, spec, split=cfg.split, as_of=as_of, seed=cfg.seed,
-                       feature_cache=cache)
+                       feature_cache=cache, observed=obs)
+    dataset.check_holdout(ts, spec.name)
     registry.configure()
     mlflow.set_experiment(spec.registered_name)
     with mlflow.start_run(run_name=cfg.run_name or f"{spec.name}-{ts.split_kind}") as run:
