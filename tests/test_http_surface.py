@@ -24,7 +24,6 @@ from leadscore.schema import CHANNELS
 from leadscore.serving import auth
 from leadscore.serving.api import MAX_BODY_BYTES, ScoreResponse, create_app
 from leadscore.serving.auth import KeyRing, write_key_file
-from leadscore.serving.metrics import UNMATCHED, HttpMetrics, render
 
 KEY = "surface-0c5b1f"
 
@@ -149,6 +148,8 @@ def _series(text: str, metric: str) -> set[str]:
 
 
 def test_made_up_paths_share_one_metrics_series(client):
+    from leadscore.serving.metrics import UNMATCHED, HttpMetrics, render
+
     app = HttpMetrics(client.app, routes=client.app.routes)
     with TestClient(app, raise_server_exceptions=False) as c:
         for _ in range(3):
