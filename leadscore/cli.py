@@ -227,7 +227,8 @@ def serve(
     store: Annotated[Path, typer.Option(help="Online feature store file")] = Path("features.db"),
     workers: Annotated[int, typer.Option(min=1, help="Worker processes")] = 1,
     api_keys: Annotated[
-        Path | None, typer.Option(help="Hashed API key file (else $LEADSCORE_API_KEYS)")
+        Path | None, typer.Option(help="Hashed API key file (else $LEADSCORE_API_KEYS, else "
+                                  "api_keys.json if there; see `leadscore keys`)")
     ] = None,
     host: Annotated[str, typer.Option(help="Bind address")] = "127.0.0.1",
 ) -> None:
@@ -236,6 +237,7 @@ def serve(
     import subprocess
 
     env = dict(os.environ, LEADSCORE_STORE=str(store.resolve()), LEADSCORE_WORKERS=str(workers))
+    api_keys = api_keys or (None if env.get("LEADSCORE_API_KEYS") else _default_key_file())
     if api_keys is not None:
         env["LEADSCORE_API_KEYS"] = str(api_keys.resolve())
     if not env.get("LEADSCORE_API_KEYS"):
@@ -255,6 +257,12 @@ app.add_typer(keys_app, name="keys")
 
 KeyFileOption = Annotated[Path | None, typer.Option(
     "--file", help="Key file [default: $LEADSCORE_API_KEYS, else api_keys.json]")]
+
+
+def _default_key_file() -> Path | None:
+    from leadscore.serving.auth import DEFAULT_KEY_FILE
+
+    return DEFAULT_KEY_FILE if DEFAULT_KEY_FILE.exists() else None
 
 
 def _key_file(file: Path | None) -> Path:

@@ -235,3 +235,27 @@ def test_a_running_key_ring_keeps_its_keys_when_the_file_breaks(tmp_path, monkey
     assert ring.verify(KEY) is not None
     write_key_file(path, {"u": ("other-key", ["D02"])})
     assert ring.verify(KEY) is None and ring.verify("other-key").name == "u"
+
+
+def test_serve_uses_the_default_key_file_when_no_other_is_named(tmp_path, monkeypatch):
+    import subprocess
+
+    envs = []
+
+    def fake(cmd, env=None, *args):
+        envs.append(env)
+        return 0
+
+    monkeypatch.setattr(subprocess, "call", fake)
+    monkeypatch.setattr(os, "execve", lambda path, cmd, env: fake(cmd, env))
+    monkeypatch.delenv(auth.ENV, raising=False)
+    monkeypatch.chdir(tmp_path)
+    run = CliRunner().invoke
+    assert run(cli, ["serve"]).exit_code == 0
+    assert auth.ENV not in envs[-1]  # none there: none named (every request gets 401)
+    assert run(cli, ["keys", "add", "--tenant", "t", "--dealers", "D01"]).exit_code == 0
+    assert run(cli, ["serve"]).exit_code == 0
+    assert envs[-1][auth.ENV] == str(tmp_path / "api_keys.json")
+    monkeypatch.setenv(auth.ENV, "/elsewhere/keys.json")
+    assert run(cli, ["serve"]).exit_code == 0
+    assert envs[-1][auth.ENV] == "/elsewhere/keys.json"
