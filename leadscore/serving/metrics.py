@@ -66,8 +66,11 @@ class RouteLabels:
     :data:`UNMATCHED`. The set of labels is fixed by the routes, whatever clients send."""
 
     def __init__(self, routes: Iterable[BaseRoute], system_paths: Iterable[str] = SYSTEM_PATHS):
-        self.routes = list(routes)
-        self.exact = frozenset(system_paths)
+        routes = list(routes)
+        fixed = {r.path for r in routes
+                 if not isinstance(r, Mount) and "{" not in getattr(r, "path", "{")}
+        self.exact = frozenset(system_paths) | fixed  # a set look-up for the usual requests
+        self.routes = [r for r in routes if getattr(r, "path", None) not in fixed]
 
     def __call__(self, scope) -> str:
         path = scope["path"]
