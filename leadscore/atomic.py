@@ -30,8 +30,22 @@ def write_with(path: Path, write: Callable[[Path], None]) -> None:
         raise
 
 
-def write_text(path: Path, text: str) -> None:
-    write_with(path, lambda tmp: tmp.write_text(text))
+def write_text(path: Path, text: str, mode: int | None = None) -> None:
+    """``mode`` (e.g. ``0o600`` for secrets' digests) is set on the hidden file before any
+    byte is written, so the content is never readable under looser permissions."""
+    if mode is None:
+        write_with(path, lambda tmp: tmp.write_text(text))
+        return
+
+    def write(tmp: Path) -> None:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+        os.fchmod(fd, mode)  # the umask may have narrowed it
+        with os.fdopen(fd, "w") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+
+    write_with(path, write)
 
 
 def write_parquet(path: Path, frame: pd.DataFrame) -> None:

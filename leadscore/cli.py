@@ -241,7 +241,8 @@ def serve(
     store: Annotated[Path, typer.Option(help="Online feature store file")] = Path("features.db"),
     workers: Annotated[int, typer.Option(min=1, help="Worker processes")] = 1,
     api_keys: Annotated[
-        Path | None, typer.Option(help="Hashed API key file (else $LEADSCORE_API_KEYS)")
+        Path | None, typer.Option(help="Hashed API key file (else $LEADSCORE_API_KEYS, else "
+                                  "api_keys.json if there; see `leadscore keys`)")
     ] = None,
     host: Annotated[str, typer.Option(help="Bind address")] = "127.0.0.1",
 ) -> None:
@@ -250,6 +251,7 @@ def serve(
     import subprocess
 
     env = dict(os.environ, LEADSCORE_STORE=str(store.resolve()), LEADSCORE_WORKERS=str(workers))
+    api_keys = api_keys or (None if env.get("LEADSCORE_API_KEYS") else _default_key_file())
     if api_keys is not None:
         env["LEADSCORE_API_KEYS"] = str(api_keys.resolve())
     if not env.get("LEADSCORE_API_KEYS"):
@@ -258,6 +260,84 @@ def serve(
     cmd = [sys.executable, "-m", "bentoml", "serve",
            "leadscore.serving.service:LeadScoreService", "--port", str(port), "--host", host]
     raise typer.Exit(subprocess.call(cmd, env=env))
+
+
+keys_app = typer.Typer(
+    no_args_is_help=True,
+    help="API keys of the HTTP service: each bound to one tenant and its dealers, stored "
+    "only as a SHA-256 digest. A running service picks changes up within a second.",
+)
+app.add_typer(keys_app, name="keys")
+
+KeyFileOption = Annotated[Path | None, typer.Option(
+    "--file", help="Key file [default: $LEADSCORE_API_KEYS, else api_keys.json]")]
+
+
+def _default_key_file() -> Path | None:
+    from leadscore.serving.auth import DEFAULT_KEY_FILE
+
+    return DEFAULT_KEY_FILE if DEFAULT_KEY_FILE.exists() else None
+
+
+def _key_file(file: Path | None) -> Path:
+    import os
+
+    from leadscore.serving.auth import DEFAULT_KEY_FILE, ENV
+
+    return file or Path(os.environ.get(ENV) or DEFAULT_KEY_FILE)
+
+
+@keys_app.command("add")
+def keys_add(
+    tenant: Annotated[str, typer.Option(help="Tenant (dealer group) the key belongs to")],
+    dealers: Annotated[str, typer.Option(help="Dealer ids the key may see, comma-separated")],
+    name: Annotated[str | None, typer.Option(help="Label, e.g. the client using it")] = None,
+    file: KeyFileOption = None,
+) -> None:
+    """Make a key: printed once on stdout, only its digest is written (file mode 0600)."""
+    from leadscore.serving.auth import KeyFileError, add_key
+
+    path = _key_file(file)
+    try:
+        key, entry = add_key(path, tenant, dealers.split(","), name)
+    except KeyFileError as e:
+        _fail(str(e))
+    typer.echo(key)
+    typer.echo(f"added key {entry.id} for tenant {entry.tenant} ({', '.join(entry.dealers)}) "
+               f"to {path}; the key is shown only this once", err=True)
+
+
+@keys_app.command("list")
+def keys_list(file: KeyFileOption = None) -> None:
+    """The keys in the file: id, name, tenant, dealers, created (never a key)."""
+    from leadscore.serving.auth import KeyFileError, read_key_file
+
+    path = _key_file(file)
+    try:
+        keys = read_key_file(path).keys
+    except KeyFileError as e:
+        _fail(str(e))
+    typer.echo(f"{'id':12s}  {'name':16s}  {'tenant':16s}  {'created':20s}  dealers")
+    for e in keys:
+        created = e.created.strftime("%Y-%m-%dT%H:%M:%SZ") if e.created else "-"
+        typer.echo(f"{e.id:12s}  {e.name or '-':16s}  {e.tenant:16s}  {created:20s}  "
+                   f"{','.join(e.dealers)}")
+
+
+@keys_app.command("revoke")
+def keys_revoke(
+    key_id: Annotated[str, typer.Argument(metavar="ID", help="Key id from `keys list`")],
+    file: KeyFileOption = None,
+) -> None:
+    """Remove a key; requests with it get 401 once the service has read the file again."""
+    from leadscore.serving.auth import KeyFileError, revoke_key
+
+    path = _key_file(file)
+    try:
+        entry = revoke_key(path, key_id)
+    except KeyFileError as e:
+        _fail(str(e))
+    typer.echo(f"revoked key {entry.id} of tenant {entry.tenant} in {path}")
 
 
 @app.command()

@@ -157,7 +157,64 @@ def test_errors_over_http(server):
     r = httpx.post(url, content=b"x" * (MAX_BODY_BYTES + 1), timeout=30,
                    headers={**HEADERS, "Content-Type": "application/json"})
     assert r.status_code == 413
+    junk = b'{"leads": [' + b"[" * (MAX_BODY_BYTES - 100)  # the key is checked first
+    for headers in ({}, {"X-API-Key": "wrong"}):
+        t0 = time.monotonic()
+        r = httpx.post(url, content=junk, timeout=30,
+                       headers={**headers, "Content-Type": "application/json"})
+        assert r.status_code == 401 and time.monotonic() - t0 < 5
     assert httpx.get(server.url + "/readyz", timeout=10).status_code == 200  # still serving
+
+
+@pytest.fixture(scope="module")
+def bare_server(tmp_path_factory):
+    """The service with no registry and no models (not ready): enough for what answers
+    without scoring (metrics, docs, probes), and quick to start."""
+    root = tmp_path_factory.mktemp("bare")
+    path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)
+    env = dict(os.environ, PYTHONPATH=path, LEADSCORE_STORE=str(root / "features.db"),
+               LEADSCORE_API_KEYS=str(write_key_file(root / "keys.json",
+                                                     {"group": (KEY, ["D01"])})),
+               MLFLOW_TRACKING_URI=f"file:{root / 'no-registry'}",
+               BENTOML_HOME=str(root / "bentoml"), BENTOML_DO_NOT_TRACK="True")
+    s = Server(SERVICE, env, root / "server.log")
+    try:
+        s.wait("/livez")
+        yield s
+    finally:
+        s.stop()
+
+
+def test_made_up_paths_do_not_grow_metrics(bare_server):
+    """Each unknown path used to add series to /metrics for good (BentoML labels requests by
+    raw path): a scan of random URLs grew it by megabytes. Requests are labelled by route,
+    every unknown path in one bucket."""
+    import uuid
+
+    url = bare_server.url
+    with httpx.Client(timeout=10) as c:
+        for _ in range(3):  # every series the scan below can touch exists already
+            c.get(f"{url}/{uuid.uuid4().hex}")
+            c.get(f"{url}/metrics")
+        before = c.get(f"{url}/metrics").text
+        for _ in range(300):
+            assert c.get(f"{url}/{uuid.uuid4().hex}/{uuid.uuid4().hex}").status_code == 404
+        after = c.get(f"{url}/metrics").text
+    assert len(after) - len(before) < 500, (len(before), len(after))
+    assert re.search(r'^leadscore_http_request_total\{endpoint="unmatched",'
+                     r'http_response_code="404"\} (\d+)', after, re.M)
+    assert not re.search(r'endpoint="/[0-9a-f]{32}', after)
+
+
+def test_docs_work_offline(bare_server):
+    docs = httpx.get(bare_server.url + "/docs", timeout=10)
+    assert docs.status_code == 200 and not re.search(r"https?://", docs.text)
+    assets = re.findall(r'(?:src|href)="([^"]+)"', docs.text)
+    assert len(assets) >= 3
+    for asset in assets:
+        assert httpx.get(bare_server.url + asset, timeout=10).status_code == 200, asset
+    spec = httpx.get(bare_server.url + "/openapi.json", timeout=10).json()
+    assert spec["paths"]["/score"]["post"]["security"]
 
 
 def test_server_output_has_no_personal_data(server, http_env):

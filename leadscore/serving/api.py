@@ -8,24 +8,30 @@ counts, tenants and timings only — never lead payloads.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import logging
 import time
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Annotated, Literal
 from zoneinfo import available_timezones
 
 import pandas as pd
-from fastapi import FastAPI, Header, HTTPException, Request
+from fastapi import Body, FastAPI, HTTPException, Request, Security
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.responses import HTMLResponse, JSONResponse, Response
+from fastapi.security import APIKeyHeader
+from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from leadscore.schema import CHANNELS, OUTCOMES
 from leadscore.serving.auth import Tenant
 from leadscore.serving.coalesce import Coalescer
+from leadscore.serving.metrics import render as render_metrics
 from leadscore.serving.runtime import Runtime, features_from_inline, now_utc
 from leadscore.serving.scorer import MissingFeatures, Scorer
 from leadscore.serving.sharing import should_recycle
@@ -165,41 +171,129 @@ class ScoreRequest(BaseModel):
 
 
 class ReasonOut(BaseModel):
-    model: str
+    model: str = Field(description="The model whose score the reason explains")
     feature: str
-    value: float | str | None
-    contribution: float
-    sentence: str
+    value: float | str | None = Field(description="The lead's value of the feature")
+    contribution: float = Field(
+        description="Its share of the model's score (log-odds): positive raises it")
+    sentence: str = Field(description="The reason in words an advisor can read")
+
+
+Channel = Literal[CHANNELS]  # type: ignore[valid-type]
+CHANNEL_HELP = ("`phone`, `wechat` or `sms`, among those the dealer's contact rules allow at "
+                "that time")
 
 
 class SlotOut(BaseModel):
     start: datetime
-    channel: str
-    p_response: float
+    channel: Channel = Field(description=CHANNEL_HELP)
+    p_response: float = Field(description="Probability that the lead answers then")
 
 
 class LeadScore(BaseModel):
     lead_id: str
-    status: Literal["ok", "not_found"]
+    status: Literal["ok", "not_found"] = Field(
+        description="`ok`: scored; `not_found`: no such lead among the key's dealers (every "
+        "other field empty)")
     dealer_id: str | None = None
-    as_of: datetime | None = None
-    p_convert: float | None = None
-    lead_score: int | None = None
-    grade: str | None = None
-    p_inquiry: float | None = None
-    contact_urgency: str | None = None
-    best_slot_start: datetime | None = None
-    best_channel: str | None = None
-    p_response: float | None = None
-    p_churn: float | None = None
+    as_of: datetime | None = Field(None, description="Cutoff of the features scored")
+    p_convert: float | None = Field(
+        None, description="Calibrated probability that the lead orders within 30 days")
+    lead_score: int | None = Field(None, ge=0, le=100, description="`p_convert` as 0-100")
+    grade: Literal["A", "B", "C", "D"] | None = Field(
+        None, description="Band of `p_convert` by the conversion model's cut-offs (by "
+        "default): `A` at least 0.5, call first; `B` at least 0.25; `C` at least 0.1; `D` "
+        "below")
+    p_inquiry: float | None = Field(
+        None, description="Probability that the lead asks for a price, books a test drive, "
+        "calls or walks in within 72 hours")
+    contact_urgency: Literal["now", "within_3_days", "nurture"] | None = Field(
+        None, description="How soon to contact, from `p_inquiry` by the contact model's "
+        "cut-offs (by default): `now` at least 0.5, today; `within_3_days` at least 0.2; "
+        "`nurture` below, leave to the nurture programme")
+    best_slot_start: datetime | None = Field(
+        None, description="Start of the best allowed hour to contact in the next 72 hours")
+    best_channel: Channel | None = Field(  # type: ignore[valid-type]
+        None, description=f"Channel for `best_slot_start`: {CHANNEL_HELP}")
+    p_response: float | None = Field(
+        None, description="Probability that the lead answers at the best slot")
+    p_churn: float | None = Field(
+        None, description="Probability of no engagement within 30 days")
     next_slots: list[SlotOut] = Field(
         default_factory=list, description="the best few allowed slots of the next 72 hours")
     reasons: list[ReasonOut] = Field(default_factory=list)
-    model_versions: dict[str, str] = Field(default_factory=dict)
+    model_versions: dict[str, str] = Field(
+        default_factory=dict, description="Registry version of each model that scored")
 
 
 class ScoreResponse(BaseModel):
-    results: list[LeadScore]
+    results: list[LeadScore] = Field(description="One per lead, in request order")
+
+
+class FieldError(BaseModel):
+    field: str = Field(description="Path of the field, e.g. `leads.0.budget`, or `(body)`")
+    message: str
+
+
+class ErrorOut(BaseModel):
+    error: str = Field(description="What is wrong; starts with the field's path when one is")
+    errors: list[FieldError] | None = Field(None, description="Every invalid field (422)")
+    detail: str | None = None
+
+
+def _error_example(description: str, error: str, **extra) -> dict:
+    body = {"error": error, **extra} if extra else {"error": error, "detail": error}
+    return {"model": ErrorOut, "description": description,
+            "content": {"application/json": {"example": body}}}
+
+
+#: a real answer (the test suite's simulated dealer group), cut to two slots and three reasons
+RESPONSE_EXAMPLE = {"results": [{
+    "lead_id": "L0002256", "status": "ok", "dealer_id": "D02",
+    "as_of": "2026-06-03T00:00:00Z", "p_convert": 0.36507936507936506, "lead_score": 37,
+    "grade": "B", "p_inquiry": 0.8076923076923077, "contact_urgency": "now",
+    "best_slot_start": "2026-12-07T03:00:00Z", "best_channel": "phone",
+    "p_response": 0.4849884526558891, "p_churn": 0.0001,
+    "next_slots": [
+        {"start": "2026-12-07T03:00:00+00:00", "channel": "phone", "p_response": 0.485},
+        {"start": "2026-12-07T04:00:00+00:00", "channel": "phone", "p_response": 0.485},
+    ],
+    "reasons": [
+        {"model": "conversion", "feature": "events_3d", "value": 10.0,
+         "contribution": 0.552905, "sentence": "10 interactions in the last 3 days"},
+        {"model": "conversion", "feature": "days_since_finance_calc",
+         "value": 1.6767006081597222, "contribution": 0.394351,
+         "sentence": "Used the finance calculator 1.7 days ago"},
+        {"model": "conversion", "feature": "lead_age_days", "value": 59.31786181686343,
+         "contribution": -0.361652, "sentence": "Lead is 59 days old"},
+    ],
+    "model_versions": {"conversion": "1", "contact": "1", "churn": "1", "contact-slot": "1"},
+}, {
+    "lead_id": "L9999999", "status": "not_found", "dealer_id": None, "as_of": None,
+    "p_convert": None, "lead_score": None, "grade": None, "p_inquiry": None,
+    "contact_urgency": None, "best_slot_start": None, "best_channel": None,
+    "p_response": None, "p_churn": None, "next_slots": [], "reasons": [],
+    "model_versions": {},
+}]}
+
+SCORE_RESPONSES: dict = {
+    200: {"content": {"application/json": {"example": RESPONSE_EXAMPLE}}},
+    400: _error_example("the body is not JSON this service can read (text encoding or "
+                        "nesting too deep)",
+                        "(body): not JSON this service can read (encoding or nesting)"),
+    401: _error_example("`X-API-Key` missing or unknown; the body is not read",
+                        "missing or unknown X-API-Key"),
+    403: _error_example("an inline lead names a dealer outside the key's tenant",
+                        "leads.0.dealer_id: not a dealer of this API key's tenant"),
+    413: _error_example(f"body larger than {MAX_BODY_BYTES} bytes",
+                        f"body larger than {MAX_BODY_BYTES} bytes"),
+    422: _error_example("invalid request; `error` names the first invalid field, `errors` all",
+        "leads.0.budget: Input should be a valid number, unable to parse string as a number",
+        errors=[{"field": "leads.0.budget", "message": "Input should be a valid number, "
+                 "unable to parse string as a number"}]),
+    503: _error_example("models not loaded yet (see `/readyz`)",
+                        "models are not loaded yet"),
+}
 
 
 def _inline_frames(leads: list[LeadIn]) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
@@ -271,17 +365,25 @@ def _http_error_response(exc: StarletteHTTPException) -> JSONResponse:
                         status_code=exc.status_code, headers=exc.headers)
 
 
-async def _score(runtime: Runtime, coalescer: Coalescer, req: ScoreRequest,
-                 x_api_key: str | None) -> Response:
-    """``POST /score`` after validation, whichever way the request came in (the FastAPI route
-    or :class:`ScoreFastPath`). Raises ``HTTPException`` for the client's mistakes."""
-    t0 = time.perf_counter()
+def _admit(runtime: Runtime, x_api_key: str | None) -> tuple[Scorer, Tenant]:
+    """The scorer to use and the key's tenant, or ``HTTPException`` 503 (no models yet) or
+    401 (key missing or unknown). Needs no body: :class:`KeyCheck` calls it before one is
+    read, :func:`_score` again with the request in hand."""
     scorer = runtime.current()  # once: a reload mid-request cannot mix versions
     if scorer is None or not scorer.models:
         raise HTTPException(503, detail="models are not loaded yet")
     tenant = runtime.keys.verify(x_api_key)
     if tenant is None:
         raise HTTPException(401, detail="missing or unknown X-API-Key")
+    return scorer, tenant
+
+
+async def _score(runtime: Runtime, coalescer: Coalescer, req: ScoreRequest,
+                 x_api_key: str | None) -> Response:
+    """``POST /score`` after validation, whichever way the request came in (the FastAPI route
+    or :class:`ScoreFastPath`). Raises ``HTTPException`` for the client's mistakes."""
+    t0 = time.perf_counter()
+    scorer, tenant = _admit(runtime, x_api_key)
     n_inline = 0
     as_of = None
     for i, lead in enumerate(req.leads):
@@ -333,8 +435,7 @@ class ScoreFastPath:
         self.coalescer = coalescer
 
     async def __call__(self, scope, receive, send):
-        if scope["type"] != "http" or scope["method"] != "POST" or \
-                scope["path"][len(scope.get("root_path", "")):] != "/score":
+        if not _is_score(scope):
             return await self.app(scope, receive, send)
         key = None
         json_body = False
@@ -372,6 +473,39 @@ class ScoreFastPath:
         await response(scope, receive, send)
 
 
+def _is_score(scope) -> bool:
+    return scope["type"] == "http" and scope["method"] == "POST" and \
+        scope["path"][len(scope.get("root_path", "")):] == "/score"
+
+
+class KeyCheck:
+    """Answers ``POST /score`` without a known ``X-API-Key`` (or before the models are
+    loaded) from the headers alone, so no unauthenticated body is read, parsed or validated:
+    FastAPI reads and validates the body before it solves a route's dependencies, so a key
+    check there comes too late. The connection is closed, as the client may still be
+    sending."""
+
+    def __init__(self, app, runtime: Runtime):
+        self.app = app
+        self.runtime = runtime
+
+    async def __call__(self, scope, receive, send):
+        if not _is_score(scope):
+            return await self.app(scope, receive, send)
+        key = None
+        for name, value in scope["headers"]:
+            if name == b"x-api-key":
+                key = value.decode("latin-1")
+                break
+        try:
+            _admit(self.runtime, key)
+        except StarletteHTTPException as e:
+            response = _http_error_response(e)
+            response.headers["connection"] = "close"
+            return await response(scope, receive, send)
+        return await self.app(scope, receive, send)
+
+
 class BodyLimit:
     """Refuses bodies over ``max_bytes`` with 413: up front by ``Content-Length``, and while
     reading for chunked uploads that do not say their length."""
@@ -404,16 +538,65 @@ class BodyLimit:
         return await self.app(scope, limited, send)
 
 
+def _swagger_assets() -> Path | None:
+    """Swagger UI's files as BentoML ships them (its own index page uses them), so ``/docs``
+    works without reaching a CDN."""
+    spec = importlib.util.find_spec("bentoml")
+    for root in (spec.submodule_search_locations or []) if spec else []:
+        folder = Path(root) / "_internal" / "server" / "static_content"
+        if (folder / "swagger-ui-bundle.js").is_file():
+            return folder
+    log.warning("Swagger UI files not found in the bentoml package: /docs will be blank")
+    return None
+
+
+_EXAMPLES = ScoreRequest.model_config["json_schema_extra"]["examples"]
+ScoreBody = Annotated[ScoreRequest, Body(openapi_examples={
+    "by_id": {"summary": "Leads by id (features from the online store)",
+              "value": _EXAMPLES[0]},
+    "inline": {"summary": "A lead with its events inline (scored on the fly)",
+               "value": _EXAMPLES[1]},
+})]
+DOCS_ASSETS = "/docs/assets"
+api_key_header = APIKeyHeader(
+    name="X-API-Key", scheme_name="ApiKey", auto_error=False,
+    description="The tenant's key (`leadscore keys add`); it sees only that tenant's dealers.")
+
+
 def create_app(runtime: Runtime) -> FastAPI:
     app = FastAPI(
         title="leadscore",
         version="1",
         description="Lead score, contact timing and churn risk with reasons. Every request "
-        "needs an `X-API-Key` header; a key sees only its own dealers' leads.",
+        "needs an `X-API-Key` header (**Authorize** above); a key sees only its own dealers' "
+        "leads.",
+        docs_url=None,  # served below from local files
+        redoc_url=None,  # ReDoc comes from a CDN only
     )
     coalescer = Coalescer()
     app.add_middleware(ScoreFastPath, runtime=runtime, coalescer=coalescer)
     app.add_middleware(BodyLimit, max_bytes=MAX_BODY_BYTES)  # outside the fast path too
+    app.add_middleware(KeyCheck, runtime=runtime)  # outermost: before any body is read
+    assets = _swagger_assets()
+    if assets is not None:
+        app.mount(DOCS_ASSETS, StaticFiles(directory=assets), name="docs-assets")
+
+    @app.get("/docs", include_in_schema=False)
+    async def docs(request: Request) -> HTMLResponse:
+        root = request.scope.get("root_path", "")
+        return get_swagger_ui_html(
+            openapi_url=root + (app.openapi_url or "/openapi.json"),
+            title=f"{app.title} - Swagger UI",
+            swagger_js_url=f"{root}{DOCS_ASSETS}/swagger-ui-bundle.js",
+            swagger_css_url=f"{root}{DOCS_ASSETS}/swagger-ui.css",
+            swagger_favicon_url=f"{root}{DOCS_ASSETS}/favicon-light-32x32.png",
+            swagger_ui_parameters={"persistAuthorization": True},
+        )
+
+    @app.get("/metrics", include_in_schema=False)
+    async def metrics() -> Response:
+        body, content_type = await run_in_threadpool(render_metrics)
+        return Response(body, headers={"content-type": content_type})
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException):
@@ -436,16 +619,10 @@ def create_app(runtime: Runtime) -> FastAPI:
             status_code=422,
         )
 
-    @app.post("/score", response_model=ScoreResponse, responses={
-        401: {"description": "missing or unknown API key"},
-        403: {"description": "an inline lead names a dealer outside the key's tenant"},
-        413: {"description": "body too large"},
-        422: {"description": "invalid request; `error` names the field"},
-        503: {"description": "models not loaded yet"},
-    })
+    @app.post("/score", response_model=ScoreResponse, responses=SCORE_RESPONSES)
     async def score(
-        req: ScoreRequest,
-        x_api_key: Annotated[str | None, Header()] = None,
+        req: ScoreBody,
+        x_api_key: Annotated[str | None, Security(api_key_header)] = None,
     ) -> Response:
         return await _score(runtime, coalescer, req, x_api_key)
 

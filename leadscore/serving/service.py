@@ -1,15 +1,17 @@
 """The BentoML service: ``bentoml serve leadscore.serving.service:LeadScoreService``.
 
-BentoML owns the process model (workers, graceful shutdown), ``/healthz`` ``/livez``
-``/readyz`` and ``/metrics``; the scoring route is the FastAPI app of ``serving.api`` mounted at
-the root, so its pydantic contract and OpenAPI examples are served as written (JSON bodies
-that validate take ``serving.api.ScoreFastPath`` past FastAPI's routing to the same code;
-small requests that arrive together are scored in one pass, ``serving.coalesce``).
+BentoML owns the process model (workers, graceful shutdown), ``/healthz`` ``/livez`` and
+``/readyz``; ``/metrics`` is the service's own (``serving.metrics``: BentoML's HTTP metrics
+label by raw path, so made-up paths grew it without bound). The scoring route is the FastAPI
+app of ``serving.api`` mounted at the root, so its pydantic contract and OpenAPI examples are
+served as written (JSON bodies that validate take ``serving.api.ScoreFastPath`` past
+FastAPI's routing to the same code; small requests that arrive together are scored in one
+pass, ``serving.coalesce``).
 Settings come from the environment so a built Bento is configured at deploy time:
 
 - ``LEADSCORE_WORKERS`` worker processes (default 1; one per core is the usual choice)
 - ``LEADSCORE_STORE`` online feature store file (default ``features.db``)
-- ``LEADSCORE_API_KEYS`` hashed key file (see ``serving.auth``)
+- ``LEADSCORE_API_KEYS`` hashed key file (see ``serving.auth``; re-read when it changes)
 - ``LEADSCORE_RELOAD_SECONDS`` how often to look for a new champion (default 30; 0: never;
   a worker that has no models yet retries every 5 s either way)
 - ``LEADSCORE_BATCH_THREADS`` threads one big request is split over (default: cores/workers)
@@ -38,6 +40,7 @@ import bentoml
 
 from leadscore.serving.api import create_app
 from leadscore.serving.auth import KeyRing
+from leadscore.serving.metrics import HttpMetrics
 from leadscore.serving.runtime import Runtime
 from leadscore.serving.sharing import take_one_connection_per_wakeup
 from leadscore.serving.store import DEFAULT_STORE, OnlineStore
@@ -131,6 +134,8 @@ def _service_config() -> dict:
         "name": "leadscore",
         "workers": int(os.environ.get("LEADSCORE_WORKERS", "1")),
         "traffic": {"timeout": 30},
+        # BentoML's HTTP metrics label requests by raw path: ours (HttpMetrics) by route
+        "metrics": {"enabled": False},
     }
     if not _flag("LEADSCORE_ACCESS_LOG"):
         cfg["logging"] = {"access": {"enabled": False}}
@@ -185,3 +190,6 @@ class LeadScoreService:
 
     def __is_ready__(self) -> bool:
         return self.runtime.ready
+
+
+LeadScoreService.add_asgi_middleware(HttpMetrics, routes=http_app.routes)
