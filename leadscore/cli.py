@@ -246,9 +246,12 @@ def serve(
     ] = None,
     host: Annotated[str, typer.Option(help="Bind address")] = "127.0.0.1",
 ) -> None:
-    """Serve POST /score over HTTP with BentoML (champion models from the registry)."""
+    """Serve POST /score over HTTP with BentoML (champion models from the registry).
+
+    This process becomes ``bentoml serve`` (exec, not a child): a SIGTERM or SIGINT from
+    systemd, docker or a supervisor reaches the server itself and stops it and its workers,
+    rather than ending a parent and leaving the server answering on the port."""
     import os
-    import subprocess
 
     env = dict(os.environ, LEADSCORE_STORE=str(store.resolve()), LEADSCORE_WORKERS=str(workers))
     api_keys = api_keys or (None if env.get("LEADSCORE_API_KEYS") else _default_key_file())
@@ -259,7 +262,9 @@ def serve(
                     fg=typer.colors.YELLOW, err=True)
     cmd = [sys.executable, "-m", "bentoml", "serve",
            "leadscore.serving.service:LeadScoreService", "--port", str(port), "--host", host]
-    raise typer.Exit(subprocess.call(cmd, env=env))
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execve(sys.executable, cmd, env)
 
 
 keys_app = typer.Typer(

@@ -6,6 +6,7 @@ gap to the simulator's oracle. Every step uses the same code paths as the real c
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from pathlib import Path
@@ -138,7 +139,9 @@ def _serve_and_ask(workdir: Path, feats: pd.DataFrame, data: Path, as_of: pd.Tim
     cmd = [sys.executable, "-m", "leadscore.cli", "serve", "--port", str(port),
            "--store", str(workdir / "features.db"), "--api-keys", str(keys)]
     log = (workdir / "serve.log").open("w")
-    proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
+    # its own process group: stopping the demo's server stops every process it started
+    proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT,
+                            start_new_session=True)
     base = f"http://127.0.0.1:{port}"
     try:
         deadline = time.time() + 120
@@ -181,10 +184,21 @@ def _serve_and_ask(workdir: Path, feats: pd.DataFrame, data: Path, as_of: pd.Tim
         r = httpx.post(f"{base}/score", json=body, timeout=30)
         typer.echo(f"   without an API key → {r.status_code}")
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        _stop(proc)
         log.close()
     typer.echo("   service stopped")
+
+
+def _stop(proc, grace: float = 30) -> None:
+    """SIGTERM to the server (``leadscore serve`` execs ``bentoml serve``, which stops its
+    workers), then SIGKILL to whatever of its process group is still there."""
+    import os
+    import signal
+    import subprocess
+
+    proc.terminate()
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.wait(timeout=grace)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)  # the group outlives its leader only on failure
+    proc.wait()

@@ -21,7 +21,7 @@ import httpx
 import numpy as np
 import pytest
 
-from leadscore import registry
+from leadscore import models, registry
 from leadscore.serving import store as online
 from leadscore.serving.api import MAX_BODY_BYTES
 from leadscore.serving.auth import write_key_file
@@ -262,6 +262,12 @@ def test_built_bento_serves_without_the_registry(http_env, tmp_path):
                            timeout=600)
     assert build.returncode == 0, build.stdout[-3000:] + build.stderr[-3000:]
     tag = re.search(r"__tag__:(\S+)", build.stdout).group(1)
+    import bentoml
+
+    from leadscore.serving.runtime import champion_model
+
+    champions = {str(champion_model(n, registry.resolve(n))[0].tag) for n in models.NAMES}
+    assert {str(m.tag) for m in bentoml.bentos.get(tag).info.all_models} == champions
     env = dict(http_env.env, MLFLOW_TRACKING_URI=f"file:{tmp_path / 'no-registry'}")
     s = Server(tag, env, tmp_path / "bento.log")
     try:

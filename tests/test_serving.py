@@ -752,8 +752,9 @@ def test_a_half_copied_model_in_the_store_is_waited_for_or_imported_again(served
     from leadscore.artifact import META_FILE, find_artifact_dir
     from leadscore.serving import runtime as rt
 
-    version = registry.resolve("conversion").version
-    meta = find_artifact_dir(Path(bentoml.models.get(rt._bento_tag("conversion", version)).path))
+    res = registry.resolve("conversion")
+    tag = rt.champion_model("conversion", res)[0].tag  # the champion, under its identity
+    meta = find_artifact_dir(Path(bentoml.models.get(tag).path))
     meta = meta / META_FILE
     x = served.runtime.current().models["conversion"]
     rows = served.runtime.store.get_records(served.ids["north"][:5])
@@ -766,7 +767,7 @@ def test_a_half_copied_model_in_the_store_is_waited_for_or_imported_again(served
     got: dict = {}
     with rt._import_lock():
         t = threading.Thread(target=lambda: got.update(
-            m=rt._bento_model("conversion", version, "champion")[1]))
+            m=rt.champion_model("conversion", res)[1]))
         t.start()
         time.sleep(0.5)
         assert t.is_alive()  # waiting on the lock, not failed
@@ -778,10 +779,9 @@ def test_a_half_copied_model_in_the_store_is_waited_for_or_imported_again(served
     monkeypatch.undo()
     monkeypatch.setattr(rt, "_LOADED", {})
     meta.unlink()
-    m = rt._bento_model("conversion", version, "champion")[1]
+    m = rt.champion_model("conversion", res)[1]
     assert np.array_equal(m.predict_proba(pd.DataFrame(rows)), expected)
-    assert (find_artifact_dir(Path(bentoml.models.get(
-        rt._bento_tag("conversion", version)).path)) / META_FILE).is_file()
+    assert (find_artifact_dir(Path(bentoml.models.get(tag).path)) / META_FILE).is_file()
 
 
 def test_a_worker_without_models_retries_even_with_reloading_off(served, monkeypatch):

@@ -9,17 +9,20 @@ and none fail during the change.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 import os
+import re
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
 
 from leadscore import contract
-from leadscore.artifact import LeadModel, UnsupportedModel
+from leadscore.artifact import BOOSTER_FILE, META_FILE, LeadModel, UnsupportedModel
 from leadscore.features import job
 from leadscore.serving.auth import KeyRing
 from leadscore.serving.scorer import (
@@ -31,15 +34,74 @@ from leadscore.serving.store import OnlineStore
 log = logging.getLogger(__name__)
 
 BENTO_PREFIX = "leadscore-"
+#: the BentoML store is per user and shared by every checkout and registry on the machine: a
+#: store model is named by what it is (its MLflow run and a checksum of its files), and its
+#: labels say which registry, registered model and version it was imported from
+LABEL_REGISTRY = "leadscore_registry"
+LABEL_NAME = "registered_name"
+LABEL_VERSION = "registry_version"
+LABEL_RUN = "run_id"
+DIGEST_CHARS = 12
 
 
-def _bento_tag(name: str, version: str) -> str:
-    return f"{BENTO_PREFIX}{name}:v{version}"
+def registry_id(uri: str | None = None) -> str:
+    """A short hash naming the registry the tracking URI points at. Local stores are named by
+    their absolute path: the default ``sqlite:///mlruns.db`` in two folders is two registries."""
+    from urllib.parse import urlparse
+
+    from leadscore import registry
+
+    uri = uri or registry.tracking_uri()
+    if uri.startswith("sqlite:///"):
+        path, sep, query = uri.removeprefix("sqlite:///").partition("?")
+        uri = f"sqlite:///{Path(path).resolve()}{sep}{query}"
+    elif urlparse(uri).scheme in ("", "file"):
+        path = urlparse(uri).path if uri.startswith("file:") else uri
+        uri = Path(path).resolve().as_uri()
+    return hashlib.sha256(uri.encode()).hexdigest()[:DIGEST_CHARS]
 
 
-#: loaded artifacts by BentoML tag: a periodic reload that finds the same champions costs
-#: registry look-ups only, not re-parsing every model (which holds the GIL for tens of ms)
+def artifact_digest(directory: Path) -> str:
+    """A checksum of the files a :class:`LeadModel` is loaded from."""
+    h = hashlib.sha256()
+    for name in (META_FILE, BOOSTER_FILE):
+        data = (Path(directory) / name).read_bytes()
+        h.update(f"{name}:{len(data)}:".encode())
+        h.update(data)
+    return h.hexdigest()[:DIGEST_CHARS]
+
+
+@dataclass(frozen=True)
+class ModelIdentity:
+    """A registered model version as it is: run and checksum name it, the rest is where it
+    came from (a run id is random, so two registries never share one)."""
+
+    name: str
+    registered_name: str
+    version: str
+    run_id: str
+    digest: str
+    registry: str
+
+    @property
+    def tag(self) -> str:
+        run = re.sub(r"[^a-z0-9]+", "-", (self.run_id or "norun").lower()).strip("-")
+        return f"{BENTO_PREFIX}{self.name}:{run[:63 - DIGEST_CHARS - 1]}-{self.digest}"
+
+    @property
+    def labels(self) -> dict[str, str]:
+        return {"source": "mlflow-registry", LABEL_REGISTRY: self.registry,
+                LABEL_NAME: self.registered_name, LABEL_VERSION: self.version,
+                LABEL_RUN: self.run_id or ""}
+
+
+#: loaded artifacts by BentoML tag, path and registry version: a periodic reload that finds the
+#: same champions costs registry look-ups only, not re-parsing every model (which holds the GIL
+#: for tens of ms)
 _LOADED: dict[str, LeadModel] = {}
+#: checksums of registered versions by (registry, name, version, run): a registered version's
+#: files never change, so a process downloads each champion once to learn what it is
+_DIGESTS: dict[tuple[str, str, str, str], str] = {}
 #: a worker without models tries to load them again this often (see Runtime.retry_seconds)
 NOT_READY_RETRY_SECONDS = 5.0
 
@@ -60,22 +122,57 @@ def _import_lock():
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
-def _load_bento(bm) -> LeadModel:
-    """The artifact of a BentoML store model, parsed once per tag and path."""
+def _reported_version(bm) -> str:
+    """The registry version a store model was imported as (older stores: from its tag)."""
+    return bm.info.labels.get(LABEL_VERSION) or str(bm.tag.version).lstrip("v")
+
+
+def _load_bento(bm, version: str) -> LeadModel:
+    """The artifact of a BentoML store model, parsed once per tag, path and registry version.
+    Its files must match the checksum its tag names: a half-copied or altered model is an
+    error, not a different model."""
     from leadscore.artifact import find_artifact_dir
 
-    key = f"{bm.tag}@{bm.path}"
+    key = f"{bm.tag}@{bm.path}#{version}"
     lm = _LOADED.get(key)
     if lm is None:
-        lm = LeadModel.load(find_artifact_dir(Path(bm.path)))
-        lm.meta = {**lm.meta, "version": str(bm.tag.version).lstrip("v")}
+        directory = find_artifact_dir(Path(bm.path))
+        expected = str(bm.tag.version).rsplit("-", 1)[-1]
+        if len(expected) == DIGEST_CHARS and artifact_digest(directory) != expected:
+            raise ValueError(f"{bm.tag}: its files do not match the checksum in its tag")
+        lm = LeadModel.load(directory)
+        lm.meta = {**lm.meta, "version": version}
         _LOADED[key] = lm
     return lm
 
 
-def _bento_model(name: str, version: str | None, alias: str):
-    """The model of that registry version from the BentoML store, imported first if needed;
-    returns the store's model and its loaded artifact.
+def _identify(name: str, res) -> tuple[ModelIdentity, Path | None]:
+    """The identity of a resolved registry version; downloads it (into a folder the caller
+    must remove) unless this process has seen that version before."""
+    import tempfile
+
+    import mlflow
+
+    from leadscore import registry
+    from leadscore.artifact import find_artifact_dir
+
+    reg = registry_id()
+    key = (reg, res.name, res.version, res.run_id or "")
+    digest = _DIGESTS.get(key)
+    local = None
+    if digest is None:
+        registry.configure()
+        local = Path(tempfile.mkdtemp(prefix="leadscore-champion-"))
+        mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{res.name}/{res.version}",
+                                            dst_path=str(local))
+        digest = _DIGESTS[key] = artifact_digest(find_artifact_dir(local))
+    return ModelIdentity(name=name, registered_name=res.name, version=res.version,
+                         run_id=res.run_id or "", digest=digest, registry=reg), local
+
+
+def champion_model(name: str, res):
+    """The store model of a resolved registry version (``registry.resolve``), imported first
+    if the store does not hold it; returns the store's model and its loaded artifact.
 
     BentoML copies an imported model into its store file by file, so a worker starting beside
     one that is importing can find the model listed but not yet whole (and a crash mid-import
@@ -83,17 +180,23 @@ def _bento_model(name: str, version: str | None, alias: str):
     lock, which an importing worker holds until its copy is complete; if it still will not
     load, it is deleted and imported again. A store without the lock file (a built Bento on a
     read-only disk) is only written to when a model is missing or broken."""
+    import shutil
+
+    ident, local = _identify(name, res)
+    try:
+        return _get_or_import(ident, local, res)
+    finally:
+        if local is not None:
+            shutil.rmtree(local, ignore_errors=True)
+
+
+def _get_or_import(ident: ModelIdentity, local: Path | None, res):
     import bentoml
 
-    from leadscore import registry
-
-    if version is None:
-        bm = bentoml.models.get(f"{BENTO_PREFIX}{name}:latest")
-        return bm, _load_bento(bm)
-    tag = _bento_tag(name, version)
+    tag = ident.tag
     try:
         bm = bentoml.models.get(tag)
-        return bm, _load_bento(bm)
+        return bm, _load_bento(bm, ident.version)
     except bentoml.exceptions.NotFound:
         pass
     except UnsupportedModel:  # whole but unservable: importing it again cannot help
@@ -104,7 +207,7 @@ def _bento_model(name: str, version: str | None, alias: str):
     with _import_lock():
         try:
             bm = bentoml.models.get(tag)  # another worker imported it meanwhile
-            return bm, _load_bento(bm)
+            return bm, _load_bento(bm, ident.version)
         except bentoml.exceptions.NotFound:
             pass
         except UnsupportedModel:
@@ -113,19 +216,40 @@ def _bento_model(name: str, version: str | None, alias: str):
             log.warning("%s in the BentoML store is incomplete (%s); importing it again", tag,
                         type(e).__name__)
             bentoml.models.delete(tag)
-        bm = bentoml.mlflow.import_model(
-            tag, model_uri=f"models:/{registry.registered_name(name)}/{version}",
-            labels={"alias": alias, "source": "mlflow-registry"},
-        )
-        return bm, _load_bento(bm)
+        uri = str(local) if local is not None else f"models:/{res.name}/{res.version}"
+        bm = bentoml.mlflow.import_model(tag, model_uri=uri, labels=ident.labels)
+        return bm, _load_bento(bm, ident.version)
 
 
-def load_from_bento_store(names=ALL_MODELS, alias: str = "champion",
-                          num_threads: int = 1) -> Scorer:
+def _fallback_model(name: str, packed: Mapping[str, str]):
+    """The model to serve when the registry gives no champion: the one a built Bento packed,
+    else the newest in the store imported from this same registry (never another's)."""
+    import bentoml
+
+    if name in packed:
+        bm = bentoml.models.get(packed[name])
+        return bm, _load_bento(bm, _reported_version(bm))
+    reg = registry_id()
+    ours = []
+    for bm in bentoml.models.list(f"{BENTO_PREFIX}{name}"):
+        try:
+            if bm.info.labels.get(LABEL_REGISTRY) == reg:
+                ours.append(bm)
+        except Exception:  # a half-copied model: not a candidate
+            continue
+    if not ours:
+        raise bentoml.exceptions.NotFound(f"no {name} model from this registry in the store")
+    bm = max(ours, key=lambda m: m.info.creation_time)
+    return bm, _load_bento(bm, _reported_version(bm))
+
+
+def load_from_bento_store(names=ALL_MODELS, alias: str = "champion", num_threads: int = 1,
+                          packed: Mapping[str, str] | None = None) -> Scorer:
     """Resolve each champion in MLflow, import it into the BentoML store once, load it.
 
-    When the registry is unreachable or has no champion (a built Bento deployed on its own),
-    the newest model of that name already in the BentoML store is used.
+    When the registry is unreachable or has no champion, the model a built Bento packed is
+    used (``packed``: store tag by model name), else the newest model in the store that was
+    imported from this registry.
     """
     import bentoml
 
@@ -133,15 +257,17 @@ def load_from_bento_store(names=ALL_MODELS, alias: str = "champion",
 
     models = {}
     for name in names:
-        version = None
+        res = None
         try:
             res = registry.resolve(name, alias)
-            version = res.version if res else None
         except Exception as e:  # registry down: fall back to what the store has
             log.warning("registry unreachable for %s (%s); using the BentoML store", name,
                         type(e).__name__)
         try:
-            _, models[name] = _bento_model(name, version, alias)
+            if res is not None:
+                _, models[name] = champion_model(name, res)
+            else:
+                _, models[name] = _fallback_model(name, packed or {})
         except bentoml.exceptions.NotFound:
             log.warning("no %s model for %s: its columns stay null", alias, name)
     current = {id(m) for m in models.values()}

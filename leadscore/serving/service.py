@@ -31,6 +31,7 @@ objects alive after start-up (libraries, models) are frozen out of the cyclic co
 from __future__ import annotations
 
 import asyncio
+import functools
 import gc
 import logging
 import os
@@ -41,7 +42,7 @@ import bentoml
 from leadscore.serving.api import create_app
 from leadscore.serving.auth import KeyRing
 from leadscore.serving.metrics import HttpMetrics
-from leadscore.serving.runtime import Runtime
+from leadscore.serving.runtime import BENTO_PREFIX, Runtime, champion_model, load_from_bento_store
 from leadscore.serving.sharing import take_one_connection_per_wakeup
 from leadscore.serving.store import DEFAULT_STORE, OnlineStore
 
@@ -167,11 +168,57 @@ def _freeze_heap() -> None:
     gc.freeze()
 
 
+class ChampionModel(bentoml.models.BentoModel):
+    """A model the service declares so that ``bentoml build`` packs the champion of the
+    registry it is configured with (``MLFLOW_TRACKING_URI``), imported into the store under
+    its identity, rather than whatever model of that name the shared store holds. Serving
+    does not resolve it through BentoML: each worker's runtime follows the registry."""
+
+    def _champion(self) -> bentoml.models.BentoModel:
+        from leadscore import registry
+
+        name = self.tag.name.removeprefix(BENTO_PREFIX)
+        res = registry.resolve(name)
+        if res is None:
+            raise bentoml.exceptions.NotFound(
+                f"no champion of {name} in the registry (MLFLOW_TRACKING_URI): train and "
+                "promote one before building the Bento")
+        bm, _ = champion_model(name, res)
+        return bentoml.models.BentoModel(bm.tag)
+
+    def to_info(self, alias: str | None = None):
+        return self._champion().to_info(alias)
+
+    def to_create_schema(self):
+        return self._champion().to_create_schema()
+
+    def resolve(self, base_path=None):
+        return None
+
+
+def _packed_models() -> dict[str, str]:
+    """Store tag by model name of the models the built Bento being served packed (none when
+    serving from source)."""
+    bento = getattr(LeadScoreService, "bento", None)
+    if bento is None:
+        return {}
+    return {m.tag.name.removeprefix(BENTO_PREFIX): str(m.tag) for m in bento.info.all_models
+            if m.tag.name.startswith(BENTO_PREFIX)}
+
+
 @bentoml.service(**_service_config())
 @bentoml.asgi_app(http_app, path="/")
 class LeadScoreService:
+    # packed by `bentoml build`: the champions of the configured registry (ChampionModel)
+    conversion_model = ChampionModel(f"{BENTO_PREFIX}conversion")
+    contact_model = ChampionModel(f"{BENTO_PREFIX}contact")
+    churn_model = ChampionModel(f"{BENTO_PREFIX}churn")
+    contact_slot_model = ChampionModel(f"{BENTO_PREFIX}contact-slot")
+
     def __init__(self) -> None:
+        packed = _packed_models()
         self.runtime = Runtime(
+            loader=functools.partial(load_from_bento_store, packed=packed),
             store=OnlineStore(Path(os.environ.get("LEADSCORE_STORE", str(DEFAULT_STORE)))),
             keys=KeyRing.from_env(),
             reload_seconds=float(os.environ.get("LEADSCORE_RELOAD_SECONDS", "30")),
