@@ -139,7 +139,10 @@ def test_a_store_model_whose_files_differ_from_its_checksum_is_imported_again(tw
     a = two_registries["A"]
     _use(a, monkeypatch)
     rt.load_from_bento_store(names=["conversion"])
-    (stored,) = bentoml.models.list("leadscore-conversion")
+    # BentoML keeps the store it first opened in this process, which earlier tests share:
+    # pick A's model by its run id
+    (stored,) = [m for m in bentoml.models.list("leadscore-conversion")
+                 if m.info.labels[rt.LABEL_RUN] == a["run_id"]]
     booster = find_artifact_dir(Path(stored.path)) / BOOSTER_FILE
     text = booster.read_text()
     booster.write_text(text.replace("learning_rate: 0.1", "learning_rate: 0.2", 1))
