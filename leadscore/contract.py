@@ -5,6 +5,12 @@ it into pandas. Every input row ends in exactly one place: the clean table, the 
 (with the reason and the row number in its source file), or the count of exact duplicates. A
 file that is wrong as a whole (a missing column, a column of the wrong type) stops the job with
 a :class:`ContractError` that names the file and the column.
+
+Pre-lead history: an event or contact stamped before its lead's ``created_at`` is a valid row
+(CRMs often log the first call before the lead record). It is kept like any other, here, in the
+nightly intake and in inline HTTP rows, and features count it at every cutoff after it; but a
+lead exists only from ``created_at`` on, so it has features, a score or a training row only at
+cutoffs at or after it (:func:`lead_exists_sql`, the one place this is decided).
 """
 
 from __future__ import annotations
@@ -119,6 +125,13 @@ class Dataset:
 
     def frame(self, table: str) -> pd.DataFrame:
         return self.con.table(table).df()
+
+
+def lead_exists_sql(created_at: str, as_of: str) -> str:
+    """SQL: the lead (created at ``created_at``) exists at cutoff ``as_of``. Rows stamped
+    before it are its pre-lead history (see the module's docstring), never a reason to
+    quarantine; a cutoff before it gives the lead no feature row and no training row."""
+    return f"{created_at} <= {as_of}"
 
 
 def connect(threads: int | None = None, memory_limit: str | None = None):
