@@ -596,28 +596,76 @@ def register_frames(
     leads: pd.DataFrame,
     events: pd.DataFrame,
     contacts: pd.DataFrame | None = None,
-) -> None:
-    """Register already-valid in-memory frames as the clean tables (serving, tests, Spark
-    partitions). Missing optional columns are added as nulls so the feature SQL always finds
-    them."""
+    *,
+    clock: pd.Timestamp | None = None,
+) -> pd.DataFrame:
+    """Register in-memory frames as the clean tables (serving, tests). Missing optional
+    columns are added as nulls so the feature SQL always finds them.
+
+    With ``clock`` (inline HTTP rows), each row is checked by the very rules :func:`load`
+    quarantines by (:func:`_reasons`, ``clock`` being the run's clock): a row breaking one
+    stays out of its table, and the returned frame lists it (``table``, ``row``: its
+    position in the given frame, ``reason``, ``field``). Without ``clock`` the frames are
+    taken as already valid and nothing is returned."""
     frames = {"leads": leads, "events": events, "contacts": contacts}
+    bad: list[tuple[str, int, str, str]] = []
+    if clock is not None:
+        clock = pd.Timestamp(clock)
+        clock = clock.tz_localize("UTC") if clock.tzinfo is None else clock.tz_convert("UTC")
+        clock_sql = f"TIMESTAMPTZ '{clock.isoformat()}'"
+        con.execute("CREATE OR REPLACE TEMP TABLE _tz_names AS "
+                    "SELECT name FROM pg_timezone_names()")
     for table, df in frames.items():
         if df is None or not len(df.columns):
             _empty_table(con, table)
             continue
-        sel = []
-        for col in TABLES[table]:
-            naive = col.name in df.columns and pd.api.types.is_datetime64_dtype(df[col.name])
-            if naive and not isinstance(df[col.name].dtype, pd.DatetimeTZDtype):
-                expr = f"timezone('UTC', CAST(\"{col.name}\" AS TIMESTAMP))"  # naive = UTC
-            elif col.name in df.columns:
-                expr = f'CAST("{col.name}" AS {_SQL_TYPE[col.kind]})'
-            else:
-                expr = f"CAST(NULL AS {_SQL_TYPE[col.kind]})"
-            sel.append(f'{expr} AS "{col.name}"')
-        con.register(f"_in_{table}", df)
-        con.execute(
-            f"CREATE OR REPLACE TABLE {table} AS SELECT {', '.join(sel)} FROM _in_{table}"
-        )
+        if clock is None:
+            con.register(f"_in_{table}", df)
+            con.execute(f"CREATE OR REPLACE TABLE {table} AS "
+                        f"SELECT {_frame_select(table, df)} FROM _in_{table}")
+        else:
+            con.register(f"_in_{table}", df.assign(_row=range(len(df))))
+            bad += _checked_table(con, table, clock_sql)
         con.unregister(f"_in_{table}")
     con.execute(f"UPDATE leads SET tz = '{DEFAULT_TZ}' WHERE tz IS NULL")
+    return pd.DataFrame(bad, columns=["table", "row", "reason", "field"])
+
+
+def _frame_select(table: str, df: pd.DataFrame) -> str:
+    """The contract's columns of an already-valid frame, typed."""
+    sel = []
+    for col in TABLES[table]:
+        naive = col.name in df.columns and pd.api.types.is_datetime64_dtype(df[col.name])
+        if naive and not isinstance(df[col.name].dtype, pd.DatetimeTZDtype):
+            expr = f"timezone('UTC', CAST(\"{col.name}\" AS TIMESTAMP))"  # naive = UTC
+        elif col.name in df.columns:
+            expr = f'CAST("{col.name}" AS {_SQL_TYPE[col.kind]})'
+        else:
+            expr = f"CAST(NULL AS {_SQL_TYPE[col.kind]})"
+        sel.append(f'{expr} AS "{col.name}"')
+    return ", ".join(sel)
+
+
+def _checked_table(con, table: str, clock_sql: str) -> list[tuple[str, int, str, str]]:
+    """The registered frame ``_in_<table>`` (with its ``_row``) into the clean table
+    ``table``, typed and cleaned as :func:`_load_table` does it, without the rows that break
+    one of :func:`_reasons`' rules; returns those as (table, row, reason, field)."""
+    scan = f"_in_{table}"
+    cols = _check_columns(con, table, Path(f"(request {table})"), scan)
+    rules = _reasons(table, cols, clock_sql)
+    case = "CASE " + " ".join(f"WHEN {cond} THEN '{name}'" for name, cond, _ in rules) + " END"
+    typed = ", ".join(f'{_clean_value(table, n, c.typed())} AS "{n}"' for n, c in cols.items())
+    srcs = ", ".join(f"{'NULL' if c.family is None else c.q} AS {c.src}" for c in cols.values())
+    con.execute(
+        f"""CREATE OR REPLACE TEMP TABLE _chk_{table} AS SELECT *, {case} AS _reason
+        FROM (SELECT {typed}, {srcs}, _row FROM {scan})"""
+    )
+    names = ", ".join(f'"{n}"' for n in cols)
+    con.execute(f"CREATE OR REPLACE TABLE {table} AS SELECT {names} FROM _chk_{table} "
+                f"WHERE _reason IS NULL ORDER BY _row")
+    field_of = {name: fld for name, _, fld in rules}
+    out = [(table, int(r), reason, field_of[reason]) for r, reason in con.execute(
+        f"SELECT _row, _reason FROM _chk_{table} WHERE _reason IS NOT NULL ORDER BY _row"
+    ).fetchall()]
+    con.execute(f"DROP TABLE _chk_{table}")
+    return out
