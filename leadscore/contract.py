@@ -15,7 +15,10 @@ cutoffs at or after it (:func:`lead_exists_sql`, the one place this is decided).
 
 from __future__ import annotations
 
+import codecs
 import logging
+import os
+import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,6 +38,19 @@ EXAMPLES_PER_REASON = 3
 
 class ContractError(ValueError):
     """A file breaks the contract as a whole; the message names the file and the column."""
+
+
+class UnreadableFile(ContractError):
+    """A file that cannot be read at all (a truncated Parquet file, text in an encoding this
+    reader does not know); the one-line message names the file and what is wrong."""
+
+
+#: the encodings a CSV file is read in, the first the whole file decodes in: UTF-8 (with or
+#: without a byte order mark), then GB18030, the superset of GBK and GB2312 that Chinese CRMs
+#: export in by default (DuckDB reads UTF-8 only: such a file is converted on the way in); a
+#: file starting with a UTF-16 byte order mark is UTF-16
+CSV_ENCODINGS = ("utf-8", "gb18030")
+_CHUNK = 1 << 24
 
 
 @dataclass(frozen=True)
@@ -92,14 +108,17 @@ class TableReport:
     duplicates: int = 0
     quarantined: dict[str, int] = field(default_factory=dict)
     examples: dict[str, list[dict]] = field(default_factory=dict)
+    encoding: str | None = None  # a CSV file's text encoding
 
     @property
     def n_quarantined(self) -> int:
         return sum(self.quarantined.values())
 
     def lines(self) -> list[str]:
+        enc = (f" ({self.encoding.upper()} text)" if self.encoding not in (None, "utf-8")
+               else "")
         out = [
-            f"{self.table}: {self.rows_read:,} rows read from {self.file or '(absent)'}, "
+            f"{self.table}: {self.rows_read:,} rows read from {self.file or '(absent)'}{enc}, "
             f"{self.rows_ok:,} ok, {self.duplicates:,} exact duplicates dropped, "
             f"{self.n_quarantined:,} quarantined"
         ]
@@ -164,9 +183,53 @@ def _lit(text: str) -> str:
     return "'" + text.replace("'", "''") + "'"
 
 
-def _scan_sql(path: Path, files: Sequence[Path] | None = None) -> str:
+def _csv_encoding(path: Path) -> str:
+    """The first of :data:`CSV_ENCODINGS` the whole file decodes in (one read per encoding
+    tried, in large chunks); :class:`UnreadableFile` when none does."""
+    bad = None
+    with path.open("rb") as fh:
+        utf16 = fh.read(2) in (codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)
+    for enc in ("utf-16",) if utf16 else CSV_ENCODINGS:
+        dec, pos = codecs.getincrementaldecoder(enc)(), 0
+        try:
+            with path.open("rb") as fh:
+                for chunk in iter(lambda fh=fh: fh.read(_CHUNK), b""):
+                    dec.decode(chunk)
+                    pos += len(chunk)
+                dec.decode(b"", final=True)
+            return enc
+        except UnicodeDecodeError as e:
+            if bad is None:  # where UTF-8 fails: the place to look at
+                at = max(0, pos - len(dec.getstate()[0]) + e.start)
+                bad = (at, e.object[e.start:e.start + 1].hex())
+    at, byte = bad
+    with path.open("rb") as fh:
+        line = fh.read(at).count(b"\n") + 1
+    what = "UTF-16 text with a byte order mark" if utf16 else "UTF-8 text"
+    also = "" if utf16 else ", nor GB18030/GBK"
+    raise UnreadableFile(
+        f"{path}: not {what} (byte 0x{byte} on line {line:,}){also}; convert it to UTF-8 "
+        f"and put that in its place: iconv -f ENCODING -t UTF-8 {path.name} > "
+        f"{path.stem}.utf8.csv, ENCODING being what it was exported in (BIG5, SHIFT_JIS, "
+        f"WINDOWS-1252...)")
+
+
+def _to_utf8(path: Path, encoding: str) -> Path:
+    """A temporary UTF-8 copy of a text file (the caller deletes it)."""
+    fd, tmp = tempfile.mkstemp(suffix=".csv", prefix="leadscore-utf8-")
+    dec = codecs.getincrementaldecoder(encoding)()
+    with path.open("rb") as src, os.fdopen(fd, "w", encoding="utf-8", newline="") as dst:
+        for chunk in iter(lambda: src.read(_CHUNK), b""):
+            dst.write(dec.decode(chunk))
+        dst.write(dec.decode(b"", final=True))
+    return Path(tmp)
+
+
+def _scan_sql(path: Path, files: Sequence[Path] | None = None,
+              text: Path | None = None) -> str:
     """The file's rows plus ``_file`` (its source file) and ``_row`` (0-based row in that file).
-    ``files``: only these Parquet files of the folder ``path``."""
+    ``files``: only these Parquet files of the folder ``path``; ``text``: a UTF-8 copy of the
+    CSV file ``path`` to read instead."""
     p = _lit(str(path))
     if path.is_dir():
         glob = (_lit(f"{path}/**/*.parquet") if files is None
@@ -179,7 +242,7 @@ def _scan_sql(path: Path, files: Sequence[Path] | None = None) -> str:
     if path.suffix == ".csv":
         return (
             f"(SELECT *, {p} AS _file, row_number() OVER () - 1 AS _row "
-            f"FROM read_csv({p}, all_varchar=true, header=true))"
+            f"FROM read_csv({_lit(str(text or path))}, all_varchar=true, header=true))"
         )
     return (
         f"(SELECT * EXCLUDE (file_row_number), {p} AS _file, file_row_number AS _row "
@@ -427,14 +490,23 @@ def _load_table(con, table: str, path: Path | None, clock_sql: str,
             raise ContractError(f"no {table}.parquet, {table}.csv or {table}/ folder found")
         _empty_table(con, table)
         return rep
-    scan = _scan_sql(path, files)
     # what a whole-file error names: the file itself when one new file is read
     where = path if not files else files[0] if len(files) == 1 else Path(
         f"{path} (new files {', '.join(f.name for f in files)})")
-    cols = _check_columns(con, table, where, scan)
-    if path.suffix == ".csv":  # parse the text once; the passes below read it several times
-        con.execute(f"CREATE OR REPLACE TEMP TABLE _src_{table} AS SELECT * FROM {scan}")
-        scan = f"_src_{table}"
+    text = None
+    if path.suffix == ".csv":
+        rep.encoding = _csv_encoding(path)
+        if rep.encoding != "utf-8":
+            text = _to_utf8(path, rep.encoding)
+    scan = _scan_sql(path, files, text)
+    try:
+        cols = _check_columns(con, table, where, scan)
+        if path.suffix == ".csv":  # parse the text once; the passes below read it many times
+            con.execute(f"CREATE OR REPLACE TEMP TABLE _src_{table} AS SELECT * FROM {scan}")
+            scan = f"_src_{table}"
+    finally:
+        if text is not None:
+            text.unlink()
     _check_parse_rates(con, where, scan, cols)
     rep.rows_read = con.execute(f"SELECT count(*) FROM {scan}").fetchall()[0][0]
 
@@ -574,11 +646,14 @@ def load(
             _empty_table(con, table)
             reports[table] = TableReport(table=table, file=f"{path} (no new files)")
             continue
-        reports[table] = _load_table(
-            con, table, path, clock_sql, quarantine_dir,
-            None if table == "leads" else sink, files=new_files, prior=prior is not None,
-            row_hash=row_hash or prior is not None,
-        )
+        try:
+            reports[table] = _load_table(
+                con, table, path, clock_sql, quarantine_dir,
+                None if table == "leads" else sink, files=new_files, prior=prior is not None,
+                row_hash=row_hash or prior is not None,
+            )
+        except (duckdb.IOException, duckdb.InvalidInputException) as e:
+            raise UnreadableFile(_unreadable(path, e)) from None
     con.execute(f"UPDATE leads SET tz = '{DEFAULT_TZ}' WHERE tz IS NULL")
     if sink is not None:
         sink(con, "leads", "SELECT * FROM leads")
@@ -589,6 +664,18 @@ def load(
         for line in rep.lines():
             log.info(line)
     return Dataset(con=con, reports=reports, quarantine_dir=quarantine_dir)
+
+
+def _unreadable(path: Path, e: Exception) -> str:
+    """One line for a file DuckDB could not read: the file, the format, DuckDB's first line
+    (which names the file of a folder that failed; the lines after it may quote row data)."""
+    first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    for prefix in ("Invalid Input Error: ", "IO Error: "):
+        first = first.removeprefix(prefix)
+    kind = "CSV" if path.suffix == ".csv" else "Parquet"
+    hint = "; it may be truncated or not Parquet at all: copy or export it again" \
+        if kind == "Parquet" else ""
+    return f"{path}: cannot be read as {kind}: {first}{hint}"
 
 
 def register_frames(
