@@ -275,6 +275,11 @@ def test_null_sources_and_pre_lead_contacts_train_the_slot_model_and_its_policy(
     before = [int((contacts["lead_id"].eq(r.lead_id) & (contacts["ts"] < r.as_of)).sum())
               for r in later.itertuples()]
     assert later["contact_attempts"].tolist() == before
+    assert (later["uncontacted_hours"] == 0).all()  # called before its record: no wait
+    from leadscore.features import job
+    end = pd.Timestamp(contacts["ts"].max()).ceil("D")
+    at_end = job.to_pandas(job.compute(ds.con, [end])).set_index("lead_id").loc[sorted(moved)]
+    assert (at_end["uncontacted_hours"] == 0).all()  # the batch's computation too
 
     pol = LoggingPolicy.fit(ts.frame)
     assert pol.booster is not None and "source" in pol.inputs

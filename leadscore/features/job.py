@@ -532,8 +532,9 @@ def _per_cutoff_sql(plan: _Plan, grid: _Grid, cut: _Cut, t: dict[str, str], only
                 "days_since": f"({us} - xc.last_t) / {US_PER_DAY}.0",
                 "days_since_response": f"({us} - xc.last_resp_t) / {US_PER_DAY}.0",
                 "unanswered_streak": "CAST(coalesce(xc.streak, 0) AS DOUBLE)",
-                "uncontacted_hours": (f"(coalesce(xc.first_t, {us}) - b.created_us) / "
-                                      f"{US_PER_HOUR}.0"),
+                # a lead called before its record was made (pre-lead history) waited 0 hours
+                "uncontacted_hours": (f"greatest(coalesce(xc.first_t, {us}) - b.created_us, 0)"
+                                      f" / {US_PER_HOUR}.0"),
             }[f.stat]
         sel.append(f'{e} AS "{f.name}"')
     where = "TRUE" if cut.group else f"b.created_us <= {us}"
@@ -1150,7 +1151,7 @@ def contact_stats(c: dict, n: int, a: int, feats: Sequence[cat.ContactStat],
             elif f.stat == "unanswered_streak":
                 v = np.bincount(k, weights=t > last_resp_t[k], minlength=n)
             else:  # uncontacted_hours
-                v = (np.where(seen, first, a) - created_us) / US_PER_HOUR
+                v = np.maximum(np.where(seen, first, a) - created_us, 0) / US_PER_HOUR
             res[f.name] = v
     return res
 
