@@ -16,6 +16,7 @@ cutoffs at or after it (:func:`lead_exists_sql`, the one place this is decided).
 from __future__ import annotations
 
 import codecs
+import functools
 import logging
 import os
 import tempfile
@@ -144,6 +145,18 @@ class Dataset:
 
     def frame(self, table: str) -> pd.DataFrame:
         return self.con.table(table).df()
+
+
+@functools.cache
+def time_zones() -> frozenset[str]:
+    """The zone names a lead's ``tz`` may take: DuckDB's, since local hours are computed in
+    DuckDB (a row with another is quarantined as ``unknown_tz``)."""
+    con = duckdb.connect()
+    try:
+        return frozenset(
+            r[0] for r in con.execute("SELECT name FROM pg_timezone_names()").fetchall())
+    finally:
+        con.close()
 
 
 def lead_exists_sql(created_at: str, as_of: str) -> str:
@@ -741,7 +754,13 @@ def _checked_table(con, table: str, clock_sql: str) -> list[tuple[str, int, str,
     cols = _check_columns(con, table, Path(f"(request {table})"), scan)
     rules = _reasons(table, cols, clock_sql)
     case = "CASE " + " ".join(f"WHEN {cond} THEN '{name}'" for name, cond, _ in rules) + " END"
-    typed = ", ".join(f'{_clean_value(table, n, c.typed())} AS "{n}"' for n, c in cols.items())
+
+    def value(n: str, c: _Col) -> str:
+        if n == "lead_id" and not c.empty:  # the request's own key, which its answer is
+            return f"NULLIF(CAST({c.q} AS VARCHAR), '')"  # keyed by: taken as sent
+        return _clean_value(table, n, c.typed())
+
+    typed = ", ".join(f'{value(n, c)} AS "{n}"' for n, c in cols.items())
     srcs = ", ".join(f"{'NULL' if c.family is None else c.q} AS {c.src}" for c in cols.values())
     con.execute(
         f"""CREATE OR REPLACE TEMP TABLE _chk_{table} AS SELECT *, {case} AS _reason

@@ -23,6 +23,7 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from leadscore import contract
 from leadscore.schema import CHANNELS, OUTCOMES
 from leadscore.serving.auth import Tenant
 from leadscore.serving.coalesce import Coalescer
@@ -47,7 +48,8 @@ CLOCK_SKEW = timedelta(minutes=5)
 #: inside pandas' nanosecond range (from 1677) that a feature window reaching back from it
 #: never overflows
 EARLIEST = datetime(1900, 1, 1, tzinfo=UTC)
-_ZONES = frozenset(available_timezones())
+#: the zones a lead's ``tz`` may name: Python's (the slot grid) that the contract knows too
+ZONES = frozenset(available_timezones()) & contract.time_zones()
 
 Finite = Annotated[float, Field(allow_inf_nan=False)]
 Id = Annotated[str, Field(min_length=1, max_length=128)]
@@ -117,7 +119,7 @@ class LeadIn(BaseModel):
     @field_validator("tz")
     @classmethod
     def _zone(cls, v):
-        if v is not None and v not in _ZONES:
+        if v is not None and v not in ZONES:
             raise ValueError(f"unknown IANA time zone {v!r}")
         return v
 
