@@ -253,7 +253,8 @@ def _inline_frames(leads: list[tuple[int, LeadIn]]
             frame(crows, ["ts"]), paths)
 
 
-_EMPTY = {k: None for k in LeadScore.model_fields if k not in ("lead_id", "status")}
+_EMPTY = {k: None for k in LeadScore.model_fields
+          if k not in ("lead_id", "status", "quarantined")}  # that one: inline leads only
 
 
 def _not_found(lead_id: str) -> dict:
