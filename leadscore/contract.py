@@ -5,11 +5,21 @@ it into pandas. Every input row ends in exactly one place: the clean table, the 
 (with the reason and the row number in its source file), or the count of exact duplicates. A
 file that is wrong as a whole (a missing column, a column of the wrong type) stops the job with
 a :class:`ContractError` that names the file and the column.
+
+Pre-lead history: an event or contact stamped before its lead's ``created_at`` is a valid row
+(CRMs often log the first call before the lead record). It is kept like any other, here, in the
+nightly intake and in inline HTTP rows, and features count it at every cutoff after it; but a
+lead exists only from ``created_at`` on, so it has features, a score or a training row only at
+cutoffs at or after it (:func:`lead_exists_sql`, the one place this is decided).
 """
 
 from __future__ import annotations
 
+import codecs
+import functools
 import logging
+import os
+import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +39,19 @@ EXAMPLES_PER_REASON = 3
 
 class ContractError(ValueError):
     """A file breaks the contract as a whole; the message names the file and the column."""
+
+
+class UnreadableFile(ContractError):
+    """A file that cannot be read at all (a truncated Parquet file, text in an encoding this
+    reader does not know); the one-line message names the file and what is wrong."""
+
+
+#: the encodings a CSV file is read in, the first the whole file decodes in: UTF-8 (with or
+#: without a byte order mark), then GB18030, the superset of GBK and GB2312 that Chinese CRMs
+#: export in by default (DuckDB reads UTF-8 only: such a file is converted on the way in); a
+#: file starting with a UTF-16 byte order mark is UTF-16
+CSV_ENCODINGS = ("utf-8", "gb18030")
+_CHUNK = 1 << 24
 
 
 @dataclass(frozen=True)
@@ -86,14 +109,17 @@ class TableReport:
     duplicates: int = 0
     quarantined: dict[str, int] = field(default_factory=dict)
     examples: dict[str, list[dict]] = field(default_factory=dict)
+    encoding: str | None = None  # a CSV file's text encoding
 
     @property
     def n_quarantined(self) -> int:
         return sum(self.quarantined.values())
 
     def lines(self) -> list[str]:
+        enc = (f" ({self.encoding.upper()} text)" if self.encoding not in (None, "utf-8")
+               else "")
         out = [
-            f"{self.table}: {self.rows_read:,} rows read from {self.file or '(absent)'}, "
+            f"{self.table}: {self.rows_read:,} rows read from {self.file or '(absent)'}{enc}, "
             f"{self.rows_ok:,} ok, {self.duplicates:,} exact duplicates dropped, "
             f"{self.n_quarantined:,} quarantined"
         ]
@@ -119,6 +145,25 @@ class Dataset:
 
     def frame(self, table: str) -> pd.DataFrame:
         return self.con.table(table).df()
+
+
+@functools.cache
+def time_zones() -> frozenset[str]:
+    """The zone names a lead's ``tz`` may take: DuckDB's, since local hours are computed in
+    DuckDB (a row with another is quarantined as ``unknown_tz``)."""
+    con = duckdb.connect()
+    try:
+        return frozenset(
+            r[0] for r in con.execute("SELECT name FROM pg_timezone_names()").fetchall())
+    finally:
+        con.close()
+
+
+def lead_exists_sql(created_at: str, as_of: str) -> str:
+    """SQL: the lead (created at ``created_at``) exists at cutoff ``as_of``. Rows stamped
+    before it are its pre-lead history (see the module's docstring), never a reason to
+    quarantine; a cutoff before it gives the lead no feature row and no training row."""
+    return f"{created_at} <= {as_of}"
 
 
 def connect(threads: int | None = None, memory_limit: str | None = None):
@@ -151,9 +196,53 @@ def _lit(text: str) -> str:
     return "'" + text.replace("'", "''") + "'"
 
 
-def _scan_sql(path: Path, files: Sequence[Path] | None = None) -> str:
+def _csv_encoding(path: Path) -> str:
+    """The first of :data:`CSV_ENCODINGS` the whole file decodes in (one read per encoding
+    tried, in large chunks); :class:`UnreadableFile` when none does."""
+    bad = None
+    with path.open("rb") as fh:
+        utf16 = fh.read(2) in (codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)
+    for enc in ("utf-16",) if utf16 else CSV_ENCODINGS:
+        dec, pos = codecs.getincrementaldecoder(enc)(), 0
+        try:
+            with path.open("rb") as fh:
+                for chunk in iter(lambda fh=fh: fh.read(_CHUNK), b""):
+                    dec.decode(chunk)
+                    pos += len(chunk)
+                dec.decode(b"", final=True)
+            return enc
+        except UnicodeDecodeError as e:
+            if bad is None:  # where UTF-8 fails: the place to look at
+                at = max(0, pos - len(dec.getstate()[0]) + e.start)
+                bad = (at, e.object[e.start:e.start + 1].hex())
+    at, byte = bad
+    with path.open("rb") as fh:
+        line = fh.read(at).count(b"\n") + 1
+    what = "UTF-16 text with a byte order mark" if utf16 else "UTF-8 text"
+    also = "" if utf16 else ", nor GB18030/GBK"
+    raise UnreadableFile(
+        f"{path}: not {what} (byte 0x{byte} on line {line:,}){also}; convert it to UTF-8 "
+        f"and put that in its place: iconv -f ENCODING -t UTF-8 {path.name} > "
+        f"{path.stem}.utf8.csv, ENCODING being what it was exported in (BIG5, SHIFT_JIS, "
+        f"WINDOWS-1252...)")
+
+
+def _to_utf8(path: Path, encoding: str) -> Path:
+    """A temporary UTF-8 copy of a text file (the caller deletes it)."""
+    fd, tmp = tempfile.mkstemp(suffix=".csv", prefix="leadscore-utf8-")
+    dec = codecs.getincrementaldecoder(encoding)()
+    with path.open("rb") as src, os.fdopen(fd, "w", encoding="utf-8", newline="") as dst:
+        for chunk in iter(lambda: src.read(_CHUNK), b""):
+            dst.write(dec.decode(chunk))
+        dst.write(dec.decode(b"", final=True))
+    return Path(tmp)
+
+
+def _scan_sql(path: Path, files: Sequence[Path] | None = None,
+              text: Path | None = None) -> str:
     """The file's rows plus ``_file`` (its source file) and ``_row`` (0-based row in that file).
-    ``files``: only these Parquet files of the folder ``path``."""
+    ``files``: only these Parquet files of the folder ``path``; ``text``: a UTF-8 copy of the
+    CSV file ``path`` to read instead."""
     p = _lit(str(path))
     if path.is_dir():
         glob = (_lit(f"{path}/**/*.parquet") if files is None
@@ -166,7 +255,7 @@ def _scan_sql(path: Path, files: Sequence[Path] | None = None) -> str:
     if path.suffix == ".csv":
         return (
             f"(SELECT *, {p} AS _file, row_number() OVER () - 1 AS _row "
-            f"FROM read_csv({p}, all_varchar=true, header=true))"
+            f"FROM read_csv({_lit(str(text or path))}, all_varchar=true, header=true))"
         )
     return (
         f"(SELECT * EXCLUDE (file_row_number), {p} AS _file, file_row_number AS _row "
@@ -414,14 +503,23 @@ def _load_table(con, table: str, path: Path | None, clock_sql: str,
             raise ContractError(f"no {table}.parquet, {table}.csv or {table}/ folder found")
         _empty_table(con, table)
         return rep
-    scan = _scan_sql(path, files)
     # what a whole-file error names: the file itself when one new file is read
     where = path if not files else files[0] if len(files) == 1 else Path(
         f"{path} (new files {', '.join(f.name for f in files)})")
-    cols = _check_columns(con, table, where, scan)
-    if path.suffix == ".csv":  # parse the text once; the passes below read it several times
-        con.execute(f"CREATE OR REPLACE TEMP TABLE _src_{table} AS SELECT * FROM {scan}")
-        scan = f"_src_{table}"
+    text = None
+    if path.suffix == ".csv":
+        rep.encoding = _csv_encoding(path)
+        if rep.encoding != "utf-8":
+            text = _to_utf8(path, rep.encoding)
+    scan = _scan_sql(path, files, text)
+    try:
+        cols = _check_columns(con, table, where, scan)
+        if path.suffix == ".csv":  # parse the text once; the passes below read it many times
+            con.execute(f"CREATE OR REPLACE TEMP TABLE _src_{table} AS SELECT * FROM {scan}")
+            scan = f"_src_{table}"
+    finally:
+        if text is not None:
+            text.unlink()
     _check_parse_rates(con, where, scan, cols)
     rep.rows_read = con.execute(f"SELECT count(*) FROM {scan}").fetchall()[0][0]
 
@@ -561,11 +659,14 @@ def load(
             _empty_table(con, table)
             reports[table] = TableReport(table=table, file=f"{path} (no new files)")
             continue
-        reports[table] = _load_table(
-            con, table, path, clock_sql, quarantine_dir,
-            None if table == "leads" else sink, files=new_files, prior=prior is not None,
-            row_hash=row_hash or prior is not None,
-        )
+        try:
+            reports[table] = _load_table(
+                con, table, path, clock_sql, quarantine_dir,
+                None if table == "leads" else sink, files=new_files, prior=prior is not None,
+                row_hash=row_hash or prior is not None,
+            )
+        except (duckdb.IOException, duckdb.InvalidInputException) as e:
+            raise UnreadableFile(_unreadable(path, e)) from None
     con.execute(f"UPDATE leads SET tz = '{DEFAULT_TZ}' WHERE tz IS NULL")
     if sink is not None:
         sink(con, "leads", "SELECT * FROM leads")
@@ -578,33 +679,99 @@ def load(
     return Dataset(con=con, reports=reports, quarantine_dir=quarantine_dir)
 
 
+def _unreadable(path: Path, e: Exception) -> str:
+    """One line for a file DuckDB could not read: the file, the format, DuckDB's first line
+    (which names the file of a folder that failed; the lines after it may quote row data)."""
+    first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    for prefix in ("Invalid Input Error: ", "IO Error: "):
+        first = first.removeprefix(prefix)
+    kind = "CSV" if path.suffix == ".csv" else "Parquet"
+    hint = "; it may be truncated or not Parquet at all: copy or export it again" \
+        if kind == "Parquet" else ""
+    return f"{path}: cannot be read as {kind}: {first}{hint}"
+
+
 def register_frames(
     con: duckdb.DuckDBPyConnection,
     leads: pd.DataFrame,
     events: pd.DataFrame,
     contacts: pd.DataFrame | None = None,
-) -> None:
-    """Register already-valid in-memory frames as the clean tables (serving, tests, Spark
-    partitions). Missing optional columns are added as nulls so the feature SQL always finds
-    them."""
+    *,
+    clock: pd.Timestamp | None = None,
+) -> pd.DataFrame:
+    """Register in-memory frames as the clean tables (serving, tests). Missing optional
+    columns are added as nulls so the feature SQL always finds them.
+
+    With ``clock`` (inline HTTP rows), each row is checked by the very rules :func:`load`
+    quarantines by (:func:`_reasons`, ``clock`` being the run's clock): a row breaking one
+    stays out of its table, and the returned frame lists it (``table``, ``row``: its
+    position in the given frame, ``reason``, ``field``). Without ``clock`` the frames are
+    taken as already valid and nothing is returned."""
     frames = {"leads": leads, "events": events, "contacts": contacts}
+    bad: list[tuple[str, int, str, str]] = []
+    if clock is not None:
+        clock = pd.Timestamp(clock)
+        clock = clock.tz_localize("UTC") if clock.tzinfo is None else clock.tz_convert("UTC")
+        clock_sql = f"TIMESTAMPTZ '{clock.isoformat()}'"
+        con.execute("CREATE OR REPLACE TEMP TABLE _tz_names AS "
+                    "SELECT name FROM pg_timezone_names()")
     for table, df in frames.items():
         if df is None or not len(df.columns):
             _empty_table(con, table)
             continue
-        sel = []
-        for col in TABLES[table]:
-            naive = col.name in df.columns and pd.api.types.is_datetime64_dtype(df[col.name])
-            if naive and not isinstance(df[col.name].dtype, pd.DatetimeTZDtype):
-                expr = f"timezone('UTC', CAST(\"{col.name}\" AS TIMESTAMP))"  # naive = UTC
-            elif col.name in df.columns:
-                expr = f'CAST("{col.name}" AS {_SQL_TYPE[col.kind]})'
-            else:
-                expr = f"CAST(NULL AS {_SQL_TYPE[col.kind]})"
-            sel.append(f'{expr} AS "{col.name}"')
-        con.register(f"_in_{table}", df)
-        con.execute(
-            f"CREATE OR REPLACE TABLE {table} AS SELECT {', '.join(sel)} FROM _in_{table}"
-        )
+        if clock is None:
+            con.register(f"_in_{table}", df)
+            con.execute(f"CREATE OR REPLACE TABLE {table} AS "
+                        f"SELECT {_frame_select(table, df)} FROM _in_{table}")
+        else:
+            con.register(f"_in_{table}", df.assign(_row=range(len(df))))
+            bad += _checked_table(con, table, clock_sql)
         con.unregister(f"_in_{table}")
     con.execute(f"UPDATE leads SET tz = '{DEFAULT_TZ}' WHERE tz IS NULL")
+    return pd.DataFrame(bad, columns=["table", "row", "reason", "field"])
+
+
+def _frame_select(table: str, df: pd.DataFrame) -> str:
+    """The contract's columns of an already-valid frame, typed."""
+    sel = []
+    for col in TABLES[table]:
+        naive = col.name in df.columns and pd.api.types.is_datetime64_dtype(df[col.name])
+        if naive and not isinstance(df[col.name].dtype, pd.DatetimeTZDtype):
+            expr = f"timezone('UTC', CAST(\"{col.name}\" AS TIMESTAMP))"  # naive = UTC
+        elif col.name in df.columns:
+            expr = f'CAST("{col.name}" AS {_SQL_TYPE[col.kind]})'
+        else:
+            expr = f"CAST(NULL AS {_SQL_TYPE[col.kind]})"
+        sel.append(f'{expr} AS "{col.name}"')
+    return ", ".join(sel)
+
+
+def _checked_table(con, table: str, clock_sql: str) -> list[tuple[str, int, str, str]]:
+    """The registered frame ``_in_<table>`` (with its ``_row``) into the clean table
+    ``table``, typed and cleaned as :func:`_load_table` does it, without the rows that break
+    one of :func:`_reasons`' rules; returns those as (table, row, reason, field)."""
+    scan = f"_in_{table}"
+    cols = _check_columns(con, table, Path(f"(request {table})"), scan)
+    rules = _reasons(table, cols, clock_sql)
+    case = "CASE " + " ".join(f"WHEN {cond} THEN '{name}'" for name, cond, _ in rules) + " END"
+
+    def value(n: str, c: _Col) -> str:
+        if n == "lead_id" and not c.empty:  # the request's own key, which its answer is
+            return f"NULLIF(CAST({c.q} AS VARCHAR), '')"  # keyed by: taken as sent
+        return _clean_value(table, n, c.typed())
+
+    typed = ", ".join(f'{value(n, c)} AS "{n}"' for n, c in cols.items())
+    srcs = ", ".join(f"{'NULL' if c.family is None else c.q} AS {c.src}" for c in cols.values())
+    con.execute(
+        f"""CREATE OR REPLACE TEMP TABLE _chk_{table} AS SELECT *, {case} AS _reason
+        FROM (SELECT {typed}, {srcs}, _row FROM {scan})"""
+    )
+    names = ", ".join(f'"{n}"' for n in cols)
+    con.execute(f"CREATE OR REPLACE TABLE {table} AS SELECT {names} FROM _chk_{table} "
+                f"WHERE _reason IS NULL ORDER BY _row")
+    field_of = {name: fld for name, _, fld in rules}
+    out = [(table, int(r), reason, field_of[reason]) for r, reason in con.execute(
+        f"SELECT _row, _reason FROM _chk_{table} WHERE _reason IS NOT NULL ORDER BY _row"
+    ).fetchall()]
+    con.execute(f"DROP TABLE _chk_{table}")
+    return out

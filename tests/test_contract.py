@@ -389,3 +389,94 @@ def test_folder_of_parquet_files_reports_file_and_row(tmp_path):
     q = pd.read_parquet(tmp_path / "quarantine" / "events.parquet")
     got = sorted(zip(q["_file"], q["_row"], q["_reason"], strict=True))
     assert got == [(str(part1), 1, "unknown_lead"), (str(part2), 1, "ts_after_clock")]
+
+
+# --------------------------------------------------------------------------- unreadable files
+
+def _validate_cli(data):
+    from typer.testing import CliRunner
+
+    from leadscore.cli import app
+
+    return CliRunner().invoke(app, ["validate", "--data", str(data)])
+
+
+def test_a_truncated_parquet_file_is_one_line_and_exit_2(tmp_path):
+    data = tmp_path / "data"
+    path = write(data, "leads", LEADS.iloc[[0, 8, 10]], "parquet")
+    write(data, "events", EVENTS.iloc[[0]])
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    res = _validate_cli(data)
+    assert res.exit_code == 2, res.output
+    assert res.exception is None or isinstance(res.exception, SystemExit)
+    lines = res.output.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in res.output
+    assert str(path) in lines[0] and "Parquet" in lines[0]
+
+
+def test_a_truncated_file_in_a_parquet_folder_is_named(tmp_path):
+    data = tmp_path / "data"
+    write(data, "leads", LEADS.iloc[[0]], "parquet")
+    write(data / "events", "part-1", EVENTS.iloc[[0]], "parquet")
+    bad = write(data / "events", "part-2", EVENTS.iloc[[10]], "parquet")
+    bad.write_bytes(bad.read_bytes()[:-12])
+    with pytest.raises(contract.UnreadableFile) as e:
+        load(data, tmp_path)
+    assert str(bad) in str(e.value) and "\n" not in str(e.value)
+
+
+def test_a_gbk_csv_with_chinese_city_names_is_read_as_it_is(tmp_path):
+    """Chinese CRMs export GBK by default: read as GB18030 (its superset), the report says so."""
+    data = tmp_path / "data"
+    data.mkdir()
+    leads = LEADS.iloc[[0, 8, 10]].copy()
+    leads["city"] = ["北京", "上海市浦东新区", "廣州"]  # 廣: a traditional character, in GBK
+    leads["source"] = ["网站", "展厅", "转介绍"]
+    (data / "leads.csv").write_bytes(leads.to_csv(index=False).encode("gbk"))
+    write(data, "events", EVENTS.iloc[[0]])
+    ds = load(data, tmp_path)
+    got = ds.frame("leads").set_index("lead_id").loc[leads["lead_id"]]
+    assert got["city"].tolist() == leads["city"].tolist()
+    assert got["source"].tolist() == leads["source"].tolist()
+    assert ds.reports["leads"].encoding == "gb18030" and "GB18030" in ds.summary()
+    assert ds.reports["events"].encoding == "utf-8"
+    res = _validate_cli(data)
+    assert res.exit_code == 0 and "3 ok" in res.output
+
+
+def test_a_csv_in_another_encoding_is_one_line_naming_it_and_how_to_convert(tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    write(data, "leads", LEADS.iloc[[0]])
+    body = EVENTS.iloc[[0]].to_csv(index=False).encode() + b"L1,2025-01-06T00:00:00Z,\xff\xfe\n"
+    (data / "events.csv").write_bytes(body)
+    res = _validate_cli(data)
+    assert res.exit_code == 2
+    (line,) = res.output.strip().splitlines()
+    assert str(data / "events.csv") in line and "not UTF-8" in line and "on line 3" in line
+    assert "iconv" in line and "Traceback" not in res.output
+
+
+# --------------------------------------------------------------------------- inline rows
+
+def test_inline_frames_are_checked_by_the_rules_load_quarantines_by(tmp_path):
+    """``register_frames(clock=...)`` (inline HTTP rows) leaves out each row for the reason
+    ``load`` quarantines it for; exact duplicates and repeated lead ids aside, which a request
+    cannot hold."""
+    con = contract.connect()
+    bad = contract.register_frames(con, LEADS.drop(index=[5, 7]), EVENTS.drop(index=[8]),
+                                   CONTACTS.drop(index=[7]), clock=CLOCK)
+    got = {t: dict(zip(g["row"], g["reason"], strict=True)) for t, g in bad.groupby("table")}
+
+    def after(reasons, dropped):  # row numbers once the dropped rows are gone
+        keep = [r for r in range(100) if r not in dropped]
+        return {keep.index(r): v for r, v in reasons.items() if r not in dropped}
+
+    assert got["leads"] == after(LEAD_REASONS, {5, 7})
+    assert got["events"] == after(EVENT_REASONS, {8})
+    assert got["contacts"] == after(CONTACT_REASONS, {7})
+    write(tmp_path / "d", "leads", LEADS)
+    ds = load(write(tmp_path / "d", "events", EVENTS).parent, tmp_path)  # the same clean leads
+    pd.testing.assert_frame_equal(
+        con.table("leads").df().sort_values("lead_id").reset_index(drop=True),
+        ds.frame("leads").sort_values("lead_id").reset_index(drop=True))

@@ -15,7 +15,6 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 from types import SimpleNamespace
-from zoneinfo import available_timezones
 
 import numpy as np
 import pandas as pd
@@ -28,7 +27,14 @@ from leadscore import contract, registry
 from leadscore.features import catalog
 from leadscore.schema import CHANNELS
 from leadscore.serving import store as online
-from leadscore.serving.api import MAX_BODY_BYTES, MAX_EVENTS, MAX_LEADS, ScoreResponse, create_app
+from leadscore.serving.api import (
+    MAX_BODY_BYTES,
+    MAX_EVENTS,
+    MAX_LEADS,
+    ZONES,
+    ScoreResponse,
+    create_app,
+)
 from leadscore.serving.auth import KeyRing, write_key_file
 from leadscore.serving.runtime import Runtime
 from leadscore.serving.scorer import PROBA_COLUMN, SLOT_MODEL, Scorer
@@ -693,7 +699,7 @@ def valid_request(dealers):
         optional={"source": st.none() | st.sampled_from(["website", "douyin"]) | text,
                   "intended_model": st.none() | text, "city": st.none() | text,
                   "budget": st.none() | finite,
-                  "tz": st.none() | st.sampled_from(sorted(available_timezones())),
+                  "tz": st.none() | st.sampled_from(sorted(ZONES)),
                   "contacts": st.lists(valid_contacts, max_size=3)})
     return st.fixed_dictionaries(
         {"leads": st.lists(lead, min_size=1, max_size=3, unique_by=lambda x: x["lead_id"])},

@@ -240,3 +240,50 @@ def test_refit_boosts_the_given_trees_on_every_labelled_row_and_calibrates_apart
     frame.loc[calib, "label"] = 0
     with pytest.raises(ValueError, match="refit calibration part"):
         refit(spec, ts, trees=7)
+
+
+def test_null_sources_and_pre_lead_contacts_train_the_slot_model_and_its_policy(tmp_path):
+    """Leads without a source and contacts logged before the lead's ``created_at`` (the call
+    came first) are valid input: validation keeps every row, the pre-lead attempts are
+    history that later attempts count but no training rows themselves, and the logging
+    policy fits on missing categories instead of sorting them among the strings."""
+    from leadscore import simulate as sim
+    from leadscore.training.policy_eval import LoggingPolicy, action_id
+
+    d = sim.simulate(sim.SimConfig(n_leads=150, days=40, seed=3))
+    leads, contacts = d.leads.copy(), d.contacts.copy()
+    leads.loc[leads.index[:20], "source"] = None
+    first = contacts.groupby("lead_id")["ts"].idxmin().to_numpy()[:15]
+    created = leads.set_index("lead_id")["created_at"]
+    contacts.loc[first, "ts"] = (created.loc[contacts.loc[first, "lead_id"]].to_numpy()
+                                 - pd.Timedelta(hours=3))
+    leads.to_parquet(tmp_path / "leads.parquet")
+    d.events.to_parquet(tmp_path / "events.parquet")
+    contacts.to_parquet(tmp_path / "contacts.parquet")
+
+    ds = contract.load(tmp_path, quarantine_dir=tmp_path / "q")
+    rep = ds.reports["contacts"]
+    assert rep.rows_ok == rep.rows_read == len(contacts) and not rep.quarantined
+    ts = dataset.build(ds.con, models.get("contact-slot"), split="entity")
+    assert len(ts.frame) == len(contacts) - len(first)
+    assert any(f"{len(first)} contact attempts before" in n for n in ts.notes)
+    assert ts.frame["dealer_id"].notna().all() and ts.frame["source"].isna().any()
+    # a moved lead's later attempts count its pre-lead one
+    moved = set(contacts.loc[first, "lead_id"])
+    later = ts.frame[ts.frame["lead_id"].isin(moved)]
+    assert len(later)
+    before = [int((contacts["lead_id"].eq(r.lead_id) & (contacts["ts"] < r.as_of)).sum())
+              for r in later.itertuples()]
+    assert later["contact_attempts"].tolist() == before
+    assert (later["uncontacted_hours"] == 0).all()  # called before its record: no wait
+    from leadscore.features import job
+    end = pd.Timestamp(contacts["ts"].max()).ceil("D")
+    at_end = job.to_pandas(job.compute(ds.con, [end])).set_index("lead_id").loc[sorted(moved)]
+    assert (at_end["uncontacted_hours"] == 0).all()  # the batch's computation too
+
+    pol = LoggingPolicy.fit(ts.frame)
+    assert pol.booster is not None and "source" in pol.inputs
+    assert all(isinstance(c, str) for c in pol.categories["source"])
+    a = action_id(ts.frame["channel"].astype(str), ts.frame["slot_hour"])
+    p = pol.propensity(ts.frame, a)
+    assert len(p) == len(ts.frame) and np.isfinite(p).all() and (p > 0).all()

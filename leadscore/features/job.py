@@ -42,6 +42,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
+from leadscore.contract import lead_exists_sql
 from leadscore.features import catalog as cat
 from leadscore.schema import (
     CLOSING_TYPES,
@@ -299,7 +300,8 @@ def _local_hour_sql(offsets: dict | None, ts: str, t: str, tz: str) -> str:
 def _lk_sql(hi: str) -> str:
     """Leads created by the last cutoff, numbered in lead_id order (``k``)."""
     return (f"SELECT CAST(row_number() OVER (ORDER BY lead_id) AS INTEGER) AS k, "
-            f"epoch_us(created_at) AS created_us, * FROM leads WHERE created_at <= {hi}")
+            f"epoch_us(created_at) AS created_us, * FROM leads "
+            f"WHERE {lead_exists_sql('created_at', hi)}")
 
 
 def status_sql(events: str, lk: str, key: str = "k", hi: str | None = None) -> str:
@@ -530,8 +532,9 @@ def _per_cutoff_sql(plan: _Plan, grid: _Grid, cut: _Cut, t: dict[str, str], only
                 "days_since": f"({us} - xc.last_t) / {US_PER_DAY}.0",
                 "days_since_response": f"({us} - xc.last_resp_t) / {US_PER_DAY}.0",
                 "unanswered_streak": "CAST(coalesce(xc.streak, 0) AS DOUBLE)",
-                "uncontacted_hours": (f"(coalesce(xc.first_t, {us}) - b.created_us) / "
-                                      f"{US_PER_HOUR}.0"),
+                # a lead called before its record was made (pre-lead history) waited 0 hours
+                "uncontacted_hours": (f"greatest(coalesce(xc.first_t, {us}) - b.created_us, 0)"
+                                      f" / {US_PER_HOUR}.0"),
             }[f.stat]
         sel.append(f'{e} AS "{f.name}"')
     where = "TRUE" if cut.group else f"b.created_us <= {us}"
@@ -576,11 +579,11 @@ def build_sql(features: Sequence[cat.Feature], lookback_days: int = cat.LOOKBACK
         rels += [("cuts", """SELECT DISTINCT c.as_of, epoch_us(c.as_of) AS cut, l.k
         FROM _cutoffs c JOIN lk l ON c.lead_id = l.lead_id"""),
                  ("base", "SELECT l.*, c.as_of FROM lk l JOIN cuts c ON c.k = l.k "
-                          "WHERE l.created_at <= c.as_of")]
+                          f"WHERE {lead_exists_sql('l.created_at', 'c.as_of')}")]
     else:
         rels += [("cuts", "SELECT DISTINCT as_of, epoch_us(as_of) AS cut FROM _cutoffs"),
                  ("base", "SELECT l.*, c.as_of FROM lk l JOIN cuts c "
-                          "ON l.created_at <= c.as_of")]
+                          f"ON {lead_exists_sql('l.created_at', 'c.as_of')}")]
     rels += _common(plan, "lk", hi)
     if plan.main:
         hour = _local_hour_sql(None, "e.ts", "epoch_us(e.ts)", "l.tz")
@@ -699,7 +702,8 @@ class _Reduced:
             tzi = f"CAST(CASE tz {tzi} END AS SMALLINT)" if tzi else "CAST(NULL AS SMALLINT)"
             lk = make("lk", f"SELECT CAST(row_number() OVER (ORDER BY lead_id) - 1 AS INTEGER) "
                             f"AS k, epoch_us(created_at) AS created_us, {tzi} AS _tzi, * "
-                            f"FROM leads WHERE created_at <= {hi} ORDER BY k")
+                            f"FROM leads WHERE {lead_exists_sql('created_at', hi)} "
+                            f"ORDER BY k")
             self.leads = con.sql(f"SELECT * FROM {lk} ORDER BY k").to_arrow_table()
             self.n = self.leads.num_rows
             st = _fetch(con, f"SELECT k, coalesce(vs_order, {_NEVER}) AS o, "
@@ -1147,7 +1151,7 @@ def contact_stats(c: dict, n: int, a: int, feats: Sequence[cat.ContactStat],
             elif f.stat == "unanswered_streak":
                 v = np.bincount(k, weights=t > last_resp_t[k], minlength=n)
             else:  # uncontacted_hours
-                v = (np.where(seen, first, a) - created_us) / US_PER_HOUR
+                v = np.maximum(np.where(seen, first, a) - created_us, 0) / US_PER_HOUR
             res[f.name] = v
     return res
 

@@ -28,6 +28,7 @@ from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from leadscore import contract
 from leadscore.schema import CHANNELS, OUTCOMES
 from leadscore.serving.auth import Tenant
 from leadscore.serving.coalesce import Coalescer
@@ -49,7 +50,12 @@ MAX_BODY_BYTES = 8 * 1024 * 1024
 #: thread pool so they never hold the loop up for long
 LOOP_MAX_LEADS = 4
 CLOCK_SKEW = timedelta(minutes=5)
-_ZONES = frozenset(available_timezones())
+#: the earliest time a request may carry: far enough back for any CRM's history, far enough
+#: inside pandas' nanosecond range (from 1677) that a feature window reaching back from it
+#: never overflows
+EARLIEST = datetime(1900, 1, 1, tzinfo=UTC)
+#: the zones a lead's ``tz`` may name: Python's (the slot grid) that the contract knows too
+ZONES = frozenset(available_timezones()) & contract.time_zones()
 
 Finite = Annotated[float, Field(allow_inf_nan=False)]
 Id = Annotated[str, Field(min_length=1, max_length=128)]
@@ -61,9 +67,17 @@ def _utc(v: datetime) -> datetime:
 
 
 def _not_future(v: datetime) -> datetime:
-    v = _utc(v)
+    """A request's time in UTC, refused (a 422 naming the field) when it lies in the future
+    or before :data:`EARLIEST`: out of the range the feature job computes in."""
+    try:
+        v = _utc(v)
+    except OverflowError:  # year 1 or 9999 with an offset that leaves the calendar
+        raise ValueError("timestamp is in the future" if v.year > EARLIEST.year
+                         else f"timestamp before {EARLIEST.date()}") from None
     if v > datetime.now(UTC) + CLOCK_SKEW:
         raise ValueError("timestamp is in the future")
+    if v < EARLIEST:
+        raise ValueError(f"timestamp before {EARLIEST.date()}")
     return v
 
 
@@ -111,7 +125,7 @@ class LeadIn(BaseModel):
     @field_validator("tz")
     @classmethod
     def _zone(cls, v):
-        if v is not None and v not in _ZONES:
+        if v is not None and v not in ZONES:
             raise ValueError(f"unknown IANA time zone {v!r}")
         return v
 
@@ -190,6 +204,11 @@ class SlotOut(BaseModel):
     p_response: float = Field(description="Probability that the lead answers then")
 
 
+class QuarantinedOut(BaseModel):
+    field: str = Field(description="the row's path in the request and its offending field")
+    reason: str = Field(description="the contract rule it breaks, as in the batch quarantine")
+
+
 class LeadScore(BaseModel):
     lead_id: str
     status: Literal["ok", "not_found"] = Field(
@@ -224,6 +243,10 @@ class LeadScore(BaseModel):
     reasons: list[ReasonOut] = Field(default_factory=list)
     model_versions: dict[str, str] = Field(
         default_factory=dict, description="Registry version of each model that scored")
+    quarantined: list[QuarantinedOut] = Field(
+        default_factory=list, description="inline leads only: the lead's rows left out of its "
+        "features because they break a rule the nightly job quarantines by (an event stamped "
+        "after its ingested_at, say)")
 
 
 class ScoreResponse(BaseModel):
@@ -296,15 +319,22 @@ SCORE_RESPONSES: dict = {
 }
 
 
-def _inline_frames(leads: list[LeadIn]) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+def _inline_frames(leads: list[tuple[int, LeadIn]]
+                   ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, dict[str, list]]:
+    """The inline leads (with their index in the request) as the contract's three frames,
+    and per frame each row's (lead_id, path in the request)."""
     lrows, erows, crows = [], [], []
-    for lead in leads:
+    paths: dict[str, list] = {"leads": [], "events": [], "contacts": []}
+    for i, lead in leads:
         lrows.append({"lead_id": lead.lead_id, "dealer_id": lead.dealer_id,
                       "created_at": lead.created_at, "source": lead.source,
                       "intended_model": lead.intended_model, "city": lead.city,
                       "budget": lead.budget, "tz": lead.tz})
-        erows += [{"lead_id": lead.lead_id, **e.model_dump()} for e in lead.events or []]
-        crows += [{"lead_id": lead.lead_id, **c.model_dump()} for c in lead.contacts or []]
+        paths["leads"].append((lead.lead_id, f"leads.{i}"))
+        for name, rows in (("events", erows), ("contacts", crows)):
+            for j, x in enumerate(getattr(lead, name) or []):
+                rows.append({"lead_id": lead.lead_id, **x.model_dump()})
+                paths[name].append((lead.lead_id, f"leads.{i}.{name}.{j}"))
 
     def frame(rows, ts_cols):
         df = pd.DataFrame(rows)
@@ -314,10 +344,11 @@ def _inline_frames(leads: list[LeadIn]) -> tuple[pd.DataFrame, pd.DataFrame, pd.
         return df
 
     return (frame(lrows, ["created_at"]), frame(erows, ["ts", "ingested_at"]),
-            frame(crows, ["ts"]))
+            frame(crows, ["ts"]), paths)
 
 
-_EMPTY = {k: None for k in LeadScore.model_fields if k not in ("lead_id", "status")}
+_EMPTY = {k: None for k in LeadScore.model_fields
+          if k not in ("lead_id", "status", "quarantined")}  # that one: inline leads only
 
 
 def _not_found(lead_id: str) -> dict:
@@ -326,29 +357,42 @@ def _not_found(lead_id: str) -> dict:
 
 
 def _records_for(runtime: Runtime, req: ScoreRequest, tenant: Tenant,
-                 as_of: pd.Timestamp | None) -> list[dict]:
+                 as_of: pd.Timestamp | None) -> tuple[list[dict], dict[str, list[dict]]]:
     """Feature records of the request's leads the tenant may see: store lookups for ids, the
-    feature job for inline leads (records: no DataFrame on the way)."""
+    feature job for inline leads (records: no DataFrame on the way); and per inline lead the
+    rows of it the batch's row rules leave out (``quarantined``)."""
     ids = [lead.lead_id for lead in req.leads if not lead.inline]
-    inline = [lead for lead in req.leads if lead.inline]
+    inline = [(i, lead) for i, lead in enumerate(req.leads) if lead.inline]
     records = runtime.store.get_records(ids, dealers=tenant.dealers) if ids else []
+    quarantined: dict[str, list[dict]] = {}
     if inline:
-        feats = features_from_inline(*_inline_frames(inline), as_of)
+        *frames, paths = _inline_frames(inline)
+        feats, bad = features_from_inline(*frames, as_of, clock=now_utc() + CLOCK_SKEW)
         records += feats.to_dict(orient="records")
-    return records
+        quarantined = {lead.lead_id: [] for _, lead in inline}
+        for table, row, reason, field in bad.itertuples(index=False):
+            lead_id, path = paths[table][row]
+            quarantined[lead_id].append({"field": f"{path}.{field}", "reason": reason})
+    return records, quarantined
 
 
-def _in_request_order(req: ScoreRequest, out: list[dict]) -> list[dict]:
+def _in_request_order(req: ScoreRequest, out: list[dict],
+                      quarantined: dict[str, list[dict]]) -> list[dict]:
     scored = {rec["lead_id"]: rec for rec in out}
-    return [scored.get(lead.lead_id) or _not_found(lead.lead_id) for lead in req.leads]
+    results = [scored.get(lead.lead_id) or _not_found(lead.lead_id) for lead in req.leads]
+    for rec in results:
+        if rec["lead_id"] in quarantined:
+            rec["quarantined"] = quarantined[rec["lead_id"]]
+    return results
 
 
 def _score_leads(runtime: Runtime, req: ScoreRequest, tenant: Tenant, scorer: Scorer,
                  as_of: pd.Timestamp | None) -> list[dict]:
     """Result records in request order, the request scored on its own."""
-    out = scorer.score_records(_records_for(runtime, req, tenant, as_of), reasons=req.reasons,
-                               split=runtime.batch_threads, now=now_utc())
-    return _in_request_order(req, out)
+    records, quarantined = _records_for(runtime, req, tenant, as_of)
+    out = scorer.score_records(records, reasons=req.reasons, split=runtime.batch_threads,
+                               now=now_utc())
+    return _in_request_order(req, out, quarantined)
 
 
 def _field_error(field: str, message: str) -> JSONResponse:
@@ -398,9 +442,9 @@ async def _score(runtime: Runtime, coalescer: Coalescer, req: ScoreRequest,
             return _field_error(f"leads.{i}.created_at", "after the request's as_of")
     try:
         if n_inline == 0 and len(req.leads) <= LOOP_MAX_LEADS:
-            records = _records_for(runtime, req, tenant, as_of)
+            records, quarantined = _records_for(runtime, req, tenant, as_of)
             results = _in_request_order(
-                req, await coalescer.score(scorer, records, reasons=req.reasons))
+                req, await coalescer.score(scorer, records, reasons=req.reasons), quarantined)
         else:
             results = await run_in_threadpool(_score_leads, runtime, req, tenant, scorer,
                                               as_of)

@@ -358,12 +358,15 @@ class Runtime:
 
 
 def features_from_inline(leads: pd.DataFrame, events: pd.DataFrame, contacts: pd.DataFrame,
-                         as_of: pd.Timestamp) -> pd.DataFrame:
-    """The batch feature job, run on the request's own rows: identical features by design."""
+                         as_of: pd.Timestamp, clock: pd.Timestamp
+                         ) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The batch feature job, run on the request's own rows: identical features by design.
+    The rows pass the batch's row rules first (``clock``: the latest time a row may carry);
+    returns the features and the rows left out (:func:`contract.register_frames`)."""
     con = contract.connect(threads=1)
     try:
-        contract.register_frames(con, leads, events, contacts)
-        return job.to_pandas(job.compute(con, [as_of]))
+        bad = contract.register_frames(con, leads, events, contacts, clock=clock)
+        return job.to_pandas(job.compute(con, [as_of])), bad
     finally:
         con.close()
 

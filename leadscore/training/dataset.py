@@ -336,12 +336,19 @@ def build_attempts(
 ) -> TrainingSet:
     """One row per logged contact attempt: the lead's features just before it (``as_of`` =
     the attempt's time, so nothing at or after it is seen), the slot's features, and whether
-    it was answered. No horizon, so nothing is censored."""
+    it was answered. No horizon, so nothing is censored.
+
+    An attempt before its lead's ``created_at`` is pre-lead history (the contract's rule,
+    :func:`contract.lead_exists_sql`): later rows count it, but the lead had no state to
+    learn from then, so it is no training row itself."""
+    from leadscore.contract import lead_exists_sql
     from leadscore.features.slots import add_slot_features
 
+    n_log = con.execute("SELECT count(*) FROM contacts").fetchone()[0]
     attempts = con.execute(
         "SELECT c.lead_id, c.ts, c.channel, c.outcome, l.tz FROM contacts c "
-        "JOIN leads l USING (lead_id) ORDER BY c.ts, c.lead_id"
+        f"JOIN leads l ON c.lead_id = l.lead_id AND {lead_exists_sql('l.created_at', 'c.ts')} "
+        "ORDER BY c.ts, c.lead_id"
     ).df()
     if attempts.empty:
         raise ValueError("the contact log is empty: the slot model needs logged attempts")
@@ -355,6 +362,9 @@ def build_attempts(
     frame["label"] = frame["outcome"].isin(spec.label.outcomes).astype("int8")
     frame = frame.drop(columns=["outcome"])
     parts, notes, kind = assign_splits(frame, split, 0.0, seed)
+    if n_log > len(attempts):
+        notes.append(f"{n_log - len(attempts):,} contact attempts before their lead's "
+                     "created_at: pre-lead history, not training rows")
     frame["split"] = parts.to_numpy()
     frame = frame[frame["split"] != ""].reset_index(drop=True)
     obs = observed or observation_end(con)

@@ -91,12 +91,15 @@ class LoggingPolicy:
 
 
 def _frame(df: pd.DataFrame, inputs: list[str], categories: dict[str, list] | None):
-    """The model frame; categorical columns keep the categories seen in training."""
+    """The model frame; categorical columns keep the categories seen in training. A missing
+    value (a lead without a source, say) stays missing, which LightGBM treats as such: it is
+    no category, and sorting it among the strings would fail."""
     out, cats = {}, {}
     for c in inputs:
         col = df[c]
         if c == "dealer_id" or not pd.api.types.is_numeric_dtype(col):
-            known = (categories or {}).get(c) or sorted(col.astype(str).unique().tolist())
+            known = (categories or {}).get(c) or sorted(
+                col.astype("object").dropna().astype(str).unique().tolist())
             out[c] = pd.Categorical(col.astype(str), categories=known)
             cats[c] = known
         else:
