@@ -178,5 +178,7 @@ def test_serving_does_not_reimport_a_model_it_refuses(tmp_path, monkeypatch):
     deleted = []
     monkeypatch.setattr(bentoml.models, "delete", deleted.append)
     with pytest.raises(UnsupportedModel, match="linear_tree"):
-        runtime._bento_model("tiny", "1", "champion")
+        runtime._get_or_import(runtime.ModelIdentity(
+            name="tiny", registered_name="leadscore-tiny", version="1", run_id="r1",
+            digest="0" * runtime.DIGEST_CHARS, registry="test"), None, None)
     assert not deleted
