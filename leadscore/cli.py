@@ -103,6 +103,36 @@ def validate(
     typer.echo(ds.summary())
 
 
+@app.command("import")
+def import_(
+    mapping: Annotated[Path, typer.Option(help="Mapping YAML (see examples/)")],
+    out: Annotated[Path, typer.Option(help="Folder to write leads/events/contacts.parquet")],
+    source: Annotated[list[str] | None, typer.Option(
+        help="A source file instead of the mapping's: NAME=PATH, or PATH alone when its file "
+             "name is the mapping's (or the mapping has one source); repeatable")] = None,
+    data_dir: Annotated[Path | None, typer.Option(
+        help="Folder the mapping's source paths are relative to [default: the mapping's "
+             "data_dir, relative to the mapping file]")] = None,
+    force: Annotated[bool, typer.Option(help="Replace data files already in --out")] = False,
+    check: Annotated[bool, typer.Option(
+        help="Validate the result against the data contract (as `leadscore validate`)")] = True,
+) -> None:
+    """Turn a CRM or transaction export (CSV, CSV.gz, Parquet) into the data contract."""
+    from leadscore import contract, importer
+
+    try:
+        rep = importer.run(mapping, out, sources=source or (), data_dir=data_dir, force=force)
+    except importer.MappingError as e:
+        _fail(str(e))
+    typer.echo(rep.summary())
+    if check:
+        try:
+            ds = contract.load(out, quarantine_dir=out / "quarantine")
+        except contract.ContractError as e:
+            _fail(str(e))
+        typer.echo(ds.summary())
+
+
 @app.command()
 def features(
     data: Annotated[Path, typer.Option(help="Folder with leads/events/contacts files")],

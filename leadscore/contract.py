@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import codecs
 import functools
+import gzip
 import logging
 import os
 import tempfile
@@ -196,16 +197,22 @@ def _lit(text: str) -> str:
     return "'" + text.replace("'", "''") + "'"
 
 
-def _csv_encoding(path: Path) -> str:
+def open_bytes(path: Path):
+    """A text file's bytes, a gzip-compressed one (``.gz``) decompressed on the way."""
+    return gzip.open(path, "rb") if path.suffix == ".gz" else path.open("rb")
+
+
+def csv_encoding(path: Path) -> str:
     """The first of :data:`CSV_ENCODINGS` the whole file decodes in (one read per encoding
-    tried, in large chunks); :class:`UnreadableFile` when none does."""
+    tried, in large chunks; a ``.gz`` file's content); :class:`UnreadableFile` when none
+    does."""
     bad = None
-    with path.open("rb") as fh:
+    with open_bytes(path) as fh:
         utf16 = fh.read(2) in (codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)
     for enc in ("utf-16",) if utf16 else CSV_ENCODINGS:
         dec, pos = codecs.getincrementaldecoder(enc)(), 0
         try:
-            with path.open("rb") as fh:
+            with open_bytes(path) as fh:
                 for chunk in iter(lambda fh=fh: fh.read(_CHUNK), b""):
                     dec.decode(chunk)
                     pos += len(chunk)
@@ -216,7 +223,7 @@ def _csv_encoding(path: Path) -> str:
                 at = max(0, pos - len(dec.getstate()[0]) + e.start)
                 bad = (at, e.object[e.start:e.start + 1].hex())
     at, byte = bad
-    with path.open("rb") as fh:
+    with open_bytes(path) as fh:
         line = fh.read(at).count(b"\n") + 1
     what = "UTF-16 text with a byte order mark" if utf16 else "UTF-8 text"
     also = "" if utf16 else ", nor GB18030/GBK"
@@ -227,11 +234,12 @@ def _csv_encoding(path: Path) -> str:
         f"WINDOWS-1252...)")
 
 
-def _to_utf8(path: Path, encoding: str) -> Path:
-    """A temporary UTF-8 copy of a text file (the caller deletes it)."""
+def to_utf8(path: Path, encoding: str) -> Path:
+    """A temporary UTF-8 copy of a text file (or of a ``.gz`` file's content; the caller
+    deletes it)."""
     fd, tmp = tempfile.mkstemp(suffix=".csv", prefix="leadscore-utf8-")
     dec = codecs.getincrementaldecoder(encoding)()
-    with path.open("rb") as src, os.fdopen(fd, "w", encoding="utf-8", newline="") as dst:
+    with open_bytes(path) as src, os.fdopen(fd, "w", encoding="utf-8", newline="") as dst:
         for chunk in iter(lambda: src.read(_CHUNK), b""):
             dst.write(dec.decode(chunk))
         dst.write(dec.decode(b"", final=True))
@@ -508,9 +516,9 @@ def _load_table(con, table: str, path: Path | None, clock_sql: str,
         f"{path} (new files {', '.join(f.name for f in files)})")
     text = None
     if path.suffix == ".csv":
-        rep.encoding = _csv_encoding(path)
+        rep.encoding = csv_encoding(path)
         if rep.encoding != "utf-8":
-            text = _to_utf8(path, rep.encoding)
+            text = to_utf8(path, rep.encoding)
     scan = _scan_sql(path, files, text)
     try:
         cols = _check_columns(con, table, where, scan)
