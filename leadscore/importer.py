@@ -485,7 +485,7 @@ class _Importer:
             raise MappingError(f"source {name} ({', '.join(map(str, self.files[name]))}): "
                                f"cannot be read: {first}") from None
         types = self._describe(raw)
-        where = f"source {name} ({self.files[name][0]}{' ...' if len(scans) > 1 else ''})"
+        where = self._where(name)
         for col in src.types:
             if col not in types:
                 raise MappingError(f"{where}: sources.{name}.types: no column {col!r} "
@@ -660,13 +660,15 @@ class _Importer:
         dropped for (a required field missing, unreadable or not in its map); optional
         fields that could not be read or mapped are left empty and counted in the notes."""
         sel, checks, notes = [], [], []
+        raws = {n: self._raw(s, source, f"{key}.{n}", where) for n, s in specs.items()
+                if n in names and not s.first_event}  # every column named exists
         for name in names:
             kind = KINDS[table].get(name)
             spec = specs.get(name)
-            if spec is None or spec.first_event:
+            if name not in raws:
                 sel.append(f"CAST(NULL AS {contract._SQL_TYPE[kind]}) AS {_q(name)}")
                 continue
-            raw = self._raw(spec, source, f"{key}.{name}", where)
+            raw = raws[name]
             val, present = self._typed(rel, raw, kind, spec, source, f"{key}.{name}", where)
             sel.append(f"{val} AS {_q(name)}")
             sel.append(f"{present} AS {_q('_p_' + name)}")
@@ -698,7 +700,7 @@ class _Importer:
         key = f"{table}.{i}"
         rep = PartReport(self._label(table, i))
         src = f"_src_{part.from_}"
-        where = f"{key} (source {part.from_}: {self.files[part.from_][0]})"
+        where = self._where(part.from_)
         rel = f"_in_{table}_{i}"
         rep.rows_in = self._count(src)
         self._filter(src, rel, part.filters, key, where, part.from_, rep)
@@ -730,7 +732,7 @@ class _Importer:
         part = self.m.leads
         rep = PartReport("leads", merged_as="further rows of a lead (its first row kept)")
         src = f"_src_{part.from_}"
-        where = f"leads (source {part.from_}: {self.files[part.from_][0]})"
+        where = self._where(part.from_)
         rel = "_in_leads"
         rep.rows_in = self._count(src)
         self._filter(src, rel, part.filters, "leads", where, part.from_, rep)
@@ -774,6 +776,11 @@ class _Importer:
     def _label(self, table: str, i: int) -> str:
         part = (self.m.events if table == "events" else self.m.contacts)[i]
         return f"{table}[{part.name or part.from_}]"
+
+    def _where(self, source: str) -> str:
+        """What an error names: the source's file (the first, if there are several)."""
+        files = self.files[source]
+        return f"{files[0]}" + (f" (and {len(files) - 1} more)" if len(files) > 1 else "")
 
     def _describe(self, rel: str) -> dict[str, str]:
         return {d[0]: str(d[1]).upper() for d in
