@@ -251,13 +251,12 @@ def _fields(part: _TableMap) -> list[tuple[str, FieldSpec]]:
 
 
 def mapping_error(e: ValidationError) -> str:
-    """Validation errors on one line, each as ``key.path: message``."""
+    """Validation errors on one line, each as ``key.path: message`` (the path as in YAML,
+    without pydantic's names for validators and union members)."""
     parts = []
     for err in e.errors():
-        where = ".".join(str(x) for x in err["loc"] if x not in ("function-after[_plain(), "
-                                                                 "FieldSpec]",))
-        where = re.sub(r"\.?(function-[a-z]+\[[^\]]*\]|str|list\[str\]|dict\[str,[^\]]*\])", "",
-                       where)
+        where = ".".join(str(x) for x in err["loc"]
+                         if not re.match(r"(function-|str$|list\[|dict\[)", str(x)))
         msg = str(err["msg"]).removeprefix("Value error, ")
         parts.append(f"{where}: {msg}" if where else msg)
     return "; ".join(dict.fromkeys(parts))
