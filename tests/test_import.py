@@ -149,11 +149,11 @@ CRM_LEADS = pd.DataFrame({
     "Segment": ["SUV", "Sedan", "SUV", "SUV"],
 })
 CRM_EVENTS = pd.DataFrame({
-    "Lead": ["L1", "L1", "L1", "L2", "L3", "L3", "L9"],
+    "Lead": ["L1", "L1", "L1", "L2", "L3", "L3", "L9", "L2"],
     "When": ["05-03-2024 21:10", "06-03-2024 10:00", "07-03-2024 11:00", "05-03-2024 09:00",
-             "12-03-2024 13:00", "13-03-2024 13:00", "13-03-2024 13:00"],
+             "12-03-2024 13:00", "13-03-2024 13:00", "13-03-2024 13:00", "soon"],
     "Activity": ["Web visit", "Finance calculator", "Trade-in valuation", "Web visit",
-                 "Test drive", "Spam", "Web visit"],
+                 "Test drive", "Spam", "Web visit", "Web visit"],
 })
 
 CRM_MAPPING = """
@@ -213,8 +213,10 @@ def test_a_crm_export_maps_types_outcomes_and_local_times(tmp_path):
         False, True, False, True]
     assert leads["source"].tolist()[:3] == ["web", "phone", "web"]
     parts = {p.name: p for p in rep.parts}
-    # Spam mapped to nothing, L9 unknown, L3 still open: dropped and counted
-    assert parts["events[activities]"].dropped == {"event_type not in map": 1,
+    # a time that does not parse, Spam mapped to nothing, L9 unknown, L3 still open: dropped
+    # and counted
+    assert parts["events[activities]"].dropped == {"ts unreadable": 1,
+                                                   "event_type not in map": 1,
                                                    "lead not in leads": 1}
     assert parts["events[outcomes]"].dropped == {"missing ts": 1}
     assert any(n.startswith("budget: values unreadable, left empty: 1")
@@ -276,7 +278,7 @@ def test_a_missing_column_exits_2_naming_file_and_column(tmp_path):
 def test_a_wrong_timestamp_format_exits_2_naming_the_column(tmp_path):
     code, out = _bad(tmp_path, CRM_MAPPING.replace("%d-%m-%Y %H:%M", "%Y-%m-%d %H:%M"))
     assert code == 2
-    assert (f"{tmp_path / 'activities.csv'}: events.0.ts: 7 of 7 values are not a time in the "
+    assert (f"{tmp_path / 'activities.csv'}: events.0.ts: 8 of 8 values are not a time in the "
             "format '%Y-%m-%d %H:%M' (e.g. '05-03-2024 21:10')") in out
 
 
@@ -328,3 +330,32 @@ def test_the_shipped_mappings_import_the_real_data_sets(tmp_path):
     assert (ds.frame("events")["event_type"] == "order").sum() == 842
     leads = pd.read_parquet(tmp_path / "olist" / "leads.parquet")
     assert "business_segment" not in leads.columns  # deal columns leak the label
+
+
+def test_contacts_from_several_parquet_files_with_naive_times(tmp_path):
+    """A glob of Parquet exports with typed (naive) times, read in the source's zone; channel
+    and outcome through maps."""
+    mapping = _crm(tmp_path, CRM_MAPPING.replace("sources:\n", """sources:
+  calls: {path: calls/*.parquet, timezone: Asia/Shanghai}
+""") + """
+contacts:
+  - from: calls
+    lead_id: Lead
+    ts: At
+    channel: {column: Kind, map: {Call: phone, WeChat: wechat}}
+    outcome: {column: Result, map: {ok: connected, none: no_answer}}
+""")
+    (tmp_path / "calls").mkdir()
+    at = pd.to_datetime(["2024-03-05 09:00", "2024-03-06 20:30", "2024-03-07 10:00"])
+    calls = pd.DataFrame({"Lead": ["L1", "L2", "L2"], "At": at,
+                          "Kind": ["Call", "WeChat", "Fax"], "Result": ["ok", "none", "ok"]})
+    calls.iloc[:2].to_parquet(tmp_path / "calls" / "a.parquet", index=False)
+    calls.iloc[2:].to_parquet(tmp_path / "calls" / "b.parquet", index=False)
+    rep = importer.run(mapping, tmp_path / "out")
+    contacts = loaded(tmp_path / "out").frame("contacts").sort_values("ts")
+    assert contacts[["lead_id", "channel", "outcome"]].values.tolist() == [
+        ["L1", "phone", "connected"], ["L2", "wechat", "no_answer"]]
+    assert contacts["ts"].tolist() == [pd.Timestamp("2024-03-05 01:00", tz="UTC"),
+                                       pd.Timestamp("2024-03-06 12:30", tz="UTC")]
+    part = next(p for p in rep.parts if p.name == "contacts[calls]")
+    assert part.rows_in == 3 and part.dropped == {"channel not in map": 1}
