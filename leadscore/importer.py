@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -496,9 +497,11 @@ class _Importer:
             sql_t = {"double": "DOUBLE", "integer": "BIGINT", "text": "VARCHAR"}[kind]
             c = _q(col)
             if kind != "text" and types[col] == "VARCHAR":
-                self._check_share(raw, f"NULLIF(trim({c}), '')",
-                                  f"TRY_CAST(NULLIF(trim({c}), '') AS {sql_t})", where, col,
-                                  f"a {kind}")
+                bad = self._check_share(raw, f"NULLIF(trim({c}), '')",
+                                        f"TRY_CAST(NULLIF(trim({c}), '') AS {sql_t})", where,
+                                        f"sources.{name}.types.{col}", f"a {kind}")
+                if bad:
+                    rep.notes.append(f"{col}: values not a {kind}, left empty: {bad:,}")
                 sel.append(f"TRY_CAST(NULLIF(trim({c}), '') AS {sql_t}) AS {c}")
             else:
                 sel.append(f"CAST({c} AS {sql_t}) AS {c}")
@@ -634,7 +637,8 @@ class _Importer:
         return val, present
 
     def _check_share(self, rel: str, raw: str, typed: str, where: str, key: str,
-                     what: str) -> None:
+                     what: str) -> int:
+        """How many present values do not parse; a :class:`MappingError` when most do not."""
         try:
             n, bad, ex = self.con.execute(
                 f"SELECT count({raw}), count(*) FILTER (WHERE {raw} IS NOT NULL AND "
@@ -645,6 +649,7 @@ class _Importer:
         if n and bad > WHOLE_COLUMN_BAD_SHARE * n:
             raise MappingError(f"{where}: {key}: {bad:,} of {n:,} values are not {what} "
                                f"(e.g. {ex!r})")
+        return bad
 
     def _run(self, sql: str, where: str) -> None:
         try:
@@ -851,8 +856,6 @@ def run(mapping_path: Path | str, out: Path | str, *, sources: Sequence[str] = (
         imp.leads_table(rows)
         for p in old:  # replaced (--force): a stale table must not be read beside the new
             if p.is_dir():
-                import shutil
-
                 shutil.rmtree(p)
             else:
                 p.unlink()

@@ -83,9 +83,9 @@ events:
 """
 
 
-def _retail(tmp_path: Path, encoding: str = "utf-8") -> Path:
+def _retail(tmp_path: Path, encoding: str = "utf-8", lines: pd.DataFrame = INVOICES) -> Path:
     with gzip.open(tmp_path / "invoices.csv.gz", "wt", encoding=encoding, newline="") as fh:
-        INVOICES.to_csv(fh, index=False)
+        lines.to_csv(fh, index=False)
     (tmp_path / "mapping.yaml").write_text(RETAIL_MAPPING)
     return tmp_path / "mapping.yaml"
 
@@ -124,16 +124,20 @@ def test_a_transaction_log_becomes_customers_and_their_orders(tmp_path):
 
 
 def test_a_gb18030_export_is_read_through_the_contracts_encoding_check(tmp_path):
-    global INVOICES
-    keep = INVOICES
-    INVOICES = keep.assign(Country=keep["Country"].replace("France", "法国"))
-    try:
-        rep = importer.run(_retail(tmp_path, "gb18030"), tmp_path / "out")
-    finally:
-        INVOICES = keep
+    lines = INVOICES.assign(Country=INVOICES["Country"].replace("France", "法国"))
+    rep = importer.run(_retail(tmp_path, "gb18030", lines), tmp_path / "out")
     raw = pd.read_parquet(tmp_path / "out" / "leads.parquet").set_index("lead_id")
     assert raw.loc["12583", "country"] == "法国"
     assert any("GB18030" in n for p in rep.parts for n in p.notes)
+
+
+def test_a_number_that_does_not_parse_is_left_out_and_counted(tmp_path):
+    lines = INVOICES.copy()
+    lines.loc[1, "Quantity"] = "lots"
+    rep = importer.run(_retail(tmp_path, lines=lines), tmp_path / "out")
+    events = loaded(tmp_path / "out").frame("events").sort_values(["lead_id", "ts"])
+    assert events["value"].tolist() == [50.0, 20.0, 1.5, 4.0, 1.5]  # 3.00 + 1.00, not 14
+    assert "Quantity: values not a double, left empty: 1" in rep.parts[0].notes
 
 
 # --------------------------------------------------------------------------- a CRM export
