@@ -141,3 +141,29 @@ def test_pareto_nbd_ranks_like_the_data(world):
     y = bought_after(ev, pairs)
     assert roc_auc_score(y, p) > 0.75
     assert abs(p.mean() - y.mean()) < 0.05
+
+
+def test_churn_run_logs_the_classical_baseline(tmp_path, monkeypatch):
+    """Each churn run fits the classical model and logs its holdout metrics beside
+    LightGBM's (in the run's metrics and in MLflow), with the fits' parameters."""
+    import mlflow
+
+    from leadscore import simulate as sim
+    from leadscore.training.config import ExperimentConfig
+    from leadscore.training.run import train
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlruns.db'}")
+    monkeypatch.setenv("LEADSCORE_CACHE", str(tmp_path / "cache"))
+    monkeypatch.chdir(tmp_path)
+    data = tmp_path / "sim"
+    sim.write(sim.simulate(sim.SimConfig(n_leads=800, days=120, seed=5)), data)
+    res = train(data, ExperimentConfig(model="churn", refit=False,
+                                       btyd={"refits": 2}), register=False)
+    assert 0.5 < res.metrics["btyd_roc_auc"] <= 1.0
+    assert 0.0 < res.metrics["btyd_pr_auc"] <= 1.0
+    run = mlflow.get_run(res.run_id)
+    assert run.data.metrics["btyd_roc_auc"] == pytest.approx(res.metrics["btyd_roc_auc"])
+    assert run.data.metrics["roc_auc"] == pytest.approx(res.metrics["roc_auc"])
+    assert run.data.params["btyd_model"] == "bgnbd"
+    fits = mlflow.artifacts.load_dict(f"runs:/{res.run_id}/btyd_fits.json")
+    assert len(fits) == 2 and {"r", "alpha", "a", "b"} <= set(fits[0])

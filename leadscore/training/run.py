@@ -70,6 +70,30 @@ def _policy_metrics(fr, ts, test, data_dir: Path) -> dict[str, float]:
                                 sample=10_000)  # the DR estimate's standard error ~ 1/sqrt(n)
 
 
+def _btyd_baseline(con, spec: ModelSpec, cfg: ExperimentConfig,
+                   ts: dataset.TrainingSet) -> dict[str, float]:
+    """Churn's classical model: fit at cutoffs of the run (each on the history before its
+    own cutoff, no labels), its P(no purchase within the horizon) on the holdout, and its
+    metrics as ``btyd_*``. Skipped with a note when the library is not installed."""
+    from leadscore.training import btyd
+
+    if spec.name != "churn" or cfg.btyd.use == "off":
+        return {}
+    if not btyd.available():
+        note = "btyd baseline skipped: PyMC-Marketing not installed (pip install 'leadscore[btyd]')"
+        log.warning("%s", note)
+        ts.notes.append(note)
+        return {}
+    p, fits = btyd.at_cutoffs(con, ts.frame, spec.label.events, spec.label.days,
+                              kind=cfg.btyd.model, refits=cfg.btyd.refits, seed=cfg.seed)
+    ts.frame = ts.frame.assign(**{btyd.COLUMN: p.to_numpy()})
+    ts.btyd_fits = [{"anchor": str(a), "n": f.n, **f.params} for a, f in fits]
+    test = ts.part("test")
+    m = evaluate.metrics(test["label"].to_numpy(), 1.0 - test[btyd.COLUMN].to_numpy())
+    return {f"btyd_{k}": v for k, v in m.items()
+            if k in ("roc_auc", "pr_auc", "ece", "log_loss", "brier")}
+
+
 def resolve_spec(cfg: ExperimentConfig) -> ModelSpec:
     spec = models.get(cfg.model).with_horizon(cfg.horizon_days)
     return cfg.apply(spec)
@@ -128,6 +152,7 @@ def _log_run(spec, cfg, ts, fr, test, p, m, fp, truth_note, register: bool,
         "calibration": spec.calibration, "best_iteration": fr.best_iteration,
         "refit": refit_rows is not None, "n_refit": refit_rows or 0,
         "n_features": len(spec.features), "n_cutoffs": len(ts.cutoffs),
+        **({"btyd_model": cfg.btyd.model, "btyd_use": cfg.btyd.use} if ts.btyd_fits else {}),
         **{f"n_{k}": v for k, v in ts.counts().items()},
         **{f"lgb_{k}": v for k, v in fr.params.items()
            if k not in ("monotone_constraints", "metric")},
@@ -143,6 +168,8 @@ def _log_run(spec, cfg, ts, fr, test, p, m, fp, truth_note, register: bool,
         (d / "config.json").write_text(cfg.model_dump_json(indent=1))
         (d / "features.json").write_text(json.dumps(list(spec.features), indent=1))
         (d / "cutoffs.json").write_text(json.dumps([str(c) for c in ts.cutoffs], indent=1))
+        if ts.btyd_fits:
+            (d / "btyd_fits.json").write_text(json.dumps(ts.btyd_fits, indent=1))
         (d / "model_card.md").write_text(model_card(spec, ts, fr, m, fp, refit_rows))
         by_dealer.to_csv(d / "metrics_by_dealer.csv", index=False)
         by_source.to_csv(d / "metrics_by_source.csv", index=False)
@@ -190,6 +217,7 @@ def train(
     ts = dataset.build(ds.con, spec, split=cfg.split, as_of=as_of, seed=cfg.seed,
                        feature_cache=cache, observed=obs)
     dataset.check_holdout(ts, spec.name)
+    bt = _btyd_baseline(ds.con, spec, cfg, ts)
     registry.configure()
     mlflow.set_experiment(spec.registered_name)
     with mlflow.start_run(run_name=cfg.run_name or f"{spec.name}-{ts.split_kind}") as run:
@@ -203,6 +231,7 @@ def train(
         test = ts.part("test")
         p = fr.model.predict_proba(test, num_threads=num_threads)
         m = evaluate.metrics(test["label"].to_numpy(), p)
+        m.update(bt)
         slot = spec.entity == "contact_attempt"
         truth = _slot_oracle_truth(data_dir) if slot else load_truth(data_dir)
         o = evaluate.oracle(test, truth, spec.truth_column, p)
