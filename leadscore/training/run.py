@@ -94,6 +94,31 @@ def _btyd_baseline(con, spec: ModelSpec, cfg: ExperimentConfig,
             if k in ("roc_auc", "pr_auc", "ece", "log_loss", "brier")}
 
 
+def _btyd_input(spec: ModelSpec, cfg: ExperimentConfig,
+                ts: dataset.TrainingSet) -> tuple[ModelSpec, str | None, bool]:
+    """``btyd.use`` init_score / feature: LightGBM starts from the classical churn margin or
+    sees the classical probability as a feature. Serving computes neither, so such a run is
+    an experiment: evaluated and logged, no model logged nor registered. Returns the spec,
+    the starting-margin column and whether the run is such an experiment."""
+    from dataclasses import replace
+
+    from leadscore.training import btyd
+
+    use = cfg.btyd.use
+    if spec.name != "churn" or use not in ("init_score", "feature"):
+        return spec, None, False
+    if btyd.COLUMN not in ts.frame.columns:
+        raise btyd.MissingLibrary(f"btyd.use {use!r} needs PyMC-Marketing: "
+                                  "pip install 'leadscore[btyd]'")
+    ts.notes.append(f"experiment btyd.use={use}: evaluated, not registered (serving does "
+                    "not compute the classical score)")
+    if use == "feature":
+        return replace(spec, features=(*spec.features, btyd.COLUMN)), None, True
+    p_churn = np.clip(1.0 - ts.frame[btyd.COLUMN].to_numpy(dtype=float), 1e-4, 1 - 1e-4)
+    ts.frame = ts.frame.assign(btyd_init=np.log(p_churn / (1.0 - p_churn)))
+    return spec, "btyd_init", True
+
+
 def resolve_spec(cfg: ExperimentConfig) -> ModelSpec:
     spec = models.get(cfg.model).with_horizon(cfg.horizon_days)
     return cfg.apply(spec)
@@ -136,7 +161,7 @@ calibration {spec.calibration}; monotone increasing in {', '.join(spec.monotone)
 
 
 def _log_run(spec, cfg, ts, fr, test, p, m, fp, truth_note, register: bool,
-             final, refit_rows: int | None):
+             final, refit_rows: int | None, log_model: bool = True):
     """``fr``: the evaluation fit (metrics, plots of its holdout predictions ``p``);
     ``final``: the model registered (the refit, or the evaluation model itself)."""
     import mlflow
@@ -186,6 +211,8 @@ def _log_run(spec, cfg, ts, fr, test, p, m, fp, truth_note, register: bool,
         # has seen these rows)
         test[keep].assign(p_eval=p).to_parquet(d / "holdout.parquet")
         mlflow.log_artifacts(str(d))
+    if not log_model:
+        return None
     _, version = registry.log_model(final, ts.part("fit")[list(spec.features)],
                                     spec.registered_name if register else None)
     return version
@@ -218,6 +245,8 @@ def train(
                        feature_cache=cache, observed=obs)
     dataset.check_holdout(ts, spec.name)
     bt = _btyd_baseline(ds.con, spec, cfg, ts)
+    spec, init, experiment = _btyd_input(spec, cfg, ts)
+    register = register and not experiment
     registry.configure()
     mlflow.set_experiment(spec.registered_name)
     with mlflow.start_run(run_name=cfg.run_name or f"{spec.name}-{ts.split_kind}") as run:
@@ -227,9 +256,10 @@ def train(
             overrides = best_params(spec, ts, cfg, num_threads=num_threads)
         else:
             overrides = cfg.params
-        fr = fit(spec, ts, seed=cfg.seed, num_threads=num_threads, overrides=overrides)
+        fr = fit(spec, ts, seed=cfg.seed, num_threads=num_threads, overrides=overrides,
+                 init=init)
         test = ts.part("test")
-        p = fr.model.predict_proba(test, num_threads=num_threads)
+        p = fr.predict_proba(test, num_threads=num_threads)
         m = evaluate.metrics(test["label"].to_numpy(), p)
         m.update(bt)
         slot = spec.entity == "contact_attempt"
@@ -240,7 +270,7 @@ def train(
             m.update(_policy_metrics(fr, ts, test, data_dir))
         truth_note = "simulator truth" if o else "none"
         final, refit_rows = fr.model, None
-        if cfg.refit:
+        if cfg.refit and not experiment:
             try:
                 final, refit_rows = refit(spec, ts, fr.best_iteration, seed=cfg.seed,
                                           num_threads=num_threads, overrides=overrides)
@@ -249,7 +279,7 @@ def train(
                             spec.name, e)  # evaluated model rather than fail the run
                 ts.notes.append(f"refit skipped: {e}")
         version = _log_run(spec, cfg, ts, fr, test, p, m, fp, truth_note, register, final,
-                           refit_rows)
+                           refit_rows, log_model=not experiment)
         run_id = run.info.run_id
     alias = None
     if version is not None:
