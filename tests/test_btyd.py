@@ -143,22 +143,30 @@ def test_pareto_nbd_ranks_like_the_data(world):
     assert abs(p.mean() - y.mean()) < 0.05
 
 
-def test_churn_run_logs_the_classical_baseline(tmp_path, monkeypatch):
+@pytest.fixture(scope="module")
+def small_sim(tmp_path_factory):
+    from leadscore import simulate as sim
+
+    root = tmp_path_factory.mktemp("btyd_run")
+    mp = pytest.MonkeyPatch()
+    mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root / 'mlruns.db'}")
+    mp.setenv("LEADSCORE_CACHE", str(root / "cache"))
+    mp.chdir(root)
+    sim.write(sim.simulate(sim.SimConfig(n_leads=800, days=120, seed=5)), root / "sim")
+    yield root / "sim"
+    mp.undo()
+
+
+def test_churn_run_logs_the_classical_baseline(small_sim):
     """Each churn run fits the classical model and logs its holdout metrics beside
     LightGBM's (in the run's metrics and in MLflow), with the fits' parameters."""
     import mlflow
 
-    from leadscore import simulate as sim
     from leadscore.training.config import ExperimentConfig
     from leadscore.training.run import train
 
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlruns.db'}")
-    monkeypatch.setenv("LEADSCORE_CACHE", str(tmp_path / "cache"))
-    monkeypatch.chdir(tmp_path)
-    data = tmp_path / "sim"
-    sim.write(sim.simulate(sim.SimConfig(n_leads=800, days=120, seed=5)), data)
-    res = train(data, ExperimentConfig(model="churn", refit=False,
-                                       btyd={"refits": 2}), register=False)
+    res = train(small_sim, ExperimentConfig(model="churn", refit=False,
+                                            btyd={"refits": 2}), register=False)
     assert 0.5 < res.metrics["btyd_roc_auc"] <= 1.0
     assert 0.0 < res.metrics["btyd_pr_auc"] <= 1.0
     run = mlflow.get_run(res.run_id)
@@ -167,3 +175,22 @@ def test_churn_run_logs_the_classical_baseline(tmp_path, monkeypatch):
     assert run.data.params["btyd_model"] == "bgnbd"
     fits = mlflow.artifacts.load_dict(f"runs:/{res.run_id}/btyd_fits.json")
     assert len(fits) == 2 and {"r", "alpha", "a", "b"} <= set(fits[0])
+
+
+def test_init_score_run_is_an_experiment_never_registered(small_sim):
+    """btyd.use init_score boosts LightGBM from the classical margin: evaluated and logged,
+    but no model is logged nor registered, since serving would score it without the margin."""
+    import mlflow
+
+    from leadscore.training.config import ExperimentConfig
+    from leadscore.training.run import train
+
+    res = train(small_sim, ExperimentConfig(model="churn", btyd={"use": "init_score",
+                                                                 "refits": 2}))
+    assert res.version is None and res.alias is None
+    assert np.isfinite(res.metrics["roc_auc"]) and np.isfinite(res.metrics["btyd_roc_auc"])
+    assert any("not registered" in n for n in res.notes)
+    arts = {a.path for a in mlflow.MlflowClient().list_artifacts(res.run_id)}
+    assert "btyd_fits.json" in arts and "model" not in arts
+    with pytest.raises(ValueError, match="churn only"):
+        ExperimentConfig(model="conversion", btyd={"use": "feature"})
