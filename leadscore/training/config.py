@@ -7,7 +7,14 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from leadscore.models.spec import ModelSpec
 from leadscore.training import lgb_params
@@ -51,6 +58,21 @@ class Sweep(BaseModel):
         return out
 
 
+class Btyd(BaseModel):
+    """Churn's classical model (:mod:`leadscore.training.btyd`). ``baseline`` fits it and logs
+    its holdout metrics (``btyd_roc_auc``...) beside LightGBM's; ``init_score`` starts
+    LightGBM from the logit of its churn probability and ``feature`` gives it to LightGBM as
+    a feature: those two are experiments, evaluated and logged but not registered, since
+    serving does not compute the classical score yet. ``off``: none."""
+
+    model_config = ConfigDict(extra="forbid")
+    use: Literal["off", "baseline", "init_score", "feature"] = "baseline"
+    model: Literal["bgnbd", "pareto_nbd"] = "bgnbd"
+    #: fits per run, at cutoffs spread over the run's; each cutoff is scored by the latest
+    #: fit at or before it (population parameters drift slowly; a fit costs seconds)
+    refits: int = Field(4, ge=1, le=100)
+
+
 class ExperimentConfig(BaseModel):
     """One experiment. Unknown keys are errors, so a typo never silently does nothing."""
 
@@ -76,6 +98,14 @@ class ExperimentConfig(BaseModel):
     calibration: Literal["isotonic", "sigmoid"] | None = None
     engagement_events: list[str] | None = None
     sweep: Sweep | None = None
+    #: churn only: the BG/NBD / Pareto/NBD baseline and how LightGBM uses it
+    btyd: Btyd = Field(default_factory=Btyd)
+
+    @model_validator(mode="after")
+    def _btyd_churn_only(self) -> ExperimentConfig:
+        if self.model != "churn" and self.btyd.use in ("init_score", "feature"):
+            raise ValueError(f"btyd.use {self.btyd.use!r} applies to churn only")
+        return self
 
     @field_validator("params")
     @classmethod

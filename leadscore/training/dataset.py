@@ -41,6 +41,7 @@ class TrainingSet:
     split_kind: str
     notes: list[str] = field(default_factory=list)
     observed: ObservedEnd | None = None  # how data_end was found, what lies after it
+    btyd_fits: list[dict] = field(default_factory=list)  # churn's classical fits, if any
 
     def part(self, name: str) -> pd.DataFrame:
         return self.frame[self.frame["split"] == name]

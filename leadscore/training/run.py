@@ -70,6 +70,55 @@ def _policy_metrics(fr, ts, test, data_dir: Path) -> dict[str, float]:
                                 sample=10_000)  # the DR estimate's standard error ~ 1/sqrt(n)
 
 
+def _btyd_baseline(con, spec: ModelSpec, cfg: ExperimentConfig,
+                   ts: dataset.TrainingSet) -> dict[str, float]:
+    """Churn's classical model: fit at cutoffs of the run (each on the history before its
+    own cutoff, no labels), its P(no purchase within the horizon) on the holdout, and its
+    metrics as ``btyd_*``. Skipped with a note when the library is not installed."""
+    from leadscore.training import btyd
+
+    if spec.name != "churn" or cfg.btyd.use == "off":
+        return {}
+    if not btyd.available():
+        note = "btyd baseline skipped: PyMC-Marketing not installed (pip install 'leadscore[btyd]')"
+        log.warning("%s", note)
+        ts.notes.append(note)
+        return {}
+    p, fits = btyd.at_cutoffs(con, ts.frame, spec.label.events, spec.label.days,
+                              kind=cfg.btyd.model, refits=cfg.btyd.refits, seed=cfg.seed)
+    ts.frame = ts.frame.assign(**{btyd.COLUMN: p.to_numpy()})
+    ts.btyd_fits = [{"anchor": str(a), "n": f.n, **f.params} for a, f in fits]
+    test = ts.part("test")
+    m = evaluate.metrics(test["label"].to_numpy(), 1.0 - test[btyd.COLUMN].to_numpy())
+    return {f"btyd_{k}": v for k, v in m.items()
+            if k in ("roc_auc", "pr_auc", "ece", "log_loss", "brier")}
+
+
+def _btyd_input(spec: ModelSpec, cfg: ExperimentConfig,
+                ts: dataset.TrainingSet) -> tuple[ModelSpec, str | None, bool]:
+    """``btyd.use`` init_score / feature: LightGBM starts from the classical churn margin or
+    sees the classical probability as a feature. Serving computes neither, so such a run is
+    an experiment: evaluated and logged, no model logged nor registered. Returns the spec,
+    the starting-margin column and whether the run is such an experiment."""
+    from dataclasses import replace
+
+    from leadscore.training import btyd
+
+    use = cfg.btyd.use
+    if spec.name != "churn" or use not in ("init_score", "feature"):
+        return spec, None, False
+    if btyd.COLUMN not in ts.frame.columns:
+        raise btyd.MissingLibrary(f"btyd.use {use!r} needs PyMC-Marketing: "
+                                  "pip install 'leadscore[btyd]'")
+    ts.notes.append(f"experiment btyd.use={use}: evaluated, not registered (serving does "
+                    "not compute the classical score)")
+    if use == "feature":
+        return replace(spec, features=(*spec.features, btyd.COLUMN)), None, True
+    p_churn = np.clip(1.0 - ts.frame[btyd.COLUMN].to_numpy(dtype=float), 1e-4, 1 - 1e-4)
+    ts.frame = ts.frame.assign(btyd_init=np.log(p_churn / (1.0 - p_churn)))
+    return spec, "btyd_init", True
+
+
 def resolve_spec(cfg: ExperimentConfig) -> ModelSpec:
     spec = models.get(cfg.model).with_horizon(cfg.horizon_days)
     return cfg.apply(spec)
@@ -112,7 +161,7 @@ calibration {spec.calibration}; monotone increasing in {', '.join(spec.monotone)
 
 
 def _log_run(spec, cfg, ts, fr, test, p, m, fp, truth_note, register: bool,
-             final, refit_rows: int | None):
+             final, refit_rows: int | None, log_model: bool = True):
     """``fr``: the evaluation fit (metrics, plots of its holdout predictions ``p``);
     ``final``: the model registered (the refit, or the evaluation model itself)."""
     import mlflow
@@ -128,6 +177,7 @@ def _log_run(spec, cfg, ts, fr, test, p, m, fp, truth_note, register: bool,
         "calibration": spec.calibration, "best_iteration": fr.best_iteration,
         "refit": refit_rows is not None, "n_refit": refit_rows or 0,
         "n_features": len(spec.features), "n_cutoffs": len(ts.cutoffs),
+        **({"btyd_model": cfg.btyd.model, "btyd_use": cfg.btyd.use} if ts.btyd_fits else {}),
         **{f"n_{k}": v for k, v in ts.counts().items()},
         **{f"lgb_{k}": v for k, v in fr.params.items()
            if k not in ("monotone_constraints", "metric")},
@@ -143,6 +193,8 @@ def _log_run(spec, cfg, ts, fr, test, p, m, fp, truth_note, register: bool,
         (d / "config.json").write_text(cfg.model_dump_json(indent=1))
         (d / "features.json").write_text(json.dumps(list(spec.features), indent=1))
         (d / "cutoffs.json").write_text(json.dumps([str(c) for c in ts.cutoffs], indent=1))
+        if ts.btyd_fits:
+            (d / "btyd_fits.json").write_text(json.dumps(ts.btyd_fits, indent=1))
         (d / "model_card.md").write_text(model_card(spec, ts, fr, m, fp, refit_rows))
         by_dealer.to_csv(d / "metrics_by_dealer.csv", index=False)
         by_source.to_csv(d / "metrics_by_source.csv", index=False)
@@ -159,6 +211,8 @@ def _log_run(spec, cfg, ts, fr, test, p, m, fp, truth_note, register: bool,
         # has seen these rows)
         test[keep].assign(p_eval=p).to_parquet(d / "holdout.parquet")
         mlflow.log_artifacts(str(d))
+    if not log_model:
+        return None
     _, version = registry.log_model(final, ts.part("fit")[list(spec.features)],
                                     spec.registered_name if register else None)
     return version
@@ -190,6 +244,9 @@ def train(
     ts = dataset.build(ds.con, spec, split=cfg.split, as_of=as_of, seed=cfg.seed,
                        feature_cache=cache, observed=obs)
     dataset.check_holdout(ts, spec.name)
+    bt = _btyd_baseline(ds.con, spec, cfg, ts)
+    spec, init, experiment = _btyd_input(spec, cfg, ts)
+    register = register and not experiment
     registry.configure()
     mlflow.set_experiment(spec.registered_name)
     with mlflow.start_run(run_name=cfg.run_name or f"{spec.name}-{ts.split_kind}") as run:
@@ -199,10 +256,12 @@ def train(
             overrides = best_params(spec, ts, cfg, num_threads=num_threads)
         else:
             overrides = cfg.params
-        fr = fit(spec, ts, seed=cfg.seed, num_threads=num_threads, overrides=overrides)
+        fr = fit(spec, ts, seed=cfg.seed, num_threads=num_threads, overrides=overrides,
+                 init=init)
         test = ts.part("test")
-        p = fr.model.predict_proba(test, num_threads=num_threads)
+        p = fr.predict_proba(test, num_threads=num_threads)
         m = evaluate.metrics(test["label"].to_numpy(), p)
+        m.update(bt)
         slot = spec.entity == "contact_attempt"
         truth = _slot_oracle_truth(data_dir) if slot else load_truth(data_dir)
         o = evaluate.oracle(test, truth, spec.truth_column, p)
@@ -211,7 +270,7 @@ def train(
             m.update(_policy_metrics(fr, ts, test, data_dir))
         truth_note = "simulator truth" if o else "none"
         final, refit_rows = fr.model, None
-        if cfg.refit:
+        if cfg.refit and not experiment:
             try:
                 final, refit_rows = refit(spec, ts, fr.best_iteration, seed=cfg.seed,
                                           num_threads=num_threads, overrides=overrides)
@@ -220,7 +279,7 @@ def train(
                             spec.name, e)  # evaluated model rather than fail the run
                 ts.notes.append(f"refit skipped: {e}")
         version = _log_run(spec, cfg, ts, fr, test, p, m, fp, truth_note, register, final,
-                           refit_rows)
+                           refit_rows, log_model=not experiment)
         run_id = run.info.run_id
     alias = None
     if version is not None:

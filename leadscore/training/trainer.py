@@ -27,13 +27,26 @@ class FitResult:
     model: LeadModel
     best_iteration: int
     params: dict
+    #: a column of per-row starting margins LightGBM was boosted from (``init_score``): the
+    #: model's own margin must be added to it, so such a model is an experiment, never served
+    init: str | None = None
+
+    def predict_proba(self, df: pd.DataFrame, num_threads: int = 1) -> np.ndarray:
+        return self.model.calibrator(margin(self.model, df, self.init, num_threads))
+
+
+def margin(model: LeadModel, df: pd.DataFrame, init: str | None, num_threads: int = 1):
+    """The booster's margin, plus the starting margin column ``init`` when it was fitted
+    from one."""
+    raw = model.raw(df, num_threads=num_threads)
+    return raw if init is None else raw + df[init].to_numpy(dtype=float)
 
 
 def categories_of(frame: pd.DataFrame, features: list[str]) -> dict[str, list[str]]:
     """The category levels seen in training, in sorted order; prediction frames must use
     exactly these (LightGBM maps categories by code, not by value)."""
     out = {}
-    for f in catalog.categorical(features):
+    for f in catalog.categorical([f for f in features if f in catalog.BY_NAME]):
         vals = frame[f].astype("object").dropna().astype(str).unique().tolist()
         out[f] = sorted(vals)
     return out
@@ -70,17 +83,21 @@ def fit_calibrator(method: str, margin: np.ndarray, y: np.ndarray) -> Calibrator
 
 def _booster(spec: ModelSpec, features: list[str], cats: dict, train_df: pd.DataFrame,
              valid_df: pd.DataFrame | None, params: dict, rounds: int,
-             patience: int | None) -> tuple[lgb.Booster, int]:
+             patience: int | None, init: str | None = None) -> tuple[lgb.Booster, int]:
     """Boost ``rounds`` trees, stopping early on ``valid_df`` when given; keeps only the trees
     early stopping chose, so serving cannot use a different count."""
     proto = LeadModel(spec.name, booster=None, features=features, categories=cats,  # type: ignore[arg-type]
                       calibrator=Calibrator("none"))
+    def start(df):
+        return None if init is None else df[init].to_numpy(dtype=float)
+
     dtrain = lgb.Dataset(proto.frame(train_df), label=train_df["label"].to_numpy(),
-                         categorical_feature=list(cats), free_raw_data=False)
+                         categorical_feature=list(cats), free_raw_data=False,
+                         init_score=start(train_df))
     kw: dict = {}
     if valid_df is not None:
         kw["valid_sets"] = [lgb.Dataset(proto.frame(valid_df), label=valid_df["label"].to_numpy(),
-                                        reference=dtrain)]
+                                        reference=dtrain, init_score=start(valid_df))]
         kw["valid_names"] = ["valid"]
         kw["callbacks"] = [lgb.early_stopping(patience, first_metric_only=True, verbose=False)]
     booster = lgb.train(params, dtrain, num_boost_round=rounds, **kw)
@@ -91,13 +108,13 @@ def _booster(spec: ModelSpec, features: list[str], cats: dict, train_df: pd.Data
 
 
 def _calibrated(spec: ModelSpec, booster: lgb.Booster, features: list[str], cats: dict,
-                calib_df: pd.DataFrame, num_threads: int) -> LeadModel:
+                calib_df: pd.DataFrame, num_threads: int, init: str | None = None) -> LeadModel:
     model = LeadModel(
         name=spec.name, booster=booster, features=features, categories=cats,
         calibrator=Calibrator("none"), grades=spec.grades, label=spec.label.describe(),
     )
-    margin = model.raw(calib_df, num_threads=num_threads)
-    model.calibrator = fit_calibrator(spec.calibration, margin, calib_df["label"].to_numpy())
+    m = margin(model, calib_df, init, num_threads)
+    model.calibrator = fit_calibrator(spec.calibration, m, calib_df["label"].to_numpy())
     return model
 
 
@@ -117,9 +134,11 @@ def fit(
     seed: int = 0,
     num_threads: int = 2,
     overrides: dict | None = None,
+    init: str | None = None,
 ) -> FitResult:
     """The evaluation fit: boosted on ``fit``, stopped early on ``valid``, calibrated on
-    ``calib``; the holdout (``test``) stays unseen."""
+    ``calib``; the holdout (``test``) stays unseen. ``init``: a column of starting margins
+    (LightGBM's ``init_score``) on every part."""
     features = list(spec.features)
     fit_df, valid_df, calib_df = ts.part("fit"), ts.part("valid"), ts.part("calib")
     _two_classes(spec, {"fit": fit_df, "valid": valid_df, "calib": calib_df})
@@ -128,11 +147,11 @@ def fit(
     merged = {**spec.params, **lgb_params.normalize(overrides or {})}
     booster, best = _booster(spec, features, cats, fit_df, valid_df, params,
                              int(merged.get("num_boost_round", 2000)),
-                             int(merged.get("early_stopping_rounds", 100)))
-    model = _calibrated(spec, booster, features, cats, calib_df, num_threads)
+                             int(merged.get("early_stopping_rounds", 100)), init)
+    model = _calibrated(spec, booster, features, cats, calib_df, num_threads, init)
     log.info("%s: %d trees, calibrated (%s) on %d rows", spec.name, best, spec.calibration,
              len(calib_df))
-    return FitResult(model=model, best_iteration=best, params=params)
+    return FitResult(model=model, best_iteration=best, params=params, init=init)
 
 
 #: share of leads the refit keeps out of boosting to calibrate on
