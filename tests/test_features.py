@@ -341,6 +341,61 @@ def test_window_and_visibility_boundaries(con):
     })
 
 
+def test_whole_history_by_hand(con):
+    """Events 400, 200, 100 and 10 days back (the last ingested 8 days late): counts, tenure,
+    recency, rhythm, value and pace over the whole history, beyond the 90-day lookback."""
+    leads = [lead("A", T - 500 * D)]
+    events = [
+        ev("A", T - 400 * D, "order"), ev("A", T - 400 * D + H, "delivery"),  # one active day
+        ev("A", T - 200 * D, "service_visit"), ev("A", T - 100 * D, "service_visit"),
+        ev("A", T - 10 * D, "price_inquiry", ingested_at=T - 2 * D),
+    ]
+    lf, ef, cf = frames(leads, events)
+    ef["value"] = [30000.0, None, 400.0, 600.0, None]
+    contract.register_frames(con, lf, ef, cf)
+    hist = [f for f in cat.CATALOG if isinstance(f, cat.History)]
+    hist += cat.get(["events_90d", "days_since_any"])
+    r = row(run(con, [T], hist), "A")
+    assert_values(r, {
+        "events_count_all": 5, "events_count_365d": 3, "events_count_180d": 2,
+        "events_tenure_days": 400, "events_days_since_last": 10,
+        "events_active_days": 4,
+        # (last - first) / (active days - 1): the order and its delivery are one return
+        "events_typical_gap_days": (400 - 10) / 3, "events_overdue": 10 / 130,
+        # 1 event in 90 days against 5 over max(400, 90) days
+        "events_pace_trend": (1 / 90) / (5 / 400),
+        "orders_count_all": 1, "orders_count_365d": 0, "orders_days_since_last": 400,
+        "orders_typical_gap_days": None, "orders_overdue": None,
+        "orders_value_sum": 30000, "orders_value_mean": 30000,
+        "service_count_all": 2, "service_count_180d": 1, "service_tenure_days": 200,
+        "service_days_since_last": 100, "service_typical_gap_days": 100,
+        "service_overdue": 1.0, "service_value_sum": 1000,
+        "inbound_count_all": 3, "inbound_tenure_days": 200, "inbound_days_since_last": 10,
+        "inbound_typical_gap_days": 95, "inbound_pace_trend": (1 / 90) / (3 / 200),
+        "high_intent_hist_count_all": 1, "high_intent_hist_days_since_last": 10,
+        # the 90-day features do not see any of it but the price inquiry
+        "events_90d": 1, "days_since_any": 10,
+    })
+    before = row(run(con, [T - 9 * D], hist), "A", T - 9 * D)  # the inquiry is not yet in
+    assert_values(before, {"events_count_all": 4, "events_days_since_last": 91,
+                           "inbound_count_all": 2, "high_intent_hist_count_all": 0,
+                           "events_typical_gap_days": (400 - 100) / 2})
+
+
+def test_whole_history_is_point_in_time(con):
+    """An event ingested after the cutoff is not counted; one older than the lookback is."""
+    leads = [lead("A", T - 800 * D)]
+    events = [ev("A", T - 700 * D, "order"),  # far beyond the 90-day lookback: counted
+              ev("A", T - 300 * D, "order", ingested_at=T + US),  # ingested after the cutoff
+              ev("A", T, "order")]  # at the cutoff
+    feats = cat.get(["orders_count_all", "events_90d", "orders_days_since_last"])
+    r = row(features(con, leads, events, feats=feats), "A")
+    assert_values(r, {"orders_count_all": 1, "events_90d": 0, "orders_days_since_last": 700})
+    later = row(run(con, [T + D], cat.get(["orders_count_all", "orders_typical_gap_days"])),
+                "A", T + D)
+    assert_values(later, {"orders_count_all": 3, "orders_typical_gap_days": 700 / 2})
+
+
 # --------------------------------------------------------------------------- invariance
 
 TZS = ["Asia/Shanghai", "Europe/Berlin", None, "America/New_York", "Asia/Kolkata"]
@@ -354,11 +409,12 @@ def _np(stamps) -> np.ndarray:
 def random_data(seed: int, cutoffs: list[pd.Timestamp], n_leads: int = 120,
                 n_events: int = 4000, n_contacts: int = 500):
     """Random leads/events/contacts concentrated around the cutoffs and the window edges, with
-    ties, late ingestion, ingestion exactly at a cutoff and events exactly at a cutoff."""
+    ties, late ingestion, ingestion exactly at a cutoff and events exactly at a cutoff; a share
+    of the events years back (whole-history features), and values on half of them."""
     rng = np.random.default_rng(seed)
     lo, hi = min(cutoffs) - 100 * D, max(cutoffs) + 5 * D
     span_us = int((hi - lo) / US)
-    edges = [c - w * D for c in cutoffs for w in (0, 1, 3, 7, 14, 30, 90)]
+    edges = [c - w * D for c in cutoffs for w in (0, 1, 3, 7, 14, 30, 90, 180, 365)]
 
     def times(n):
         t = lo + pd.to_timedelta(rng.integers(0, span_us, n), unit="us")
@@ -388,6 +444,10 @@ def random_data(seed: int, cutoffs: list[pd.Timestamp], n_leads: int = 120,
     shifted = ts.iloc[prev].reset_index(drop=True) + pd.Series(pd.to_timedelta(
         rng.choice([0, 10, 29, 30, 31, 40], n_events), unit="min"))
     ts = ts.where(~follow, shifted)
+    # history beyond the lookback: whole days back (window edges stay edges), some of them
+    # on the same day as another of the lead's events
+    old = rng.random(n_events) < 0.2
+    ts = ts.where(~old, ts - pd.Series(pd.to_timedelta(rng.integers(60, 800, n_events), "D")))
     kind = rng.random(n_events)
     ingested = pd.Series(pd.NaT, index=ts.index, dtype="datetime64[us, UTC]")
     on_time = kind < 0.6
@@ -402,7 +462,9 @@ def random_data(seed: int, cutoffs: list[pd.Timestamp], n_leads: int = 120,
     events = pd.DataFrame({
         "lead_id": ev_lead, "ts": ts, "event_type": rng.choice(TYPES, n_events),
         "model": rng.choice(np.array(["M1", "M2", "M3", None], dtype=object), n_events),
-        "value": np.nan, "ingested_at": ingested,
+        "value": np.where(rng.random(n_events) < 0.5, rng.integers(1, 10**6, n_events) / 100,
+                          np.nan),
+        "ingested_at": ingested,
     })
     contacts = pd.DataFrame({
         "lead_id": rng.choice(ids, n_contacts), "ts": times(n_contacts),
@@ -439,6 +501,9 @@ def test_features_only_see_visible_rows(con, seed):
     full = _frame(con, CUTOFFS)
     assert len(full) > 100 and full["events_90d"].sum() > 1000  # the data is not trivial
     assert full["sessions_7d"].sum() > 0 and full["night_share_30d"].notna().sum() > 20
+    # whole-history features see beyond the lookback, and values
+    assert (full["events_count_all"] > full["events_90d"]).sum() > 100
+    assert full["service_overdue"].notna().sum() > 20 and full["orders_value_sum"].sum() > 0
     for c in CUTOFFS:
         avail = events["ingested_at"].fillna(events["ts"])
         ev_vis = events[(events["ts"] < c) & (avail <= c)]
@@ -539,6 +604,7 @@ def test_compute_matches_the_single_statement_sql(con, cutoffs):
     contract.register_frames(con, leads, events, contacts)
     staged = _frame(con, cutoffs)
     assert staged["night_share_30d"].notna().sum() > 10
+    assert (staged["inbound_count_all"] > staged["inbound_count_180d"]).sum() > 10
     _assert_same(staged, _sql_frame(con, cutoffs))
 
 

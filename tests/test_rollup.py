@@ -162,3 +162,36 @@ def test_an_intake_that_starts_over_rebuilds_the_rollups(tmp_path):
     assert_rollups_equal_the_job(cache, segments, n, one)
     got = job.to_pandas(rollup.features(cache, 0, segments, one)).set_index("lead_id")
     assert got.loc["L1", "page_view_1d"] == 1
+
+
+def test_whole_history_is_kept_through_late_rows_and_compaction(tmp_path, monkeypatch):
+    """Events 400, 100 and 10 days before the first night, and one 200 days back that is
+    ingested a night later: the rollups keep every day of history (not only the lookback),
+    compacted every night, and give the job's whole-history features night after night."""
+    monkeypatch.setattr(rollup, "MAX_FILES", 1)
+    data, cache = tmp_path / "data", tmp_path / "cache"
+    one = T + pd.Timedelta(days=2)
+    ev = events(("L1", "order", 48 - 400 * 24), ("L1", "service_visit", 48 - 100 * 24),
+                ("L1", "page_view", 48 - 10 * 24), ("L2", "page_view", 30))
+    ev["value"] = [30000.0, 500.0, None, None]
+    deliver(data, {"leads": leads(("L1", "D1", -500), ("L2", "D1", 0)), "events": ev}, "001")
+    segments, n = night(data, cache, tmp_path, bucket_leads=10)
+    assert_rollups_equal_the_job(cache, segments, n, one)
+    got = job.to_pandas(rollup.features(cache, 0, segments, one)).set_index("lead_id")
+    assert got.loc["L1", "events_count_all"] == 3 and got.loc["L1", "orders_count_all"] == 1
+    assert got.loc["L1", "orders_days_since_last"] == 400
+
+    late = events(("L1", "service_visit", 48 - 200 * 24))
+    late["value"] = [400.0]
+    late["ingested_at"] = [one + pd.Timedelta(hours=12)]
+    deliver(data, {"events": late}, "002")
+    for i in (1, 2):
+        cut = one + pd.Timedelta(days=i)
+        segments, n = night(data, cache, tmp_path, bucket_leads=10)
+        assert_rollups_equal_the_job(cache, segments, n, cut)
+    got = job.to_pandas(rollup.features(cache, 0, segments, cut)).set_index("lead_id")
+    assert got.loc["L1", "service_count_all"] == 2 and got.loc["L1", "service_value_sum"] == 900
+    assert got.loc["L1", "service_typical_gap_days"] == 100
+    assert got.loc["L1", "service_days_since_last"] == 102
+    state = json.loads((rollup.bucket_dir(cache, 0) / rollup.STATE).read_text())
+    assert len(state["files"]) == 1  # compacted, the old days kept

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from leadscore.schema import (
     BROWSE_TYPES,
     HIGH_INTENT_TYPES,
+    INBOUND_TYPES,
     STANDARD_EVENT_TYPES,
 )
 
@@ -105,6 +106,32 @@ class ContactStat(Feature):
     uncontacted_hours."""
 
     stat: str = "attempts"
+
+
+@dataclass(frozen=True)
+class History(Feature):
+    """A statistic of the lead's events of ``events`` types (``None`` = every type) over its
+    whole visible history, not capped by ``LOOKBACK_DAYS``: slow rhythms (service every 6-12
+    months, a purchase every few months) only show over years.
+
+    ``stat``: ``count``, ``value_sum``, ``value_mean`` (of the events' ``value``; missing while
+    none has one) over the last ``window_days`` (``None`` = whole history); ``tenure`` and
+    ``since_last`` (days since the first / last event); ``active_days`` (distinct UTC days of
+    ``ts`` with an event); ``typical_gap`` = (last - first) / (active_days - 1), in days: the
+    mean gap between active days, so a visit of twenty page views, or an order and its
+    delivery on one day, is one return, not twenty; ``overdue`` = since_last / typical_gap;
+    ``pace_trend`` = the pace over the last ``window_days`` against the long-run pace, count /
+    max(tenure, window_days) (a lead younger than the window reads 1, not a spike).
+    All are built from per (lead, type, day) count, value sum and count, first and last ts
+    (``features.job``: one reduction, every engine)."""
+
+    stat: str = "count"
+    events: tuple[str, ...] | None = None
+    window_days: int | None = None
+
+
+HISTORY_STATS = ("count", "value_sum", "value_mean", "tenure", "since_last", "active_days",
+                 "typical_gap", "overdue", "pace_trend")
 
 
 @dataclass(frozen=True)
@@ -297,8 +324,66 @@ def _static() -> list[Feature]:
     ]
 
 
+#: (name prefix, event types, what the advisor reads) of the whole-history groups
+HISTORY_GROUPS: tuple[tuple[str, tuple[str, ...] | None, dict[str, str]], ...] = (
+    ("events", None, {"count": "{value:.0f} interactions", "first": "First seen",
+                      "last": "Last seen", "gap": "Usually returns every", "days": "Active"}),
+    ("orders", ("order",), {"count": "Ordered {value:.0f} times", "last": "Last ordered",
+                            "gap": "Usually orders every", "days": "Ordered",
+                            "sum": "Orders worth {value:,.0f} in total",
+                            "mean": "Average order value {value:,.0f}"}),
+    ("service", ("service_visit",), {
+        "count": "{value:.0f} service visits", "first": "First service visit",
+        "last": "Last service visit", "gap": "Comes for service every",
+        "days": "Came for service",
+        "sum": "Spent {value:,.0f} on service in total"}),
+    ("inbound", INBOUND_TYPES, {
+        "count": "Got in touch {value:.0f} times", "first": "First got in touch",
+        "last": "Last got in touch", "gap": "Usually gets in touch every",
+        "days": "Got in touch"}),
+    ("high_intent_hist", HIGH_INTENT_TYPES, {
+        "count": "{value:.0f} price requests, test drives, visits or calls",
+        "last": "Last price request, test drive, visit or call"}),
+)
+
+
+def _history() -> list[Feature]:
+    """Whole-history features per group: counts over the whole history and 365/180 days, then
+    whatever the group's sentences cover (tenure, recency, rhythm, value, pace)."""
+    out: list[Feature] = []
+    for slug, types, say in HISTORY_GROUPS:
+
+        def add(name: str, says: str, stat: str, window: int | None = None,
+                slug: str = slug, types: tuple[str, ...] | None = types) -> None:
+            out.append(History(f"{slug}_{name}", says=says, stat=stat, events=types,
+                               window_days=window))
+
+        add("count_all", f"{say['count']} over the whole history", "count")
+        for w in (365, 180):
+            add(f"count_{w}d", f"{say['count']} in the last {w} days", "count", w)
+        if "first" in say:
+            add("tenure_days", f"{say['first']} {{value:.0f}} days ago", "tenure")
+        add("days_since_last", f"{say['last']} {{value:.0f}} days ago", "since_last")
+        if "gap" in say:
+            add("active_days", f"{say['days']} on {{value:.0f}} different days", "active_days")
+            add("typical_gap_days", f"{say['gap']} {{value:.0f}} days", "typical_gap")
+            add("overdue", f"{say['last']} {{value:.1f}}x the usual gap ago (1 = on schedule)",
+                "overdue")
+        if "sum" in say:
+            add("value_sum", say["sum"], "value_sum")
+        if "mean" in say:
+            add("value_mean", say["mean"], "value_mean")
+    for slug, types, what in (("events", None, "Activity"),
+                              ("inbound", INBOUND_TYPES, "Getting in touch")):
+        out.append(History(f"{slug}_pace_trend", stat="pace_trend", events=types,
+                           window_days=LOOKBACK_DAYS,
+                           says=f"{what} in the last {LOOKBACK_DAYS} days is {{value:.1f}}x "
+                                f"the long-run pace"))
+    return out
+
+
 def build_catalog() -> tuple[Feature, ...]:
-    feats = [*_static(), *_counts(), *_recency(), *_behaviour(), *_contacts()]
+    feats = [*_static(), *_counts(), *_recency(), *_behaviour(), *_contacts(), *_history()]
     names = [f.name for f in feats]
     dupes = {n for n in names if names.count(n) > 1}
     if dupes:  # a programming error, caught by the test suite on first import
@@ -327,7 +412,10 @@ BY_NAME: dict[str, Feature] = {f.name: f for f in (*CATALOG, *SLOT_CATALOG)}
 #: Feature services: the feature lists models pick from.
 STATIC = tuple(f.name for f in CATALOG if isinstance(f, Static))
 CONTACT_HISTORY = tuple(f.name for f in CATALOG if isinstance(f, ContactStat))
-LEAD_BEHAVIOUR = tuple(f.name for f in CATALOG if f.name != "tz")
+LEAD_BEHAVIOUR = tuple(f.name for f in CATALOG if f.name != "tz"
+                       and not isinstance(f, History))
+#: Whole-history features (tenure, lifetime counts, rhythm, value): churn and conversion.
+HISTORY = tuple(f.name for f in CATALOG if isinstance(f, History))
 #: What the contact-slot model sees: when and how the lead is reachable, plus the slot.
 SLOT_CONTEXT = (
     "source", "lead_age_days", "night_share_14d", "night_share_30d",
@@ -371,6 +459,7 @@ __all__ = [
     "DaysSince",
     "DistinctModels",
     "Feature",
+    "History",
     "NightShare",
     "Sessions",
     "Static",

@@ -88,7 +88,8 @@ class _Plan:
         fs = self.features
         named: list[str] = []
         for f in fs:
-            if (isinstance(f, cat.Count) and not f.other) or isinstance(f, cat.DaysSince):
+            if ((isinstance(f, cat.Count) and not f.other)
+                    or isinstance(f, cat.DaysSince | cat.History)):
                 named += [t for t in (f.events or ()) if t not in named]
         if len(named) >= _OTHER_CODE:
             raise ValueError("too many event types named by the features")
@@ -99,6 +100,10 @@ class _Plan:
         self.since = list(dict.fromkeys(f.events for f in fs if isinstance(f, cat.DaysSince)))
         self.gaps = sorted({f.gap_minutes for f in fs if isinstance(f, cat.Sessions)})
         self.contacts = [f for f in fs if isinstance(f, cat.ContactStat)]
+        #: whole-history features: their event groups and the windows they sum over
+        self.history = [f for f in fs if isinstance(f, cat.History)]
+        self.hgroups = list(dict.fromkeys(f.events for f in self.history))
+        self.hwindows = sorted({f.window_days for f in self.history if f.window_days})
         self.model_feats = [f for f in fs if isinstance(f, cat.DistinctModels | cat.TopModelShare)]
         self.main = any(isinstance(f, cat.Count | cat.DaysSince | cat.NightShare | cat.Trend)
                         for f in fs)
@@ -159,7 +164,136 @@ class _Plan:
 
 
 _KINDS = (cat.Count, cat.DaysSince, cat.NightShare, cat.Trend, cat.Sessions, cat.DistinctModels,
-          cat.TopModelShare, cat.ContactStat, cat.Static)
+          cat.TopModelShare, cat.ContactStat, cat.Static, cat.History)
+
+
+# --------------------------------------------------------------------------- whole history
+#
+# Every History feature is a formula over its group's aggregates of the visible events: count,
+# value sum and value count (over a window or the whole history), first and last ts, distinct
+# active days. The engines differ only in how they get the aggregates (numpy sums of the
+# per (lead, type, day) reduction in compute() and the kept rollups; SQL in build_sql()); the
+# formulas below are written once and evaluated by either engine's operations.
+
+
+def history_value(f: cat.History, agg, ops):
+    """Feature ``f`` from ``agg(kind, window_days)`` (kind: count, vsum, vn, first, last,
+    days; first/last missing while the group has no visible event) with ``ops``."""
+    w = f.window_days
+    if f.stat == "count":
+        return agg("count", w)
+    if f.stat == "value_sum":
+        return ops.when_positive(agg("vn", w), agg("vsum", w))
+    if f.stat == "value_mean":
+        return ops.ratio(agg("vsum", w), agg("vn", w))
+    if f.stat == "tenure":
+        return ops.ago(agg("first"))
+    if f.stat == "since_last":
+        return ops.ago(agg("last"))
+    if f.stat == "active_days":
+        return agg("days")
+    gap = ops.ratio(ops.days_between(agg("first"), agg("last")), ops.minus(agg("days"), 1))
+    if f.stat == "typical_gap":
+        return gap
+    if f.stat == "overdue":
+        return ops.ratio(ops.ago(agg("last")), gap)
+    if f.stat == "pace_trend":
+        long_run = ops.ratio(agg("count"), ops.at_least(ops.ago(agg("first")), w))
+        return ops.ratio(ops.per(agg("count", w), w), long_run)
+    raise ValueError(f"{f.name}: unknown history stat {f.stat!r}")
+
+
+class _NpOps:
+    """history_value's operations on numpy arrays (missing: NaN)."""
+
+    def __init__(self, a: int):
+        self.a = a
+
+    def ago(self, t):
+        return (self.a - t) / US_PER_DAY
+
+    @staticmethod
+    def days_between(t0, t1):
+        return (t1 - t0) / US_PER_DAY
+
+    @staticmethod
+    def ratio(x, y):
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return np.where(y > 0, x / y, np.nan)
+
+    @staticmethod
+    def when_positive(c, x):
+        return np.where(c > 0, x, np.nan)
+
+    @staticmethod
+    def minus(x, c):
+        return x - c
+
+    @staticmethod
+    def at_least(x, c):
+        return np.maximum(x, c)  # missing stays missing
+
+    @staticmethod
+    def per(x, c):
+        return x / c
+
+
+class _SqlOps:
+    """history_value's operations as SQL (missing: NULL), the same arithmetic."""
+
+    def __init__(self, us: str):
+        self.us = us
+
+    def ago(self, t):
+        return f"(({self.us}) - ({t})) / {US_PER_DAY}.0"
+
+    @staticmethod
+    def days_between(t0, t1):
+        return f"(({t1}) - ({t0})) / {US_PER_DAY}.0"
+
+    @staticmethod
+    def ratio(x, y):
+        return f"(CASE WHEN ({y}) > 0 THEN CAST({x} AS DOUBLE) / ({y}) END)"
+
+    @staticmethod
+    def when_positive(c, x):
+        return f"(CASE WHEN ({c}) > 0 THEN CAST({x} AS DOUBLE) END)"
+
+    @staticmethod
+    def minus(x, c):
+        return f"(({x}) - {c})"
+
+    @staticmethod
+    def at_least(x, c):
+        return f"(CASE WHEN ({x}) IS NOT NULL THEN greatest({x}, {c}.0) END)"
+
+    @staticmethod
+    def per(x, c):
+        return f"(CAST({x} AS DOUBLE) / {c}.0)"
+
+
+def _floor_div(x: str, size: int) -> str:
+    """``floor(x / size)`` in integer SQL (DuckDB's ``//`` truncates towards zero)."""
+    return f"(({x}) - ((({x}) % {size}) + {size}) % {size}) // {size}"
+
+
+def history_rows_sql(events: str, lk: str, code: str, d: str, vis: str, key: str = "k",
+                     hi: str | None = None) -> str:
+    """The one reduction of the whole-history features: per (lead, event ``code``, UTC day of
+    ``ts``, time bucket ``d``, visibility ``vis``) the count, value sum and count, first and
+    last ts. Every aggregate is a sum, min or max, so loads and cutoffs add up; distinct days
+    are distinct keys. ``code``, ``d`` and ``vis`` are each engine's keys, as SQL over the
+    events ``e``; with ``hi``, only the events before it and ingested by it."""
+    before = "" if hi is None else f" AND e.ts < {hi} AND coalesce(e.ingested_at, e.ts) <= {hi}"
+    return f"""SELECT l.{key} AS k, {code} AS code,
+        CAST({_floor_div('epoch_us(e.ts)', US_PER_DAY)} AS BIGINT) AS day,
+        CAST({d} AS BIGINT) AS d, {vis} AS vis, CAST(count(*) AS INTEGER) AS n,
+        coalesce(sum(CAST(e.value AS DOUBLE)), 0.0) AS vsum,
+        CAST(count(e.value) AS INTEGER) AS vn,
+        min(epoch_us(e.ts)) AS tmin, max(epoch_us(e.ts)) AS tmax
+    FROM {events} e JOIN {lk} l ON e.lead_id = l.lead_id
+    WHERE TRUE{before} GROUP BY ALL"""
+
 
 
 # --------------------------------------------------------------------------- time grid
@@ -487,6 +621,30 @@ def _per_cutoff_sql(plan: _Plan, grid: _Grid, cut: _Cut, t: dict[str, str], only
     WHERE g.t < {cut.us}
     GROUP BY {grp})""")
         joins.append(f"LEFT JOIN a_contacts xc ON {on.format(x='xc')}")
+    hist: dict[str, str] = {}
+    if plan.history:
+        ag = _Aggs()
+        sql_ops = _SqlOps(cut.out_us)
+        for f in plan.history:
+            cond = "TRUE" if f.events is None else f"g.code IN ({plan.codes(f.events)})"
+
+            def agg(kind: str, w: int | None = None, cond: str = cond) -> str:
+                c = cond if w is None else f"{cond} AND g.d >= {cut.us} - {w * US_PER_DAY}"
+                if kind in ("first", "last"):
+                    fn, col = ("min", "tmin") if kind == "first" else ("max", "tmax")
+                    return "xh." + ag.add(f"{fn}(CASE WHEN {c} THEN g.{col} END)")
+                a = ag.add(f"count(DISTINCT CASE WHEN {c} THEN g.day END)" if kind == "days"
+                           else f"sum(CASE WHEN {c} THEN g.{'n' if kind == 'count' else kind} "
+                                f"ELSE 0 END)")
+                return f"coalesce(xh.{a}, 0)"
+
+            hist[f.name] = history_value(f, agg, sql_ops)
+        ctes.append(f"""a_hist AS (
+    SELECT {grp}, {ag.select()}
+    FROM {t['hist']} g {join}
+    WHERE g.vis <= {cut.key}
+    GROUP BY {grp})""")
+        joins.append(f"LEFT JOIN a_hist xh ON {on.format(x='xh')}")
     joins.append(f"LEFT JOIN {t['status']} st ON st.k = b.k")
     us = cut.out_us
     sel = ["b.lead_id", "b.dealer_id", f"{cut.as_of} AS as_of",
@@ -504,6 +662,8 @@ def _per_cutoff_sql(plan: _Plan, grid: _Grid, cut: _Cut, t: dict[str, str], only
                 e = f'b."{f.column}"'
             else:
                 e = f'CAST(b."{f.column}" AS DOUBLE)'
+        elif isinstance(f, cat.History):
+            e = f"CAST({hist[f.name]} AS DOUBLE)"
         elif isinstance(f, cat.Count):
             e = f"CAST(coalesce({v}, 0) AS DOUBLE)"
         elif isinstance(f, cat.DaysSince):
@@ -608,6 +768,9 @@ def build_sql(features: Sequence[cat.Feature], lookback_days: int = cat.LOOKBACK
         names = {"cand": f"cand{gap}", "fix": f"fix{gap}"}
         rels += [(f"cand{gap}", cand), (f"fix{gap}", fix.format(**names)),
                  (f"sess{gap}", sess.format(**names))]
+    if plan.history:  # the same reduction, keyed by the instant and the visibility instant
+        rels.append(("hist", history_rows_sql("events", "lk", plan.code_sql("e.event_type"),
+                                              "epoch_us(e.ts)", _VS, hi=hi)))
     if plan.model_feats:
         src = _events("lk", since(spans["models"]), hi, ", e.model AS model",
                       " AND e.model IS NOT NULL")
@@ -715,6 +878,11 @@ class _Reduced:
             self.vs_close[st["k"]] = st["c"]
             if plan.contacts:  # in no order: the stats need none (see _contacts_at)
                 self.ct = _fetch(con, contact_rows_sql("contacts", lk, hi=hi))
+            if plan.history:  # every day of history, however old
+                self.hist = _fetch(con, history_rows_sql(
+                    "events", lk, plan.code_sql("e.event_type"),
+                    _floor_div(f"epoch_us(e.ts) - {grid.base}", grid.size), grid.vis(_VS),
+                    hi=hi))
             self._events(con, make, drop, lk, first, hi, spans)
         finally:
             for name in tmp:
@@ -726,7 +894,8 @@ class _Reduced:
         """The reduction of one cutoff (``cuts == [c]``) from rows reduced elsewhere (kept
         rollups, :mod:`leadscore.features.rollup`): every row visible (``vis`` 0), ``d`` in
         ``grid``'s buckets, ``leads`` in ``k`` order with ``created_us``. ``rows`` holds
-        what the plan needs: main, latest, hours, sess (by gap), model (+ n_models), ct."""
+        what the plan needs: main, latest, hours, sess (by gap), model (+ n_models), ct,
+        hist (``history_rows_sql``'s columns, ``d`` in ``grid``'s buckets)."""
         if len(cuts) != 1:
             raise ValueError("kept rollups give one cutoff at a time")
         self = cls.__new__(cls)
@@ -735,7 +904,7 @@ class _Reduced:
         self.leads, self.n = leads, leads.num_rows
         self.vs_order, self.vs_close = vs_order, vs_close
         self.sess = rows.get("sess", {})
-        for name in ("main", "hours", "ct"):
+        for name in ("main", "hours", "ct", "hist"):
             if name in rows:
                 setattr(self, name, rows[name])
         if "latest" in rows:
@@ -882,6 +1051,8 @@ class _Reduced:
             out.update(self._models_at(i, D))
         if plan.contacts:
             out.update(self._contacts_at(a))
+        if plan.history:
+            out.update(self._history_at(i, D, a))
         cols = {
             "lead_id": self.leads.column("lead_id").take(keep),
             "dealer_id": self.leads.column("dealer_id").take(keep),
@@ -1097,6 +1268,73 @@ class _Reduced:
                 with np.errstate(divide="ignore", invalid="ignore"):
                     res[f.name] = np.where(tot > 0, top / tot, np.nan)
         return res
+
+    def _history_groups(self) -> list[dict]:
+        """Per history group: its reduced rows in order of visibility (``at``: where each
+        cutoff's start), its active (lead, day) keys by the first cutoff that sees them, and
+        whole-history totals kept up to date from one cutoff to the next."""
+        plan, h, n = self.plan, self.hist, self.n
+        nc = len(self.cuts)
+        groups = []
+        for types in plan.hgroups:
+            sel = (np.ones(len(h["k"]), dtype=bool) if types is None
+                   else np.isin(h["code"], [plan.code[t] for t in types]))
+            order = np.flatnonzero(sel)
+            order = order[np.argsort(h["vis"][order], kind="stable")]
+            rows = {c: h[c][order] for c in ("k", "d", "vis", "n", "vsum", "vn", "tmin", "tmax",
+                                             "day")}
+            # a day is active from the first cutoff at which any of its events is visible
+            by = np.lexsort((rows["vis"], rows["day"], rows["k"]))
+            first = by[_runs(rows["k"][by], rows["day"][by])]
+            fv = rows["vis"][first]
+            days_k = rows["k"][first][np.argsort(fv, kind="stable")]
+            groups.append({
+                "rows": rows, "at": np.searchsorted(rows["vis"], np.arange(nc + 1)),
+                "days_k": days_k, "days_at": np.searchsorted(np.sort(fv), np.arange(nc + 1)),
+                "count": np.zeros(n), "vsum": np.zeros(n), "vn": np.zeros(n),
+                "days": np.zeros(n), "first": np.full(n, _NEVER, dtype=np.int64),
+                "last": np.full(n, -_NEVER, dtype=np.int64)})
+        return groups
+
+    def _history_at(self, i: int, D: int, a: int) -> dict[str, np.ndarray]:
+        """The History features at cutoff ``i`` (bucket ``D``, instant ``a``): whole-history
+        totals gain the rows that became visible; windowed sums are taken afresh."""
+        plan, grid, n = self.plan, self.grid, self.n
+        if "hist" not in self._state:
+            self._state["hist"] = self._history_groups()
+        out: dict[str, np.ndarray] = {}
+        ops = _NpOps(a)
+        for types, g in zip(plan.hgroups, self._state["hist"], strict=True):
+            r, (lo, hi) = g["rows"], g["at"][i:i + 2]
+            k = r["k"][lo:hi]
+            for c, col in (("count", "n"), ("vsum", "vsum"), ("vn", "vn")):
+                g[c] += np.bincount(k, weights=r[col][lo:hi], minlength=n)
+            np.minimum.at(g["first"], k, r["tmin"][lo:hi])
+            np.maximum.at(g["last"], k, r["tmax"][lo:hi])
+            g["days"] += np.bincount(g["days_k"][g["days_at"][i]:g["days_at"][i + 1]],
+                                     minlength=n)
+            first = np.where(g["first"] == _NEVER, np.nan, g["first"].astype(np.float64))
+            last = np.where(g["last"] == -_NEVER, np.nan, g["last"].astype(np.float64))
+            seen = r["k"][:hi]
+            windowed: dict[int, dict[str, np.ndarray]] = {}
+            for w in plan.hwindows:
+                inside = r["d"][:hi] >= D - grid.window(w)
+                windowed[w] = {c: np.bincount(seen[inside], weights=r[col][:hi][inside],
+                                              minlength=n)
+                               for c, col in (("count", "n"), ("vsum", "vsum"), ("vn", "vn"))}
+
+            def agg(kind: str, w: int | None = None, g=g, first=first, last=last,
+                    windowed=windowed):
+                if kind == "first":
+                    return first
+                if kind == "last":
+                    return last
+                return g[kind] if w is None else windowed[w][kind]
+
+            for f in plan.history:
+                if f.events == types:
+                    out[f.name] = history_value(f, agg, ops)
+        return out
 
     def _contacts_at(self, a: int) -> dict[str, np.ndarray]:
         return contact_stats(self.ct, self.n, a, self.plan.contacts,

@@ -20,7 +20,9 @@ exactly what :func:`job.compute` gives (the tests compare them over several nigh
 rows included). Days older than any cutoff from ``SLACK_DAYS`` before the latest night needs
 are not kept (so a night's cost does not grow with the years of history): earlier cutoffs,
 and any cutoff that is not a midnight, are computed from the events (:func:`features` says
-None).
+None). The one exception is the whole-history reduction (``hist``: per lead, event type, day
+of ``ts`` and visible day; ``job.history_rows_sql``), kept for every day however old: it
+grows with a lead's active days, not with its events.
 
 Kept per bucket in ``<cache>/_features/bucket=N/`` (the intake's cache):
 - ``leads-<id>.arrow``: the leads, numbered (``lk``) in the order they arrived;
@@ -54,7 +56,7 @@ from leadscore.features import catalog as cat
 from leadscore.features import job
 
 DAY = job.US_PER_DAY
-FORMAT = 1
+FORMAT = 2  # 2: the whole-history reduction (hist)
 STATE = "state.json"
 DIR = "_features"
 #: reductions of more loads than this are rewritten as one file
@@ -295,6 +297,13 @@ class _Store:
                 coalesce(vs_order, {_NEVER}) AS o, vs_close AS c
                 FROM ({job.status_sql("new_events", "lmz", key="lk")})"""),
             "ct": job._fetch(con, job.contact_rows_sql("new_contacts", "lmz", key="lk")),
+            # every day, however old, by (lead, type, day, visible day): whole-history features
+            "hist": job._fetch(con, f"""SELECT k, code, day, vis, n, vsum, vn, tmin, tmax
+                FROM ({job.history_rows_sql(
+                    "(SELECT e.*, coalesce(t.et, 0) AS et FROM new_events e "
+                    "LEFT JOIN et t ON t.event_type = e.event_type)",
+                    "lmz", "CAST(e.et AS USMALLINT)", "0",
+                    f"CAST(({job._VS} + {DAY - 1}) // {DAY} AS INTEGER)", key="lk")})"""),
         }
         path = self._path(f"r-{uid}")
         _save(path, rows)
@@ -433,6 +442,15 @@ class _Store:
             rows["n_models"] = len(st["models"]) + 1
         if plan.contacts:
             rows["ct"] = kept["ct"]
+        if plan.history:  # never trimmed: the whole history, one row per (lead, type, day)
+            h = kept["hist"]
+            sel = h["vis"] <= D
+            hist = {c: h[c][sel] for c in ("k", "day", "n", "vsum", "vn", "tmin", "tmax")}
+            hist["code"] = np.array([0, *map(plan.code_of, st["event_types"])],
+                                    dtype=np.uint8)[h["code"][sel]]
+            hist["d"] = hist["day"] - base
+            hist["vis"] = np.zeros(len(hist["k"]), dtype=np.int32)
+            rows["hist"] = hist
         reduced = job._Reduced.of_rows(plan, grid, [a], leads, vs_order, vs_close, rows)
         return reduced.at(0, only_open=False, order=order)
 

@@ -1,10 +1,12 @@
 """Churn risk: will this lead (or owner) go dark — no engagement within H days?
 
 Engagement defaults to every inbound (lead-initiated) event type and H to 30 days; both are
-configurable because owners' rhythms (service at ~90 days) differ from shoppers'.
+configurable because owners' rhythms (service at ~90 days) differ from shoppers'. The
+whole-history features (``HISTORY``) let the model read each owner's own service rhythm:
+how often they come, when they last came, how overdue they are.
 """
 
-from leadscore.features.catalog import LEAD_BEHAVIOUR
+from leadscore.features.catalog import HISTORY, LEAD_BEHAVIOUR
 from leadscore.models.spec import Gate, ModelSpec, NoneWithin
 from leadscore.schema import INBOUND_TYPES
 
@@ -13,7 +15,7 @@ SPEC = ModelSpec(
     description="Probability that a lead or owner shows no engagement within the horizon.",
     entity="open_or_owner",
     label=NoneWithin(INBOUND_TYPES, days=30),
-    features=LEAD_BEHAVIOUR,
+    features=(*LEAD_BEHAVIOUR, *HISTORY),
     calibration="isotonic",
     gate=Gate("roc_auc", min_gain=0.002),
     grades=(0.7, 0.5, 0.3),

@@ -6,7 +6,7 @@ finance activity are monotone increasing: an advisor must never see a lead's sco
 the lead used the finance calculator once more.
 """
 
-from leadscore.features.catalog import LEAD_BEHAVIOUR, WINDOWS_DAYS
+from leadscore.features.catalog import HISTORY, LEAD_BEHAVIOUR, WINDOWS_DAYS
 from leadscore.models.spec import Gate, ModelSpec, Within
 
 SPEC = ModelSpec(
@@ -14,7 +14,7 @@ SPEC = ModelSpec(
     description="Probability that an open lead places an order within 30 days.",
     entity="open",
     label=Within(("order",), days=30),
-    features=LEAD_BEHAVIOUR,
+    features=(*LEAD_BEHAVIOUR, *HISTORY),
     monotone={
         **{f"finance_calc_{w}d": +1 for w in WINDOWS_DAYS},
         **{f"config_view_{w}d": +1 for w in WINDOWS_DAYS},
