@@ -12,8 +12,9 @@ import numpy as np
 import pandas as pd
 import pytest
 from fastapi.testclient import TestClient
+from typer.testing import CliRunner
 
-from leadscore import contract, registry
+from leadscore import cli, contract, registry
 from leadscore import simulate as sim
 from leadscore.features import catalog as cat
 from leadscore.features import job
@@ -160,10 +161,13 @@ def test_http_inline_and_by_id_score_as_the_batch(run, tmp_path):
     ds = contract.load(data)
     as_of = pd.Timestamp("2026-04-20", tz="UTC")
     want = _reference(data, model, as_of)
-    # the online store holds what the models need (leadscore features --vocabulary champions)
-    feats = job.to_pandas(job.compute(ds.con, [as_of], scorer.job_features, only_open=True),
-                          scorer.job_features)
-    online.write(feats, tmp_path / "features.db")
+    # the online store holds what the champions need
+    r = CliRunner().invoke(cli.app, [
+        "features", "--data", str(data), "--as-of", as_of.isoformat(), "--only-open",
+        "--out", str(tmp_path / "f.parquet"), "--store", str(tmp_path / "features.db"),
+        "--vocabulary", "champions"])
+    assert r.exit_code == 0, r.output
+    assert TRADE_IN[1].name in pd.read_parquet(tmp_path / "f.parquet").columns
     dealers = sorted(ds.frame("leads")["dealer_id"].unique())
     keys = write_key_file(tmp_path / "keys.json", {"t": (KEY, dealers)})
     runtime = Runtime(online.OnlineStore(tmp_path / "features.db"), KeyRing.from_file(keys),
@@ -198,6 +202,19 @@ def test_http_inline_and_by_id_score_as_the_batch(run, tmp_path):
         by_id = r.json()["results"][0]
     assert by_inline["p_convert"] == pytest.approx(want.loc[lead_id, "p"], rel=1e-9)
     assert by_id["p_convert"] == pytest.approx(want.loc[lead_id, "p"], rel=1e-9)
+
+
+def test_features_vocabulary_option(run, tmp_path):
+    r = CliRunner().invoke(cli.app, [
+        "features", "--data", str(run["data"]), "--as-of", "2026-04-01",
+        "--out", str(tmp_path / "f.parquet"), "--vocabulary", "page_view,x"])
+    assert r.exit_code == 2 and "page_view" in r.output
+    r = CliRunner().invoke(cli.app, [
+        "features", "--data", str(run["data"]), "--as-of", "2026-04-01",
+        "--out", str(tmp_path / "f.parquet"), "--vocabulary", "offer returned, " + CUSTOM])
+    assert r.exit_code == 0, r.output
+    cols = pd.read_parquet(tmp_path / "f.parquet").columns
+    assert "type__offer%20returned__30d" in cols and TRADE_IN[0].name in cols
 
 
 def test_a_type_never_seen_in_training_counts_as_other(run):
