@@ -235,3 +235,19 @@ def test_a_type_never_seen_in_training_counts_as_other(run):
     assert (f[TRADE_IN[1].name] == 0).all()
     p = model.predict_proba(f)
     assert p[0] == p[1]  # two unknown types read the same
+
+
+def test_promotion_compares_models_with_other_vocabularies(run):
+    """A challenger trained with another vocabulary: its holdout also holds the champion's
+    vocabulary columns, so promotion scores both on it."""
+    from leadscore.training import promote
+
+    cfg = ExperimentConfig(model="conversion", vocabulary={"event_types": 1, "min_events": 5},
+                           params={"num_boost_round": 40, "min_data_in_leaf": 10})
+    res = train(run["data"], cfg)
+    assert res.alias == registry.CHALLENGER
+    chall, _ = registry.load("conversion", registry.CHALLENGER)
+    assert chall.meta["vocabulary"]["event_types"] == ["brochure_download"]
+    assert not any(CUSTOM in f for f in chall.features)
+    d = promote.promote_best("conversion")
+    assert d.champion_value is not None and d.challenger_value is not None, d

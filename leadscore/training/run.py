@@ -126,18 +126,29 @@ def _vocabulary(con, spec: ModelSpec, cfg: ExperimentConfig,
     slot model keeps its fixed context."""
     from dataclasses import replace
 
-    if spec.entity == "contact_attempt" or cfg.vocabulary.event_types == 0:
+    if spec.entity == "contact_attempt":
         return spec, []
     before = vocabulary.vocabulary_cutoff(ts.frame, ts.split_kind)
     types = vocabulary.choose_event_types(con, before, cfg.vocabulary.event_types,
                                           cfg.vocabulary.min_events)
+    # the champion's types too, as columns only: promotion scores this run's holdout with
+    # the champion, whose vocabulary may differ
+    extra = [t for t in _champion_vocabulary(spec.name) if t not in types]
+    ts.frame, names = vocabulary.add_features(con, ts.frame, [*types, *extra])
+    names = names[:len(catalog.vocabulary_features(types))]
     if not types:
         return spec, []
-    ts.frame, names = vocabulary.add_features(con, ts.frame, types)
     ts.notes.append(f"vocabulary: {len(types)} event types beyond the standard list have "
                     f"features of their own (chosen on events before {before})")
     log.info("%s: vocabulary %s", spec.name, types)
     return replace(spec, features=(*spec.features, *names)).validate(), types
+
+
+def _champion_vocabulary(model: str) -> list[str]:
+    """The vocabulary event types of the model's current champion (none without one)."""
+    registry.configure()
+    got = registry.load(model, registry.CHAMPION)
+    return [] if got is None else catalog.vocabulary_of(got[0].features)
 
 
 def resolve_spec(cfg: ExperimentConfig) -> ModelSpec:
@@ -234,8 +245,8 @@ def _log_run(spec, cfg, ts, fr, test, p, m, fp, truth_note, register: bool,
         plots.shap_summary(contrib, final.frame(contrib_rows), d / "shap_summary.png")
         # every catalogue feature, not just this spec's: promotion scores this holdout with
         # the champion too, which may use other features
-        feats = [f.name for f in (*catalog.CATALOG, *catalog.vocabulary_features(vocab or []))
-                 if f.name in test.columns]
+        feats = [*(f.name for f in catalog.CATALOG if f.name in test.columns),
+                 *(c for c in test.columns if c.startswith(catalog.VOCAB_PREFIX))]
         keep = ["lead_id", "dealer_id", "as_of", *feats, "label"]
         # p_eval: the evaluation fit's predictions, which promotion compares (a refit model
         # has seen these rows)
