@@ -133,7 +133,7 @@ def _vocabulary(con, spec: ModelSpec, cfg: ExperimentConfig,
                                           cfg.vocabulary.min_events)
     # the champion's types too, as columns only: promotion scores this run's holdout with
     # the champion, whose vocabulary may differ
-    extra = [t for t in _champion_vocabulary(spec.name) if t not in types]
+    extra = [t for t in _champion_vocabulary(spec.name, ts.notes) if t not in types]
     ts.frame, names = vocabulary.add_features(con, ts.frame, [*types, *extra])
     names = names[:len(catalog.vocabulary_features(types))]
     if not types:
@@ -144,10 +144,20 @@ def _vocabulary(con, spec: ModelSpec, cfg: ExperimentConfig,
     return replace(spec, features=(*spec.features, *names)).validate(), types
 
 
-def _champion_vocabulary(model: str) -> list[str]:
-    """The vocabulary event types of the model's current champion (none without one)."""
+def _champion_vocabulary(model: str, notes: list[str]) -> list[str]:
+    """The vocabulary event types of the model's current champion (none without one, or
+    when it cannot be loaded: then promotion may not score it on this run's holdout, which
+    the run's notes say)."""
+    from mlflow.exceptions import MlflowException
+
     registry.configure()
-    got = registry.load(model, registry.CHAMPION)
+    try:
+        got = registry.load(model, registry.CHAMPION)
+    except (MlflowException, OSError, ValueError, KeyError) as e:
+        note = f"champion not loaded for its vocabulary ({type(e).__name__}: {e})"
+        log.warning("%s", note)
+        notes.append(note)
+        return []
     return [] if got is None else catalog.vocabulary_of(got[0].features)
 
 
