@@ -202,12 +202,7 @@ def _vocabulary_option(value: str | None) -> list[str]:
     from leadscore.serving.scorer import ALL_MODELS
 
     registry.configure()
-    names: list[str] = []
-    for name in ALL_MODELS:
-        got = registry.load(name, registry.CHAMPION)
-        if got is not None:
-            names += got[0].features
-    return catalog.vocabulary_of(names)
+    return registry.champions_vocabulary(ALL_MODELS)
 
 
 @app.command()

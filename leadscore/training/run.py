@@ -152,13 +152,12 @@ def _champion_vocabulary(model: str, notes: list[str]) -> list[str]:
 
     registry.configure()
     try:
-        got = registry.load(model, registry.CHAMPION)
+        return registry.champions_vocabulary([model])
     except (MlflowException, OSError, ValueError, KeyError) as e:
         note = f"champion not loaded for its vocabulary ({type(e).__name__}: {e})"
         log.warning("%s", note)
         notes.append(note)
         return []
-    return [] if got is None else catalog.vocabulary_of(got[0].features)
 
 
 def resolve_spec(cfg: ExperimentConfig) -> ModelSpec:
