@@ -238,12 +238,14 @@ def test_a_type_never_seen_in_training_counts_as_other(run):
 
 
 def test_promotion_compares_models_with_other_vocabularies(run):
-    """A challenger trained with another vocabulary: its holdout also holds the champion's
-    vocabulary columns, so promotion scores both on it."""
+    """A challenger trained with another vocabulary (and another holdout, so the champion is
+    scored on it rather than by its logged predictions): its holdout also holds the
+    champion's vocabulary columns, so promotion scores both on it."""
     from leadscore.training import promote
 
     cfg = ExperimentConfig(model="conversion", vocabulary={"event_types": 1, "min_events": 5},
-                           params={"num_boost_round": 40, "min_data_in_leaf": 10})
+                           params={"num_boost_round": 40, "min_data_in_leaf": 10},
+                           split="entity", seed=1)
     res = train(run["data"], cfg)
     assert res.alias == registry.CHALLENGER
     chall, _ = registry.load("conversion", registry.CHALLENGER)
