@@ -253,3 +253,23 @@ def test_promotion_compares_models_with_other_vocabularies(run):
     assert not any(CUSTOM in f for f in chall.features)
     d = promote.promote_best("conversion")
     assert d.champion_value is not None and d.challenger_value is not None, d
+
+
+def test_a_store_without_the_vocabulary_is_a_deployment_error(run, tmp_path):
+    """Lookups by id in a store refreshed without ``--vocabulary`` answer 503 (the service
+    log names the missing features) rather than scoring the vocabulary as missing."""
+    model, data = run["model"], run["data"]
+    scorer = Scorer({"conversion": model})
+    r = CliRunner().invoke(cli.app, [
+        "features", "--data", str(data), "--as-of", "2026-04-20", "--only-open",
+        "--out", str(tmp_path / "f.parquet"), "--store", str(tmp_path / "features.db")])
+    assert r.exit_code == 0, r.output
+    f = pd.read_parquet(tmp_path / "f.parquet")
+    keys = write_key_file(tmp_path / "keys.json", {"t": (KEY, sorted(f["dealer_id"].unique()))})
+    runtime = Runtime(online.OnlineStore(tmp_path / "features.db"), KeyRing.from_file(keys),
+                      loader=lambda: scorer, reload_seconds=0)
+    assert runtime.reload()
+    with TestClient(create_app(runtime), raise_server_exceptions=False) as client:
+        r = client.post("/score", json={"leads": [{"lead_id": f["lead_id"].iloc[0]}]},
+                        headers=HEADERS)
+    assert r.status_code == 503, r.text
