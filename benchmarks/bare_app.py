@@ -44,7 +44,7 @@ class Compiled:
         cat_feats = [f for f in self.features if f in lm.categories]
         self.codes = {f: {v: float(i) for i, v in enumerate(levels)}
                       for f, levels in zip(cat_feats, cats, strict=True)}
-        self.says = [catalog.BY_NAME[f] for f in self.features]
+        self.says = [catalog.feature(f) for f in self.features]
 
     def matrix(self, rows: list[dict]) -> np.ndarray:
         x = np.full((len(rows), len(self.features)), np.nan)

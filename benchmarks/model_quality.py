@@ -53,7 +53,7 @@ def main() -> None:
 
     from leadscore import contract, registry
     from leadscore import simulate as sim
-    from leadscore.features import job
+    from leadscore.features import catalog, job
     from leadscore.models import get
     from leadscore.training import dataset, evaluate
     from leadscore.training.config import ExperimentConfig
@@ -87,7 +87,8 @@ def main() -> None:
         lm, _ = registry.load(model)
         cut = sorted(t for t in truth["as_of"].unique()
                      if t + pd.Timedelta(days=spec.label.days) <= end)
-        feats = job.to_pandas(job.compute(ds.con, cut))
+        need = catalog.job_features(lm.features)  # the catalogue and the model's vocabulary
+        feats = job.to_pandas(job.compute(ds.con, cut, need), need)
         feats = feats[feats["is_open"]].reset_index(drop=True)
         lab = dataset.label_rows(ds.con, feats, spec, end)
         feats = pd.concat([feats, lab], axis=1)

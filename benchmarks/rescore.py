@@ -202,7 +202,8 @@ def child_reference(data: str, work: str, models_dir: str, as_of: str, bucket_le
     frames = []
     for b in range(n_buckets):
         con = batch.bucket_connection(Path(work), b)
-        f = job.to_pandas(job.compute(con, [pd.Timestamp(as_of)]))
+        f = job.to_pandas(job.compute(con, [pd.Timestamp(as_of)], scorer.job_features),
+                          scorer.job_features)
         frames.append(f[f["is_open"] | f["is_owner"]])
         con.close()
     feats = pd.concat(frames, ignore_index=True)

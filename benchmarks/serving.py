@@ -94,9 +94,9 @@ def set_up(work: Path, n_leads: int, days: int) -> tuple[str, Path]:
     """Simulate, train the three models, write the online store; returns (mlflow uri, store)."""
     import pandas as pd
 
-    from leadscore import contract
+    from leadscore import contract, registry
     from leadscore import simulate as sim
-    from leadscore.features import job
+    from leadscore.features import catalog, job
     from leadscore.models import NAMES
     from leadscore.serving import store
     from leadscore.training.config import ExperimentConfig
@@ -118,7 +118,9 @@ def set_up(work: Path, n_leads: int, days: int) -> tuple[str, Path]:
         os.chdir(cwd)
     ds = contract.load(data)
     end = pd.Timestamp(ds.con.execute("SELECT max(ts) FROM events").df().iloc[0, 0])
-    feats = job.to_pandas(job.compute(ds.con, [end.floor("D")], only_open=True))
+    # the store holds what the champions read: the catalogue and their vocabulary
+    need = [*catalog.CATALOG, *catalog.vocabulary_features(registry.champions_vocabulary(NAMES))]
+    feats = job.to_pandas(job.compute(ds.con, [end.floor("D")], need, only_open=True), need)
     path = work / "features.db"
     store.write(feats, path)
     print(f"  set-up {time.perf_counter() - t0:.0f} s: {len(feats)} open leads in the store",

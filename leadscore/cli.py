@@ -143,6 +143,10 @@ def features(
     store: Annotated[
         Path | None, typer.Option(help="Also refresh this online store (latest row per lead)")
     ] = None,
+    vocabulary: Annotated[str | None, typer.Option(
+        help="Also the features of these event types beyond the standard list "
+             "(comma-separated), or 'champions': the types the registry's champion models "
+             "were trained with (what the HTTP service needs from the store)")] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
     """Point-in-time features for every lead at one or more cutoffs."""
@@ -150,9 +154,11 @@ def features(
     import pyarrow.parquet as pq
 
     from leadscore import contract
-    from leadscore.features import job
+    from leadscore.features import catalog, job
 
     cutoffs = _timestamps(as_of)
+    types = _vocabulary_option(vocabulary)
+    feats = [*catalog.CATALOG, *catalog.vocabulary_features(types)]
     try:
         ds = contract.load(data, quarantine_dir=data / "quarantine")
     except contract.ContractError as e:
@@ -162,9 +168,10 @@ def features(
     if engine is Engine.spark:  # the same feature function per bucket of leads, on Spark
         from leadscore.serving import spark
 
-        n_rows, n_cols = spark.compute_features(ds, cutoffs, out, only_open=only_open)
+        n_rows, n_cols = spark.compute_features(ds, cutoffs, out, only_open=only_open,
+                                                vocabulary=types)
     else:
-        table = job.compute(ds.con, cutoffs, only_open=only_open)
+        table = job.compute(ds.con, cutoffs, feats, only_open=only_open)
         pq.write_table(table, out)
         n_rows, n_cols = table.num_rows, table.num_columns
     typer.echo(ds.summary())
@@ -174,8 +181,28 @@ def features(
             table = pq.read_table(out)
         from leadscore.serving import store as online
 
-        n = online.write(job.to_pandas(table), store)
+        n = online.write(job.to_pandas(table, feats), store)
         typer.echo(f"online store {store}: {n:,} leads (latest cutoff per lead)")
+
+
+def _vocabulary_option(value: str | None) -> list[str]:
+    """``--vocabulary``: event types as given, or the champions' (the registry's)."""
+    from leadscore.features import catalog
+
+    if not value:
+        return []
+    if value.strip() != "champions":
+        types = list(dict.fromkeys(t.strip() for t in value.split(",") if t.strip()))
+        std = [t for t in types if t in catalog.STANDARD_EVENT_TYPES]
+        if std:
+            _fail(f"--vocabulary: {', '.join(std)} are standard event types (they have "
+                  "features of their own already)")
+        return types
+    from leadscore import registry
+    from leadscore.serving.scorer import ALL_MODELS
+
+    registry.configure()
+    return registry.champions_vocabulary(ALL_MODELS)
 
 
 @app.command()

@@ -81,9 +81,13 @@ def run(workdir: Path, n_leads: int = 20_000) -> None:
     _done(t0)
 
     t0 = _step("5. Serving: the CRM asks for scores over HTTP (BentoML on localhost)")
+    from leadscore.features import catalog
     from leadscore.serving import store as online
 
-    online.write(feats, workdir / "features.db")
+    # the store holds what the champions read: the catalogue and their vocabulary
+    need = [*catalog.CATALOG, *catalog.vocabulary_features(registry.champions_vocabulary(NAMES))]
+    online.write(job.to_pandas(job.compute(ds.con, [as_of], need, only_open=True), need),
+                 workdir / "features.db")
     _serve_and_ask(workdir, feats, data, as_of)
     _done(t0)
 

@@ -12,6 +12,7 @@ import fcntl
 import logging
 import os
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -200,6 +201,19 @@ def load(model: str, alias: str = CHAMPION) -> tuple[LeadModel, Resolved] | None
     if res is None:
         return None
     return load_version(model, res.version), res
+
+
+def champions_vocabulary(models: Sequence[str]) -> list[str]:
+    """The vocabulary event types (features of their own, chosen at training) of the
+    ``models``' champions: what a feature store they read must hold besides the catalogue."""
+    from leadscore.features import catalog
+
+    names: list[str] = []
+    for model in models:
+        got = load(model, CHAMPION)
+        if got is not None:
+            names += got[0].features
+    return catalog.vocabulary_of(names)
 
 
 def set_alias(model: str, alias: str, version: str) -> None:

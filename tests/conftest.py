@@ -50,8 +50,8 @@ def trained(sim_data, isolated_env):
     plus the open leads' features at the last full day (for scoring tests)."""
     import pandas as pd
 
-    from leadscore import contract
-    from leadscore.features import job
+    from leadscore import contract, registry
+    from leadscore.features import catalog, job
     from leadscore.models import NAMES
     from leadscore.training.config import ExperimentConfig
     from leadscore.training.run import train
@@ -61,5 +61,8 @@ def trained(sim_data, isolated_env):
     end = pd.Timestamp(ds.con.execute("SELECT max(ts) FROM events").df().iloc[0, 0])
     as_of = end.floor("D")
     out["as_of"] = as_of
-    out["features"] = job.to_pandas(job.compute(ds.con, [as_of], only_open=True))
+    # the catalogue and the vocabulary the models were trained with (the simulator's
+    # brochure_download), as serving computes them
+    feats = catalog.job_features([f for n in NAMES for f in registry.load(n)[0].features])
+    out["features"] = job.to_pandas(job.compute(ds.con, [as_of], feats, only_open=True), feats)
     return out

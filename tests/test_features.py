@@ -382,6 +382,34 @@ def test_whole_history_by_hand(con):
                            "events_typical_gap_days": (400 - 100) / 2})
 
 
+def test_vocabulary_types_get_their_own_features_and_still_count_as_other(con):
+    """A vocabulary type (here one whose name needs escaping) is counted by its own features;
+    a type outside the vocabulary only by ``other_events_30d``, which counts every
+    non-standard type whether or not a vocabulary names it."""
+    odd = "offer returned/signed"
+    vocab = cat.vocabulary_features(["trade_in_valuation", odd])
+    names = [f.name for f in vocab]
+    assert all(cat.feature(n) == f for n, f in zip(names, vocab, strict=True))
+    evs = [ev("A", T - 2 * D, "trade_in_valuation"), ev("A", T - 10 * D, "trade_in_valuation"),
+           ev("A", T - 400 * D, "trade_in_valuation"), ev("A", T - H, odd),
+           ev("A", T - 3 * D, "never_seen_in_training"), ev("A", T - D, "page_view")]
+    df = features(con, [lead("A", T - 500 * D)], evs, feats=[*cat.CATALOG, *vocab])
+    t = cat.vocabulary_features(["trade_in_valuation"])
+    o = cat.vocabulary_features([odd])
+    assert_values(row(df, "A"), {
+        t[0].name: 1.0, t[1].name: 2.0, t[2].name: 2.0, t[3].name: 3.0, t[4].name: 2.0,
+        o[0].name: 1.0, o[3].name: 1.0, "other_events_30d": 4.0, "events_30d": 5.0})
+    plain = features(con, [lead("A", T - 500 * D)], evs)
+    assert row(plain, "A")["other_events_30d"] == 4.0
+    # the sentence names the type as the data spells it
+    assert t[1].sentence(2.0) == "Did trade_in_valuation 2 times in the last 30 days"
+    assert o[4].sentence(1.0) == f"Last did {odd} 1 days ago"
+    with pytest.raises(KeyError):
+        cat.feature("type__page_view__30d")  # a standard type is no vocabulary type
+    with pytest.raises(KeyError):
+        cat.get(["type__x__12d"])
+
+
 def test_whole_history_is_point_in_time(con):
     """An event ingested after the cutoff is not counted; one older than the lookback is."""
     leads = [lead("A", T - 800 * D)]
@@ -482,8 +510,13 @@ def random_data(seed: int, cutoffs: list[pd.Timestamp], n_leads: int = 120,
 CUTOFFS = [T - 14 * D, T - 7 * D, T, T + 5 * H + 7 * MIN]  # the last is not midnight-aligned
 
 
-def _frame(con, cutoffs):
-    df = job.to_pandas(job.compute(con, cutoffs))
+#: the catalogue and a data-driven vocabulary: one of random_data's non-standard types gets
+#: features of its own, the other stays "other" (parity tests cover both)
+FEATS = [*cat.CATALOG, *cat.vocabulary_features(["brochure"])]
+
+
+def _frame(con, cutoffs, feats=FEATS):
+    df = job.to_pandas(job.compute(con, cutoffs, feats), feats)
     return df.sort_values(["as_of", "lead_id"]).reset_index(drop=True)
 
 
@@ -585,7 +618,7 @@ def _sql_frame(con, cutoffs):
     """The single-statement query of ``build_sql`` over its own ``_cutoffs`` table."""
     con.execute("CREATE OR REPLACE TEMP TABLE _cutoffs (as_of TIMESTAMPTZ)")
     con.executemany("INSERT INTO _cutoffs VALUES (?)", [[c.to_pydatetime()] for c in cutoffs])
-    df = job.to_pandas(con.sql(job.build_sql(cat.CATALOG)).to_arrow_table())
+    df = job.to_pandas(con.sql(job.build_sql(FEATS)).to_arrow_table(), FEATS)
     return df.sort_values(["as_of", "lead_id"]).reset_index(drop=True)
 
 
@@ -613,7 +646,7 @@ def test_pairs_match_compute(con):
     contract.register_frames(con, leads, events, contacts)
     full = _frame(con, CUTOFFS)
     pairs = full[["lead_id", "as_of"]].sample(60, random_state=0)
-    got = job.to_pandas(job.compute_pairs(con, pairs))
+    got = job.to_pandas(job.compute_pairs(con, pairs, FEATS), FEATS)
     got = got.sort_values(["as_of", "lead_id"]).reset_index(drop=True)
     want = full.merge(pairs, on=["lead_id", "as_of"]).sort_values(["as_of", "lead_id"])
     _assert_same(got, want.reset_index(drop=True))

@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 from test_intake import contacts, deliver, events, leads
 
+from leadscore.features import catalog as cat
 from leadscore.features import job, rollup
 from leadscore.serving import batch, intake
 
@@ -23,14 +24,18 @@ def night(data, cache, tmp_path, bucket_leads: int) -> list[dict]:
         return it.state["segments"], it.buckets
 
 
-def assert_rollups_equal_the_job(cache, segments, n_buckets: int, as_of) -> None:
+#: the catalogue and a data-driven vocabulary (a type of its own beside "other")
+FEATS = [*cat.CATALOG, *cat.vocabulary_features(["trade_in_valuation"])]
+
+
+def assert_rollups_equal_the_job(cache, segments, n_buckets: int, as_of, feats=FEATS) -> None:
     for b in range(n_buckets):
-        got = rollup.features(cache, b, segments, as_of)
+        got = rollup.features(cache, b, segments, as_of, feats)
         assert got is not None, (b, as_of)
         con = batch.bucket_connection(cache, b)
-        want = job.compute(con, [as_of])
+        want = job.compute(con, [as_of], feats)
         con.close()
-        pd.testing.assert_frame_equal(job.to_pandas(got), job.to_pandas(want),
+        pd.testing.assert_frame_equal(job.to_pandas(got, feats), job.to_pandas(want, feats),
                                       check_exact=False, rtol=1e-12, obj=f"bucket {b}")
 
 
@@ -195,3 +200,28 @@ def test_whole_history_is_kept_through_late_rows_and_compaction(tmp_path, monkey
     assert got.loc["L1", "service_days_since_last"] == 102
     state = json.loads((rollup.bucket_dir(cache, 0) / rollup.STATE).read_text())
     assert len(state["files"]) == 1  # compacted, the old days kept
+
+
+def test_vocabulary_types_come_from_the_kept_rollups(tmp_path, monkeypatch):
+    """The rollups keep every event type by name: a vocabulary type's own features, and the
+    other count of every non-standard type, come out as the job's, late rows and compaction
+    included."""
+    monkeypatch.setattr(rollup, "MAX_FILES", 1)
+    data, cache = tmp_path / "data", tmp_path / "cache"
+    one = T + pd.Timedelta(days=2)
+    ev = events(("L1", "trade_in_valuation", 40), ("L1", "trade_in_valuation", 48 - 300 * 24),
+                ("L1", "loan_preapproval", 20), ("L2", "page_view", 30))
+    deliver(data, {"leads": leads(("L1", "D1", -500), ("L2", "D1", 0)), "events": ev}, "001")
+    segments, n = night(data, cache, tmp_path, bucket_leads=10)
+    assert_rollups_equal_the_job(cache, segments, n, one)
+    late = events(("L1", "trade_in_valuation", 45))
+    late["ingested_at"] = [one + pd.Timedelta(hours=12)]
+    deliver(data, {"events": late}, "002")
+    cut = one + pd.Timedelta(days=1)
+    segments, n = night(data, cache, tmp_path, bucket_leads=10)
+    assert_rollups_equal_the_job(cache, segments, n, cut)
+    got = job.to_pandas(rollup.features(cache, 0, segments, cut, FEATS), FEATS)
+    got = got.set_index("lead_id")
+    assert got.loc["L1", "type__trade_in_valuation__7d"] == 2
+    assert got.loc["L1", "type__trade_in_valuation__count_all"] == 3
+    assert got.loc["L1", "other_events_30d"] == 3  # every non-standard type

@@ -161,7 +161,7 @@ def test_reasons_are_exact_contributions_that_rebuild_the_calibrated_probability
                     assert rs["value"] == pytest.approx(float(expect))
                 else:
                     assert rs["value"] == expect
-                assert rs["sentence"] == catalog.BY_NAME[rs["feature"]].sentence(rs["value"])
+                assert rs["sentence"] == catalog.feature(rs["feature"]).sentence(rs["value"])
 
 
 def test_records_and_frames_score_the_same_bit_for_bit(served):

@@ -114,11 +114,14 @@ def test_spark_features_match_the_embedded_engine(spark_engine, data, tmp_path):
     files = {}
     for engine in ("duckdb", "spark"):
         files[engine] = tmp_path / f"features_{engine}.parquet"
+        # with a vocabulary type (the simulator's one non-standard type)
         res = runner.invoke(app, ["features", "--data", str(data), "--as-of", cut,
-                                  "--out", str(files[engine]), "--engine", engine])
+                                  "--out", str(files[engine]), "--engine", engine,
+                                  "--vocabulary", "brochure_download"])
         assert res.exit_code == 0, res.output[-2000:]
     a, b = (pd.read_parquet(files[e]) for e in ("duckdb", "spark"))
     assert len(a) > 0 and a["as_of"].nunique() == 2
+    assert a["type__brochure_download__count_all"].sum() > 0
     pd.testing.assert_frame_equal(a, b, check_exact=True)
     assert pq.read_schema(files["duckdb"]).equals(pq.read_schema(files["spark"]))
 

@@ -10,6 +10,7 @@ at ``as_of`` when ``as_of - 7d <= ts < as_of`` (and it was ingested by ``as_of``
 
 from __future__ import annotations
 
+import urllib.parse
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
@@ -430,11 +431,97 @@ SLOT_CONTEXT = (
 )
 
 
+# --------------------------------------------------------------------------- vocabulary
+#
+# Event types beyond the contract's standard list get their own features when training finds
+# them among the most frequent (``training.vocabulary``). Their names carry the type
+# (percent-encoded: LightGBM refuses some characters in feature names), so a feature name
+# alone says what to compute and how to say it: every engine and both serving paths resolve
+# a model's feature list with :func:`feature`, whatever vocabulary it was trained with.
+
+#: name prefix of the per-event-type features of the data-driven vocabulary
+VOCAB_PREFIX = "type__"
+#: (suffix, builder) of the features each vocabulary event type gets
+_VOCAB_KINDS: tuple[str, ...] = ("7d", "30d", "90d", "count_all", "days_since_last")
+
+
+def _type_slug(event_type: str) -> str:
+    return urllib.parse.quote(event_type, safe="")
+
+
+def _vocab_feature(event_type: str, kind: str) -> Feature:
+    name = f"{VOCAB_PREFIX}{_type_slug(event_type)}__{kind}"
+    shown = event_type.replace("{", "(").replace("}", ")")  # never a format field
+    ev = (event_type,)
+    if kind.endswith("d") and kind[:-1].isdigit():
+        w = int(kind[:-1])
+        return Count(name, says=f"Did {shown} {{value:.0f}} times in the last {w} days",
+                     events=ev, window_days=w)
+    if kind == "count_all":
+        return History(name, says=f"Did {shown} {{value:.0f}} times over the whole history",
+                       stat="count", events=ev)
+    if kind == "days_since_last":
+        return History(name, says=f"Last did {shown} {{value:.0f}} days ago",
+                       stat="since_last", events=ev)
+    raise KeyError(f"unknown vocabulary feature kind {kind!r}")
+
+
+def vocabulary_features(event_types: Iterable[str]) -> list[Feature]:
+    """The features of a vocabulary's event types (types of the standard list are refused:
+    they have their own features already)."""
+    out: list[Feature] = []
+    for t in event_types:
+        if t in STANDARD_EVENT_TYPES:
+            raise ValueError(f"{t!r} is a standard event type, not a vocabulary one")
+        out += [_vocab_feature(t, k) for k in _VOCAB_KINDS]
+    return out
+
+
+def vocabulary_of(names: Iterable[str]) -> list[str]:
+    """The vocabulary event types a feature list uses, in order of first use."""
+    out: list[str] = []
+    for n in names:
+        if n.startswith(VOCAB_PREFIX) and n not in BY_NAME:
+            t = feature(n).events[0]
+            if t not in out:
+                out.append(t)
+    return out
+
+
+def feature(name: str) -> Feature:
+    """The feature called ``name``: a catalogue one, or a vocabulary one (built from its
+    name)."""
+    f = BY_NAME.get(name)
+    if f is not None:
+        return f
+    if name.startswith(VOCAB_PREFIX) and "__" in name[len(VOCAB_PREFIX):]:
+        slug, kind = name[len(VOCAB_PREFIX):].rsplit("__", 1)
+        t = urllib.parse.unquote(slug)
+        if kind in _VOCAB_KINDS and t and _type_slug(t) == slug \
+                and t not in STANDARD_EVENT_TYPES:
+            return _vocab_feature(t, kind)
+    raise KeyError(f"unknown feature: {name!r}; see leadscore.features.catalog")
+
+
 def get(names: Sequence[str]) -> list[Feature]:
-    unknown = [n for n in names if n not in BY_NAME]
+    unknown = []
+    out = []
+    for n in names:
+        try:
+            out.append(feature(n))
+        except KeyError:
+            unknown.append(n)
     if unknown:
         raise KeyError(f"unknown features: {unknown}; see leadscore.features.catalog")
-    return [BY_NAME[n] for n in names]
+    return out
+
+
+def job_features(names: Iterable[str]) -> list[Feature]:
+    """What the feature job computes for models using ``names``: the catalogue plus the
+    vocabulary features among them (the catalogue's columns stay, for the store and the
+    holdout files)."""
+    extra = [n for n in dict.fromkeys(names) if n not in BY_NAME]
+    return [*CATALOG, *get(extra)]
 
 
 def daypart_feature(local_hour: int) -> str:
@@ -446,7 +533,7 @@ def daypart_feature(local_hour: int) -> str:
 
 
 def categorical(names: Sequence[str]) -> list[str]:
-    return [n for n in names if BY_NAME[n].dtype == "category"]
+    return [f.name for f in get(names) if f.dtype == "category"]
 
 
 __all__ = [
@@ -465,5 +552,9 @@ __all__ = [
     "Static",
     "TopModelShare",
     "Trend",
+    "feature",
     "get",
+    "job_features",
+    "vocabulary_features",
+    "vocabulary_of",
 ]

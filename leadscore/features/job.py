@@ -145,6 +145,13 @@ class _Plan:
             return f"CAST({rest} AS UTINYINT)"
         return f"CAST(CASE {col} {whens} ELSE {rest} END AS UTINYINT)"
 
+    @property
+    def other_codes(self) -> list[int]:
+        """Codes whose events an ``other`` count takes: every type outside the standard
+        list, whether a feature names it (a vocabulary type) or not, so the count does not
+        depend on which other features are computed beside it."""
+        return [_OTHER_CODE, *(c for t, c in self.code.items() if t not in STANDARD_EVENT_TYPES)]
+
     def codes(self, types: Sequence[str]) -> str:
         return ", ".join(str(self.code[t]) for t in types)
 
@@ -529,7 +536,7 @@ def _sum(cut: _Cut, grid: _Grid, days: int, full: int, expr: str) -> str:
 
 def _count_expr(plan: _Plan, f: cat.Count) -> str:
     if f.other:
-        return "g.n_other"
+        return " + ".join(["g.n_other", *(f"g.n_{c}" for c in plan.other_codes[1:])])
     if f.events is None:
         return "g.n"
     return " + ".join(f"g.n_{plan.code[e]}" for e in f.events)
@@ -1173,8 +1180,9 @@ class _Reduced:
         for f in plan.features:
             if isinstance(f, cat.Count):
                 w = col[grid.window(plan.days(f.window_days))]
-                if f.other:
-                    out[f.name] = per[w, n_slots - 1]
+                if f.other:  # n_slots - 1: _OTHER_CODE's slot
+                    out[f.name] = per[w, [n_slots - 1, *(slot[c] for c in
+                                                         plan.other_codes[1:])]].sum(axis=0)
                 elif f.events is None:
                     out[f.name] = total[w]
                 else:

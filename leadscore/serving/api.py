@@ -357,7 +357,8 @@ def _not_found(lead_id: str) -> dict:
 
 
 def _records_for(runtime: Runtime, req: ScoreRequest, tenant: Tenant,
-                 as_of: pd.Timestamp | None) -> tuple[list[dict], dict[str, list[dict]]]:
+                 as_of: pd.Timestamp | None, scorer: Scorer,
+                 ) -> tuple[list[dict], dict[str, list[dict]]]:
     """Feature records of the request's leads the tenant may see: store lookups for ids, the
     feature job for inline leads (records: no DataFrame on the way); and per inline lead the
     rows of it the batch's row rules leave out (``quarantined``)."""
@@ -367,7 +368,8 @@ def _records_for(runtime: Runtime, req: ScoreRequest, tenant: Tenant,
     quarantined: dict[str, list[dict]] = {}
     if inline:
         *frames, paths = _inline_frames(inline)
-        feats, bad = features_from_inline(*frames, as_of, clock=now_utc() + CLOCK_SKEW)
+        feats, bad = features_from_inline(*frames, as_of, clock=now_utc() + CLOCK_SKEW,
+                                          features=scorer.job_features)
         records += feats.to_dict(orient="records")
         quarantined = {lead.lead_id: [] for _, lead in inline}
         for table, row, reason, field in bad.itertuples(index=False):
@@ -389,7 +391,7 @@ def _in_request_order(req: ScoreRequest, out: list[dict],
 def _score_leads(runtime: Runtime, req: ScoreRequest, tenant: Tenant, scorer: Scorer,
                  as_of: pd.Timestamp | None) -> list[dict]:
     """Result records in request order, the request scored on its own."""
-    records, quarantined = _records_for(runtime, req, tenant, as_of)
+    records, quarantined = _records_for(runtime, req, tenant, as_of, scorer)
     out = scorer.score_records(records, reasons=req.reasons, split=runtime.batch_threads,
                                now=now_utc())
     return _in_request_order(req, out, quarantined)
@@ -442,7 +444,7 @@ async def _score(runtime: Runtime, coalescer: Coalescer, req: ScoreRequest,
             return _field_error(f"leads.{i}.created_at", "after the request's as_of")
     try:
         if n_inline == 0 and len(req.leads) <= LOOP_MAX_LEADS:
-            records, quarantined = _records_for(runtime, req, tenant, as_of)
+            records, quarantined = _records_for(runtime, req, tenant, as_of, scorer)
             results = _in_request_order(
                 req, await coalescer.score(scorer, records, reasons=req.reasons), quarantined)
         else:

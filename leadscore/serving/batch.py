@@ -40,6 +40,7 @@ from pathlib import Path
 import pandas as pd
 
 from leadscore import atomic, contract
+from leadscore.features import catalog as cat
 from leadscore.features import job, rollup
 from leadscore.serving import intake
 from leadscore.serving.scorer import ALL_MODELS, OUTPUT_COLUMNS, SLOT_MODEL, Scorer
@@ -74,14 +75,17 @@ class RescoreResult:
     model_versions: dict[str, str]
 
 
-def bucket_features(con, as_of: pd.Timestamp) -> pd.DataFrame:
-    """The features of the open leads and owners in ``con``'s leads/events/contacts tables."""
-    return _entities(job.compute(con, [as_of]))
+def bucket_features(con, as_of: pd.Timestamp,
+                    features: Sequence[cat.Feature] = cat.CATALOG) -> pd.DataFrame:
+    """The features of the open leads and owners in ``con``'s leads/events/contacts tables
+    (``features``: the catalogue, or a scorer's ``job_features`` with its models'
+    vocabulary)."""
+    return _entities(job.compute(con, [as_of], features), features)
 
 
-def _entities(table) -> pd.DataFrame:
+def _entities(table, features: Sequence[cat.Feature] = cat.CATALOG) -> pd.DataFrame:
     """The rows the job scores from a feature table: open leads and owners."""
-    feats = job.to_pandas(table)
+    feats = job.to_pandas(table, features)
     return feats[feats["is_open"] | feats["is_owner"]].reset_index(drop=True)
 
 
@@ -103,7 +107,7 @@ def score_features(feats: pd.DataFrame, scorer: Scorer, reasons: int) -> pd.Data
 
 def score_bucket(con, as_of: pd.Timestamp, scorer: Scorer, reasons: int) -> pd.DataFrame:
     """Features and scores for the leads in ``con``'s leads/events/contacts tables."""
-    return score_features(bucket_features(con, as_of), scorer, reasons)
+    return score_features(bucket_features(con, as_of, scorer.job_features), scorer, reasons)
 
 
 def _fmt_types(df: pd.DataFrame) -> pd.DataFrame:
@@ -158,17 +162,20 @@ def _write_part(out: Path, bucket: int, scored: pd.DataFrame) -> int:
 
 
 def _bucket_features(work: Path, bucket: int, as_of: pd.Timestamp,
-                     segments: Sequence[dict] | None = None) -> pd.DataFrame:
+                     segments: Sequence[dict] | None = None,
+                     features: Sequence[cat.Feature] = cat.CATALOG) -> pd.DataFrame:
     """A bucket's features: from the intake's kept rollups when they can give them (a UTC
-    midnight cutoff; :mod:`leadscore.features.rollup`), else from its events."""
-    table = rollup.features(work, bucket, segments, as_of) if segments is not None else None
+    midnight cutoff; :mod:`leadscore.features.rollup`), else from its events. The rollups
+    keep every event type by name, so vocabulary features come from them too."""
+    table = (rollup.features(work, bucket, segments, as_of, features)
+             if segments is not None else None)
     if table is None:
         con = bucket_connection(work, bucket)
         try:
-            table = job.compute(con, [as_of])
+            table = job.compute(con, [as_of], features)
         finally:
             con.close()
-    return _entities(table)
+    return _entities(table, features)
 
 
 def _score_embedded(work: Path, buckets: Sequence[int], as_of: pd.Timestamp, scorer: Scorer,
@@ -187,13 +194,13 @@ def _score_embedded(work: Path, buckets: Sequence[int], as_of: pd.Timestamp, sco
         log.info("rescore: features from the events (the kept rollups give UTC midnights, "
                  "not %s)", as_of)
     with ThreadPoolExecutor(AHEAD, thread_name_prefix="leadscore-features") as pool:
-        ahead = [pool.submit(_bucket_features, work, b, as_of, segments)
+        ahead = [pool.submit(_bucket_features, work, b, as_of, segments, scorer.job_features)
                  for b in buckets[:AHEAD]]
         for i, b in enumerate(buckets):
             feats = ahead.pop(0).result()
             if i + AHEAD < len(buckets):
                 ahead.append(pool.submit(_bucket_features, work, buckets[i + AHEAD], as_of,
-                                         segments))
+                                         segments, scorer.job_features))
             yield b, score_features(feats, scorer, reasons)
 
 

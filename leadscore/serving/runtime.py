@@ -15,7 +15,7 @@ import os
 import re
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,6 +23,7 @@ import pandas as pd
 
 from leadscore import contract
 from leadscore.artifact import BOOSTER_FILE, META_FILE, LeadModel, UnsupportedModel
+from leadscore.features import catalog as cat
 from leadscore.features import job
 from leadscore.serving.auth import KeyRing
 from leadscore.serving.scorer import (
@@ -358,15 +359,17 @@ class Runtime:
 
 
 def features_from_inline(leads: pd.DataFrame, events: pd.DataFrame, contacts: pd.DataFrame,
-                         as_of: pd.Timestamp, clock: pd.Timestamp
+                         as_of: pd.Timestamp, clock: pd.Timestamp,
+                         features: Sequence[cat.Feature] = cat.CATALOG,
                          ) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """The batch feature job, run on the request's own rows: identical features by design.
+    """The batch feature job, run on the request's own rows: identical features by design
+    (``features``: the scorer's ``job_features``, as the batch computes them).
     The rows pass the batch's row rules first (``clock``: the latest time a row may carry);
     returns the features and the rows left out (:func:`contract.register_frames`)."""
     con = contract.connect(threads=1)
     try:
         bad = contract.register_frames(con, leads, events, contacts, clock=clock)
-        return job.to_pandas(job.compute(con, [as_of])), bad
+        return job.to_pandas(job.compute(con, [as_of], features), features), bad
     finally:
         con.close()
 

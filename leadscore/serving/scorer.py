@@ -78,7 +78,7 @@ def _top_columns(c: np.ndarray, top: int) -> tuple[np.ndarray, np.ndarray]:
 def _sentence(feature: str, value: float | str | None) -> str:
     """An advisor sentence, written once per (feature, value) in the process: counts and
     shares repeat across leads and requests."""
-    return catalog.BY_NAME[feature].sentence(value)
+    return catalog.feature(feature).sentence(value)
 
 
 #: what ``json.dumps(..., ensure_ascii=False)`` writes for a string
@@ -97,7 +97,7 @@ def _sentence_json_template(feature: str) -> str | None:
     text needing no escaping; None when that does not give what ``Feature.sentence`` says.
     The batch writer formats ~100k distinct values per bucket: more than a cache of whole
     sentences holds."""
-    feat = catalog.BY_NAME[feature]
+    feat = catalog.feature(feature)
     template = _json_str(feat.says)
     try:
         ok = all(template.format(value=v + 0.0) == _json_str(feat.sentence(v))
@@ -341,6 +341,9 @@ class Scorer:
         self.required = sorted({f for m in self.models.values() for f in m.features
                                 if f not in slot_layout})
         self._required_keys = frozenset(self.required)
+        #: what the feature job computes for these models (batch, inline HTTP): the
+        #: catalogue plus the vocabulary features their training chose
+        self.job_features = catalog.job_features(self.required)
         shared: dict[tuple, int] = {}  # models with one layout share one matrix
         self._layout = {n: shared.setdefault(m.layout, len(shared))
                         for n, m in self.models.items()}

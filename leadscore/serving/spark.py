@@ -208,15 +208,18 @@ def _score_task(batches, *, work: str, as_of: str, key: str, payload, reasons: i
 
 
 def _features_task(batches, *, work: str, cutoffs: list[str], only_open: bool,
-                   schema: pa.Schema):
-    """Runs in a Spark Python worker: the feature job over whole buckets."""
-    from leadscore.features import job
+                   schema: pa.Schema, vocabulary: Sequence[str] = ()):
+    """Runs in a Spark Python worker: the feature job over whole buckets (the catalogue and
+    the ``vocabulary`` event types' features)."""
+    from leadscore.features import catalog, job
     from leadscore.serving import batch
 
+    feats = [*catalog.CATALOG, *catalog.vocabulary_features(vocabulary)]
     for b in _buckets_of(batches):
         con = batch.bucket_connection(Path(work), b, threads=1)
         try:
-            table = job.compute(con, [pd.Timestamp(t) for t in cutoffs], only_open=only_open)
+            table = job.compute(con, [pd.Timestamp(t) for t in cutoffs], feats,
+                                only_open=only_open)
         finally:
             con.close()
         yield from table.cast(schema).to_batches(max_chunksize=BATCH_ROWS)
@@ -302,7 +305,8 @@ def rescore_buckets(work: Path, buckets: Sequence[int], as_of: pd.Timestamp, sco
 
 
 def compute_features(ds, cutoffs: Sequence[pd.Timestamp], out: Path, *, only_open: bool = False,
-                     bucket_leads: int | None = None) -> tuple[int, int]:
+                     bucket_leads: int | None = None,
+                     vocabulary: Sequence[str] = ()) -> tuple[int, int]:
     """``leadscore features --engine spark``: the feature job per bucket of leads on Spark,
     concatenated into one Parquet file ordered like the embedded engine's (as_of, lead_id).
 
@@ -314,9 +318,10 @@ def compute_features(ds, cutoffs: Sequence[pd.Timestamp], out: Path, *, only_ope
     import pyarrow.parquet as pq
 
     from leadscore import contract
-    from leadscore.features import job
+    from leadscore.features import catalog, job
     from leadscore.serving import batch
 
+    feats = [*catalog.CATALOG, *catalog.vocabulary_features(vocabulary)]
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     bucket_leads = bucket_leads or batch.DEFAULT_BUCKET_LEADS
@@ -328,7 +333,7 @@ def compute_features(ds, cutoffs: Sequence[pd.Timestamp], out: Path, *, only_ope
     try:
         for table in contract.TABLES:
             contract._empty_table(probe, table)
-        schema = job.compute(probe, cut, only_open=only_open).schema
+        schema = job.compute(probe, cut, feats, only_open=only_open).schema
     finally:
         probe.close()
     wire = _spark_compatible(schema)
@@ -340,7 +345,7 @@ def compute_features(ds, cutoffs: Sequence[pd.Timestamp], out: Path, *, only_ope
         parts.mkdir()
         task = functools.partial(_features_task, work=str((work / "in").resolve()),
                                  cutoffs=[t.isoformat() for t in cut], only_open=only_open,
-                                 schema=wire)
+                                 schema=wire, vocabulary=list(vocabulary))
         files = []
         for b, table in _run_buckets(range(n_buckets), task, wire, "features"):
             f = parts / f"bucket-{b:05d}.parquet"

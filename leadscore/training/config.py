@@ -73,6 +73,17 @@ class Btyd(BaseModel):
     refits: int = Field(4, ge=1, le=100)
 
 
+class Vocabulary(BaseModel):
+    """The data-driven vocabulary (:mod:`leadscore.training.vocabulary`): the ``event_types``
+    most frequent event types outside the contract's standard list, seen at least
+    ``min_events`` times before the holdout, get features of their own (0: none). Lead
+    models only; the slot model keeps its fixed context."""
+
+    model_config = ConfigDict(extra="forbid")
+    event_types: int = Field(10, ge=0, le=50)
+    min_events: int = Field(20, ge=1)
+
+
 class ExperimentConfig(BaseModel):
     """One experiment. Unknown keys are errors, so a typo never silently does nothing."""
 
@@ -100,6 +111,8 @@ class ExperimentConfig(BaseModel):
     sweep: Sweep | None = None
     #: churn only: the BG/NBD / Pareto/NBD baseline and how LightGBM uses it
     btyd: Btyd = Field(default_factory=Btyd)
+    #: event types beyond the standard list that get features of their own
+    vocabulary: Vocabulary = Field(default_factory=Vocabulary)
 
     @model_validator(mode="after")
     def _btyd_churn_only(self) -> ExperimentConfig:

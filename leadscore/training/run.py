@@ -16,7 +16,7 @@ import pandas as pd
 from leadscore import contract, models, registry
 from leadscore.features import catalog
 from leadscore.models.spec import ModelSpec
-from leadscore.training import dataset, evaluate, plots
+from leadscore.training import dataset, evaluate, plots, vocabulary
 from leadscore.training.config import ExperimentConfig
 from leadscore.training.trainer import FitResult, fit, refit
 
@@ -119,6 +119,47 @@ def _btyd_input(spec: ModelSpec, cfg: ExperimentConfig,
     return spec, "btyd_init", True
 
 
+def _vocabulary(con, spec: ModelSpec, cfg: ExperimentConfig,
+                ts: dataset.TrainingSet) -> tuple[ModelSpec, list[str]]:
+    """The run's data-driven vocabulary: the most frequent non-standard event types before
+    the holdout get features of their own, added to the training rows and to the spec. The
+    slot model keeps its fixed context."""
+    from dataclasses import replace
+
+    if spec.entity == "contact_attempt":
+        return spec, []
+    before = vocabulary.vocabulary_cutoff(ts.frame, ts.split_kind)
+    types = vocabulary.choose_event_types(con, before, cfg.vocabulary.event_types,
+                                          cfg.vocabulary.min_events)
+    # the champion's types too, as columns only: promotion scores this run's holdout with
+    # the champion, whose vocabulary may differ
+    extra = [t for t in _champion_vocabulary(spec.name, ts.notes) if t not in types]
+    ts.frame, names = vocabulary.add_features(con, ts.frame, [*types, *extra])
+    names = names[:len(catalog.vocabulary_features(types))]
+    if not types:
+        return spec, []
+    ts.notes.append(f"vocabulary: {len(types)} event types beyond the standard list have "
+                    f"features of their own (chosen on events before {before})")
+    log.info("%s: vocabulary %s", spec.name, types)
+    return replace(spec, features=(*spec.features, *names)).validate(), types
+
+
+def _champion_vocabulary(model: str, notes: list[str]) -> list[str]:
+    """The vocabulary event types of the model's current champion (none without one, or
+    when it cannot be loaded: then promotion may not score it on this run's holdout, which
+    the run's notes say)."""
+    from mlflow.exceptions import MlflowException
+
+    registry.configure()
+    try:
+        return registry.champions_vocabulary([model])
+    except (MlflowException, OSError, ValueError, KeyError) as e:
+        note = f"champion not loaded for its vocabulary ({type(e).__name__}: {e})"
+        log.warning("%s", note)
+        notes.append(note)
+        return []
+
+
 def resolve_spec(cfg: ExperimentConfig) -> ModelSpec:
     spec = models.get(cfg.model).with_horizon(cfg.horizon_days)
     return cfg.apply(spec)
@@ -161,7 +202,8 @@ calibration {spec.calibration}; monotone increasing in {', '.join(spec.monotone)
 
 
 def _log_run(spec, cfg, ts, fr, test, p, m, fp, truth_note, register: bool,
-             final, refit_rows: int | None, log_model: bool = True):
+             final, refit_rows: int | None, log_model: bool = True,
+             vocab: list[str] | None = None):
     """``fr``: the evaluation fit (metrics, plots of its holdout predictions ``p``);
     ``final``: the model registered (the refit, or the evaluation model itself)."""
     import mlflow
@@ -177,6 +219,7 @@ def _log_run(spec, cfg, ts, fr, test, p, m, fp, truth_note, register: bool,
         "calibration": spec.calibration, "best_iteration": fr.best_iteration,
         "refit": refit_rows is not None, "n_refit": refit_rows or 0,
         "n_features": len(spec.features), "n_cutoffs": len(ts.cutoffs),
+        "vocab_event_types": len(vocab or ()),
         **({"btyd_model": cfg.btyd.model, "btyd_use": cfg.btyd.use} if ts.btyd_fits else {}),
         **{f"n_{k}": v for k, v in ts.counts().items()},
         **{f"lgb_{k}": v for k, v in fr.params.items()
@@ -186,12 +229,18 @@ def _log_run(spec, cfg, ts, fr, test, p, m, fp, truth_note, register: bool,
     mlflow.set_tags({"data_fingerprint": fp, "leadscore.model": spec.name,
                      "truth": truth_note, "observed_until": str(ts.data_end),
                      "events_after_observed_until": obs.n_after if obs else 0,
+                     # MLflow tags hold 5000 characters; vocabulary.json has all of it
+                     "leadscore.vocabulary": json.dumps(vocab or [])[:5000],
                      **({"data_warning": obs.note()} if obs and obs.note() else {})})
     mlflow.log_metrics({k: v for k, v in m.items() if np.isfinite(v)})
     with tempfile.TemporaryDirectory() as tmp:
         d = Path(tmp)
         (d / "config.json").write_text(cfg.model_dump_json(indent=1))
         (d / "features.json").write_text(json.dumps(list(spec.features), indent=1))
+        (d / "vocabulary.json").write_text(json.dumps(
+            {"event_types": vocab or [],
+             "features": [f for f in spec.features if f.startswith(catalog.VOCAB_PREFIX)]},
+            indent=1))
         (d / "cutoffs.json").write_text(json.dumps([str(c) for c in ts.cutoffs], indent=1))
         if ts.btyd_fits:
             (d / "btyd_fits.json").write_text(json.dumps(ts.btyd_fits, indent=1))
@@ -205,7 +254,8 @@ def _log_run(spec, cfg, ts, fr, test, p, m, fp, truth_note, register: bool,
         plots.shap_summary(contrib, final.frame(contrib_rows), d / "shap_summary.png")
         # every catalogue feature, not just this spec's: promotion scores this holdout with
         # the champion too, which may use other features
-        feats = [f.name for f in catalog.CATALOG if f.name in test.columns]
+        feats = [*(f.name for f in catalog.CATALOG if f.name in test.columns),
+                 *(c for c in test.columns if c.startswith(catalog.VOCAB_PREFIX))]
         keep = ["lead_id", "dealer_id", "as_of", *feats, "label"]
         # p_eval: the evaluation fit's predictions, which promotion compares (a refit model
         # has seen these rows)
@@ -244,6 +294,7 @@ def train(
     ts = dataset.build(ds.con, spec, split=cfg.split, as_of=as_of, seed=cfg.seed,
                        feature_cache=cache, observed=obs)
     dataset.check_holdout(ts, spec.name)
+    spec, vocab = _vocabulary(ds.con, spec, cfg, ts)
     bt = _btyd_baseline(ds.con, spec, cfg, ts)
     spec, init, experiment = _btyd_input(spec, cfg, ts)
     register = register and not experiment
@@ -278,8 +329,11 @@ def train(
                 log.warning("%s: refit skipped (%s); registering the evaluation fit",
                             spec.name, e)  # evaluated model rather than fail the run
                 ts.notes.append(f"refit skipped: {e}")
+        for lm in {id(fr.model): fr.model, id(final): final}.values():
+            # the artifact carries its vocabulary (the feature names say it too)
+            lm.meta[vocabulary.META_KEY] = {"event_types": list(vocab)}
         version = _log_run(spec, cfg, ts, fr, test, p, m, fp, truth_note, register, final,
-                           refit_rows, log_model=not experiment)
+                           refit_rows, log_model=not experiment, vocab=vocab)
         run_id = run.info.run_id
     alias = None
     if version is not None:

@@ -46,7 +46,9 @@ def categories_of(frame: pd.DataFrame, features: list[str]) -> dict[str, list[st
     """The category levels seen in training, in sorted order; prediction frames must use
     exactly these (LightGBM maps categories by code, not by value)."""
     out = {}
-    for f in catalog.categorical([f for f in features if f in catalog.BY_NAME]):
+    known = [f for f in features
+             if f in catalog.BY_NAME or f.startswith(catalog.VOCAB_PREFIX)]
+    for f in catalog.categorical(known):
         vals = frame[f].astype("object").dropna().astype(str).unique().tolist()
         out[f] = sorted(vals)
     return out
