@@ -13,7 +13,9 @@ from leadscore import registry
 from leadscore.artifact import Calibrator, LeadModel
 from leadscore.serving import runtime as rt
 
-FEATURES = ["a", "b"]
+#: two catalogue features (the scorer computes what the catalogue names)
+FEATURES = ["events_7d", "events_30d"]
+A, B = FEATURES
 
 
 def _tiny_model(seed: int) -> LeadModel:
@@ -21,7 +23,7 @@ def _tiny_model(seed: int) -> LeadModel:
     rng = np.random.default_rng(seed)
     x = pd.DataFrame(rng.normal(size=(300, 2)), columns=FEATURES)
     w = 1.0 if seed % 2 else -1.0
-    y = (rng.random(300) < 1 / (1 + np.exp(-3 * w * x["a"]))).astype(int)
+    y = (rng.random(300) < 1 / (1 + np.exp(-3 * w * x[A]))).astype(int)
     booster = lgb.train({"objective": "binary", "num_leaves": 4, "verbose": -1,
                          "num_threads": 1, "seed": seed}, lgb.Dataset(x, label=y),
                         num_boost_round=5)
@@ -36,7 +38,7 @@ def _register(model: LeadModel) -> str:
     registry.configure()
     mlflow.set_experiment("identity-test")
     with mlflow.start_run() as run:
-        _, version = registry.log_model(model, pd.DataFrame({"a": [0.1], "b": [0.2]}),
+        _, version = registry.log_model(model, pd.DataFrame({A: [0.1], B: [0.2]}),
                                         registry.registered_name("conversion"))
     registry.set_alias("conversion", registry.CHAMPION, version)
     return run.info.run_id
@@ -65,7 +67,7 @@ def _use(reg, monkeypatch) -> None:
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{reg['folder'] / 'mlruns.db'}")
 
 
-ROWS = pd.DataFrame({"a": np.linspace(-2, 2, 9), "b": np.linspace(1, -1, 9)})
+ROWS = pd.DataFrame({A: np.linspace(-2, 2, 9), B: np.linspace(1, -1, 9)})
 
 
 def test_each_registry_is_served_its_own_champion_from_one_shared_store(two_registries,
