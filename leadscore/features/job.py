@@ -1278,27 +1278,39 @@ class _Reduced:
         return res
 
     def _history_groups(self) -> list[dict]:
-        """Per history group: its reduced rows in order of visibility (``at``: where each
-        cutoff's start), its active (lead, day) keys by the first cutoff that sees them, and
-        whole-history totals kept up to date from one cutoff to the next."""
+        """Per history group: the indices of its reduced rows in order of visibility (``at``:
+        where each cutoff's start), its active (lead, day) keys by the first cutoff that sees
+        them, and whole-history totals kept up to date from one cutoff to the next.
+
+        The rows are sorted by visibility once for every group, and each group holds only
+        indices into them: a night (one cutoff) over a whole history stays a few passes over
+        the rows, not a sort and a copy of every column per group."""
         plan, h, n = self.plan, self.hist, self.n
         nc = len(self.cuts)
+        vis, code = h["vis"], h["code"]
+        by_vis = np.argsort(vis, kind="stable")
+        # one int64 per (lead, day), sorted once with the visibility as the last key: the
+        # first row of a (lead, day) run in a group is where that day becomes active
+        day0 = int(h["day"].min()) if len(h["day"]) else 0
+        span = int(h["day"].max()) - day0 + 1 if len(h["day"]) else 1
+        lead_day = h["k"].astype(np.int64) * span + (h["day"].astype(np.int64) - day0)
+        by_day = np.argsort(lead_day * (nc + 1) + vis, kind="stable")
+        member = np.zeros(int(code.max()) + 1 if len(code) else 1, dtype=bool)
         groups = []
         for types in plan.hgroups:
-            sel = (np.ones(len(h["k"]), dtype=bool) if types is None
-                   else np.isin(h["code"], [plan.code[t] for t in types]))
-            order = np.flatnonzero(sel)
-            order = order[np.argsort(h["vis"][order], kind="stable")]
-            rows = {c: h[c][order] for c in ("k", "d", "vis", "n", "vsum", "vn", "tmin", "tmax",
-                                             "day")}
-            # a day is active from the first cutoff at which any of its events is visible
-            by = np.lexsort((rows["vis"], rows["day"], rows["k"]))
-            first = by[_runs(rows["k"][by], rows["day"][by])]
-            fv = rows["vis"][first]
-            days_k = rows["k"][first][np.argsort(fv, kind="stable")]
+            if types is None:
+                idx, o = by_vis, by_day
+            else:
+                member[:] = False
+                member[[c for c in (plan.code[t] for t in types) if c < len(member)]] = True
+                idx, o = by_vis[member[code[by_vis]]], by_day[member[code[by_day]]]
+            ld = lead_day[o]
+            first = o[np.flatnonzero(np.r_[True, ld[1:] != ld[:-1]])] if len(o) else o
+            first = first[np.argsort(vis[first], kind="stable")]  # in visibility order
             groups.append({
-                "rows": rows, "at": np.searchsorted(rows["vis"], np.arange(nc + 1)),
-                "days_k": days_k, "days_at": np.searchsorted(np.sort(fv), np.arange(nc + 1)),
+                "idx": idx, "at": np.searchsorted(vis[idx], np.arange(nc + 1)),
+                "days_k": h["k"][first],
+                "days_at": np.searchsorted(vis[first], np.arange(nc + 1)),
                 "count": np.zeros(n), "vsum": np.zeros(n), "vn": np.zeros(n),
                 "days": np.zeros(n), "first": np.full(n, _NEVER, dtype=np.int64),
                 "last": np.full(n, -_NEVER, dtype=np.int64)})
@@ -1307,29 +1319,32 @@ class _Reduced:
     def _history_at(self, i: int, D: int, a: int) -> dict[str, np.ndarray]:
         """The History features at cutoff ``i`` (bucket ``D``, instant ``a``): whole-history
         totals gain the rows that became visible; windowed sums are taken afresh."""
-        plan, grid, n = self.plan, self.grid, self.n
+        plan, grid, n, h = self.plan, self.grid, self.n, self.hist
         if "hist" not in self._state:
             self._state["hist"] = self._history_groups()
         out: dict[str, np.ndarray] = {}
         ops = _NpOps(a)
+        sums = (("count", "n"), ("vsum", "vsum"), ("vn", "vn"))
         for types, g in zip(plan.hgroups, self._state["hist"], strict=True):
-            r, (lo, hi) = g["rows"], g["at"][i:i + 2]
-            k = r["k"][lo:hi]
-            for c, col in (("count", "n"), ("vsum", "vsum"), ("vn", "vn")):
-                g[c] += np.bincount(k, weights=r[col][lo:hi], minlength=n)
-            np.minimum.at(g["first"], k, r["tmin"][lo:hi])
-            np.maximum.at(g["last"], k, r["tmax"][lo:hi])
+            lo, hi = g["at"][i:i + 2]
+            new = g["idx"][lo:hi]
+            k = h["k"][new]
+            for c, col in sums:
+                g[c] += np.bincount(k, weights=h[col][new], minlength=n)
+            np.minimum.at(g["first"], k, h["tmin"][new])
+            np.maximum.at(g["last"], k, h["tmax"][new])
             g["days"] += np.bincount(g["days_k"][g["days_at"][i]:g["days_at"][i + 1]],
                                      minlength=n)
             first = np.where(g["first"] == _NEVER, np.nan, g["first"].astype(np.float64))
             last = np.where(g["last"] == -_NEVER, np.nan, g["last"].astype(np.float64))
-            seen = r["k"][:hi]
+            seen = g["idx"][:hi]
+            d_seen = h["d"][seen]
             windowed: dict[int, dict[str, np.ndarray]] = {}
             for w in plan.hwindows:
-                inside = r["d"][:hi] >= D - grid.window(w)
-                windowed[w] = {c: np.bincount(seen[inside], weights=r[col][:hi][inside],
-                                              minlength=n)
-                               for c, col in (("count", "n"), ("vsum", "vsum"), ("vn", "vn"))}
+                inside = seen[d_seen >= D - grid.window(w)]
+                kw = h["k"][inside]
+                windowed[w] = {c: np.bincount(kw, weights=h[col][inside], minlength=n)
+                               for c, col in sums}
 
             def agg(kind: str, w: int | None = None, g=g, first=first, last=last,
                     windowed=windowed):
