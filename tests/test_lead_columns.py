@@ -4,14 +4,24 @@ batch and HTTP scoring. Tiny frames; the end-to-end part trains one small model.
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from leadscore import contract
+from leadscore import contract, registry
+from leadscore import simulate as sim
 from leadscore.features import catalog as cat
 from leadscore.features import job
+from leadscore.serving import batch
+from leadscore.serving.scorer import Scorer
+from leadscore.training.config import ExperimentConfig
+from leadscore.training.run import train
+from leadscore.training.vocabulary import choose_lead_columns
 
 CLOCK = pd.Timestamp("2025-06-01", tz="UTC")
 
@@ -99,3 +109,107 @@ def test_the_job_computes_lead_columns_and_an_absent_one_is_missing(tmp_path, fm
     for f in (ORIGIN, LOAN, ABSENT):
         pd.testing.assert_series_equal(sql[f.name].astype(object), got[f.name].astype(object),
                                        check_names=False)
+
+
+# --------------------------------------------------------------------------- training
+
+def _with_crm_fields(d: sim.SimData, seed: int) -> pd.DataFrame:
+    """Leads whose CRM fields drive conversion (``lead_origin``: most buyers came by
+    referral; ``loan_preapproved``: buyers mostly were), beside columns a model must not
+    use: an id, free text, a time stamp and a mostly-empty field."""
+    rng = np.random.default_rng(seed)
+    leads = d.leads.copy()
+    buyers = set(d.events.loc[d.events["event_type"] == "order", "lead_id"])
+    buys = leads["lead_id"].isin(buyers).to_numpy()
+    n = len(leads)
+    other = rng.choice(["paid_search", "walk_in", "partner"], n)
+    leads["lead_origin"] = np.where(buys & (rng.random(n) < 0.8), "referral", other)
+    leads["loan_preapproved"] = np.where(buys, rng.random(n) < 0.8, rng.random(n) < 0.1
+                                         ).astype(float)
+    leads["crm_ref"] = [f"R{i:06d}" for i in range(n)]
+    leads["notes"] = [f"called back on day {i} about colour {i % 97}" for i in range(n)]
+    leads["form_filled_at"] = leads["created_at"].astype(str)
+    leads["rarely_set"] = np.where(rng.random(n) < 0.03, "x", None)
+    return leads
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("leadcols")
+    mp = pytest.MonkeyPatch()
+    mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root / 'mlruns.db'}")
+    mp.setenv("BENTOML_HOME", str(root / "bentoml"))
+    mp.setenv("LEADSCORE_CACHE", str(root / "cache"))
+    mp.chdir(root)
+    try:
+        d = sim.simulate(sim.SimConfig(n_leads=600, days=120, seed=5))
+        d.leads = _with_crm_fields(d, 5)
+        data = root / "data"
+        sim.write(d, data)
+        cfg = ExperimentConfig(model="conversion", vocabulary={"event_types": 0},
+                               params={"num_boost_round": 60, "min_data_in_leaf": 10})
+        res = train(data, cfg)
+        model, _ = registry.load("conversion", res.alias)
+        yield {"root": root, "data": data, "res": res, "model": model}
+    finally:
+        mp.undo()
+
+
+LEARNT = {"lead_origin": "category", "loan_preapproved": "float"}
+
+
+def test_training_chooses_crm_fields_and_the_model_carries_them(run):
+    model, res = run["model"], run["res"]
+    assert model.meta["vocabulary"]["lead_columns"] == LEARNT
+    assert cat.lead_columns_of(model.features) == LEARNT
+    gain = dict(zip(model.features, model.booster.feature_importance("gain"), strict=True))
+    assert all(gain[cat.lead_column_feature(c, t).name] > 0 for c, t in LEARNT.items())
+    assert "referral" in model.categories[cat.lead_column_feature(*ORIGIN_T).name]
+    import mlflow
+
+    r = mlflow.tracking.MlflowClient().get_run(res.run_id)
+    assert r.data.params["vocab_lead_columns"] == "2"
+    assert json.loads(r.data.tags["leadscore.lead_columns"]) == LEARNT
+    path = mlflow.artifacts.download_artifacts(run_id=res.run_id,
+                                               artifact_path="vocabulary.json",
+                                               dst_path=str(run["root"] / "dl"))
+    assert json.loads(Path(path).read_text())["lead_columns"] == LEARNT
+
+
+ORIGIN_T = ("lead_origin", "category")
+
+
+def test_the_choice_options(run):
+    ds = contract.load(run["data"])
+    t = pd.Timestamp("2030-01-01", tz="UTC")
+    assert choose_lead_columns(ds.con, t) == LEARNT
+    assert choose_lead_columns(ds.con, t, exclude=["lead_origin"]) == {
+        "loan_preapproved": "float"}
+    assert choose_lead_columns(ds.con, t, "none") == {}
+    assert choose_lead_columns(ds.con, t, ["notes", "loan_preapproved"]) == {
+        "notes": "category", "loan_preapproved": "float"}
+    assert "rarely_set" in choose_lead_columns(ds.con, t, min_present=0.01)
+    with pytest.raises(ValueError, match="budget_band"):
+        choose_lead_columns(ds.con, t, ["budget_band"])
+
+
+def _reference(data, model, as_of) -> pd.DataFrame:
+    ds = contract.load(data)
+    feats = cat.job_features(model.features)
+    f = job.to_pandas(job.compute(ds.con, [as_of], feats, only_open=True), feats)
+    return f.assign(p=model.predict_proba(f)).set_index("lead_id")
+
+
+@pytest.mark.parametrize("hour", [0, 7], ids=["kept-rollups", "from-events"])
+def test_batch_rescoring_computes_crm_fields_as_training(run, tmp_path, hour):
+    model, data = run["model"], run["data"]
+    as_of = pd.Timestamp("2026-04-20", tz="UTC") + pd.Timedelta(hours=hour)
+    out = tmp_path / "scores"
+    batch.rescore(data, as_of, out, models=["conversion"], scorer=Scorer({"conversion": model}),
+                  cache=tmp_path / "cache", bucket_leads=300)
+    got = pd.read_parquet(out).set_index("lead_id")
+    want = _reference(data, model, as_of)
+    both = got.join(want[["p"]], how="inner")
+    assert len(both) == len(want) > 50
+    np.testing.assert_allclose(both["p_convert"], both["p"], rtol=1e-9)
+    assert got["reasons"].str.contains("CRM field").any()
