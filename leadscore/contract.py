@@ -789,6 +789,8 @@ def _frame_select(table: str, df: pd.DataFrame) -> str:
         else:
             expr = f"CAST(NULL AS {_SQL_TYPE[col.kind]})"
         sel.append(f'{expr} AS "{col.name}"')
+    if table == "leads":  # CRM fields beyond the contract's, as given
+        sel += ['"' + c.replace('"', '""') + '"' for c in extra_lead_columns(list(df.columns))]
     return ", ".join(sel)
 
 
@@ -808,11 +810,16 @@ def _checked_table(con, table: str, clock_sql: str) -> list[tuple[str, int, str,
 
     typed = ", ".join(f'{value(n, c)} AS "{n}"' for n, c in cols.items())
     srcs = ", ".join(f"{'NULL' if c.family is None else c.q} AS {c.src}" for c in cols.values())
+    extra = []
+    if table == "leads":  # CRM fields beyond the contract's, kept as load() keeps them
+        desc = con.sql(f"SELECT * FROM {scan} LIMIT 0").description
+        extra = extra_lead_columns([d[0] for d in desc])
+    ex = "".join(", " + e for e in _extra_sql(con, scan, extra))
     con.execute(
         f"""CREATE OR REPLACE TEMP TABLE _chk_{table} AS SELECT *, {case} AS _reason
-        FROM (SELECT {typed}, {srcs}, _row FROM {scan})"""
+        FROM (SELECT {typed}{ex}, {srcs}, _row FROM {scan})"""
     )
-    names = ", ".join(f'"{n}"' for n in cols)
+    names = ", ".join('"' + n.replace('"', '""') + '"' for n in [*cols, *extra])
     con.execute(f"CREATE OR REPLACE TABLE {table} AS SELECT {names} FROM _chk_{table} "
                 f"WHERE _reason IS NULL ORDER BY _row")
     field_of = {name: fld for name, _, fld in rules}

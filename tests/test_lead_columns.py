@@ -213,3 +213,83 @@ def test_batch_rescoring_computes_crm_fields_as_training(run, tmp_path, hour):
     assert len(both) == len(want) > 50
     np.testing.assert_allclose(both["p_convert"], both["p"], rtol=1e-9)
     assert got["reasons"].str.contains("CRM field").any()
+
+
+def _runtime(tmp_path, scorer, dealers, store_from=None):
+    from leadscore.serving import store as online
+    from leadscore.serving.auth import KeyRing, write_key_file
+    from leadscore.serving.runtime import Runtime
+
+    keys = write_key_file(tmp_path / "keys.json", {"t": (KEY, dealers)})
+    runtime = Runtime(online.OnlineStore(tmp_path / "features.db"), KeyRing.from_file(keys),
+                      loader=lambda: scorer, reload_seconds=0)
+    assert runtime.reload()
+    return runtime
+
+
+KEY = "tenant-leadcols-key"
+
+
+def test_http_inline_attributes_score_as_the_batch(run, tmp_path):
+    from fastapi.testclient import TestClient
+
+    from leadscore.serving.api import create_app
+
+    model, data = run["model"], run["data"]
+    scorer = Scorer({"conversion": model})
+    as_of = pd.Timestamp("2026-04-20", tz="UTC")
+    want = _reference(data, model, as_of)
+    ds = contract.load(data)
+    leads = ds.frame("leads").set_index("lead_id")
+    ev = ds.frame("events")
+    ids = [i for i in want.index if leads.loc[i, "lead_origin"] == "referral"][:2]
+    (tmp_path / "features.db").parent.mkdir(exist_ok=True)
+    online_rows = want.reset_index().drop(columns=["p"])
+    from leadscore.serving import store as online
+
+    online.write(online_rows, tmp_path / "features.db")
+    runtime = _runtime(tmp_path, scorer, sorted(leads["dealer_id"].unique()))
+
+    def inline(lead_id, attributes):
+        lead = leads.loc[lead_id]
+        mine = ev[(ev["lead_id"] == lead_id)]
+        return {
+            "lead_id": lead_id, "dealer_id": lead["dealer_id"],
+            "created_at": lead["created_at"].isoformat(), "source": lead["source"],
+            "tz": lead["tz"], "attributes": attributes,
+            **{c: lead[c] for c in ("intended_model", "budget", "city")
+               if not pd.isna(lead[c])},
+            "events": [{"ts": t.isoformat(), "event_type": e,
+                        **({"model": m} if isinstance(m, str) else {}),
+                        **({"value": v} if v == v and v is not None else {}),
+                        **({"ingested_at": i.isoformat()} if not pd.isna(i) else {})}
+                       for t, e, m, v, i in mine[["ts", "event_type", "model", "value",
+                                                  "ingested_at"]].itertuples(index=False)]}
+
+    a, b = ids
+    body = {"as_of": as_of.isoformat(), "leads": [
+        inline(a, {"lead_origin": "referral",
+                   "loan_preapproved": int(leads.loc[a, "loan_preapproved"])}),
+        inline(b, None)]}
+    with TestClient(create_app(runtime), raise_server_exceptions=False) as client:
+        r = client.post("/score", json=body, headers={"X-API-Key": KEY})
+        assert r.status_code == 200, r.text
+        got = r.json()["results"]
+        too_many = {f"f{i}": i for i in range(51)}
+        bad = client.post("/score", json={"leads": [{**inline(a, too_many)}]},
+                          headers={"X-API-Key": KEY})
+        assert bad.status_code == 422
+        bad = client.post("/score", json={"leads": [{**inline(a, {"source": "x"})}]},
+                          headers={"X-API-Key": KEY})
+        assert bad.status_code == 422
+        by_id = client.post("/score", json={"leads": [{"lead_id": a}]},
+                            headers={"X-API-Key": KEY})
+        assert by_id.status_code == 200, by_id.text
+    assert got[0]["p_convert"] == pytest.approx(want.loc[a, "p"], rel=1e-9)
+    assert by_id.json()["results"][0]["p_convert"] == pytest.approx(want.loc[a, "p"], rel=1e-9)
+    # without its CRM fields the lead scores with them missing (no error)
+    f = want.loc[[b]].reset_index()
+    for c, t in LEARNT.items():
+        n = cat.lead_column_feature(c, t).name
+        f[n] = pd.Series([None], dtype=f[n].dtype)
+    assert got[1]["p_convert"] == pytest.approx(model.predict_proba(f)[0], rel=1e-9)
