@@ -293,3 +293,20 @@ def test_http_inline_attributes_score_as_the_batch(run, tmp_path):
         n = cat.lead_column_feature(c, t).name
         f[n] = pd.Series([None], dtype=f[n].dtype)
     assert got[1]["p_convert"] == pytest.approx(model.predict_proba(f)[0], rel=1e-9)
+
+
+def test_the_store_holds_the_champions_crm_fields(run, tmp_path):
+    from typer.testing import CliRunner
+
+    from leadscore import cli
+
+    assert run["res"].alias == registry.CHAMPION
+    r = CliRunner().invoke(cli.app, [
+        "features", "--data", str(run["data"]), "--as-of", "2026-04-20", "--only-open",
+        "--out", str(tmp_path / "f.parquet"), "--store", str(tmp_path / "features.db"),
+        "--vocabulary", "champions"])
+    assert r.exit_code == 0, r.output
+    assert "extra columns kept: lead_origin, loan_preapproved" in r.output
+    f = pd.read_parquet(tmp_path / "f.parquet")
+    assert set(f["col__lead_origin__cat"].dropna()) >= {"referral", "paid_search"}
+    assert f["col__loan_preapproved__num"].notna().all()
