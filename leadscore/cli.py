@@ -145,8 +145,9 @@ def features(
     ] = None,
     vocabulary: Annotated[str | None, typer.Option(
         help="Also the features of these event types beyond the standard list "
-             "(comma-separated), or 'champions': the types the registry's champion models "
-             "were trained with (what the HTTP service needs from the store)")] = None,
+             "(comma-separated), or 'champions': the types "
+             "(and extra lead columns) the registry's champion models were trained with "
+             "(what the HTTP service needs from the store)")] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
     """Point-in-time features for every lead at one or more cutoffs."""
@@ -157,8 +158,12 @@ def features(
     from leadscore.features import catalog, job
 
     cutoffs = _timestamps(as_of)
-    types = _vocabulary_option(vocabulary)
-    feats = [*catalog.CATALOG, *catalog.vocabulary_features(types)]
+    types, lead_cols = _vocabulary_option(vocabulary)
+    feats = [*catalog.CATALOG, *catalog.vocabulary_features(types),
+             *(catalog.lead_column_feature(c, t) for c, t in lead_cols.items())]
+    if lead_cols and engine is Engine.spark:
+        _fail("--engine spark does not compute the champions' lead-column features yet; "
+              "use the embedded engine")
     try:
         ds = contract.load(data, quarantine_dir=data / "quarantine")
     except contract.ContractError as e:
@@ -185,24 +190,26 @@ def features(
         typer.echo(f"online store {store}: {n:,} leads (latest cutoff per lead)")
 
 
-def _vocabulary_option(value: str | None) -> list[str]:
-    """``--vocabulary``: event types as given, or the champions' (the registry's)."""
+def _vocabulary_option(value: str | None) -> tuple[list[str], dict[str, str]]:
+    """``--vocabulary``: event types as given, or the champions' (the registry's) event
+    types and extra lead columns."""
     from leadscore.features import catalog
 
     if not value:
-        return []
+        return [], {}
     if value.strip() != "champions":
         types = list(dict.fromkeys(t.strip() for t in value.split(",") if t.strip()))
         std = [t for t in types if t in catalog.STANDARD_EVENT_TYPES]
         if std:
             _fail(f"--vocabulary: {', '.join(std)} are standard event types (they have "
                   "features of their own already)")
-        return types
+        return types, {}
     from leadscore import registry
     from leadscore.serving.scorer import ALL_MODELS
 
     registry.configure()
-    return registry.champions_vocabulary(ALL_MODELS)
+    names = registry.champions_features(ALL_MODELS)
+    return catalog.vocabulary_of(names), catalog.lead_columns_of(names)
 
 
 @app.command()

@@ -111,6 +111,9 @@ class TableReport:
     quarantined: dict[str, int] = field(default_factory=dict)
     examples: dict[str, list[dict]] = field(default_factory=dict)
     encoding: str | None = None  # a CSV file's text encoding
+    #: leads only: the file's columns beyond the contract's, kept in the clean table as read
+    #: (CRM fields a model may use: :mod:`leadscore.training.vocabulary`)
+    extra_columns: list[str] = field(default_factory=list)
 
     @property
     def n_quarantined(self) -> int:
@@ -130,6 +133,8 @@ class TableReport:
                 for e in self.examples.get(reason, [])
             )
             out.append(f"  - {reason}: {n:,} (e.g. {ex})")
+        if self.extra_columns:
+            out.append(f"  - extra columns kept: {', '.join(self.extra_columns)}")
         return out
 
 
@@ -360,6 +365,33 @@ def _check_columns(con, table: str, path: Path, scan: str) -> dict[str, _Col]:
     return out
 
 
+def extra_lead_columns(names: Sequence[str]) -> list[str]:
+    """The columns among ``names`` that a leads file carries beyond the contract's: kept as
+    read, never validated. Names starting with ``_`` are the loader's own; a name equal to a
+    contract column but for case would be ambiguous in SQL."""
+    contract_names = {c.name.lower() for c in TABLES["leads"]}
+    return [n for n in names if not n.startswith("_") and n.lower() not in contract_names]
+
+
+def _extra_sql(con, scan: str, names: Sequence[str]) -> list[str]:
+    """SQL of the extra lead columns as the clean table keeps them: text trimmed (blank is
+    missing), numbers, booleans and times as the file types them, anything else as text."""
+    desc = con.sql(f"SELECT * FROM {scan} LIMIT 0").description
+    types = {d[0]: _family(str(d[1])) for d in desc}
+    keep = ("VARCHAR", "BOOLEAN", "DATE", "TIMESTAMP", "TIMESTAMP WITH TIME ZONE", "NULL",
+            *_OK_FAMILIES["float"])
+    out = []
+    for n in names:
+        q = '"' + n.replace('"', '""') + '"'
+        if types[n] == "VARCHAR":
+            out.append(f"NULLIF(trim({q}), '') AS {q}")
+        elif types[n] in keep:
+            out.append(f"{q} AS {q}")
+        else:
+            out.append(f"CAST({q} AS VARCHAR) AS {q}")
+    return out
+
+
 def _check_parse_rates(con, path: Path, scan: str, cols: dict[str, _Col]) -> None:
     """A column whose values mostly fail to parse is a wrong file, not a few bad rows."""
     parsed = [c for c in cols.values() if c.parses()]
@@ -570,11 +602,17 @@ def _load_table(con, table: str, path: Path | None, clock_sql: str,
         FROM ({checked}) WHERE _reason IS NOT NULL"""
     )
 
-    # 3. the clean table
+    # 3. the clean table (a leads file's extra columns kept as read)
     keep = {"channel": "lower(channel) AS channel", "outcome": "lower(outcome) AS outcome"}
+    extra = ""
+    if table == "leads":
+        desc = con.sql(f"SELECT * FROM {scan} LIMIT 0").description
+        rep.extra_columns = extra_lead_columns([d[0] for d in desc])
+        extra = "".join(", " + e for e in _extra_sql(con, scan, rep.extra_columns))
     sel = ", ".join(keep.get(n, f'"{n}"') for n in cols)
+    sel += "".join(", " + '"' + n.replace('"', '""') + '"' for n in rep.extra_columns)
     clean = f"""SELECT {sel}{", _h" if row_hash else ""} FROM (
-            SELECT {typed}{h}, _file, _row FROM {scan}) s
+            SELECT {typed}{extra}{h}, _file, _row FROM {scan}) s
         ANTI JOIN (SELECT _file, _row FROM _drop_{table}
                    UNION ALL SELECT _file, _row FROM _bad_{table}) x USING (_file, _row)"""
     if sink is None:
@@ -751,6 +789,8 @@ def _frame_select(table: str, df: pd.DataFrame) -> str:
         else:
             expr = f"CAST(NULL AS {_SQL_TYPE[col.kind]})"
         sel.append(f'{expr} AS "{col.name}"')
+    if table == "leads":  # CRM fields beyond the contract's, as given
+        sel += ['"' + c.replace('"', '""') + '"' for c in extra_lead_columns(list(df.columns))]
     return ", ".join(sel)
 
 
@@ -770,11 +810,16 @@ def _checked_table(con, table: str, clock_sql: str) -> list[tuple[str, int, str,
 
     typed = ", ".join(f'{value(n, c)} AS "{n}"' for n, c in cols.items())
     srcs = ", ".join(f"{'NULL' if c.family is None else c.q} AS {c.src}" for c in cols.values())
+    extra = []
+    if table == "leads":  # CRM fields beyond the contract's, kept as load() keeps them
+        desc = con.sql(f"SELECT * FROM {scan} LIMIT 0").description
+        extra = extra_lead_columns([d[0] for d in desc])
+    ex = "".join(", " + e for e in _extra_sql(con, scan, extra))
     con.execute(
         f"""CREATE OR REPLACE TEMP TABLE _chk_{table} AS SELECT *, {case} AS _reason
-        FROM (SELECT {typed}, {srcs}, _row FROM {scan})"""
+        FROM (SELECT {typed}{ex}, {srcs}, _row FROM {scan})"""
     )
-    names = ", ".join(f'"{n}"' for n in cols)
+    names = ", ".join('"' + n.replace('"', '""') + '"' for n in [*cols, *extra])
     con.execute(f"CREATE OR REPLACE TABLE {table} AS SELECT {names} FROM _chk_{table} "
                 f"WHERE _reason IS NULL ORDER BY _row")
     field_of = {name: fld for name, _, fld in rules}

@@ -203,17 +203,22 @@ def load(model: str, alias: str = CHAMPION) -> tuple[LeadModel, Resolved] | None
     return load_version(model, res.version), res
 
 
-def champions_vocabulary(models: Sequence[str]) -> list[str]:
-    """The vocabulary event types (features of their own, chosen at training) of the
-    ``models``' champions: what a feature store they read must hold besides the catalogue."""
-    from leadscore.features import catalog
-
+def champions_features(models: Sequence[str]) -> list[str]:
+    """The feature names of the ``models``' champions (none for a model without one)."""
     names: list[str] = []
     for model in models:
         got = load(model, CHAMPION)
         if got is not None:
             names += got[0].features
-    return catalog.vocabulary_of(names)
+    return names
+
+
+def champions_vocabulary(models: Sequence[str]) -> list[str]:
+    """The vocabulary event types (features of their own, chosen at training) of the
+    ``models``' champions: what a feature store they read must hold besides the catalogue."""
+    from leadscore.features import catalog
+
+    return catalog.vocabulary_of(champions_features(models))
 
 
 def set_alias(model: str, alias: str, version: str) -> None:

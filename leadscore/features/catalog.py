@@ -151,6 +151,16 @@ class Static(Feature):
     column: str = ""
 
 
+@dataclass(frozen=True)
+class LeadColumn(Feature):
+    """An extra column of the leads table (a CRM field beyond the contract's), as a number
+    (``dtype`` float: text that does not parse is missing) or as text categories. A static
+    attribute read at every cutoff; a column the leads table lacks reads missing. Chosen at
+    training (``training.vocabulary.choose_lead_columns``)."""
+
+    column: str = ""
+
+
 def _slug(types: Iterable[str]) -> str:
     return "_".join(types)
 
@@ -477,6 +487,35 @@ def vocabulary_features(event_types: Iterable[str]) -> list[Feature]:
     return out
 
 
+#: name prefix of the features of extra lead-table columns; the suffix says the type
+COLUMN_PREFIX = "col__"
+_COLUMN_KINDS = {"num": "float", "cat": "category"}
+
+
+def lead_column_feature(column: str, dtype: str) -> LeadColumn:
+    """The feature of the extra lead column ``column`` as ``dtype`` (float or category)."""
+    kind = {v: k for k, v in _COLUMN_KINDS.items()}.get(dtype)
+    if kind is None:
+        raise ValueError(f"a lead column is float or category, not {dtype!r}")
+    if not column:
+        raise ValueError(f"{column!r} is not an extra lead column")
+    shown = column.replace("{", "(").replace("}", ")")
+    says = f"CRM field {shown}: {{value}}" if dtype == "category" else \
+        f"CRM field {shown} {{value:g}}"
+    return LeadColumn(f"{COLUMN_PREFIX}{_type_slug(column)}__{kind}", says=says, dtype=dtype,
+                      column=column)
+
+
+def lead_columns_of(names: Iterable[str]) -> dict[str, str]:
+    """The extra lead columns a feature list uses, ``{column: dtype}`` in order of use."""
+    out: dict[str, str] = {}
+    for n in names:
+        if n.startswith(COLUMN_PREFIX) and n not in BY_NAME:
+            f = feature(n)
+            out.setdefault(f.column, f.dtype)
+    return out
+
+
 def vocabulary_of(names: Iterable[str]) -> list[str]:
     """The vocabulary event types a feature list uses, in order of first use."""
     out: list[str] = []
@@ -500,6 +539,11 @@ def feature(name: str) -> Feature:
         if kind in _VOCAB_KINDS and t and _type_slug(t) == slug \
                 and t not in STANDARD_EVENT_TYPES:
             return _vocab_feature(t, kind)
+    if name.startswith(COLUMN_PREFIX) and "__" in name[len(COLUMN_PREFIX):]:
+        slug, kind = name[len(COLUMN_PREFIX):].rsplit("__", 1)
+        col = urllib.parse.unquote(slug)
+        if kind in _COLUMN_KINDS and col and _type_slug(col) == slug:
+            return lead_column_feature(col, _COLUMN_KINDS[kind])
     raise KeyError(f"unknown feature: {name!r}; see leadscore.features.catalog")
 
 
@@ -547,6 +591,7 @@ __all__ = [
     "DistinctModels",
     "Feature",
     "History",
+    "LeadColumn",
     "NightShare",
     "Sessions",
     "Static",
@@ -555,6 +600,8 @@ __all__ = [
     "feature",
     "get",
     "job_features",
+    "lead_column_feature",
+    "lead_columns_of",
     "vocabulary_features",
     "vocabulary_of",
 ]

@@ -42,7 +42,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from leadscore.contract import lead_exists_sql
+from leadscore.contract import extra_lead_columns, lead_exists_sql
 from leadscore.features import catalog as cat
 from leadscore.schema import (
     CLOSING_TYPES,
@@ -171,7 +171,7 @@ class _Plan:
 
 
 _KINDS = (cat.Count, cat.DaysSince, cat.NightShare, cat.Trend, cat.Sessions, cat.DistinctModels,
-          cat.TopModelShare, cat.ContactStat, cat.Static, cat.History)
+          cat.TopModelShare, cat.ContactStat, cat.Static, cat.History, cat.LeadColumn)
 
 
 # --------------------------------------------------------------------------- whole history
@@ -438,10 +438,43 @@ def _local_hour_sql(offsets: dict | None, ts: str, t: str, tz: str) -> str:
 # --------------------------------------------------------------------------- relations
 
 
-def _lk_sql(hi: str) -> str:
+def leads_columns(con: duckdb.DuckDBPyConnection) -> list[str]:
+    """The columns of table ``leads``."""
+    return [d[0] for d in con.sql("SELECT * FROM leads LIMIT 0").description]
+
+
+def lead_column_sql(f: cat.LeadColumn, present: bool, ref: str | None = None) -> str:
+    """An extra lead column as its feature reads it: a number (text that does not parse is
+    missing) or trimmed text; missing when the leads table lacks the column (a model trained
+    on a CRM field scores data without it)."""
+    num = f.dtype != "category"
+    if not present:
+        return "CAST(NULL AS DOUBLE)" if num else "CAST(NULL AS VARCHAR)"
+    q = ref or '"' + f.column.replace('"', '""') + '"'
+    if num:
+        return f"TRY_CAST(NULLIF(trim(CAST({q} AS VARCHAR)), '') AS DOUBLE)"
+    return f"NULLIF(trim(CAST({q} AS VARCHAR)), '')"
+
+
+def _leads_star(features: Sequence[cat.Feature], columns: Sequence[str] | None) -> str:
+    """``*`` of table ``leads`` for the job: its contract columns (the extra ones, named
+    anything, stay out of the job's relations) and the lead-column features, named as the
+    features (``columns``: the table's, None when not known: every column then counts as
+    present)."""
+    extra = extra_lead_columns(columns) if columns is not None else []
+    star = "*" if not extra else "* EXCLUDE (" + ", ".join(
+        '"' + c.replace('"', '""') + '"' for c in extra) + ")"
+    have = None if columns is None else set(columns)
+    for f in features:
+        if isinstance(f, cat.LeadColumn):
+            star += f', {lead_column_sql(f, have is None or f.column in have)} AS "{f.name}"'
+    return star
+
+
+def _lk_sql(hi: str, star: str = "*") -> str:
     """Leads created by the last cutoff, numbered in lead_id order (``k``)."""
     return (f"SELECT CAST(row_number() OVER (ORDER BY lead_id) AS INTEGER) AS k, "
-            f"epoch_us(created_at) AS created_us, * FROM leads "
+            f"epoch_us(created_at) AS created_us, {star} FROM leads "
             f"WHERE {lead_exists_sql('created_at', hi)}")
 
 
@@ -669,6 +702,8 @@ def _per_cutoff_sql(plan: _Plan, grid: _Grid, cut: _Cut, t: dict[str, str], only
                 e = f'b."{f.column}"'
             else:
                 e = f'CAST(b."{f.column}" AS DOUBLE)'
+        elif isinstance(f, cat.LeadColumn):
+            e = f'b."{f.name}"'
         elif isinstance(f, cat.History):
             e = f"CAST({hist[f.name]} AS DOUBLE)"
         elif isinstance(f, cat.Count):
@@ -724,14 +759,15 @@ def _events(lk: str, lo: str, hi: str, cols: str = "", where: str = "") -> str:
 
 
 def build_sql(features: Sequence[cat.Feature], lookback_days: int = cat.LOOKBACK_DAYS,
-              per_lead: bool = False) -> str:
+              per_lead: bool = False, leads_columns: Sequence[str] | None = None) -> str:
     """The whole feature query over tables leads/events/contacts and ``_cutoffs(as_of)``, as
     one statement, for any cutoffs; ordered by (as_of, lead_id). :func:`compute` runs the same
     relations staged, with buckets fitted to its cutoffs.
 
     ``per_lead``: ``_cutoffs`` also has a ``lead_id`` column and each cutoff applies to that
     lead only (features just before each contact attempt, say), joined by key instead of
-    fanning every cutoff out to every lead.
+    fanning every cutoff out to every lead. ``leads_columns``: the columns of table ``leads``
+    (:func:`leads_columns`), for lead-column features of columns it lacks.
     """
     plan = _Plan(features, lookback_days)
     grid = _Grid()
@@ -741,7 +777,8 @@ def build_sql(features: Sequence[cat.Feature], lookback_days: int = cat.LOOKBACK
     def since(us: int) -> str:
         return f"{lo} - to_microseconds({us})"
 
-    rels: list[tuple[str, str]] = [("lk", _lk_sql(hi))]
+    rels: list[tuple[str, str]] = [("lk", _lk_sql(hi, _leads_star(plan.features,
+                                                                   leads_columns)))]
     if per_lead:
         rels += [("cuts", """SELECT DISTINCT c.as_of, epoch_us(c.as_of) AS cut, l.k
         FROM _cutoffs c JOIN lk l ON c.lead_id = l.lead_id"""),
@@ -871,7 +908,8 @@ class _Reduced:
             tzi = " ".join(f"WHEN {_in([z])[1:-1]} THEN {i}" for i, z in enumerate(self.zones))
             tzi = f"CAST(CASE tz {tzi} END AS SMALLINT)" if tzi else "CAST(NULL AS SMALLINT)"
             lk = make("lk", f"SELECT CAST(row_number() OVER (ORDER BY lead_id) - 1 AS INTEGER) "
-                            f"AS k, epoch_us(created_at) AS created_us, {tzi} AS _tzi, * "
+                            f"AS k, epoch_us(created_at) AS created_us, {tzi} AS _tzi, "
+                            f"{_leads_star(plan.features, leads_columns(con))} "
                             f"FROM leads WHERE {lead_exists_sql('created_at', hi)} "
                             f"ORDER BY k")
             self.leads = con.sql(f"SELECT * FROM {lk} ORDER BY k").to_arrow_table()
@@ -1069,6 +1107,13 @@ class _Reduced:
             "is_owner": pa.array((self.vs_order <= a)[keep]),
         }
         for f in plan.features:
+            if isinstance(f, cat.LeadColumn):
+                if f.name in self.leads.column_names:
+                    cols[f.name] = self.leads.column(f.name).take(keep)
+                else:  # kept rollups' leads without the column: missing, as in SQL
+                    cols[f.name] = pa.nulls(len(keep), pa.float64() if f.dtype == "float"
+                                            else pa.string())
+                continue
             if isinstance(f, cat.Static):
                 if f.column == "lead_age_days":
                     v = (a - created) / US_PER_DAY
@@ -1455,7 +1500,8 @@ def compute_pairs(
                 "SELECT CAST(lead_id AS VARCHAR) AS lead_id, CAST(as_of AS TIMESTAMPTZ) AS as_of "
                 "FROM _pairs_in")
     con.unregister("_pairs_in")
-    return con.sql(build_sql(features, per_lead=True)).to_arrow_table()
+    return con.sql(build_sql(features, per_lead=True, leads_columns=leads_columns(con))
+                   ).to_arrow_table()
 
 
 def to_pandas(table: pa.Table, features: Sequence[cat.Feature] = cat.CATALOG) -> pd.DataFrame:

@@ -60,6 +60,8 @@ ZONES = frozenset(available_timezones()) & contract.time_zones()
 Finite = Annotated[float, Field(allow_inf_nan=False)]
 Id = Annotated[str, Field(min_length=1, max_length=128)]
 Text = Annotated[str, Field(min_length=1, max_length=128)]
+#: at most this many CRM fields (``attributes``) per inline lead
+MAX_ATTRIBUTES = 50
 
 
 def _utc(v: datetime) -> datetime:
@@ -119,6 +121,10 @@ class LeadIn(BaseModel):
     tz: str | None = None
     events: list[EventIn] | None = Field(None, max_length=MAX_EVENTS)
     contacts: list[ContactIn] | None = Field(None, max_length=MAX_CONTACTS)
+    #: CRM fields beyond the contract's (extra columns of the leads table), read as a CSV
+    #: cell of that column would be: what a model trained on them needs
+    attributes: dict[Text, Text | int | Finite | bool | None] | None = Field(
+        None, max_length=MAX_ATTRIBUTES)
 
     _created = field_validator("created_at")(lambda v: None if v is None else _not_future(v))
 
@@ -127,6 +133,16 @@ class LeadIn(BaseModel):
     def _zone(cls, v):
         if v is not None and v not in ZONES:
             raise ValueError(f"unknown IANA time zone {v!r}")
+        return v
+
+    @field_validator("attributes")
+    @classmethod
+    def _extra_columns(cls, v):
+        if v is not None:
+            bad = [k for k in v if k not in contract.extra_lead_columns([k])]
+            if bad:
+                raise ValueError(f"{bad[0]!r} is a contract field or starts with '_': not an "
+                                 f"attribute")
         return v
 
     @model_validator(mode="after")
@@ -319,6 +335,15 @@ SCORE_RESPONSES: dict = {
 }
 
 
+def _cell(value: str | int | float | bool | None) -> str | None:
+    """An attribute as the text of a CSV cell (numbers in their shortest exact form)."""
+    if value is None or isinstance(value, str):
+        return value
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return repr(value) if isinstance(value, float) else str(value)
+
+
 def _inline_frames(leads: list[tuple[int, LeadIn]]
                    ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, dict[str, list]]:
     """The inline leads (with their index in the request) as the contract's three frames,
@@ -329,7 +354,8 @@ def _inline_frames(leads: list[tuple[int, LeadIn]]
         lrows.append({"lead_id": lead.lead_id, "dealer_id": lead.dealer_id,
                       "created_at": lead.created_at, "source": lead.source,
                       "intended_model": lead.intended_model, "city": lead.city,
-                      "budget": lead.budget, "tz": lead.tz})
+                      "budget": lead.budget, "tz": lead.tz,
+                      **{k: _cell(v) for k, v in (lead.attributes or {}).items()}})
         paths["leads"].append((lead.lead_id, f"leads.{i}"))
         for name, rows in (("events", erows), ("contacts", crows)):
             for j, x in enumerate(getattr(lead, name) or []):

@@ -38,6 +38,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
+import pyarrow as pa
 
 from leadscore import atomic, contract
 from leadscore.features import catalog as cat
@@ -169,6 +170,9 @@ def _bucket_features(work: Path, bucket: int, as_of: pd.Timestamp,
     keep every event type by name, so vocabulary features come from them too."""
     table = (rollup.features(work, bucket, segments, as_of, features)
              if segments is not None else None)
+    lead_cols = [f for f in features if isinstance(f, cat.LeadColumn)]
+    if table is not None and lead_cols:
+        table = _with_lead_columns(work, bucket, table, lead_cols)
     if table is None:
         con = bucket_connection(work, bucket)
         try:
@@ -176,6 +180,27 @@ def _bucket_features(work: Path, bucket: int, as_of: pd.Timestamp,
         finally:
             con.close()
     return _entities(table, features)
+
+
+def _with_lead_columns(work: Path, bucket: int, table: pa.Table,
+                       feats: Sequence[cat.LeadColumn]) -> pa.Table:
+    """The rollups' features with the lead-column ones read from the bucket's leads (the
+    rollups keep events, not CRM fields), by the job's own SQL for them."""
+    con = bucket_connection(work, bucket)
+    try:
+        have = job.leads_columns(con)
+        sel = ", ".join(f'{job.lead_column_sql(f, f.column in have)} AS "{f.name}"'
+                        for f in feats)
+        got = con.sql(f"SELECT lead_id, {sel} FROM leads").to_arrow_table()
+    finally:
+        con.close()
+    at = pd.Index(got.column("lead_id").to_pandas()).get_indexer(
+        table.column("lead_id").to_pandas())
+    take = pa.array(at, mask=at < 0)  # a lead without a row: missing
+    for f in feats:
+        i = table.column_names.index(f.name)
+        table = table.set_column(i, f.name, got.column(f.name).take(take))
+    return table
 
 
 def _score_embedded(work: Path, buckets: Sequence[int], as_of: pd.Timestamp, scorer: Scorer,
@@ -237,8 +262,13 @@ def bucket_connection(work: Path, bucket: int, threads: int = 2):
         if files:
             paths = ", ".join(contract._lit(str(p)) for p in files)
             cols = ", ".join(f'"{c.name}"' for c in columns)
-            con.execute(f"CREATE VIEW {table} AS SELECT {cols} "
-                        f"FROM read_parquet([{paths}], hive_partitioning=false)")
+            scan = f"read_parquet([{paths}], hive_partitioning=false)"
+            if table == "leads":  # the CRM fields the loads carried (loads may differ)
+                scan = f"read_parquet([{paths}], hive_partitioning=false, union_by_name=true)"
+                have = [d[0] for d in con.sql(f"SELECT * FROM {scan} LIMIT 0").description]
+                cols += "".join(', "' + c.replace('"', '""') + '"'
+                                for c in contract.extra_lead_columns(have))
+            con.execute(f"CREATE VIEW {table} AS SELECT {cols} FROM {scan}")
         else:
             contract._empty_table(con, table)
     return con

@@ -82,6 +82,15 @@ class Vocabulary(BaseModel):
     model_config = ConfigDict(extra="forbid")
     event_types: int = Field(10, ge=0, le=50)
     min_events: int = Field(20, ge=1)
+    #: extra columns of the leads table (CRM fields) as features: ``auto`` (numbers, and
+    #: text with at most ``max_categories`` values, present on ``min_present`` of the
+    #: leads), ``none``, or a list of column names (numbers, else text categories)
+    lead_columns: Literal["auto", "none"] | list[str] = "auto"
+    #: columns never used, e.g. CRM fields filled in after the first contact (they can give
+    #: the outcome away: see :func:`leadscore.training.vocabulary.choose_lead_columns`)
+    exclude: list[str] = Field(default_factory=list)
+    max_categories: int = Field(50, ge=2, le=10_000)
+    min_present: float = Field(0.1, gt=0, le=1)
 
 
 class ExperimentConfig(BaseModel):

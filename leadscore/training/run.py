@@ -119,40 +119,51 @@ def _btyd_input(spec: ModelSpec, cfg: ExperimentConfig,
     return spec, "btyd_init", True
 
 
-def _vocabulary(con, spec: ModelSpec, cfg: ExperimentConfig,
-                ts: dataset.TrainingSet) -> tuple[ModelSpec, list[str]]:
+def _vocabulary(con, spec: ModelSpec, cfg: ExperimentConfig, ts: dataset.TrainingSet,
+                ) -> tuple[ModelSpec, list[str], dict[str, str]]:
     """The run's data-driven vocabulary: the most frequent non-standard event types before
-    the holdout get features of their own, added to the training rows and to the spec. The
-    slot model keeps its fixed context."""
+    the holdout, and the extra lead columns that qualify, get features of their own, added
+    to the training rows and to the spec. The slot model keeps its fixed context."""
     from dataclasses import replace
 
     if spec.entity == "contact_attempt":
-        return spec, []
+        return spec, [], {}
+    voc = cfg.vocabulary
     before = vocabulary.vocabulary_cutoff(ts.frame, ts.split_kind)
-    types = vocabulary.choose_event_types(con, before, cfg.vocabulary.event_types,
-                                          cfg.vocabulary.min_events)
-    # the champion's types too, as columns only: promotion scores this run's holdout with
-    # the champion, whose vocabulary may differ
-    extra = [t for t in _champion_vocabulary(spec.name, ts.notes) if t not in types]
-    ts.frame, names = vocabulary.add_features(con, ts.frame, [*types, *extra])
-    names = names[:len(catalog.vocabulary_features(types))]
-    if not types:
-        return spec, []
-    ts.notes.append(f"vocabulary: {len(types)} event types beyond the standard list have "
-                    f"features of their own (chosen on events before {before})")
-    log.info("%s: vocabulary %s", spec.name, types)
-    return replace(spec, features=(*spec.features, *names)).validate(), types
+    types = vocabulary.choose_event_types(con, before, voc.event_types, voc.min_events)
+    cols = vocabulary.choose_lead_columns(con, before, voc.lead_columns, voc.exclude,
+                                          voc.max_categories, voc.min_present)
+    # the champion's too, as columns only: promotion scores this run's holdout with the
+    # champion, whose vocabulary may differ
+    champion = _champion_features(spec.name, ts.notes)
+    extra = [t for t in catalog.vocabulary_of(champion) if t not in types]
+    extra_cols = {c: t for c, t in catalog.lead_columns_of(champion).items() if c not in cols}
+    ts.frame, names = vocabulary.add_features(con, ts.frame, [*types, *extra],
+                                              {**cols, **extra_cols})
+    n_types = len(catalog.vocabulary_features(types))
+    names = [*names[:n_types], *(catalog.lead_column_feature(c, t).name
+                                 for c, t in cols.items())]
+    if types:
+        ts.notes.append(f"vocabulary: {len(types)} event types beyond the standard list have "
+                        f"features of their own (chosen on events before {before})")
+    if cols:
+        ts.notes.append(f"vocabulary: {len(cols)} extra columns of the leads table are "
+                        f"features ({', '.join(cols)})")
+    log.info("%s: vocabulary %s, lead columns %s", spec.name, types, cols)
+    if not names:
+        return spec, [], {}
+    return replace(spec, features=(*spec.features, *names)).validate(), types, cols
 
 
-def _champion_vocabulary(model: str, notes: list[str]) -> list[str]:
-    """The vocabulary event types of the model's current champion (none without one, or
-    when it cannot be loaded: then promotion may not score it on this run's holdout, which
-    the run's notes say)."""
+def _champion_features(model: str, notes: list[str]) -> list[str]:
+    """The features of the model's current champion (none without one, or when it cannot
+    be loaded: then promotion may not score it on this run's holdout, which the run's notes
+    say)."""
     from mlflow.exceptions import MlflowException
 
     registry.configure()
     try:
-        return registry.champions_vocabulary([model])
+        return registry.champions_features([model])
     except (MlflowException, OSError, ValueError, KeyError) as e:
         note = f"champion not loaded for its vocabulary ({type(e).__name__}: {e})"
         log.warning("%s", note)
@@ -203,7 +214,7 @@ calibration {spec.calibration}; monotone increasing in {', '.join(spec.monotone)
 
 def _log_run(spec, cfg, ts, fr, test, p, m, fp, truth_note, register: bool,
              final, refit_rows: int | None, log_model: bool = True,
-             vocab: list[str] | None = None):
+             vocab: list[str] | None = None, lead_cols: dict[str, str] | None = None):
     """``fr``: the evaluation fit (metrics, plots of its holdout predictions ``p``);
     ``final``: the model registered (the refit, or the evaluation model itself)."""
     import mlflow
@@ -219,7 +230,7 @@ def _log_run(spec, cfg, ts, fr, test, p, m, fp, truth_note, register: bool,
         "calibration": spec.calibration, "best_iteration": fr.best_iteration,
         "refit": refit_rows is not None, "n_refit": refit_rows or 0,
         "n_features": len(spec.features), "n_cutoffs": len(ts.cutoffs),
-        "vocab_event_types": len(vocab or ()),
+        "vocab_event_types": len(vocab or ()), "vocab_lead_columns": len(lead_cols or {}),
         **({"btyd_model": cfg.btyd.model, "btyd_use": cfg.btyd.use} if ts.btyd_fits else {}),
         **{f"n_{k}": v for k, v in ts.counts().items()},
         **{f"lgb_{k}": v for k, v in fr.params.items()
@@ -231,6 +242,7 @@ def _log_run(spec, cfg, ts, fr, test, p, m, fp, truth_note, register: bool,
                      "events_after_observed_until": obs.n_after if obs else 0,
                      # MLflow tags hold 5000 characters; vocabulary.json has all of it
                      "leadscore.vocabulary": json.dumps(vocab or [])[:5000],
+                     "leadscore.lead_columns": json.dumps(lead_cols or {})[:5000],
                      **({"data_warning": obs.note()} if obs and obs.note() else {})})
     mlflow.log_metrics({k: v for k, v in m.items() if np.isfinite(v)})
     with tempfile.TemporaryDirectory() as tmp:
@@ -238,8 +250,9 @@ def _log_run(spec, cfg, ts, fr, test, p, m, fp, truth_note, register: bool,
         (d / "config.json").write_text(cfg.model_dump_json(indent=1))
         (d / "features.json").write_text(json.dumps(list(spec.features), indent=1))
         (d / "vocabulary.json").write_text(json.dumps(
-            {"event_types": vocab or [],
-             "features": [f for f in spec.features if f.startswith(catalog.VOCAB_PREFIX)]},
+            {"event_types": vocab or [], "lead_columns": lead_cols or {},
+             "features": [f for f in spec.features
+                          if f.startswith((catalog.VOCAB_PREFIX, catalog.COLUMN_PREFIX))]},
             indent=1))
         (d / "cutoffs.json").write_text(json.dumps([str(c) for c in ts.cutoffs], indent=1))
         if ts.btyd_fits:
@@ -255,7 +268,8 @@ def _log_run(spec, cfg, ts, fr, test, p, m, fp, truth_note, register: bool,
         # every catalogue feature, not just this spec's: promotion scores this holdout with
         # the champion too, which may use other features
         feats = [*(f.name for f in catalog.CATALOG if f.name in test.columns),
-                 *(c for c in test.columns if c.startswith(catalog.VOCAB_PREFIX))]
+                 *(c for c in test.columns
+                   if c.startswith((catalog.VOCAB_PREFIX, catalog.COLUMN_PREFIX)))]
         keep = ["lead_id", "dealer_id", "as_of", *feats, "label"]
         # p_eval: the evaluation fit's predictions, which promotion compares (a refit model
         # has seen these rows)
@@ -294,7 +308,7 @@ def train(
     ts = dataset.build(ds.con, spec, split=cfg.split, as_of=as_of, seed=cfg.seed,
                        feature_cache=cache, observed=obs)
     dataset.check_holdout(ts, spec.name)
-    spec, vocab = _vocabulary(ds.con, spec, cfg, ts)
+    spec, vocab, lead_cols = _vocabulary(ds.con, spec, cfg, ts)
     bt = _btyd_baseline(ds.con, spec, cfg, ts)
     spec, init, experiment = _btyd_input(spec, cfg, ts)
     register = register and not experiment
@@ -331,9 +345,11 @@ def train(
                 ts.notes.append(f"refit skipped: {e}")
         for lm in {id(fr.model): fr.model, id(final): final}.values():
             # the artifact carries its vocabulary (the feature names say it too)
-            lm.meta[vocabulary.META_KEY] = {"event_types": list(vocab)}
+            lm.meta[vocabulary.META_KEY] = {"event_types": list(vocab),
+                                            "lead_columns": dict(lead_cols)}
         version = _log_run(spec, cfg, ts, fr, test, p, m, fp, truth_note, register, final,
-                           refit_rows, log_model=not experiment, vocab=vocab)
+                           refit_rows, log_model=not experiment, vocab=vocab,
+                           lead_cols=lead_cols)
         run_id = run.info.run_id
     alias = None
     if version is not None:

@@ -47,7 +47,8 @@ def categories_of(frame: pd.DataFrame, features: list[str]) -> dict[str, list[st
     exactly these (LightGBM maps categories by code, not by value)."""
     out = {}
     known = [f for f in features
-             if f in catalog.BY_NAME or f.startswith(catalog.VOCAB_PREFIX)]
+             if f in catalog.BY_NAME
+             or f.startswith((catalog.VOCAB_PREFIX, catalog.COLUMN_PREFIX))]
     for f in catalog.categorical(known):
         vals = frame[f].astype("object").dropna().astype(str).unique().tolist()
         out[f] = sorted(vals)
