@@ -426,7 +426,10 @@ def build(
     parts, notes, kind = assign_splits(frame, split, horizon, seed)
     # purged rows take no part in the evaluation fit, but their labels are observed: the
     # refit of the registered model uses them (``TrainingSet.labelled``)
-    frame["split"] = np.where(parts.to_numpy() == "", "purged", parts.to_numpy())
+    which = np.where(parts.to_numpy() == "", "purged", parts.to_numpy())
+    # one more column by concat: an insert into a frame of a few hundred feature columns
+    # would warn of fragmentation on every training run
+    frame = pd.concat([frame, pd.Series(which, index=frame.index, name="split")], axis=1)
     if n_censored:
         notes.append(f"{n_censored:,} right-censored rows excluded (label window past {end})")
     if obs.note():
