@@ -815,16 +815,21 @@ def _checked_table(con, table: str, clock_sql: str) -> list[tuple[str, int, str,
         desc = con.sql(f"SELECT * FROM {scan} LIMIT 0").description
         extra = extra_lead_columns([d[0] for d in desc])
     ex = "".join(", " + e for e in _extra_sql(con, scan, extra))
+    # as load() does: an exact copy of an earlier row (over the contract's columns as sent)
+    # is dropped before the rules; a lead is the request's own key, so only events/contacts
+    raw = ", ".join(c.q for c in cols.values() if c.family is not None)
+    copy = (f"row_number() OVER (PARTITION BY {raw} ORDER BY _row)"
+            if table != "leads" and raw else "1")
     con.execute(
         f"""CREATE OR REPLACE TEMP TABLE _chk_{table} AS SELECT *, {case} AS _reason
-        FROM (SELECT {typed}{ex}, {srcs}, _row FROM {scan})"""
+        FROM (SELECT {typed}{ex}, {srcs}, _row, {copy} AS _copy FROM {scan})"""
     )
     names = ", ".join('"' + n.replace('"', '""') + '"' for n in [*cols, *extra])
     con.execute(f"CREATE OR REPLACE TABLE {table} AS SELECT {names} FROM _chk_{table} "
-                f"WHERE _reason IS NULL ORDER BY _row")
+                f"WHERE _reason IS NULL AND _copy = 1 ORDER BY _row")
     field_of = {name: fld for name, _, fld in rules}
     out = [(table, int(r), reason, field_of[reason]) for r, reason in con.execute(
-        f"SELECT _row, _reason FROM _chk_{table} WHERE _reason IS NOT NULL ORDER BY _row"
-    ).fetchall()]
+        f"SELECT _row, _reason FROM _chk_{table} WHERE _reason IS NOT NULL AND _copy = 1 "
+        "ORDER BY _row").fetchall()]
     con.execute(f"DROP TABLE _chk_{table}")
     return out

@@ -136,3 +136,37 @@ def test_a_lead_id_is_taken_as_sent_while_its_rows_get_the_batch_rules(app):
     assert res["lead_id"] == " " and res["status"] == "ok"
     assert res["quarantined"] == [{"field": "leads.0.events.2.event_type",
                                    "reason": "missing_event_type"}]
+
+
+def test_an_exact_copy_of_an_inline_event_counts_once_as_in_the_batch(app):
+    """The nightly job drops exact duplicates; an inline request repeating an event (a CRM
+    that retries a sync) must not count it twice."""
+    client, dealer, root = app
+    twice = [*GOOD, GOOD[1], GOOD[1]]
+    r = client.post("/score", json={"as_of": AS_OF, "reasons": 10,
+                                    "leads": [_lead(dealer, twice)]}, headers=HEADERS)
+    assert r.status_code == 200, r.text
+    (copied,) = r.json()["results"]
+    r = client.post("/score", json={"as_of": AS_OF, "reasons": 10,
+                                    "leads": [_lead(dealer, GOOD)]}, headers=HEADERS)
+    (once,) = r.json()["results"]
+    # the model does see a second, different config view
+    other = {**GOOD[1], "ts": "2026-02-22T10:00:00Z"}
+    r = client.post("/score", json={"as_of": AS_OF, "reasons": 10,
+                                    "leads": [_lead(dealer, [*GOOD, other])]}, headers=HEADERS)
+    (two_views,) = r.json()["results"]
+    assert two_views["reasons"] != once["reasons"]
+    assert copied["p_convert"] == once["p_convert"]
+    assert copied["reasons"] == once["reasons"]
+    assert copied["quarantined"] == []
+
+    # the batch drops the same copies
+    data = root / "batch-copies"
+    data.mkdir()
+    lead = _lead(dealer, [])
+    pd.DataFrame([{k: lead[k] for k in ("lead_id", "dealer_id", "created_at", "source",
+                                        "tz")}]).to_csv(data / "leads.csv", index=False)
+    pd.DataFrame([{"lead_id": "web-1", "model": None, "ingested_at": None, **e}
+                  for e in twice]).to_csv(data / "events.csv", index=False)
+    ds = contract.load(data, quarantine_dir=data / "q", clock=pd.Timestamp(AS_OF))
+    assert ds.reports["events"].duplicates == 2
