@@ -31,15 +31,23 @@ def sim_data(tmp_path_factory):
     return out
 
 
-@pytest.fixture(scope="session")
-def isolated_env(tmp_path_factory):
-    """A private MLflow store, BentoML home and feature cache for the whole session."""
-    root = tmp_path_factory.mktemp("env")
+def private_env(root) -> pytest.MonkeyPatch:
+    """A private MLflow store, BentoML home and feature cache under ``root``, which also
+    becomes the working directory (MLflow's default artifact root lands there); ``undo()``
+    the returned patch to leave."""
     mp = pytest.MonkeyPatch()
     mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root / 'mlruns.db'}")
     mp.setenv("BENTOML_HOME", str(root / "bentoml"))
     mp.setenv("LEADSCORE_CACHE", str(root / "cache"))
-    mp.chdir(root)  # MLflow's default artifact root lands here
+    mp.chdir(root)
+    return mp
+
+
+@pytest.fixture(scope="session")
+def isolated_env(tmp_path_factory):
+    """A private MLflow store, BentoML home and feature cache for the whole session."""
+    root = tmp_path_factory.mktemp("env")
+    mp = private_env(root)
     yield root
     mp.undo()
 

@@ -12,6 +12,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from conftest import private_env
 
 from leadscore import contract, registry
 from leadscore import simulate as sim
@@ -136,11 +137,7 @@ def _with_crm_fields(d: sim.SimData, seed: int) -> pd.DataFrame:
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     root = tmp_path_factory.mktemp("leadcols")
-    mp = pytest.MonkeyPatch()
-    mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root / 'mlruns.db'}")
-    mp.setenv("BENTOML_HOME", str(root / "bentoml"))
-    mp.setenv("LEADSCORE_CACHE", str(root / "cache"))
-    mp.chdir(root)
+    mp = private_env(root)
     try:
         d = sim.simulate(sim.SimConfig(n_leads=600, days=120, seed=5))
         d.leads = _with_crm_fields(d, 5)

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import private_env
 from fastapi.testclient import TestClient
 from typer.testing import CliRunner
 
@@ -65,11 +66,7 @@ def _custom_events(d: sim.SimData, seed: int) -> pd.DataFrame:
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     root = tmp_path_factory.mktemp("vocab")
-    mp = pytest.MonkeyPatch()
-    mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root / 'mlruns.db'}")
-    mp.setenv("BENTOML_HOME", str(root / "bentoml"))
-    mp.setenv("LEADSCORE_CACHE", str(root / "cache"))
-    mp.chdir(root)
+    mp = private_env(root)
     try:
         d = sim.simulate(sim.SimConfig(n_leads=700, days=120, seed=21))
         d.events = _custom_events(d, 21)
