@@ -43,6 +43,19 @@ def private_env(root) -> pytest.MonkeyPatch:
     return mp
 
 
+def model_reference(data, model, as_of):
+    """The model's own probabilities on the feature job's rows (open leads at ``as_of``),
+    indexed by lead: what every scoring path must give for that model."""
+    from leadscore import contract
+    from leadscore.features import catalog as cat
+    from leadscore.features import job
+
+    ds = contract.load(data)
+    feats = cat.job_features(model.features)
+    f = job.to_pandas(job.compute(ds.con, [as_of], feats, only_open=True), feats)
+    return f.assign(p=model.predict_proba(f)).set_index("lead_id")
+
+
 @pytest.fixture(scope="session")
 def isolated_env(tmp_path_factory):
     """A private MLflow store, BentoML home and feature cache for the whole session."""

@@ -12,7 +12,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from conftest import private_env
+from conftest import model_reference, private_env
 
 from leadscore import contract, registry
 from leadscore import simulate as sim
@@ -190,13 +190,6 @@ def test_the_choice_options(run):
         choose_lead_columns(ds.con, t, ["budget_band"])
 
 
-def _reference(data, model, as_of) -> pd.DataFrame:
-    ds = contract.load(data)
-    feats = cat.job_features(model.features)
-    f = job.to_pandas(job.compute(ds.con, [as_of], feats, only_open=True), feats)
-    return f.assign(p=model.predict_proba(f)).set_index("lead_id")
-
-
 @pytest.mark.parametrize("hour", [0, 7], ids=["kept-rollups", "from-events"])
 def test_batch_rescoring_computes_crm_fields_as_training(run, tmp_path, hour):
     model, data = run["model"], run["data"]
@@ -205,7 +198,7 @@ def test_batch_rescoring_computes_crm_fields_as_training(run, tmp_path, hour):
     batch.rescore(data, as_of, out, models=["conversion"], scorer=Scorer({"conversion": model}),
                   cache=tmp_path / "cache", bucket_leads=300)
     got = pd.read_parquet(out).set_index("lead_id")
-    want = _reference(data, model, as_of)
+    want = model_reference(data, model, as_of)
     both = got.join(want[["p"]], how="inner")
     assert len(both) == len(want) > 50
     np.testing.assert_allclose(both["p_convert"], both["p"], rtol=1e-9)
@@ -235,7 +228,7 @@ def test_http_inline_attributes_score_as_the_batch(run, tmp_path):
     model, data = run["model"], run["data"]
     scorer = Scorer({"conversion": model})
     as_of = pd.Timestamp("2026-04-20", tz="UTC")
-    want = _reference(data, model, as_of)
+    want = model_reference(data, model, as_of)
     ds = contract.load(data)
     leads = ds.frame("leads").set_index("lead_id")
     ev = ds.frame("events")

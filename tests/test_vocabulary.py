@@ -11,14 +11,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import private_env
+from conftest import model_reference, private_env
 from fastapi.testclient import TestClient
 from typer.testing import CliRunner
 
 from leadscore import cli, contract, registry
 from leadscore import simulate as sim
 from leadscore.features import catalog as cat
-from leadscore.features import job
 from leadscore.serving import batch
 from leadscore.serving import store as online
 from leadscore.serving.api import create_app
@@ -125,14 +124,6 @@ def test_no_look_ahead_in_the_choice(con):
     assert choose_event_types(con, t, 5, min_events=3) == ["y"]
 
 
-def _reference(data, model, as_of) -> pd.DataFrame:
-    """The model's own probabilities on the feature job's rows (open leads)."""
-    ds = contract.load(data)
-    feats = cat.job_features(model.features)
-    f = job.to_pandas(job.compute(ds.con, [as_of], feats, only_open=True), feats)
-    return f.assign(p=model.predict_proba(f)).set_index("lead_id")
-
-
 @pytest.mark.parametrize("hour", [0, 7], ids=["kept-rollups", "from-events"])
 def test_batch_rescoring_computes_the_vocabulary_as_training(run, tmp_path, hour):
     model, data = run["model"], run["data"]
@@ -144,7 +135,7 @@ def test_batch_rescoring_computes_the_vocabulary_as_training(run, tmp_path, hour
     batch.rescore(data, as_of, out, models=["conversion"], scorer=scorer,
                   cache=tmp_path / "cache", bucket_leads=300)
     got = pd.read_parquet(out).set_index("lead_id")
-    want = _reference(data, model, as_of)
+    want = model_reference(data, model, as_of)
     both = got.join(want[["p"]], how="inner")
     assert len(both) == len(want) > 50
     np.testing.assert_allclose(both["p_convert"], both["p"], rtol=1e-9)
@@ -157,7 +148,7 @@ def test_http_inline_and_by_id_score_as_the_batch(run, tmp_path):
     scorer = Scorer({"conversion": model})
     ds = contract.load(data)
     as_of = pd.Timestamp("2026-04-20", tz="UTC")
-    want = _reference(data, model, as_of)
+    want = model_reference(data, model, as_of)
     # the online store holds what the champions need
     r = CliRunner().invoke(cli.app, [
         "features", "--data", str(data), "--as-of", as_of.isoformat(), "--only-open",
