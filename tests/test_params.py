@@ -3,6 +3,7 @@ exactly before any data is read, and a booster it would score wrong is never loa
 
 from __future__ import annotations
 
+from dataclasses import replace
 from types import SimpleNamespace
 
 import lightgbm as lgb
@@ -182,3 +183,50 @@ def test_serving_does_not_reimport_a_model_it_refuses(tmp_path, monkeypatch):
             name="tiny", registered_name="leadscore-tiny", version="1", run_id="r1",
             digest="0" * runtime.DIGEST_CHARS, registry="test"), None, None)
     assert not deleted
+
+
+def test_leaf_size_counts_leads_not_their_rows_at_every_cutoff():
+    """A lead open at twelve weekly cutoffs is twelve rows; the default leaf of 100 leads
+    becomes LightGBM's ``min_data_in_leaf`` by the rows per lead, so no leaf is the same eight
+    customers twelve times over. A leaf given in rows (the config's ``min_data_in_leaf``)
+    replaces it; giving both is refused."""
+    spec = models.get("churn")
+    assert spec.params["min_leads_in_leaf"] == 100 and "min_data_in_leaf" not in spec.params
+    rows = pd.DataFrame({"lead_id": np.repeat(np.arange(50), 12)})
+    per_lead = trainer.rows_per_lead(rows)
+    assert per_lead == 12.0
+    params = trainer.booster_params(spec, list(spec.features), 0, 1, per_lead=per_lead)
+    assert params["min_data_in_leaf"] == 1200 and "min_leads_in_leaf" not in params
+    params = trainer.booster_params(spec, list(spec.features), 0, 1, per_lead=per_lead,
+                                    overrides={"min_child_samples": 30})
+    assert params["min_data_in_leaf"] == 30
+    params = trainer.booster_params(spec, list(spec.features), 0, 1, per_lead=2.5,
+                                    overrides={"min_leads_in_leaf": 20})
+    assert params["min_data_in_leaf"] == 50
+    with pytest.raises(ValueError, match="give one"):
+        trainer.booster_params(spec, list(spec.features), 0, 1,
+                               overrides={"min_leads_in_leaf": 20, "min_data_in_leaf": 5})
+    cfg = _cfg("model: churn\nparams: {min_leads_in_leaf: 40}")
+    assert cfg.params == {"min_leads_in_leaf": 40}
+
+
+def test_the_fit_sizes_leaves_by_its_own_rows_per_lead():
+    """The evaluation fit turns leads into rows on the rows it boosts on."""
+    from leadscore.training.dataset import TrainingSet, lead_share
+
+    rng = np.random.default_rng(0)
+    n, k = 400, 5
+    frame = pd.DataFrame({"lead_id": np.repeat([f"L{i}" for i in range(n)], k),
+                          "as_of": np.tile(pd.date_range("2026-01-05", periods=k, freq="7D",
+                                                         tz="UTC"), n)})
+    x = rng.random(len(frame))
+    frame["a"] = x
+    frame["label"] = (rng.random(len(frame)) < x).astype(int)
+    u = lead_share(frame["lead_id"], 0)
+    frame["split"] = np.select([u < 0.7, u < 0.85], ["fit", "valid"], "calib")
+    spec = replace(models.get("conversion"), features=("lead_age_days",))
+    frame["lead_age_days"] = x
+    ts = TrainingSet(frame=frame, cutoffs=[], data_end=frame["as_of"].max(), n_censored=0,
+                     split_kind="entity")
+    fr = trainer.fit(spec, ts, seed=0, num_threads=1, overrides={"min_leads_in_leaf": 10})
+    assert fr.params["min_data_in_leaf"] == 10 * k

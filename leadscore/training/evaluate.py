@@ -20,6 +20,15 @@ def ece(y: np.ndarray, p: np.ndarray, bins: int = 10) -> float:
     return float(total / max(len(y), 1))
 
 
+def ece_floor(p: np.ndarray, draws: int = 200, seed: int = 0, bins: int = 10) -> float:
+    """The ECE a perfectly calibrated model would show on a holdout of this size: the mean
+    ECE of outcomes drawn from ``p`` itself. A few hundred rows per bin leave a few points of
+    ECE from chance alone; an ECE near this floor is as calibrated as the holdout can tell."""
+    p = np.clip(np.asarray(p, dtype=float), 0.0, 1.0)
+    rng = np.random.default_rng(seed)
+    return float(np.mean([ece(rng.random(len(p)) < p, p, bins) for _ in range(draws)]))
+
+
 def top_decile(y: np.ndarray, p: np.ndarray) -> tuple[float, float]:
     """(lift, capture rate) of the 10% highest scores: how much richer the top of the call
     list is than average, and what share of all positives it holds."""

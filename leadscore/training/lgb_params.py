@@ -73,6 +73,8 @@ SUPPORTED: dict[str, Setting] = {
         "num_rounds", "nrounds", "n_estimators", "max_iter")),
     "early_stopping_rounds": Setting(int, 1, aliases=("early_stopping_round", "early_stopping",
                                                       "n_iter_no_change")),
+    # the leaf size in leads, turned into LightGBM's min_data_in_leaf (rows) by the trainer
+    "min_leads_in_leaf": Setting(int, 1),
 }
 
 #: settings LightGBM has that leadscore refuses, with the reason

@@ -19,7 +19,7 @@ from leadscore.training.dataset import TrainingSet, lead_share
 
 log = logging.getLogger(__name__)
 
-_NOT_BOOSTER_PARAMS = ("num_boost_round", "early_stopping_rounds")
+_NOT_BOOSTER_PARAMS = ("num_boost_round", "early_stopping_rounds", "min_leads_in_leaf")
 
 
 @dataclass
@@ -55,9 +55,33 @@ def categories_of(frame: pd.DataFrame, features: list[str]) -> dict[str, list[st
     return out
 
 
+def rows_per_lead(rows: pd.DataFrame) -> float:
+    """Training rows per distinct lead: a lead open at many weekly cutoffs is many rows."""
+    return len(rows) / max(rows["lead_id"].nunique(), 1) if len(rows) else 1.0
+
+
+def merged_params(spec: ModelSpec, overrides: dict | None = None) -> dict:
+    """The spec's settings under the run's overrides. A leaf size given in rows
+    (``min_data_in_leaf``) replaces one given in leads, wherever each comes from."""
+    over = lgb_params.normalize(overrides or {})
+    params = {**lgb_params.normalize(spec.params), **over}
+    if "min_data_in_leaf" in over and "min_leads_in_leaf" in over:
+        raise ValueError("min_data_in_leaf (rows) and min_leads_in_leaf (leads) are the same "
+                         "limit; give one")
+    if "min_data_in_leaf" in over:
+        params.pop("min_leads_in_leaf", None)
+    elif "min_leads_in_leaf" in over:
+        params.pop("min_data_in_leaf", None)
+    return params
+
+
 def booster_params(spec: ModelSpec, features: list[str], seed: int, num_threads: int,
-                   overrides: dict | None = None) -> dict:
-    params = {**lgb_params.normalize(spec.params), **lgb_params.normalize(overrides or {})}
+                   overrides: dict | None = None, per_lead: float = 1.0) -> dict:
+    """LightGBM's settings for a fit; ``per_lead``: the training rows per lead, which turns
+    ``min_leads_in_leaf`` into LightGBM's ``min_data_in_leaf``."""
+    params = merged_params(spec, overrides)
+    if "min_leads_in_leaf" in params and "min_data_in_leaf" not in params:
+        params["min_data_in_leaf"] = max(1, round(params["min_leads_in_leaf"] * per_lead))
     params = {k: v for k, v in params.items() if k not in _NOT_BOOSTER_PARAMS}
     params.update(
         {
@@ -146,8 +170,9 @@ def fit(
     fit_df, valid_df, calib_df = ts.part("fit"), ts.part("valid"), ts.part("calib")
     _two_classes(spec, {"fit": fit_df, "valid": valid_df, "calib": calib_df})
     cats = categories_of(fit_df, features)
-    params = booster_params(spec, features, seed, num_threads, overrides)
-    merged = {**spec.params, **lgb_params.normalize(overrides or {})}
+    params = booster_params(spec, features, seed, num_threads, overrides,
+                            rows_per_lead(fit_df))
+    merged = merged_params(spec, overrides)
     booster, best = _booster(spec, features, cats, fit_df, valid_df, params,
                              int(merged.get("num_boost_round", 2000)),
                              int(merged.get("early_stopping_rounds", 100)), init)
@@ -181,7 +206,8 @@ def refit(
     _two_classes(spec, {"refit": train_df, "refit calibration": calib_df})
     features = list(spec.features)
     cats = categories_of(train_df, features)
-    params = booster_params(spec, features, seed, num_threads, overrides)
+    params = booster_params(spec, features, seed, num_threads, overrides,
+                            rows_per_lead(train_df))
     booster, _ = _booster(spec, features, cats, train_df, None, params, trees, None)
     log.info("%s: refit with %d trees on %d rows, calibrated on %d", spec.name, trees,
              len(train_df), len(calib_df))
