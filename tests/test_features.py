@@ -577,7 +577,12 @@ def test_adding_invisible_rows_changes_nothing(con):
     _assert_same(before, after)
 
 
-def test_many_cutoffs_equal_separate_calls(con):
+@pytest.mark.parametrize("days_grid", [True, False])
+def test_many_cutoffs_equal_separate_calls(con, monkeypatch, days_grid):
+    """Many cutoffs (totals carried from one to the next) equal one call per cutoff (a
+    night's single pass), distinct active days counted on the grid of flags or by sorting."""
+    if not days_grid:
+        monkeypatch.setattr(job, "_DAYS_GRID", 0)
     leads, events, contacts = random_data(5, CUTOFFS)
     contract.register_frames(con, leads, events, contacts)
     together = _frame(con, CUTOFFS)

@@ -56,6 +56,8 @@ US_PER_HOUR = 3_600_000_000
 US_PER_MIN = 60_000_000
 ID_COLUMNS = ("lead_id", "dealer_id", "as_of", "is_open", "is_owner")
 _OTHER_CODE = 255  # event types outside the contract's standard list
+#: (lead, day) cells up to which distinct active days are counted on a grid of flags
+_DAYS_GRID = 1 << 26
 _TMP = "_fj_"  # prefix of compute()'s temporary tables
 _VS = "greatest(epoch_us(e.ts) + 1, epoch_us(coalesce(e.ingested_at, e.ts)))"
 
@@ -1364,6 +1366,8 @@ class _Reduced:
     def _history_at(self, i: int, D: int, a: int) -> dict[str, np.ndarray]:
         """The History features at cutoff ``i`` (bucket ``D``, instant ``a``): whole-history
         totals gain the rows that became visible; windowed sums are taken afresh."""
+        if len(self.cuts) == 1:
+            return self._history_once(D, a)
         plan, grid, n, h = self.plan, self.grid, self.n, self.hist
         if "hist" not in self._state:
             self._state["hist"] = self._history_groups()
@@ -1402,6 +1406,117 @@ class _Reduced:
             for f in plan.history:
                 if f.events == types:
                     out[f.name] = history_value(f, agg, ops)
+        return out
+
+    def _history_once(self, D: int, a: int) -> dict[str, np.ndarray]:
+        """The History features of a single cutoff (a night): the same aggregates as
+        :meth:`_history_at`, from per (lead, event code) sums that every group then adds up,
+        so each column is one pass over the rows whatever the number of groups. Distinct
+        active days take one sort by (lead, day), cheap when the rows come in sorted runs
+        (the kept rollups store them so)."""
+        plan, grid, n, h = self.plan, self.grid, self.n, self.hist
+        sel = h["vis"] <= 0
+        every = bool(sel.all())
+        col = (lambda c: h[c]) if every else (lambda c: h[c][sel])
+        k, raw = col("k").astype(np.int64), col("code")
+        # the codes present, numbered densely (the "other" code is 255)
+        present = np.flatnonzero(np.bincount(raw)) if len(raw) else np.zeros(1, np.int64)
+        dense = np.zeros(int(present[-1]) + 1, dtype=np.int64)
+        dense[present] = np.arange(len(present))
+        code = dense[raw]
+        ncode = len(present)
+        key = k * ncode + code
+        size = n * ncode
+        sums = (("count", "n"), ("vsum", "vsum"), ("vn", "vn"))
+
+        def per_code(rows: np.ndarray | None) -> dict[str, np.ndarray]:
+            kk = key if rows is None else key[rows]
+            return {c: np.bincount(kk, weights=col(v) if rows is None else col(v)[rows],
+                                   minlength=size).reshape(n, ncode) for c, v in sums}
+
+        total = per_code(None)
+        windowed: dict[int, dict[str, np.ndarray]] = {}
+        d = col("d")
+        oldest = int(d.min()) if len(d) else D
+        for w in plan.hwindows:  # a window holding every row is the whole history
+            lo = D - grid.window(w)
+            windowed[w] = total if oldest >= lo else per_code(np.flatnonzero(d >= lo))
+        first = np.full(size, _NEVER, dtype=np.int64)
+        last = np.full(size, -_NEVER, dtype=np.int64)
+        np.minimum.at(first, key, col("tmin"))
+        np.maximum.at(last, key, col("tmax"))
+        first, last = first.reshape(n, ncode), last.reshape(n, ncode)
+        members = []
+        for types in plan.hgroups:
+            members.append(np.ones(ncode, dtype=bool) if types is None else
+                           np.isin(present, [plan.code[t] for t in types]))
+        needs_days = {f.events for f in plan.history
+                      if f.stat in ("active_days", "typical_gap", "overdue")}
+        days = self._history_days(k, code, col("day"), [
+            m if types in needs_days else None
+            for types, m in zip(plan.hgroups, members, strict=True)])
+        out: dict[str, np.ndarray] = {}
+        ops = _NpOps(a)
+        # (lead, code) sums → (lead, group) sums: one product per sum and window
+        member = np.stack(members, axis=1).astype(np.float64)
+        grouped = {None: {c: v @ member for c, v in total.items()}}
+        for w, part in windowed.items():
+            grouped[w] = grouped[None] if part is total else \
+                {c: v @ member for c, v in part.items()}
+        for gi, (types, m) in enumerate(zip(plan.hgroups, members, strict=True)):
+            f0 = first[:, m].min(axis=1) if m.any() else np.full(n, _NEVER)
+            l0 = last[:, m].max(axis=1) if m.any() else np.full(n, -_NEVER)
+            fst = np.where(f0 == _NEVER, np.nan, f0.astype(np.float64))
+            lst = np.where(l0 == -_NEVER, np.nan, l0.astype(np.float64))
+
+            def agg(kind: str, w: int | None = None, fst=fst, lst=lst, gi=gi):
+                if kind == "first":
+                    return fst
+                if kind == "last":
+                    return lst
+                if kind == "days":
+                    return days[gi]
+                return grouped[w][kind][:, gi]
+
+            for f in plan.history:
+                if f.events == types:
+                    out[f.name] = history_value(f, agg, ops)
+        return out
+
+    def _history_days(self, k: np.ndarray, code: np.ndarray, day: np.ndarray,
+                      members: list[np.ndarray | None]) -> list[np.ndarray | None]:
+        """Per history group (``None``: not needed), each lead's distinct active days (UTC
+        days with an event of the group's codes). A (lead, day) grid of flags when it is
+        small (a scatter per group), else one sort by (lead, day) and a pass over its runs."""
+        n = self.n
+        if not len(k):
+            return [None if m is None else np.zeros(n) for m in members]
+        day0 = int(day.min())
+        span = int(day.max()) - day0 + 1
+        lead_day = k * span + (day.astype(np.int64) - day0)
+        out: list[np.ndarray | None] = []
+        if n * span <= _DAYS_GRID:
+            flags = np.zeros(n * span, dtype=bool)
+            for m in members:
+                if m is None:
+                    out.append(None)
+                    continue
+                flags[:] = False
+                flags[lead_day if m.all() else lead_day[m[code]]] = True
+                out.append(flags.reshape(n, span).sum(axis=1, dtype=np.float64))
+            return out
+        o = np.argsort(lead_day, kind="stable")
+        lead_day, k, code = lead_day[o], k[o], code[o]
+        starts = np.flatnonzero(np.r_[True, lead_day[1:] != lead_day[:-1]])
+        k_run = k[starts]
+        for m in members:
+            if m is None:
+                out.append(None)
+            elif m.all():
+                out.append(np.bincount(k_run, minlength=n).astype(np.float64))
+            else:
+                hit = np.maximum.reduceat(m[code].view(np.uint8), starts)
+                out.append(np.bincount(k_run, weights=hit, minlength=n))
         return out
 
     def _contacts_at(self, a: int) -> dict[str, np.ndarray]:

@@ -445,9 +445,11 @@ class _Store:
         if plan.history:  # never trimmed: the whole history, one row per (lead, type, day)
             h = kept["hist"]
             sel = h["vis"] <= D
-            hist = {c: h[c][sel] for c in ("k", "day", "n", "vsum", "vn", "tmin", "tmax")}
+            every = bool(sel.all())  # the usual case: no copies
+            hist = {c: h[c] if every else h[c][sel]
+                    for c in ("k", "day", "n", "vsum", "vn", "tmin", "tmax")}
             hist["code"] = np.array([0, *map(plan.code_of, st["event_types"])],
-                                    dtype=np.uint8)[h["code"][sel]]
+                                    dtype=np.uint8)[h["code"] if every else h["code"][sel]]
             hist["d"] = hist["day"] - base
             hist["vis"] = np.zeros(len(hist["k"]), dtype=np.int32)
             rows["hist"] = hist
