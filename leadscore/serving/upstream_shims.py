@@ -10,9 +10,10 @@ is fixed upstream (``tests/test_upstream_shims.py``): then delete the shim.
    whole ``traffic.timeout`` (30 s here): at a few hundred requests per second, tens of
    thousands of live objects and collector pauses of hundreds of milliseconds. No BentoML issue
    about this was found (searched: TimeoutMiddleware, call_later, timer not cancelled; the
-   related open ones, #5246 and #5642, are about the timeout's reach, not its timer). To
-   file: "TimeoutMiddleware never cancels its call_later timer after the response starts;
-   each request's TimerHandle and context stay scheduled for traffic.timeout seconds".
+   related open ones, https://github.com/bentoml/BentoML/issues/5246 and /5642, are about the
+   timeout's reach, not its timer). To file at https://github.com/bentoml/BentoML/issues:
+   "TimeoutMiddleware never cancels its call_later timer after the response starts; each
+   request's TimerHandle and context stay scheduled for traffic.timeout seconds".
    BentoML's configuration cannot turn the middleware off (``traffic.timeout`` must be a
    positive number), so :func:`install` puts :class:`CancellingTimeoutMiddleware`, a subclass
    with the same answers and the timer cancelled, where BentoML's app factory looks the class
