@@ -153,16 +153,14 @@ def main() -> None:
 
 
 def serve_forked(args) -> None:
-    """Worker processes on one listening socket, as BentoML runs the service (with the same
-    one-connection-per-wake-up sharing). Not uvicorn's own multi-process mode: its workers'
-    connections never got TCP_NODELAY, so every keep-alive request after the first waited
-    ~40 ms for a delayed ACK (Nagle), which made the 2-worker reference meaningless."""
+    """Worker processes on one listening socket, as BentoML runs the service. Not uvicorn's
+    own multi-process mode: its workers' connections never got TCP_NODELAY, so every
+    keep-alive request after the first waited ~40 ms for a delayed ACK (Nagle), which made
+    the 2-worker reference meaningless."""
     import signal
     import socket
 
     import uvicorn
-
-    from leadscore.serving.sharing import take_one_connection_per_wakeup
 
     # proto given explicitly: asyncio sets TCP_NODELAY only on sockets that say IPPROTO_TCP
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
@@ -173,7 +171,6 @@ def serve_forked(args) -> None:
     for _ in range(args.workers):
         pid = os.fork()
         if pid == 0:  # a worker: models loaded here, after the fork
-            take_one_connection_per_wakeup()
             config = uvicorn.Config(create_app(args.store, args.keys), log_level="warning",
                                     access_log=False)
             uvicorn.Server(config).run(sockets=[sock])

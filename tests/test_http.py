@@ -18,7 +18,6 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import httpx
-import numpy as np
 import pytest
 
 from leadscore import models, registry
@@ -280,80 +279,4 @@ def test_built_bento_serves_without_the_registry(http_env, tmp_path):
         assert {"conversion", "contact", "churn"} <= set(results[0]["model_versions"])
     finally:
         s.stop()
-
-
-def test_a_worker_takes_one_pending_connection_per_wake_up(monkeypatch):
-    """Workers share one listening socket: a worker that took every pending connection at
-    once would serve all keep-alive clients alone (``serving.sharing``)."""
-    import asyncio
-    from asyncio import selector_events
-
-    from leadscore.serving.sharing import take_one_connection_per_wakeup
-
-    cls = selector_events.BaseSelectorEventLoop
-    monkeypatch.setattr(cls, "_accept_connection", cls._accept_connection)
-    take_one_connection_per_wakeup()
-    loop = asyncio.new_event_loop()
-    listener = socket.create_server(("127.0.0.1", 0))
-    listener.setblocking(False)
-    clients = [socket.create_connection(listener.getsockname()) for _ in range(3)]
-    try:
-        time.sleep(0.1)  # the handshakes complete: three connections wait in the queue
-        loop._accept_connection(asyncio.Protocol, listener, backlog=100)  # one wake-up
-        left = 0
-        while True:
-            try:
-                conn, _ = listener.accept()
-            except BlockingIOError:
-                break
-            conn.close()
-            left += 1
-        assert left == 2  # one taken; the other workers get a chance at the rest
-    finally:
-        for c in clients:
-            c.close()
-        listener.close()
-        loop.run_until_complete(asyncio.sleep(0))  # let the accepted connection's task end
-        loop.close()
-
-
-def test_a_worker_two_connections_above_another_asks_a_client_to_reconnect(tmp_path,
-                                                                           monkeypatch):
-    """Keep-alive clients stay with the worker that accepted them, and an uneven split puts
-    the busier worker's clients in a longer queue: a worker holding two or more connections
-    above the least loaded live worker closes the connection it just answered
-    (``serving.sharing``). Dead workers do not count, and files of services whose workers
-    are all gone are removed."""
-    import subprocess
-
-    from leadscore.serving import sharing
-
-    dead = subprocess.Popen([sys.executable, "-c", "pass"])
-    dead.wait()
-    stale = tmp_path / f"{sharing._PREFIX}1-2"
-    np.array([[dead.pid, 3]] + [[0, 0]] * 255, dtype=np.int64).tofile(stale)
-    monkeypatch.setattr(sharing.tempfile, "gettempdir", lambda: str(tmp_path))
-    listener = socket.create_server(("127.0.0.1", 0))
-    try:
-        loads = sharing.ConnectionLoads.for_socket(listener)
-        assert not stale.exists()  # every worker of that file is gone
-        other = (loads.slot + 1) % sharing._SLOTS
-        loads.rows[other] = (os.getppid(), 3)  # a live sibling holding 3 connections
-        loads.rows[(loads.slot + 2) % sharing._SLOTS] = (dead.pid, 0)  # gone: not a sibling
-
-        class Server:
-            _active_count = 4
-
-        monkeypatch.setattr(sharing._Balance, "server", Server)
-        monkeypatch.setattr(sharing._Balance, "loads", loads)
-        assert not sharing.should_recycle()  # one above: moving a client would not help
-        Server._active_count = 5
-        assert sharing.should_recycle()
-        assert loads.rows[loads.slot, 1] == 5  # published for the siblings
-        loads.rows[other] = (0, 0)  # the sibling exited: nobody to move clients to
-        assert not sharing.should_recycle()
-        loads.close()
-        assert not loads.path.exists()  # the last worker out removes the file
-    finally:
-        listener.close()
 

@@ -395,35 +395,6 @@ def test_bad_input_is_a_4xx_that_names_the_field(served, body, field):
     assert err.startswith(field) or f"{field}:" in err, err
 
 
-def test_the_fast_path_answers_exactly_as_the_route(served, monkeypatch):
-    """``ScoreFastPath`` takes ``application/json`` bodies past FastAPI's routing; a ``+json``
-    type goes the route's way (FastAPI reads it as JSON all the same). Every answer,
-    scores and error wording alike, must be the same both ways, and the fast path must really
-    be the one taking JSON bodies."""
-    from leadscore.serving import api, coalesce
-
-    for module in (api, coalesce):
-        monkeypatch.setattr(module, "now_utc", lambda: pd.Timestamp("2026-06-01T10:17:00Z"))
-    validated = []
-    real = api.ScoreRequest.model_validate_json.__func__
-    monkeypatch.setattr(api.ScoreRequest, "model_validate_json", classmethod(
-        lambda cls, raw, **kw: validated.append(1) or real(cls, raw, **kw)))
-    ids = served.ids["north"][:2] + served.ids["south"][:1] + ["no-such-lead"]
-    bodies = [b if isinstance(b, bytes) else json.dumps(b).encode() for _, b, _ in BAD_BODIES]
-    bodies += [json.dumps({"leads": [{"lead_id": i} for i in ids], "reasons": r}).encode()
-               for r in (0, 3)]
-    bodies.append(json.dumps({"leads": [_inline(dealer_id=served.south[0])]}).encode())
-    for raw in bodies:
-        for headers in (NORTH, {}, {"X-API-Key": "wrong"}):
-            fast = served.client.post("/score", content=raw, headers={
-                **headers, "Content-Type": "application/json; charset=utf-8"})
-            route = served.client.post("/score", content=raw, headers={
-                **headers, "Content-Type": "application/vnd.crm+json"})
-            assert (fast.status_code, fast.content) == (route.status_code, route.content), raw
-    # every body but the empty one, with the known key only: the others are refused unread
-    assert len(validated) == len(bodies) - 1
-
-
 # --- requests scored together (serving.coalesce) -----------------------------------------------
 
 @pytest.fixture
@@ -570,22 +541,6 @@ def test_concurrent_http_requests_are_scored_together_with_the_answers_they_get_
     assert coalescing.calls == [6]
     assert together == one_by_one
     assert together[2] == (200, {"results": [api._not_found(served.ids["south"][2])]})
-
-
-def test_a_scoring_answer_closes_the_connection_when_the_worker_holds_too_many(
-        served, monkeypatch):
-    """``serving.sharing.should_recycle``: a worker with two or more keep-alive connections
-    above a sibling closes the connection it just answered, so the client reconnects, most
-    often to the idler worker. The answer itself is whole."""
-    from leadscore.serving import api
-
-    body = {"leads": [{"lead_id": served.ids["north"][0]}]}
-    r = score(served, body)
-    assert r.status_code == 200 and r.headers.get("connection") != "close"
-    monkeypatch.setattr(api, "should_recycle", lambda: True)
-    r = score(served, body)
-    assert r.status_code == 200 and r.headers["connection"] == "close"
-    assert r.json()["results"][0]["status"] == "ok"
 
 
 def test_oversize_bodies_get_413_with_or_without_a_length(served):

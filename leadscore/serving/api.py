@@ -8,12 +8,10 @@ counts, tenants and timings only — never lead payloads.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import logging
 import time
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Annotated, Literal
 from zoneinfo import available_timezones
 
@@ -35,7 +33,7 @@ from leadscore.serving.coalesce import Coalescer
 from leadscore.serving.metrics import render as render_metrics
 from leadscore.serving.runtime import Runtime, features_from_inline, now_utc
 from leadscore.serving.scorer import MissingFeatures, Scorer
-from leadscore.serving.sharing import should_recycle
+from leadscore.serving.upstream_shims import swagger_ui_assets
 
 log = logging.getLogger("leadscore.http")
 
@@ -452,8 +450,8 @@ def _admit(runtime: Runtime, x_api_key: str | None) -> tuple[Scorer, Tenant]:
 
 async def _score(runtime: Runtime, coalescer: Coalescer, req: ScoreRequest,
                  x_api_key: str | None) -> Response:
-    """``POST /score`` after validation, whichever way the request came in (the FastAPI route
-    or :class:`ScoreFastPath`). Raises ``HTTPException`` for the client's mistakes."""
+    """``POST /score`` after FastAPI has validated the body. Raises ``HTTPException`` for the
+    client's mistakes."""
     t0 = time.perf_counter()
     scorer, tenant = _admit(runtime, x_api_key)
     n_inline = 0
@@ -489,60 +487,6 @@ async def _score(runtime: Runtime, coalescer: Coalescer, req: ScoreRequest,
         log.info("scored tenant=%s leads=%d found=%d inline=%d in %.1f ms", tenant.name,
                  len(req.leads), found, n_inline, 1e3 * (time.perf_counter() - t0))
     return Response(body, media_type="application/json")
-
-
-class ScoreFastPath:
-    """``POST /score`` with a JSON body, straight to :func:`_score`.
-
-    FastAPI's way to the endpoint (exception and exit-stack middlewares, routing, the
-    dependency solver, ``json.loads`` then validation of the dict) cost ~0.3 ms of a ~2 ms
-    request in process. Here the body is read and validated in one step by pydantic's own JSON
-    parser against the same :class:`ScoreRequest`. Anything else, and any body that does not
-    validate, goes down FastAPI's way unchanged (the body replayed), so every error answer is
-    the one the route gives, and the route stays what the OpenAPI document describes."""
-
-    def __init__(self, app, runtime: Runtime, coalescer: Coalescer):
-        self.app = app
-        self.runtime = runtime
-        self.coalescer = coalescer
-
-    async def __call__(self, scope, receive, send):
-        if not _is_score(scope):
-            return await self.app(scope, receive, send)
-        key = None
-        json_body = False
-        for name, value in scope["headers"]:
-            if name == b"content-type":
-                json_body = value.split(b";", 1)[0].strip().lower() == b"application/json"
-            elif name == b"x-api-key" and key is None:
-                key = value.decode("latin-1")
-        if not json_body:
-            return await self.app(scope, receive, send)
-        try:
-            chunks = []
-            more = True
-            while more:
-                message = await receive()
-                if message["type"] != "http.request":  # the client went away
-                    return
-                chunks.append(message.get("body", b""))
-                more = message.get("more_body", False)
-            raw = b"".join(chunks)
-            try:
-                req = ScoreRequest.model_validate_json(raw) if raw else None
-            except ValueError:  # pydantic's ValidationError: FastAPI words the answer
-                req = None
-            if req is None:
-                async def replay():
-                    return {"type": "http.request", "body": raw, "more_body": False}
-
-                return await self.app(scope, replay, send)
-            response = await _score(self.runtime, self.coalescer, req, key)
-            if should_recycle():
-                response.headers["connection"] = "close"
-        except StarletteHTTPException as e:
-            response = _http_error_response(e)
-        await response(scope, receive, send)
 
 
 def _is_score(scope) -> bool:
@@ -610,18 +554,6 @@ class BodyLimit:
         return await self.app(scope, limited, send)
 
 
-def _swagger_assets() -> Path | None:
-    """Swagger UI's files as BentoML ships them (its own index page uses them), so ``/docs``
-    works without reaching a CDN."""
-    spec = importlib.util.find_spec("bentoml")
-    for root in (spec.submodule_search_locations or []) if spec else []:
-        folder = Path(root) / "_internal" / "server" / "static_content"
-        if (folder / "swagger-ui-bundle.js").is_file():
-            return folder
-    log.warning("Swagger UI files not found in the bentoml package: /docs will be blank")
-    return None
-
-
 _EXAMPLES = ScoreRequest.model_config["json_schema_extra"]["examples"]
 ScoreBody = Annotated[ScoreRequest, Body(openapi_examples={
     "by_id": {"summary": "Leads by id (features from the online store)",
@@ -646,10 +578,9 @@ def create_app(runtime: Runtime) -> FastAPI:
         redoc_url=None,  # ReDoc comes from a CDN only
     )
     coalescer = Coalescer()
-    app.add_middleware(ScoreFastPath, runtime=runtime, coalescer=coalescer)
-    app.add_middleware(BodyLimit, max_bytes=MAX_BODY_BYTES)  # outside the fast path too
+    app.add_middleware(BodyLimit, max_bytes=MAX_BODY_BYTES)
     app.add_middleware(KeyCheck, runtime=runtime)  # outermost: before any body is read
-    assets = _swagger_assets()
+    assets = swagger_ui_assets()
     if assets is not None:
         app.mount(DOCS_ASSETS, StaticFiles(directory=assets), name="docs-assets")
 

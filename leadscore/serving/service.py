@@ -4,12 +4,12 @@ BentoML owns the process model (workers, graceful shutdown), ``/healthz`` ``/liv
 ``/readyz``; ``/metrics`` is the service's own (``serving.metrics``: BentoML's HTTP metrics
 label by raw path, so made-up paths grew it without bound). The scoring route is the FastAPI
 app of ``serving.api`` mounted at the root, so its pydantic contract and OpenAPI examples are
-served as written (JSON bodies that validate take ``serving.api.ScoreFastPath`` past
-FastAPI's routing to the same code; small requests that arrive together are scored in one
-pass, ``serving.coalesce``).
+served as written (small requests that arrive together are scored in one pass,
+``serving.coalesce``).
 Settings come from the environment so a built Bento is configured at deploy time:
 
-- ``LEADSCORE_WORKERS`` worker processes (default 1; one per core is the usual choice)
+- ``LEADSCORE_WORKERS`` BentoML worker processes (default 1; or one per container behind a
+  load balancer, see README.md)
 - ``LEADSCORE_STORE`` online feature store file (default ``features.db``)
 - ``LEADSCORE_API_KEYS`` hashed key file (see ``serving.auth``; re-read when it changes)
 - ``LEADSCORE_RELOAD_SECONDS`` how often to look for a new champion (default 30; 0: never;
@@ -24,13 +24,13 @@ Latency notes (see ``benchmarks/serving.py``): a scoring request costs about a m
 model time, so per-request framework work shows. The access log and a span per request are off
 unless asked for; BentoML's request timeout left a 30-second timer (and through its context the
 request's span and state) alive per request, which filled the heap and made the collector stall
-for hundreds of milliseconds, so the timer is now cancelled when the response starts; and the
-objects alive after start-up (libraries, models) are frozen out of the cyclic collector.
+for hundreds of milliseconds, so the timer is cancelled when the response starts
+(``serving.upstream_shims``); and the objects alive after start-up (libraries, models) are
+frozen out of the cyclic collector.
 """
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import gc
 import logging
@@ -39,11 +39,11 @@ from pathlib import Path
 
 import bentoml
 
+from leadscore.serving import upstream_shims
 from leadscore.serving.api import create_app
 from leadscore.serving.auth import KeyRing
 from leadscore.serving.metrics import HttpMetrics
 from leadscore.serving.runtime import BENTO_PREFIX, Runtime, champion_model, load_from_bento_store
-from leadscore.serving.sharing import take_one_connection_per_wakeup
 from leadscore.serving.store import DEFAULT_STORE, OnlineStore
 
 log = logging.getLogger(__name__)
@@ -85,51 +85,6 @@ class _CurrentRuntime:
         return self.runtime is not None and self.runtime.ready
 
 
-def _patch_timeout_middleware() -> None:
-    """BentoML 1.4's ``TimeoutMiddleware`` schedules ``call_later(timeout, ...)`` per request
-    and never cancels it: every request's timer, and through the timer's context copy the
-    request's span and context, stays alive for the whole timeout (30 s here). At a few hundred
-    requests per second that is ~100k live objects and collector pauses of 100-400 ms. Same
-    behaviour, with the timer cancelled once the request is answered."""
-    from bentoml._internal.server.http import traffic
-
-    mw = traffic.TimeoutMiddleware
-    if getattr(mw, "_leadscore_patched", False):
-        return
-
-    async def __call__(self, scope, receive, send):
-        if scope["type"] not in ("http", "websocket"):
-            return await self.app(scope, receive, send)
-        loop = asyncio.get_running_loop()
-        waiter = loop.create_future()
-        timer = loop.call_later(self.timeout, self._set_timer_out, waiter)
-
-        async def _send(message):
-            if not waiter.done():
-                waiter.set_result(None)
-            await send(message)
-
-        fut = asyncio.ensure_future(self.app(scope, receive, _send), loop=loop)
-        try:
-            await waiter
-        except TimeoutError:
-            if fut.cancel():
-                from starlette.responses import JSONResponse
-
-                resp = JSONResponse(
-                    {"error": f"Not able to process the request in {self.timeout} seconds"},
-                    status_code=504)
-                await resp(scope, receive, send)
-        else:
-            timer.cancel()
-            await fut
-        finally:
-            timer.cancel()
-
-    mw.__call__ = __call__
-    mw._leadscore_patched = True
-
-
 def _service_config() -> dict:
     cfg: dict = {
         "name": "leadscore",
@@ -146,9 +101,7 @@ def _service_config() -> dict:
     return cfg
 
 
-_patch_timeout_middleware()
-if int(os.environ.get("LEADSCORE_WORKERS", "1")) > 1:
-    take_one_connection_per_wakeup()
+upstream_shims.install()  # BentoML's request timeout, with its timer cancelled
 _current = _CurrentRuntime()
 http_app = create_app(_current)  # type: ignore[arg-type]
 
