@@ -593,6 +593,20 @@ def test_many_cutoffs_equal_separate_calls(con, monkeypatch, days_grid):
     _assert_same(together, shuffled)
 
 
+def test_active_days_of_many_groups_equal_across_paths(con):
+    """More history groups needing distinct active days than one scatter carries (eight):
+    a night's single pass equals the totals carried over many cutoffs, group by group."""
+    pairs = [(a, b) for i, a in enumerate(TYPES) for b in TYPES[i + 1:]][:11]
+    feats = [cat.History(f"g{i}_active_days", says="{value:.0f}", stat="active_days",
+                         events=p) for i, p in enumerate(pairs)]
+    leads, events, contacts = random_data(7, CUTOFFS)
+    contract.register_frames(con, leads, events, contacts)
+    together = _frame(con, CUTOFFS, feats)
+    assert (together[[f.name for f in feats]].sum() > 0).all()  # every group has days
+    separate = pd.concat([_frame(con, [c], feats) for c in CUTOFFS], ignore_index=True)
+    _assert_same(together, separate)
+
+
 def test_feature_subset_equals_catalogue_columns(con):
     leads, events, contacts = random_data(6, [T], n_leads=40, n_events=800)
     contract.register_frames(con, leads, events, contacts)

@@ -1486,8 +1486,9 @@ class _Reduced:
     def _history_days(self, k: np.ndarray, code: np.ndarray, day: np.ndarray,
                       members: list[np.ndarray | None]) -> list[np.ndarray | None]:
         """Per history group (``None``: not needed), each lead's distinct active days (UTC
-        days with an event of the group's codes). A (lead, day) grid of flags when it is
-        small (a scatter per group), else one sort by (lead, day) and a pass over its runs."""
+        days with an event of the group's codes). A (lead, day) grid when it is small: each
+        cell ORs the group bits of its rows' codes (eight groups per scatter); else one sort
+        by (lead, day) and a pass over its runs."""
         n = self.n
         if not len(k):
             return [None if m is None else np.zeros(n) for m in members]
@@ -1496,15 +1497,20 @@ class _Reduced:
         lead_day = k * span + (day.astype(np.int64) - day0)
         out: list[np.ndarray | None] = []
         if n * span <= _DAYS_GRID:
-            flags = np.zeros(n * span, dtype=bool)
-            for m in members:
-                if m is None:
-                    out.append(None)
-                    continue
-                flags[:] = False
-                flags[lead_day if m.all() else lead_day[m[code]]] = True
-                out.append(flags.reshape(n, span).sum(axis=1, dtype=np.float64))
-            return out
+            wanted = [i for i, m in enumerate(members) if m is not None]
+            days: dict[int, np.ndarray] = {}
+            grid = np.zeros(n * span, dtype=np.uint8)
+            for c0 in range(0, len(wanted), 8):
+                chunk = wanted[c0:c0 + 8]
+                bits = np.zeros(len(members[chunk[0]]), dtype=np.uint8)
+                for j, i in enumerate(chunk):
+                    bits[members[i]] |= np.uint8(1 << j)
+                grid[:] = 0
+                np.bitwise_or.at(grid, lead_day, bits[code])
+                cells = grid.reshape(n, span)
+                for j, i in enumerate(chunk):
+                    days[i] = ((cells >> j) & 1).sum(axis=1, dtype=np.float64)
+            return [days.get(i) for i in range(len(members))]
         o = np.argsort(lead_day, kind="stable")
         lead_day, k, code = lead_day[o], k[o], code[o]
         starts = np.flatnonzero(np.r_[True, lead_day[1:] != lead_day[:-1]])
