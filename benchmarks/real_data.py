@@ -131,6 +131,15 @@ def online_retail(realdata: Path, seed: int, kind: str, weeks: int | None) -> pd
     return table
 
 
+def _table(rows: list[dict], name: str, y: np.ndarray) -> pd.DataFrame:
+    """One data set's rows of the printed table, with its holdout's size and positives."""
+    table = pd.DataFrame(rows)
+    table.insert(0, "data set", name)
+    table["n_test"] = len(y)
+    table["positives"] = int(y.sum())
+    return table
+
+
 def _plain_lightgbm(train: pd.DataFrame, test: pd.DataFrame, columns: list[str],
                     seed: int) -> np.ndarray:
     """What a data scientist tries first: LightGBM's defaults on the given columns, text as
@@ -186,11 +195,7 @@ def olist(realdata: Path, seed: int) -> pd.DataFrame:
             out.append(_row(f"leadscore conversion ({len(ts.cutoffs)} cutoffs, {label})", y,
                             fr.predict_proba(ts_v.part("test"), num_threads=2),
                             time.perf_counter() - t))
-    table = pd.DataFrame(out)
-    table.insert(0, "data set", "Olist: closes within 30 d (out-of-time holdout)")
-    table["n_test"] = len(y)
-    table["positives"] = int(y.sum())
-    return table
+    return _table(out, "Olist: closes within 30 d (out-of-time holdout)", y)
 
 
 #: the simulator's steps under a bank-like funnel's own names: none is in the standard list,
@@ -260,11 +265,7 @@ def own_step_names(seed: int) -> pd.DataFrame:
         p = fr.predict_proba(replace(ts, frame=frame_v).part("test"), num_threads=2)
         out.append(_row(f"leadscore conversion ({len(types)} own steps learnt)", y, p,
                         time.perf_counter() - t))
-    table = pd.DataFrame(out)
-    table.insert(0, "data set", "Simulator, steps under their own names: orders within 30 d")
-    table["n_test"] = len(y)
-    table["positives"] = int(y.sum())
-    return table
+    return _table(out, "Simulator, steps under their own names: orders within 30 d", y)
 
 
 def simulator(seed: int) -> pd.DataFrame:
