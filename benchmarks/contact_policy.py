@@ -36,7 +36,7 @@ def main() -> None:
     from leadscore import contract
     from leadscore import simulate as sim
     from leadscore.models import get
-    from leadscore.serving.contact_policy import RulesFile
+    from leadscore.scoring.contact_policy import RulesFile
     from leadscore.training import dataset, policy_eval
     from leadscore.training.run import load_truth
     from leadscore.training.trainer import fit

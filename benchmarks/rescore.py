@@ -135,7 +135,7 @@ def train_models(out: Path, with_slot: bool) -> dict[str, str]:
 
 def load_scorer(models_dir: Path, num_threads: int = 2):
     from leadscore.artifact import LeadModel
-    from leadscore.serving.scorer import Scorer
+    from leadscore.scoring.scorer import Scorer
 
     return Scorer({d.name: LeadModel.load(d) for d in sorted(models_dir.iterdir())},
                   num_threads=num_threads)
@@ -160,8 +160,8 @@ def _timed(obj, name: str, acc: dict) -> None:
 def child_rescore(data: str, out: str, models_dir: str, as_of: str, reasons: int,
                   bucket_leads: int, engine: str, cache: str, q) -> None:
     from leadscore.features import job, rollup
-    from leadscore.serving import batch, intake
-    from leadscore.serving.scorer import Scorer
+    from leadscore.nightly import batch, intake
+    from leadscore.scoring.scorer import Scorer
 
     phases: dict[str, float] = defaultdict(float)
     modes = []
@@ -190,8 +190,8 @@ def child_reference(data: str, work: str, models_dir: str, as_of: str, bucket_le
 
     from leadscore import contract, treeshap
     from leadscore.features import job
-    from leadscore.serving import batch
-    from leadscore.serving.scorer import PROBA_COLUMN
+    from leadscore.nightly import batch
+    from leadscore.scoring.scorer import PROBA_COLUMN
 
     scorer = load_scorer(Path(models_dir))
     ds = contract.load(Path(data))
@@ -275,7 +275,7 @@ def slot_reference(scorer, open_rows: pd.DataFrame) -> dict:
     on the way) against bare ``Booster.predict`` over those same candidate rows, ready-made.
     The candidates' raw scores are asserted equal; both times are extrapolated to every
     open lead."""
-    from leadscore.serving.scorer import SLOT_MODEL, Scorer
+    from leadscore.scoring.scorer import SLOT_MODEL, Scorer
 
     slot = scorer.models[SLOT_MODEL]
     sample = open_rows.iloc[:SLOT_SAMPLE]
@@ -373,7 +373,7 @@ def main() -> None:
     ap.add_argument("--workdir", type=Path, default=None, help="keep data/models here")
     args = ap.parse_args()
 
-    from leadscore.serving import batch
+    from leadscore.nightly import batch
 
     bucket = args.bucket_leads or batch.DEFAULT_BUCKET_LEADS
     root = args.workdir or Path(tempfile.mkdtemp(prefix="bench-rescore-"))

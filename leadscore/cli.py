@@ -171,7 +171,7 @@ def features(
     out.parent.mkdir(parents=True, exist_ok=True)
     table = None
     if engine is Engine.spark:  # the same feature function per bucket of leads, on Spark
-        from leadscore.serving import spark
+        from leadscore.nightly import spark
 
         n_rows, n_cols = spark.compute_features(ds, cutoffs, out, only_open=only_open,
                                                 vocabulary=types)
@@ -205,7 +205,7 @@ def _vocabulary_option(value: str | None) -> tuple[list[str], dict[str, str]]:
                   "features of their own already)")
         return types, {}
     from leadscore import registry
-    from leadscore.serving.scorer import ALL_MODELS
+    from leadscore.scoring.scorer import ALL_MODELS
 
     registry.configure()
     names = registry.champions_features(ALL_MODELS)
@@ -434,11 +434,11 @@ def rescore(
 ) -> None:
     """Score every open lead (and owner, for churn) with the champion models."""
     _logging(verbose)
-    for name in ("leadscore.serving.batch", "leadscore.serving.intake"):  # progress lines
+    for name in ("leadscore.nightly.batch", "leadscore.nightly.intake"):  # progress lines
         logging.getLogger(name).setLevel(logging.INFO)
     from leadscore.contract import ContractError
-    from leadscore.serving import batch
-    from leadscore.serving.intake import IntakeError
+    from leadscore.nightly import batch
+    from leadscore.nightly.intake import IntakeError
 
     names = [m.strip() for m in models.split(",") if m.strip()]
     unknown = sorted(set(names) - {m.value for m in ModelName})

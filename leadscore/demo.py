@@ -92,7 +92,7 @@ def run(workdir: Path, n_leads: int = 20_000) -> None:
     _done(t0)
 
     t0 = _step("6. Nightly rescoring of every open lead (embedded engine)")
-    from leadscore.serving import batch
+    from leadscore.nightly import batch
 
     res = batch.rescore(data, as_of, workdir / "scores", force=True, bucket_leads=10_000)
     scored = pd.read_parquet(workdir / "scores")

@@ -33,9 +33,9 @@ from leadscore.artifact import Calibrator, LeadModel
 from leadscore.cli import app
 from leadscore.features import job
 from leadscore.features.slots import add_slot_features
+from leadscore.nightly import batch, intake
 from leadscore.schema import CHANNELS
-from leadscore.serving import batch, intake
-from leadscore.serving.scorer import OUTPUT_COLUMNS, SLOT_MODEL, Scorer
+from leadscore.scoring.scorer import OUTPUT_COLUMNS, SLOT_MODEL, Scorer
 from leadscore.training import trainer
 
 ROOT = Path(__file__).resolve().parents[1]

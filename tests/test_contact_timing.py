@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from leadscore.serving.contact_policy import ChannelHours, ContactRules, RulesFile, slot_grid
+from leadscore.scoring.contact_policy import ChannelHours, ContactRules, RulesFile, slot_grid
 from leadscore.training.policy_eval import doubly_robust
 
 
@@ -98,7 +98,7 @@ def test_logging_policy_learns_propensities_that_depend_on_the_lead():
 
 def test_night_browser_who_never_answers_calls_gets_a_message(trained):
     from leadscore import registry
-    from leadscore.serving.contact_policy import recommend
+    from leadscore.scoring.contact_policy import recommend
 
     lm, _ = registry.load("contact-slot")
     row = trained["features"].head(1).copy()
@@ -131,7 +131,7 @@ def test_slot_search_picks_lightgbms_best_candidate(trained):
     general layout) and scored by ``Booster.predict``; the search (the lead's row read once,
     the candidates walked as a set) must report that best slot and its probability."""
     from leadscore import registry
-    from leadscore.serving import contact_policy as cp
+    from leadscore.scoring import contact_policy as cp
 
     lm, _ = registry.load("contact-slot")
     feats = trained["features"].head(40).reset_index(drop=True)
@@ -151,7 +151,7 @@ def test_slot_search_picks_lightgbms_best_candidate(trained):
 
 
 def test_recommendations_come_with_scores(trained):
-    from leadscore.serving.scorer import Scorer
+    from leadscore.scoring.scorer import Scorer
 
     sc = Scorer.from_registry()
     out = sc.score(trained["features"].head(30))
@@ -193,7 +193,7 @@ def test_slot_fill_lays_out_candidates_exactly_as_slot_values(trained, monkeypat
     zones and rules; and a slot feature computed from lead values (not picked) falls back to
     the general layout."""
     from leadscore import registry
-    from leadscore.serving import contact_policy as cp
+    from leadscore.scoring import contact_policy as cp
 
     lm, _ = registry.load("contact-slot")
     rng = np.random.default_rng(3)

@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 
 from leadscore import contract
-from leadscore.serving import batch, intake
+from leadscore.nightly import batch, intake
 
 CLOCK = pd.Timestamp("2025-06-01", tz="UTC")
 T = pd.Timestamp("2025-05-01", tz="UTC")

@@ -12,7 +12,7 @@ from test_intake import contacts, deliver, events, leads
 
 from leadscore.features import catalog as cat
 from leadscore.features import job, rollup
-from leadscore.serving import batch, intake
+from leadscore.nightly import batch, intake
 
 T = pd.Timestamp("2025-05-01", tz="UTC")
 

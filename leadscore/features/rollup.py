@@ -1,7 +1,7 @@
 """Feature rollups kept between nights: a night's features from what each load of rows reduced
 to, instead of every event of the lookback again.
 
-Why: once the intake kept validated rows (:mod:`leadscore.serving.intake`), the feature job was
+Why: once the intake kept validated rows (:mod:`leadscore.nightly.intake`), the feature job was
 two thirds of a nightly rescoring: each night it read and grouped 90 days of events per lead
 to add one day. Here each bucket keeps, per validated load, its rows reduced by (lead, day of
 ``ts``, day from which the row is visible, event type | local hour | model), which a cutoff

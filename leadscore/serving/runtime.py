@@ -25,11 +25,11 @@ from leadscore import contract
 from leadscore.artifact import BOOSTER_FILE, META_FILE, LeadModel, UnsupportedModel
 from leadscore.features import catalog as cat
 from leadscore.features import job
-from leadscore.serving.auth import KeyRing
-from leadscore.serving.scorer import (
+from leadscore.scoring.scorer import (
     ALL_MODELS,
     Scorer,
 )
+from leadscore.serving.auth import KeyRing
 from leadscore.serving.store import OnlineStore
 
 log = logging.getLogger(__name__)

@@ -59,7 +59,7 @@ def _slot_oracle_truth(data_dir: Path) -> pd.DataFrame | None:
 
 
 def _policy_metrics(fr, ts, test, data_dir: Path) -> dict[str, float]:
-    from leadscore.serving.contact_policy import RulesFile
+    from leadscore.scoring.contact_policy import RulesFile
     from leadscore.training import policy_eval
 
     prop = policy_eval.LoggingPolicy.fit(ts.frame[ts.frame["split"].isin(["fit", "valid",

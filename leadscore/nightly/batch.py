@@ -3,7 +3,7 @@
 How it keeps its promises:
 - **bounded memory**: the inputs are validated straight into Parquet partitioned by a hash of
   ``lead_id`` (bad rows to quarantine, clean rows to their bucket), kept between nights so a
-  night validates only its new files (:mod:`leadscore.serving.intake`) and reduces only
+  night validates only its new files (:mod:`leadscore.nightly.intake`) and reduces only
   their events into the feature rollups kept beside them (:mod:`leadscore.features.rollup`);
   each bucket is featurised and scored alone, so memory follows the bucket size, not the
   number of leads;
@@ -18,7 +18,7 @@ How it keeps its promises:
   crash finds the inputs already validated in the intake.
 
 The per-bucket function :func:`score_bucket` is what the Spark engine runs per partition
-(:mod:`leadscore.serving.spark`): both engines hand their buckets' results to the same part
+(:mod:`leadscore.nightly.spark`): both engines hand their buckets' results to the same part
 writer here, so parts, manifest, resume and no-op rerun behave the same whichever engine ran.
 """
 
@@ -43,8 +43,8 @@ import pyarrow as pa
 from leadscore import atomic, contract
 from leadscore.features import catalog as cat
 from leadscore.features import job, rollup
-from leadscore.serving import intake
-from leadscore.serving.scorer import ALL_MODELS, OUTPUT_COLUMNS, SLOT_MODEL, Scorer
+from leadscore.nightly import intake
+from leadscore.scoring.scorer import ALL_MODELS, OUTPUT_COLUMNS, SLOT_MODEL, Scorer
 
 log = logging.getLogger(__name__)
 
@@ -323,7 +323,7 @@ def rescore(
     """Score every open lead (and owner, for churn) at ``as_of`` into the Parquet folder ``out``.
 
     The inputs are validated into ``cache`` (default ``<data_dir>/.leadscore-intake``; see
-    :mod:`leadscore.serving.intake`), which keeps them between runs: a night validates only the
+    :mod:`leadscore.nightly.intake`), which keeps them between runs: a night validates only the
     files added since. Validation runs in a DuckDB capped at ``LEADSCORE_DUCKDB_MEMORY``
     (default ``DEFAULT_LOAD_MEMORY``) that spills to a hidden folder next to ``out``, so
     memory stays bounded whatever the size of the inputs.
@@ -415,7 +415,7 @@ def _rescore(
                 atomic.write_text(manifest_path, json.dumps(manifest, indent=1))
         todo = [b for b in range(n_buckets) if b not in done]
         if engine == "spark":
-            from leadscore.serving import spark
+            from leadscore.nightly import spark
 
             results = spark.rescore_buckets(cache, todo, as_of, scorer, reasons)
         else:

@@ -332,7 +332,7 @@ class Scorer:
     _pool_lock = threading.Lock()
 
     def __init__(self, models: dict[str, LeadModel], num_threads: int = 1, rules=None):
-        from leadscore.serving.contact_policy import RulesFile
+        from leadscore.scoring.contact_policy import RulesFile
 
         self.models = dict(models)
         self.num_threads = num_threads
@@ -508,7 +508,7 @@ class Scorer:
     def _recommend(self, slot: LeadModel, rows: _FrameRows, cols: dict, reasons: int,
                    slots: int, now: pd.Timestamp | None, as_json: bool = False) -> None:
         """Best slot and channel in the next 72 hours, urgency deciding how soon."""
-        from leadscore.serving.contact_policy import SLOT_FEATURES, recommend_matrix
+        from leadscore.scoring.contact_policy import SLOT_FEATURES, recommend_matrix
 
         rec = recommend_matrix(
             slot, rows.matrix(slot, absent=SLOT_FEATURES), rows.column("as_of"),

@@ -2,7 +2,7 @@
 
 Nothing here computes a feature or a score. The driver validates the inputs and splits them into
 buckets of leads (hash of ``lead_id``) exactly as the embedded engine does
-(:mod:`leadscore.serving.batch`); then each bucket is one Spark task that opens the bucket's
+(:mod:`leadscore.nightly.batch`); then each bucket is one Spark task that opens the bucket's
 Parquet files with DuckDB (:func:`batch.bucket_connection`) and runs the very same
 :func:`batch.score_bucket` (feature SQL of :mod:`leadscore.features.job`, then
 :meth:`Scorer.score`) or :func:`job.compute`. So the two engines agree by construction; the
@@ -164,7 +164,7 @@ def _scorer_on_worker(key: str, payload) -> object:
         import lightgbm as lgb
 
         from leadscore.artifact import Calibrator, LeadModel
-        from leadscore.serving.scorer import Scorer
+        from leadscore.scoring.scorer import Scorer
 
         data = pickle.loads(payload.value)
         models = {
@@ -193,7 +193,7 @@ def _buckets_of(batches) -> Iterator[int]:
 def _score_task(batches, *, work: str, as_of: str, key: str, payload, reasons: int,
                 schema: pa.Schema):
     """Runs in a Spark Python worker: score whole buckets, yield their rows as Arrow."""
-    from leadscore.serving import batch
+    from leadscore.nightly import batch
 
     scorer = _scorer_on_worker(key, payload)
     for b in _buckets_of(batches):
@@ -212,7 +212,7 @@ def _features_task(batches, *, work: str, cutoffs: list[str], only_open: bool,
     """Runs in a Spark Python worker: the feature job over whole buckets (the catalogue and
     the ``vocabulary`` event types' features)."""
     from leadscore.features import catalog, job
-    from leadscore.serving import batch
+    from leadscore.nightly import batch
 
     feats = [*catalog.CATALOG, *catalog.vocabulary_features(vocabulary)]
     for b in _buckets_of(batches):
@@ -288,7 +288,7 @@ def rescore_buckets(work: Path, buckets: Sequence[int], as_of: pd.Timestamp, sco
     (:func:`batch.rescore`) writes them with the same atomic part writer as the embedded
     engine and records them in the manifest.
     """
-    from leadscore.serving import batch
+    from leadscore.nightly import batch
 
     spark = session()
     key, blob = _payload(scorer)
@@ -319,7 +319,7 @@ def compute_features(ds, cutoffs: Sequence[pd.Timestamp], out: Path, *, only_ope
 
     from leadscore import contract
     from leadscore.features import catalog, job
-    from leadscore.serving import batch
+    from leadscore.nightly import batch
 
     feats = [*catalog.CATALOG, *catalog.vocabulary_features(vocabulary)]
     out = Path(out)
