@@ -135,10 +135,11 @@ def train_models(out: Path, with_slot: bool) -> dict[str, str]:
 
 def load_scorer(models_dir: Path, num_threads: int = 2):
     from leadscore.artifact import LeadModel
+    from leadscore.scoring.contact_policy import RulesFile, rules_path_from_env
     from leadscore.scoring.scorer import Scorer
 
     return Scorer({d.name: LeadModel.load(d) for d in sorted(models_dir.iterdir())},
-                  num_threads=num_threads)
+                  num_threads=num_threads, rules=RulesFile.load(rules_path_from_env()))
 
 
 # --------------------------------------------------------------------------- children

@@ -212,6 +212,18 @@ def _vocabulary_option(value: str | None) -> tuple[list[str], dict[str, str]]:
     return catalog.vocabulary_of(names), catalog.lead_columns_of(names)
 
 
+def _contact_rules():
+    """The contact rules of this run: the YAML file named by ``LEADSCORE_CONTACT_RULES``, else
+    the defaults. Read here, at the edge, so the scorer and training never read the
+    environment."""
+    from leadscore.scoring.contact_policy import RulesError, RulesFile, rules_path_from_env
+
+    try:
+        return RulesFile.load(rules_path_from_env())
+    except RulesError as e:
+        _fail(f"LEADSCORE_CONTACT_RULES: {e}")
+
+
 @app.command()
 def train(
     data: Annotated[Path, typer.Option(help="Folder with leads/events/contacts files")],
@@ -268,8 +280,9 @@ def train(
         cfg = ExperimentConfig.model_validate(raw)
     except ValidationError as e:
         _fail(f"{config or 'train'}: {config_error(e)}")
+    rules = _contact_rules()
     try:
-        res = run_train(data, cfg)
+        res = run_train(data, cfg, rules=rules)
     except (ContractError, ValueError) as e:
         _fail(str(e))
     m = res.metrics
@@ -446,10 +459,11 @@ def rescore(
         _fail(f"--models: unknown {', '.join(unknown)}")
     (cutoff,) = _timestamps(as_of)[:1]
     target = out.with_name(out.name + ".parts") if out_format is OutFormat.csv else out
+    rules = _contact_rules()
     try:
         res = batch.rescore(data, cutoff, target, models=names, reasons=reasons,
                             bucket_leads=bucket_leads, force=force, engine=engine.value,
-                            cache=cache)
+                            cache=cache, rules=rules)
     except (ContractError, FileExistsError, ValueError, IntakeError) as e:
         _fail(str(e))
     if out_format is OutFormat.csv:
@@ -468,7 +482,7 @@ def demo(
     """Simulate → validate → features → train the models, printing each step."""
     from leadscore.demo import run
 
-    run(workdir, leads)
+    run(workdir, leads, rules=_contact_rules())
 
 
 if __name__ == "__main__":  # pragma: no cover

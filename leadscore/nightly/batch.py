@@ -44,6 +44,7 @@ from leadscore import atomic, contract
 from leadscore.features import catalog as cat
 from leadscore.features import job, rollup
 from leadscore.nightly import intake
+from leadscore.scoring.contact_policy import RulesFile
 from leadscore.scoring.scorer import ALL_MODELS, OUTPUT_COLUMNS, SLOT_MODEL, Scorer
 
 log = logging.getLogger(__name__)
@@ -319,8 +320,12 @@ def rescore(
     scorer: Scorer | None = None,
     engine: str = "duckdb",
     cache: Path | None = None,
+    rules: RulesFile | None = None,
 ) -> RescoreResult:
     """Score every open lead (and owner, for churn) at ``as_of`` into the Parquet folder ``out``.
+
+    Without ``scorer``, the registry's champions score with the contact ``rules`` given (the
+    defaults when None; the CLI passes the file named by ``LEADSCORE_CONTACT_RULES``).
 
     The inputs are validated into ``cache`` (default ``<data_dir>/.leadscore-intake``; see
     :mod:`leadscore.nightly.intake`), which keeps them between runs: a night validates only the
@@ -336,7 +341,7 @@ def rescore(
     try:
         return _rescore(data_dir, as_of, out, models=models, reasons=reasons,
                         bucket_leads=bucket_leads, force=force, scorer=scorer, engine=engine,
-                        spill=spill, cache=cache)
+                        spill=spill, cache=cache, rules=rules)
     finally:
         shutil.rmtree(spill, ignore_errors=True)
 
@@ -354,6 +359,7 @@ def _rescore(
     engine: str = "duckdb",
     spill: Path,
     cache: Path | None = None,
+    rules: RulesFile | None = None,
 ) -> RescoreResult:
     t0 = time.perf_counter()
     data_dir, out = Path(data_dir), Path(out)
@@ -362,7 +368,7 @@ def _rescore(
     if not data_dir.is_dir():
         raise contract.ContractError(f"{data_dir}: not a folder")
     if scorer is None:
-        scorer = Scorer.from_registry(models, num_threads=2)
+        scorer = Scorer.from_registry(models, num_threads=2, rules=rules)
     key = _run_key(data_dir, as_of, scorer.versions, bucket_leads, reasons)
 
     manifest_path = out / MANIFEST
