@@ -198,7 +198,7 @@ def child_reference(data: str, work: str, models_dir: str, as_of: str, bucket_le
     ds = contract.load(Path(data))
     n_leads = ds.con.execute("SELECT count(*) FROM leads").fetchone()[0]
     n_buckets = max(1, math.ceil(n_leads / bucket_leads))
-    batch._split_buckets(ds, Path(work), n_buckets)
+    batch.split_buckets(ds, Path(work), n_buckets)
     ds.con.close()
     frames = []
     for b in range(n_buckets):

@@ -272,7 +272,7 @@ def test_output_is_one_row_per_open_lead_or_owner_with_the_contract_columns(
         scorer.score(sample[~sample["is_open"]], only={"churn"}),
     ]).sort_values("lead_id")
     got = df.set_index("lead_id").loc[direct["lead_id"]].reset_index()
-    assert_same_scores(got, batch._fmt_types(direct).reset_index(drop=True))
+    assert_same_scores(got, batch.fmt_types(direct).reset_index(drop=True))
 
 
 def _watch(proc: subprocess.Popen, out: Path, until_first_part: bool) -> int:
@@ -515,7 +515,7 @@ def test_a_part_is_the_file_pandas_would_write(env, data, tmp_path):
         batch._write_part(tmp_path / name, 0, scored)
         ours = tmp_path / name / "part-00000.parquet"
         theirs = tmp_path / f"{name}.parquet"
-        batch._fmt_types(scored).to_parquet(theirs, index=False)
+        batch.fmt_types(scored).to_parquet(theirs, index=False)
         assert pq.read_schema(ours).equals(pq.read_schema(theirs), check_metadata=True), name
         assert pq.read_table(ours).equals(pq.read_table(theirs)), name
         pd.testing.assert_frame_equal(pd.read_parquet(ours), pd.read_parquet(theirs),

@@ -202,7 +202,7 @@ def _score_task(batches, *, work: str, as_of: str, key: str, payload, reasons: i
             scored = batch.score_bucket(con, pd.Timestamp(as_of), scorer, reasons)
         finally:
             con.close()
-        table = pa.Table.from_pandas(batch._fmt_types(scored), schema=schema,
+        table = pa.Table.from_pandas(batch.fmt_types(scored), schema=schema,
                                      preserve_index=False)
         yield from table.to_batches(max_chunksize=BATCH_ROWS)
 
@@ -332,7 +332,7 @@ def compute_features(ds, cutoffs: Sequence[pd.Timestamp], out: Path, *, only_ope
     probe = contract.connect(threads=1)
     try:
         for table in contract.TABLES:
-            contract._empty_table(probe, table)
+            contract.empty_table(probe, table)
         schema = job.compute(probe, cut, feats, only_open=only_open).schema
     finally:
         probe.close()
@@ -340,7 +340,7 @@ def compute_features(ds, cutoffs: Sequence[pd.Timestamp], out: Path, *, only_ope
 
     work = out.parent / f".{out.name}.spark-{uuid.uuid4().hex[:8]}"
     try:
-        batch._split_buckets(ds, work / "in", n_buckets)
+        batch.split_buckets(ds, work / "in", n_buckets)
         parts = work / "parts"
         parts.mkdir()
         task = functools.partial(_features_task, work=str((work / "in").resolve()),
@@ -357,7 +357,7 @@ def compute_features(ds, cutoffs: Sequence[pd.Timestamp], out: Path, *, only_ope
         try:
             con.execute("SET TimeZone='UTC'")
             if files:
-                paths = ", ".join(contract._lit(f) for f in sorted(files))
+                paths = ", ".join(contract.lit(f) for f in sorted(files))
                 reader = con.sql(
                     f"SELECT * FROM read_parquet([{paths}]) ORDER BY as_of, lead_id"
                 ).fetch_record_batch(BATCH_ROWS * 10)
