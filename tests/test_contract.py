@@ -165,7 +165,7 @@ def test_bad_rows_are_quarantined_with_reason_and_row(tmp_path, fmt):
 def test_a_sink_gets_the_same_rows_report_and_quarantine_as_tables(tmp_path, fmt):
     """The nightly job's path (clean rows streamed to bucketed Parquet) agrees with the tables
     path on every count, example, quarantined row and clean row."""
-    from leadscore.nightly.batch import bucket_connection
+    from leadscore.nightly.buckets import bucket_connection
     from leadscore.nightly.intake import BucketSink
 
     data = tmp_path / "data"
