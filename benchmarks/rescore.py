@@ -191,18 +191,18 @@ def child_reference(data: str, work: str, models_dir: str, as_of: str, bucket_le
 
     from leadscore import contract, treeshap
     from leadscore.features import job
-    from leadscore.nightly import buckets
+    from leadscore.nightly import per_bucket
     from leadscore.scoring.scorer import PROBA_COLUMN
 
     scorer = load_scorer(Path(models_dir))
     ds = contract.load(Path(data))
     n_leads = ds.con.execute("SELECT count(*) FROM leads").fetchone()[0]
     n_buckets = max(1, math.ceil(n_leads / bucket_leads))
-    buckets.split_buckets(ds, Path(work), n_buckets)
+    per_bucket.split_buckets(ds, Path(work), n_buckets)
     ds.con.close()
     frames = []
     for b in range(n_buckets):
-        con = buckets.bucket_connection(Path(work), b)
+        con = per_bucket.bucket_connection(Path(work), b)
         f = job.to_pandas(job.compute(con, [pd.Timestamp(as_of)], scorer.job_features),
                           scorer.job_features)
         frames.append(f[f["is_open"] | f["is_owner"]])
@@ -374,9 +374,9 @@ def main() -> None:
     ap.add_argument("--workdir", type=Path, default=None, help="keep data/models here")
     args = ap.parse_args()
 
-    from leadscore.nightly import buckets
+    from leadscore.nightly import per_bucket
 
-    bucket = args.bucket_leads or buckets.DEFAULT_BUCKET_LEADS
+    bucket = args.bucket_leads or per_bucket.DEFAULT_BUCKET_LEADS
     root = args.workdir or Path(tempfile.mkdtemp(prefix="bench-rescore-"))
     root.mkdir(parents=True, exist_ok=True)
     data = root / f"data-{args.leads}"

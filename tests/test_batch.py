@@ -33,7 +33,7 @@ from leadscore.artifact import Calibrator, LeadModel
 from leadscore.cli import app
 from leadscore.features import job
 from leadscore.features.slots import add_slot_features
-from leadscore.nightly import batch, buckets, intake
+from leadscore.nightly import batch, intake, per_bucket
 from leadscore.schema import CHANNELS
 from leadscore.scoring.scorer import OUTPUT_COLUMNS, SLOT_MODEL, Scorer
 from leadscore.training import trainer
@@ -272,7 +272,7 @@ def test_output_is_one_row_per_open_lead_or_owner_with_the_contract_columns(
         scorer.score(sample[~sample["is_open"]], only={"churn"}),
     ]).sort_values("lead_id")
     got = df.set_index("lead_id").loc[direct["lead_id"]].reset_index()
-    assert_same_scores(got, buckets.fmt_types(direct).reset_index(drop=True))
+    assert_same_scores(got, per_bucket.fmt_types(direct).reset_index(drop=True))
 
 
 def _watch(proc: subprocess.Popen, out: Path, until_first_part: bool) -> int:
@@ -369,7 +369,7 @@ def test_rerun_is_a_noop_unless_forced_and_other_inputs_are_refused(env, data, t
     assert json.loads((out / batch.MANIFEST).read_text())["complete"]
 
 
-@pytest.mark.parametrize(("where", "step"), [("buckets", "score_features"),
+@pytest.mark.parametrize(("where", "step"), [("per_bucket", "score_features"),
                                              ("batch", "_bucket_features")])
 def test_a_rerun_after_a_crash_scores_from_the_validated_buckets(
         reference, env, data, tmp_path, monkeypatch, where, step):
@@ -379,7 +379,7 @@ def test_a_rerun_after_a_crash_scores_from_the_validated_buckets(
     ahead of its turn."""
     data = copy_data(data, tmp_path / "data")
     out = tmp_path / "scores"
-    mod = {"buckets": buckets, "batch": batch}[where]
+    mod = {"per_bucket": per_bucket, "batch": batch}[where]
     real = getattr(mod, step)
     calls = []
 
@@ -456,7 +456,7 @@ def test_a_resume_after_the_intake_was_bucketed_anew_redoes_the_parts(
     for f in folders.rglob("*.later"):
         f.rename(f.with_suffix(""))
 
-    real, calls = buckets.score_features, []
+    real, calls = per_bucket.score_features, []
 
     def crash_on_the_third_bucket(*args, **kwargs):
         calls.append(1)
@@ -465,10 +465,10 @@ def test_a_resume_after_the_intake_was_bucketed_anew_redoes_the_parts(
         return real(*args, **kwargs)
 
     out = tmp_path / "scores"
-    monkeypatch.setattr(buckets, "score_features", crash_on_the_third_bucket)
+    monkeypatch.setattr(per_bucket, "score_features", crash_on_the_third_bucket)
     with pytest.raises(RuntimeError, match="went away"):
         batch.rescore(folders, env.as_of, out, bucket_leads=100)
-    monkeypatch.setattr(buckets, "score_features", real)
+    monkeypatch.setattr(per_bucket, "score_features", real)
     crashed = json.loads((out / batch.MANIFEST).read_text())
     assert crashed["buckets"] == night.buckets and len(crashed["parts"]) == 2
 
@@ -497,7 +497,8 @@ def test_scores_equal_scoring_the_feature_jobs_rows(reference, env, data, tmp_pa
     ds.con.close()
     rows = feats[feats["is_open"] | feats["is_owner"]].reset_index(drop=True)
     (tmp_path / "want").mkdir()
-    batch._write_part(tmp_path / "want", 0, buckets.score_features(rows, Scorer.from_registry(), 3))
+    batch._write_part(tmp_path / "want", 0,
+                      per_bucket.score_features(rows, Scorer.from_registry(), 3))
     assert_same_scores(got, read_sorted(tmp_path / "want"))
 
 
@@ -512,12 +513,12 @@ def test_a_part_is_the_file_pandas_would_write(env, data, tmp_path):
     scorer = Scorer.from_registry()
     for name, part in (("mixed", rows), ("open", rows[rows["is_open"]]),
                        ("owners", rows[~rows["is_open"]])):
-        scored = buckets.score_features(part.reset_index(drop=True), scorer, 1)
+        scored = per_bucket.score_features(part.reset_index(drop=True), scorer, 1)
         (tmp_path / name).mkdir()
         batch._write_part(tmp_path / name, 0, scored)
         ours = tmp_path / name / "part-00000.parquet"
         theirs = tmp_path / f"{name}.parquet"
-        buckets.fmt_types(scored).to_parquet(theirs, index=False)
+        per_bucket.fmt_types(scored).to_parquet(theirs, index=False)
         assert pq.read_schema(ours).equals(pq.read_schema(theirs), check_metadata=True), name
         assert pq.read_table(ours).equals(pq.read_table(theirs)), name
         pd.testing.assert_frame_equal(pd.read_parquet(ours), pd.read_parquet(theirs),
