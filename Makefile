@@ -27,6 +27,7 @@ demo: $(STAMP)
 
 lint: $(STAMP)
 	$(BIN)/ruff check leadscore tests benchmarks
+	$(BIN)/lint-imports  # the layering contracts in pyproject.toml
 
 test: $(STAMP) lint
 	$(BIN)/python -m pytest -q

@@ -36,7 +36,7 @@ def main() -> None:
     from leadscore import contract
     from leadscore import simulate as sim
     from leadscore.models import get
-    from leadscore.serving.contact_policy import RulesFile
+    from leadscore.scoring.contact_policy import RulesFile, rules_path_from_env
     from leadscore.training import dataset, policy_eval
     from leadscore.training.run import load_truth
     from leadscore.training.trainer import fit
@@ -56,7 +56,7 @@ def main() -> None:
     test = ts.part("test")
     prop = policy_eval.LoggingPolicy.fit(ts.frame[ts.frame["split"] != "test"])
     t0 = time.perf_counter()
-    m = policy_eval.evaluate(fr.model, test, RulesFile.load(), prop,
+    m = policy_eval.evaluate(fr.model, test, RulesFile.load(rules_path_from_env()), prop,
                              load_truth(data, "truth_leads"), load_truth(data, "truth_contacts"),
                              sample=args.sample)
     print(f"evaluated {int(m['policy_n']):,} held-out attempts in "

@@ -135,10 +135,11 @@ def train_models(out: Path, with_slot: bool) -> dict[str, str]:
 
 def load_scorer(models_dir: Path, num_threads: int = 2):
     from leadscore.artifact import LeadModel
-    from leadscore.serving.scorer import Scorer
+    from leadscore.scoring.contact_policy import RulesFile, rules_path_from_env
+    from leadscore.scoring.scorer import Scorer
 
     return Scorer({d.name: LeadModel.load(d) for d in sorted(models_dir.iterdir())},
-                  num_threads=num_threads)
+                  num_threads=num_threads, rules=RulesFile.load(rules_path_from_env()))
 
 
 # --------------------------------------------------------------------------- children
@@ -160,8 +161,8 @@ def _timed(obj, name: str, acc: dict) -> None:
 def child_rescore(data: str, out: str, models_dir: str, as_of: str, reasons: int,
                   bucket_leads: int, engine: str, cache: str, q) -> None:
     from leadscore.features import job, rollup
-    from leadscore.serving import batch, intake
-    from leadscore.serving.scorer import Scorer
+    from leadscore.nightly import batch, intake
+    from leadscore.scoring.scorer import Scorer
 
     phases: dict[str, float] = defaultdict(float)
     modes = []
@@ -190,18 +191,18 @@ def child_reference(data: str, work: str, models_dir: str, as_of: str, bucket_le
 
     from leadscore import contract, treeshap
     from leadscore.features import job
-    from leadscore.serving import batch
-    from leadscore.serving.scorer import PROBA_COLUMN
+    from leadscore.nightly import per_bucket
+    from leadscore.scoring.scorer import PROBA_COLUMN
 
     scorer = load_scorer(Path(models_dir))
     ds = contract.load(Path(data))
     n_leads = ds.con.execute("SELECT count(*) FROM leads").fetchone()[0]
     n_buckets = max(1, math.ceil(n_leads / bucket_leads))
-    batch._split_buckets(ds, Path(work), n_buckets)
+    per_bucket.split_buckets(ds, Path(work), n_buckets)
     ds.con.close()
     frames = []
     for b in range(n_buckets):
-        con = batch.bucket_connection(Path(work), b)
+        con = per_bucket.bucket_connection(Path(work), b)
         f = job.to_pandas(job.compute(con, [pd.Timestamp(as_of)], scorer.job_features),
                           scorer.job_features)
         frames.append(f[f["is_open"] | f["is_owner"]])
@@ -275,7 +276,7 @@ def slot_reference(scorer, open_rows: pd.DataFrame) -> dict:
     on the way) against bare ``Booster.predict`` over those same candidate rows, ready-made.
     The candidates' raw scores are asserted equal; both times are extrapolated to every
     open lead."""
-    from leadscore.serving.scorer import SLOT_MODEL, Scorer
+    from leadscore.scoring.scorer import SLOT_MODEL, Scorer
 
     slot = scorer.models[SLOT_MODEL]
     sample = open_rows.iloc[:SLOT_SAMPLE]
@@ -373,9 +374,9 @@ def main() -> None:
     ap.add_argument("--workdir", type=Path, default=None, help="keep data/models here")
     args = ap.parse_args()
 
-    from leadscore.serving import batch
+    from leadscore.nightly import per_bucket
 
-    bucket = args.bucket_leads or batch.DEFAULT_BUCKET_LEADS
+    bucket = args.bucket_leads or per_bucket.DEFAULT_BUCKET_LEADS
     root = args.workdir or Path(tempfile.mkdtemp(prefix="bench-rescore-"))
     root.mkdir(parents=True, exist_ok=True)
     data = root / f"data-{args.leads}"

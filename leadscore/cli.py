@@ -171,7 +171,7 @@ def features(
     out.parent.mkdir(parents=True, exist_ok=True)
     table = None
     if engine is Engine.spark:  # the same feature function per bucket of leads, on Spark
-        from leadscore.serving import spark
+        from leadscore.nightly import spark
 
         n_rows, n_cols = spark.compute_features(ds, cutoffs, out, only_open=only_open,
                                                 vocabulary=types)
@@ -205,11 +205,23 @@ def _vocabulary_option(value: str | None) -> tuple[list[str], dict[str, str]]:
                   "features of their own already)")
         return types, {}
     from leadscore import registry
-    from leadscore.serving.scorer import ALL_MODELS
+    from leadscore.scoring.scorer import ALL_MODELS
 
     registry.configure()
     names = registry.champions_features(ALL_MODELS)
     return catalog.vocabulary_of(names), catalog.lead_columns_of(names)
+
+
+def _contact_rules():
+    """The contact rules of this run: the YAML file named by ``LEADSCORE_CONTACT_RULES``, else
+    the defaults. Read here, at the edge, so the scorer and training never read the
+    environment."""
+    from leadscore.scoring.contact_policy import RulesError, RulesFile, rules_path_from_env
+
+    try:
+        return RulesFile.load(rules_path_from_env())
+    except RulesError as e:
+        _fail(f"LEADSCORE_CONTACT_RULES: {e}")
 
 
 @app.command()
@@ -268,8 +280,9 @@ def train(
         cfg = ExperimentConfig.model_validate(raw)
     except ValidationError as e:
         _fail(f"{config or 'train'}: {config_error(e)}")
+    rules = _contact_rules()
     try:
-        res = run_train(data, cfg)
+        res = run_train(data, cfg, rules=rules)
     except (ContractError, ValueError) as e:
         _fail(str(e))
     m = res.metrics
@@ -434,11 +447,11 @@ def rescore(
 ) -> None:
     """Score every open lead (and owner, for churn) with the champion models."""
     _logging(verbose)
-    for name in ("leadscore.serving.batch", "leadscore.serving.intake"):  # progress lines
+    for name in ("leadscore.nightly.batch", "leadscore.nightly.intake"):  # progress lines
         logging.getLogger(name).setLevel(logging.INFO)
     from leadscore.contract import ContractError
-    from leadscore.serving import batch
-    from leadscore.serving.intake import IntakeError
+    from leadscore.nightly import batch
+    from leadscore.nightly.intake import IntakeError
 
     names = [m.strip() for m in models.split(",") if m.strip()]
     unknown = sorted(set(names) - {m.value for m in ModelName})
@@ -446,10 +459,11 @@ def rescore(
         _fail(f"--models: unknown {', '.join(unknown)}")
     (cutoff,) = _timestamps(as_of)[:1]
     target = out.with_name(out.name + ".parts") if out_format is OutFormat.csv else out
+    rules = _contact_rules()
     try:
         res = batch.rescore(data, cutoff, target, models=names, reasons=reasons,
                             bucket_leads=bucket_leads, force=force, engine=engine.value,
-                            cache=cache)
+                            cache=cache, rules=rules)
     except (ContractError, FileExistsError, ValueError, IntakeError) as e:
         _fail(str(e))
     if out_format is OutFormat.csv:
@@ -468,7 +482,7 @@ def demo(
     """Simulate → validate → features → train the models, printing each step."""
     from leadscore.demo import run
 
-    run(workdir, leads)
+    run(workdir, leads, rules=_contact_rules())
 
 
 if __name__ == "__main__":  # pragma: no cover

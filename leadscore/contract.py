@@ -91,7 +91,8 @@ TABLES: dict[str, tuple[Column, ...]] = {
 }
 OPTIONAL_TABLES = {"contacts"}
 
-_SQL_TYPE = {"str": "VARCHAR", "ts": "TIMESTAMPTZ", "float": "DOUBLE"}
+#: DuckDB type of each column kind (also the importer's target types)
+SQL_TYPE = {"str": "VARCHAR", "ts": "TIMESTAMPTZ", "float": "DOUBLE"}
 #: Source types accepted per kind. Text is parsed row by row (a row that does not parse is
 #: quarantined); "NULL" is the type of an all-empty Parquet column.
 _OK_FAMILIES = {
@@ -197,7 +198,7 @@ def find_file(data_dir: Path, table: str) -> Path | None:
     return None
 
 
-def _lit(text: str) -> str:
+def lit(text: str) -> str:
     """A SQL string literal."""
     return "'" + text.replace("'", "''") + "'"
 
@@ -256,10 +257,10 @@ def _scan_sql(path: Path, files: Sequence[Path] | None = None,
     """The file's rows plus ``_file`` (its source file) and ``_row`` (0-based row in that file).
     ``files``: only these Parquet files of the folder ``path``; ``text``: a UTF-8 copy of the
     CSV file ``path`` to read instead."""
-    p = _lit(str(path))
+    p = lit(str(path))
     if path.is_dir():
-        glob = (_lit(f"{path}/**/*.parquet") if files is None
-                else "[" + ", ".join(_lit(str(f)) for f in files) + "]")
+        glob = (lit(f"{path}/**/*.parquet") if files is None
+                else "[" + ", ".join(lit(str(f)) for f in files) + "]")
         return (
             f"(SELECT * EXCLUDE (filename, file_row_number), filename AS _file, "
             f"file_row_number AS _row FROM read_parquet({glob}, filename=true, "
@@ -268,7 +269,7 @@ def _scan_sql(path: Path, files: Sequence[Path] | None = None,
     if path.suffix == ".csv":
         return (
             f"(SELECT *, {p} AS _file, row_number() OVER () - 1 AS _row "
-            f"FROM read_csv({_lit(str(text or path))}, all_varchar=true, header=true))"
+            f"FROM read_csv({lit(str(text or path))}, all_varchar=true, header=true))"
         )
     return (
         f"(SELECT * EXCLUDE (file_row_number), {p} AS _file, file_row_number AS _row "
@@ -315,14 +316,14 @@ class _Col:
         """The value in the contract's type (NULL when empty or, for text, unparseable)."""
         kind, q = self.col.kind, ref or self.q
         if self.empty:
-            return f"CAST(NULL AS {_SQL_TYPE[kind]})"
+            return f"CAST(NULL AS {SQL_TYPE[kind]})"
         if kind == "str":
             return f"NULLIF(trim(CAST({q} AS VARCHAR)), '')"
         if self.text:
-            return f"TRY_CAST(NULLIF(trim({q}), '') AS {_SQL_TYPE[kind]})"
+            return f"TRY_CAST(NULLIF(trim({q}), '') AS {SQL_TYPE[kind]})"
         if kind == "ts" and self.family != "TIMESTAMP WITH TIME ZONE":
             return f"timezone('UTC', CAST({q} AS TIMESTAMP))"  # naive means UTC by contract
-        return f"CAST({q} AS {_SQL_TYPE[kind]})"
+        return f"CAST({q} AS {SQL_TYPE[kind]})"
 
     def present(self, ref: str | None = None) -> str:
         """The raw value is there (not null, not blank)."""
@@ -359,7 +360,7 @@ def _check_columns(con, table: str, path: Path, scan: str) -> dict[str, _Col]:
         if fam not in _OK_FAMILIES[col.kind]:
             raise ContractError(
                 f"{path}: column '{col.name}' has type {types[col.name]}, expected "
-                f"{_SQL_TYPE[col.kind]}"
+                f"{SQL_TYPE[col.kind]}"
             )
         out[col.name] = _Col(col, fam)
     return out
@@ -407,7 +408,7 @@ def _check_parse_rates(con, path: Path, scan: str, cols: dict[str, _Col]) -> Non
         n_raw, n_bad, ex = res[3 * i: 3 * i + 3]
         if n_raw >= 10 and n_bad > WHOLE_COLUMN_BAD_SHARE * n_raw:
             raise ContractError(
-                f"{path}: column '{c.col.name}' is not of type {_SQL_TYPE[c.col.kind]}: "
+                f"{path}: column '{c.col.name}' is not of type {SQL_TYPE[c.col.kind]}: "
                 f"{n_bad:,} of {n_raw:,} values cannot be parsed (e.g. {ex!r})"
             )
 
@@ -457,13 +458,15 @@ def _reasons(table: str, cols: dict[str, _Col], clock_sql: str,
     return rules
 
 
-def _empty_sql(table: str) -> str:
-    cols = ", ".join(f'CAST(NULL AS {_SQL_TYPE[c.kind]}) AS "{c.name}"' for c in TABLES[table])
+def empty_sql(table: str) -> str:
+    """A query for an empty table with the contract's columns (a table with no input files)."""
+    cols = ", ".join(f'CAST(NULL AS {SQL_TYPE[c.kind]}) AS "{c.name}"' for c in TABLES[table])
     return f"SELECT {cols} LIMIT 0"
 
 
-def _empty_table(con, table: str) -> None:
-    con.execute(f"CREATE OR REPLACE TABLE {table} AS {_empty_sql(table)}")
+def empty_table(con, table: str) -> None:
+    """Create ``table`` empty, in the contract's shape (an optional table with no files)."""
+    con.execute(f"CREATE OR REPLACE TABLE {table} AS {empty_sql(table)}")
 
 
 #: where clean rows go instead of a table: ``sink(con, table, select_sql)`` writes the rows of
@@ -541,7 +544,7 @@ def _load_table(con, table: str, path: Path | None, clock_sql: str,
     if path is None:
         if table not in OPTIONAL_TABLES:
             raise ContractError(f"no {table}.parquet, {table}.csv or {table}/ folder found")
-        _empty_table(con, table)
+        empty_table(con, table)
         return rep
     # what a whole-file error names: the file itself when one new file is read
     where = path if not files else files[0] if len(files) == 1 else Path(
@@ -637,7 +640,7 @@ def _load_table(con, table: str, path: Path | None, clock_sql: str,
     if rep.n_quarantined and qfile is not None:
         quarantine_dir.mkdir(parents=True, exist_ok=True)
         con.execute(
-            f"COPY (SELECT * FROM _bad_{table} ORDER BY _file, _row) TO {_lit(str(qfile))} "
+            f"COPY (SELECT * FROM _bad_{table} ORDER BY _file, _row) TO {lit(str(qfile))} "
             f"(FORMAT parquet)"
         )
     for tmp in ("_drop_", "_bad_", "_src_", "_new_"):
@@ -694,7 +697,7 @@ def load(
     if prior is not None:
         for table in TABLES:
             for key in (table, f"bad_{table}"):
-                empty = f"SELECT *, NULL::UBIGINT AS _h FROM ({_empty_sql(table)})"
+                empty = f"SELECT *, NULL::UBIGINT AS _h FROM ({empty_sql(table)})"
                 con.execute(f"CREATE OR REPLACE TEMP VIEW _prior_{key} AS "
                             f"{prior.get(key, empty)}")
     reports: dict[str, TableReport] = {}
@@ -702,7 +705,7 @@ def load(
         path = find_file(data_dir, table)
         new_files = None if files is None else files.get(table, [])
         if new_files is not None and not new_files:
-            _empty_table(con, table)
+            empty_table(con, table)
             reports[table] = TableReport(table=table, file=f"{path} (no new files)")
             continue
         try:
@@ -763,7 +766,7 @@ def register_frames(
                     "SELECT name FROM pg_timezone_names()")
     for table, df in frames.items():
         if df is None or not len(df.columns):
-            _empty_table(con, table)
+            empty_table(con, table)
             continue
         if clock is None:
             con.register(f"_in_{table}", df)
@@ -785,9 +788,9 @@ def _frame_select(table: str, df: pd.DataFrame) -> str:
         if naive and not isinstance(df[col.name].dtype, pd.DatetimeTZDtype):
             expr = f"timezone('UTC', CAST(\"{col.name}\" AS TIMESTAMP))"  # naive = UTC
         elif col.name in df.columns:
-            expr = f'CAST("{col.name}" AS {_SQL_TYPE[col.kind]})'
+            expr = f'CAST("{col.name}" AS {SQL_TYPE[col.kind]})'
         else:
-            expr = f"CAST(NULL AS {_SQL_TYPE[col.kind]})"
+            expr = f"CAST(NULL AS {SQL_TYPE[col.kind]})"
         sel.append(f'{expr} AS "{col.name}"')
     if table == "leads":  # CRM fields beyond the contract's, as given
         sel += ['"' + c.replace('"', '""') + '"' for c in extra_lead_columns(list(df.columns))]

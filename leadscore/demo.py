@@ -27,7 +27,9 @@ def _done(t0: float) -> None:
     typer.echo(f"   ({time.perf_counter() - t0:.1f}s)")
 
 
-def run(workdir: Path, n_leads: int = 20_000) -> None:
+def run(workdir: Path, n_leads: int = 20_000, rules=None) -> None:
+    """``rules``: the contact rules to train and rescore with (the CLI reads them at the edge;
+    the service started here reads ``LEADSCORE_CONTACT_RULES`` itself)."""
     from leadscore import simulate as sim
     from leadscore.features import job
     from leadscore.training.config import ExperimentConfig
@@ -66,7 +68,7 @@ def run(workdir: Path, n_leads: int = 20_000) -> None:
     rows = []
     for name in NAMES:
         t1 = time.perf_counter()
-        res = train(data, ExperimentConfig(model=name, run_name=f"{name}-demo"))
+        res = train(data, ExperimentConfig(model=name, run_name=f"{name}-demo"), rules=rules)
         m = res.metrics
         rows.append({
             "model": name, "version": f"v{res.version} ({res.alias})",
@@ -92,9 +94,10 @@ def run(workdir: Path, n_leads: int = 20_000) -> None:
     _done(t0)
 
     t0 = _step("6. Nightly rescoring of every open lead (embedded engine)")
-    from leadscore.serving import batch
+    from leadscore.nightly import batch
 
-    res = batch.rescore(data, as_of, workdir / "scores", force=True, bucket_leads=10_000)
+    res = batch.rescore(data, as_of, workdir / "scores", force=True, bucket_leads=10_000,
+                        rules=rules)
     scored = pd.read_parquet(workdir / "scores")
     typer.echo(f"   {res.rows:,} rows in {res.buckets} buckets → {workdir / 'scores'} "
                f"({res.seconds:.1f}s)")

@@ -347,7 +347,7 @@ def _q(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
 
-_lit = contract._lit
+_lit = contract.lit
 
 
 # --------------------------------------------------------------------------- the report
@@ -670,7 +670,7 @@ class _Importer:
             kind = KINDS[table].get(name)
             spec = specs.get(name)
             if name not in raws:
-                sel.append(f"CAST(NULL AS {contract._SQL_TYPE[kind]}) AS {_q(name)}")
+                sel.append(f"CAST(NULL AS {contract.SQL_TYPE[kind]}) AS {_q(name)}")
                 continue
             raw = raws[name]
             val, present = self._typed(rel, raw, kind, spec, source, f"{key}.{name}", where)

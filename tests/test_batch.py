@@ -33,9 +33,9 @@ from leadscore.artifact import Calibrator, LeadModel
 from leadscore.cli import app
 from leadscore.features import job
 from leadscore.features.slots import add_slot_features
+from leadscore.nightly import batch, intake, per_bucket
 from leadscore.schema import CHANNELS
-from leadscore.serving import batch, intake
-from leadscore.serving.scorer import OUTPUT_COLUMNS, SLOT_MODEL, Scorer
+from leadscore.scoring.scorer import OUTPUT_COLUMNS, SLOT_MODEL, Scorer
 from leadscore.training import trainer
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -272,7 +272,7 @@ def test_output_is_one_row_per_open_lead_or_owner_with_the_contract_columns(
         scorer.score(sample[~sample["is_open"]], only={"churn"}),
     ]).sort_values("lead_id")
     got = df.set_index("lead_id").loc[direct["lead_id"]].reset_index()
-    assert_same_scores(got, batch._fmt_types(direct).reset_index(drop=True))
+    assert_same_scores(got, per_bucket.fmt_types(direct).reset_index(drop=True))
 
 
 def _watch(proc: subprocess.Popen, out: Path, until_first_part: bool) -> int:
@@ -369,16 +369,18 @@ def test_rerun_is_a_noop_unless_forced_and_other_inputs_are_refused(env, data, t
     assert json.loads((out / batch.MANIFEST).read_text())["complete"]
 
 
-@pytest.mark.parametrize("step", ["score_features", "_bucket_features"])
+@pytest.mark.parametrize(("where", "step"), [("per_bucket", "score_features"),
+                                             ("batch", "_bucket_features")])
 def test_a_rerun_after_a_crash_scores_from_the_validated_buckets(
-        reference, env, data, tmp_path, monkeypatch, step):
+        reference, env, data, tmp_path, monkeypatch, where, step):
     """The inputs are validated and bucketed once and kept: the rerun after a crash and the
     no-op rerun after it never read the inputs again, and the result is the uninterrupted
     run's. The crash comes while scoring a bucket, or while computing the features of one
     ahead of its turn."""
     data = copy_data(data, tmp_path / "data")
     out = tmp_path / "scores"
-    real = getattr(batch, step)
+    mod = {"per_bucket": per_bucket, "batch": batch}[where]
+    real = getattr(mod, step)
     calls = []
 
     def crash_on_the_third_bucket(*args, **kwargs):
@@ -387,14 +389,14 @@ def test_a_rerun_after_a_crash_scores_from_the_validated_buckets(
             raise RuntimeError("the machine went away")
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(batch, step, crash_on_the_third_bucket)
+    monkeypatch.setattr(mod, step, crash_on_the_third_bucket)
     with pytest.raises(RuntimeError, match="went away"):
         batch.rescore(data, env.as_of, out, bucket_leads=100)
     kept = json.loads((intake.default_cache(data) / intake.STATE).read_text())
     assert kept["buckets"] >= 5 and len(kept["segments"]) == 1
     assert not any(c["quarantined"] for c in kept["segments"][0]["counts"].values())
 
-    monkeypatch.setattr(batch, step, real)
+    monkeypatch.setattr(mod, step, real)
     loads = []
     monkeypatch.setattr(contract, "load", lambda *a, **kw: loads.append(1))
     res = batch.rescore(data, env.as_of, out, bucket_leads=100)
@@ -454,7 +456,7 @@ def test_a_resume_after_the_intake_was_bucketed_anew_redoes_the_parts(
     for f in folders.rglob("*.later"):
         f.rename(f.with_suffix(""))
 
-    real, calls = batch.score_features, []
+    real, calls = per_bucket.score_features, []
 
     def crash_on_the_third_bucket(*args, **kwargs):
         calls.append(1)
@@ -463,10 +465,10 @@ def test_a_resume_after_the_intake_was_bucketed_anew_redoes_the_parts(
         return real(*args, **kwargs)
 
     out = tmp_path / "scores"
-    monkeypatch.setattr(batch, "score_features", crash_on_the_third_bucket)
+    monkeypatch.setattr(per_bucket, "score_features", crash_on_the_third_bucket)
     with pytest.raises(RuntimeError, match="went away"):
         batch.rescore(folders, env.as_of, out, bucket_leads=100)
-    monkeypatch.setattr(batch, "score_features", real)
+    monkeypatch.setattr(per_bucket, "score_features", real)
     crashed = json.loads((out / batch.MANIFEST).read_text())
     assert crashed["buckets"] == night.buckets and len(crashed["parts"]) == 2
 
@@ -495,7 +497,8 @@ def test_scores_equal_scoring_the_feature_jobs_rows(reference, env, data, tmp_pa
     ds.con.close()
     rows = feats[feats["is_open"] | feats["is_owner"]].reset_index(drop=True)
     (tmp_path / "want").mkdir()
-    batch._write_part(tmp_path / "want", 0, batch.score_features(rows, Scorer.from_registry(), 3))
+    batch._write_part(tmp_path / "want", 0,
+                      per_bucket.score_features(rows, Scorer.from_registry(), 3))
     assert_same_scores(got, read_sorted(tmp_path / "want"))
 
 
@@ -510,12 +513,12 @@ def test_a_part_is_the_file_pandas_would_write(env, data, tmp_path):
     scorer = Scorer.from_registry()
     for name, part in (("mixed", rows), ("open", rows[rows["is_open"]]),
                        ("owners", rows[~rows["is_open"]])):
-        scored = batch.score_features(part.reset_index(drop=True), scorer, 1)
+        scored = per_bucket.score_features(part.reset_index(drop=True), scorer, 1)
         (tmp_path / name).mkdir()
         batch._write_part(tmp_path / name, 0, scored)
         ours = tmp_path / name / "part-00000.parquet"
         theirs = tmp_path / f"{name}.parquet"
-        batch._fmt_types(scored).to_parquet(theirs, index=False)
+        per_bucket.fmt_types(scored).to_parquet(theirs, index=False)
         assert pq.read_schema(ours).equals(pq.read_schema(theirs), check_metadata=True), name
         assert pq.read_table(ours).equals(pq.read_table(theirs)), name
         pd.testing.assert_frame_equal(pd.read_parquet(ours), pd.read_parquet(theirs),

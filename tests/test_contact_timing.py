@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from leadscore.serving.contact_policy import ChannelHours, ContactRules, RulesFile, slot_grid
+from leadscore.scoring.contact_policy import ChannelHours, ContactRules, RulesFile, slot_grid
 from leadscore.training.policy_eval import doubly_robust
 
 
@@ -98,7 +98,7 @@ def test_logging_policy_learns_propensities_that_depend_on_the_lead():
 
 def test_night_browser_who_never_answers_calls_gets_a_message(trained):
     from leadscore import registry
-    from leadscore.serving.contact_policy import recommend
+    from leadscore.scoring.contact_policy import recommend
 
     lm, _ = registry.load("contact-slot")
     row = trained["features"].head(1).copy()
@@ -131,7 +131,7 @@ def test_slot_search_picks_lightgbms_best_candidate(trained):
     general layout) and scored by ``Booster.predict``; the search (the lead's row read once,
     the candidates walked as a set) must report that best slot and its probability."""
     from leadscore import registry
-    from leadscore.serving import contact_policy as cp
+    from leadscore.scoring import contact_policy as cp
 
     lm, _ = registry.load("contact-slot")
     feats = trained["features"].head(40).reset_index(drop=True)
@@ -151,7 +151,7 @@ def test_slot_search_picks_lightgbms_best_candidate(trained):
 
 
 def test_recommendations_come_with_scores(trained):
-    from leadscore.serving.scorer import Scorer
+    from leadscore.scoring.scorer import Scorer
 
     sc = Scorer.from_registry()
     out = sc.score(trained["features"].head(30))
@@ -193,7 +193,7 @@ def test_slot_fill_lays_out_candidates_exactly_as_slot_values(trained, monkeypat
     zones and rules; and a slot feature computed from lead values (not picked) falls back to
     the general layout."""
     from leadscore import registry
-    from leadscore.serving import contact_policy as cp
+    from leadscore.scoring import contact_policy as cp
 
     lm, _ = registry.load("contact-slot")
     rng = np.random.default_rng(3)
@@ -222,3 +222,54 @@ def test_slot_fill_lays_out_candidates_exactly_as_slot_values(trained, monkeypat
     monkeypatch.setattr(cp, "slot_values", mixed)
     g = cp._grid(rules, first.value // 1000 + 3_600_000_000, "Europe/Berlin", "")
     assert g.fill(lm) is None
+
+
+_D07_RULES = "dealers:\n  D07:\n    quiet_hours: [20, 10]\n"
+
+
+def test_scorer_takes_its_rules_and_never_reads_the_environment(tmp_path, monkeypatch):
+    """A scorer's contact rules are what its caller passed (the defaults otherwise): a rules
+    file named in the environment does not change what a library caller scores with."""
+    from leadscore.scoring.scorer import Scorer
+
+    path = tmp_path / "rules.yaml"
+    path.write_text(_D07_RULES)
+    monkeypatch.setenv("LEADSCORE_CONTACT_RULES", str(path))
+    assert Scorer({}).rules == RulesFile()
+    assert RulesFile.load() == RulesFile()
+    given = RulesFile(dealers={"D01": ContactRules(quiet_hours=(22, 8))})
+    assert Scorer({}, rules=given).rules is given
+
+
+def test_the_edges_read_the_rules_named_in_the_environment(tmp_path, monkeypatch):
+    """``leadscore rescore`` passes the file named by LEADSCORE_CONTACT_RULES to the job; a bad
+    file stops it with exit code 2 and the file's name, before any data is read."""
+    from typer.testing import CliRunner
+
+    from leadscore.cli import app
+    from leadscore.nightly import batch
+    from leadscore.scoring.contact_policy import RULES_ENV, rules_path_from_env
+
+    seen = {}
+
+    def fake_rescore(*args, **kwargs):
+        seen.update(kwargs)
+        raise ValueError("stop here")
+
+    monkeypatch.setattr(batch, "rescore", fake_rescore)
+    path = tmp_path / "rules.yaml"
+    path.write_text(_D07_RULES)
+    monkeypatch.setenv(RULES_ENV, str(path))
+    assert rules_path_from_env() == path
+    args = ["rescore", "--data", str(tmp_path), "--as-of", "2026-05-04", "--out",
+            str(tmp_path / "out")]
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code == 2, res.output
+    assert seen["rules"].for_dealer("D07").quiet_hours == (20, 10)
+
+    path.write_text("dealers:\n  D07:\n    quiet_hour: [20, 10]\n")  # misspelt field
+    seen.clear()
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code == 2
+    assert str(path) in res.output and "quiet_hour" in res.output
+    assert not seen  # stopped before the job

@@ -165,8 +165,8 @@ def test_bad_rows_are_quarantined_with_reason_and_row(tmp_path, fmt):
 def test_a_sink_gets_the_same_rows_report_and_quarantine_as_tables(tmp_path, fmt):
     """The nightly job's path (clean rows streamed to bucketed Parquet) agrees with the tables
     path on every count, example, quarantined row and clean row."""
-    from leadscore.serving.batch import bucket_connection
-    from leadscore.serving.intake import BucketSink
+    from leadscore.nightly.intake import BucketSink
+    from leadscore.nightly.per_bucket import bucket_connection
 
     data = tmp_path / "data"
     for t, df in (("leads", LEADS), ("events", EVENTS), ("contacts", CONTACTS)):

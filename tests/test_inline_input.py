@@ -12,11 +12,11 @@ from fastapi.testclient import TestClient
 from leadscore import contract, models
 from leadscore import simulate as sim
 from leadscore.features import job
+from leadscore.scoring.scorer import Scorer
 from leadscore.serving import store as online
 from leadscore.serving.api import create_app
 from leadscore.serving.auth import KeyRing, write_key_file
 from leadscore.serving.runtime import Runtime
-from leadscore.serving.scorer import Scorer
 from leadscore.training import dataset
 from leadscore.training.trainer import fit
 

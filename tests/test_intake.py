@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 
 from leadscore import contract
-from leadscore.serving import batch, intake
+from leadscore.nightly import intake, per_bucket
 
 CLOCK = pd.Timestamp("2025-06-01", tz="UTC")
 T = pd.Timestamp("2025-05-01", tz="UTC")
@@ -83,7 +83,7 @@ def kept(root, n_buckets: int) -> dict[str, list[tuple]]:
     """Every table's rows as the scoring reads them, over all buckets."""
     out: dict[str, list[tuple]] = {t: [] for t in contract.TABLES}
     for b in range(n_buckets):
-        con = batch.bucket_connection(root, b)
+        con = per_bucket.bucket_connection(root, b)
         for t in out:
             out[t] += con.sql(f"SELECT * FROM {t}").fetchall()
         con.close()
@@ -298,7 +298,7 @@ def test_a_bucket_is_never_planned_as_smaller_than_it_is(tmp_path, monkeypatch):
         if len(files) < 2:
             continue
         checked += 1
-        con = batch.bucket_connection(tmp_path / "cache", b)
+        con = per_bucket.bucket_connection(tmp_path / "cache", b)
         (n,) = con.execute("SELECT count(*) FROM events").fetchone()
         plan = con.execute("EXPLAIN SELECT * FROM events").fetchall()[0][1]
         con.close()

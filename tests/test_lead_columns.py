@@ -18,8 +18,8 @@ from leadscore import contract, registry
 from leadscore import simulate as sim
 from leadscore.features import catalog as cat
 from leadscore.features import job
-from leadscore.serving import batch
-from leadscore.serving.scorer import Scorer
+from leadscore.nightly import batch
+from leadscore.scoring.scorer import Scorer
 from leadscore.training.config import ExperimentConfig
 from leadscore.training.run import train
 from leadscore.training.vocabulary import choose_lead_columns

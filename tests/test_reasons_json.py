@@ -8,7 +8,7 @@ from types import SimpleNamespace
 
 import numpy as np
 
-from leadscore.serving.scorer import _reasons, _reasons_text, _ReasonText
+from leadscore.scoring.scorer import _reasons, _reasons_text, _ReasonText
 
 
 def test_reasons_text_is_json_dumps_of_the_reason_dicts():
@@ -64,7 +64,7 @@ def test_reasons_text_is_json_dumps_of_the_reason_dicts():
 def test_top_columns_order_as_a_stable_sort_whatever_the_block():
     """Blocks take arg-max passes, requests a sort: both pick the columns a stable sort
     picks, ties to the lower column (contributions tie often: equal splits, zeros)."""
-    from leadscore.serving.scorer import _top_columns
+    from leadscore.scoring.scorer import _top_columns
 
     rng = np.random.default_rng(11)
     for n in (1, 3, 5, 200):
@@ -79,7 +79,7 @@ def test_top_columns_order_as_a_stable_sort_whatever_the_block():
 def test_negative_zero_reads_as_zero_whichever_is_seen_first():
     """Sentences are cached by value and -0.0 == 0.0: both must read the same."""
     from leadscore.features import catalog
-    from leadscore.serving.scorer import _sentence
+    from leadscore.scoring.scorer import _sentence
 
     f = catalog.BY_NAME["sessions_7d"]
     assert f.sentence(-0.0) == f.sentence(0.0) == "0 browsing sessions in the last 7 days"
@@ -94,7 +94,7 @@ def test_sentence_templates_are_used_only_where_they_say_what_the_feature_says(m
     from dataclasses import dataclass
 
     from leadscore.features import catalog
-    from leadscore.serving import scorer
+    from leadscore.scoring import scorer
 
     @dataclass(frozen=True)
     class Loud(catalog.Feature):

@@ -12,7 +12,7 @@ from test_intake import contacts, deliver, events, leads
 
 from leadscore.features import catalog as cat
 from leadscore.features import job, rollup
-from leadscore.serving import batch, intake
+from leadscore.nightly import intake, per_bucket
 
 T = pd.Timestamp("2025-05-01", tz="UTC")
 
@@ -32,7 +32,7 @@ def assert_rollups_equal_the_job(cache, segments, n_buckets: int, as_of, feats=F
     for b in range(n_buckets):
         got = rollup.features(cache, b, segments, as_of, feats)
         assert got is not None, (b, as_of)
-        con = batch.bucket_connection(cache, b)
+        con = per_bucket.bucket_connection(cache, b)
         want = job.compute(con, [as_of], feats)
         con.close()
         pd.testing.assert_frame_equal(job.to_pandas(got, feats), job.to_pandas(want, feats),

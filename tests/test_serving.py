@@ -26,6 +26,7 @@ from hypothesis import strategies as st
 from leadscore import contract, registry
 from leadscore.features import catalog
 from leadscore.schema import CHANNELS
+from leadscore.scoring.scorer import PROBA_COLUMN, SLOT_MODEL, Scorer
 from leadscore.serving import store as online
 from leadscore.serving.api import (
     MAX_BODY_BYTES,
@@ -37,7 +38,6 @@ from leadscore.serving.api import (
 )
 from leadscore.serving.auth import KeyRing, write_key_file
 from leadscore.serving.runtime import Runtime
-from leadscore.serving.scorer import PROBA_COLUMN, SLOT_MODEL, Scorer
 
 NORTH_KEY = "north-4f1c9e2a-key"
 SOUTH_KEY = "south-b83d07aa-key"
@@ -169,7 +169,7 @@ def test_records_and_frames_score_the_same_bit_for_bit(served):
     the one scorer core: the same numbers, slots and reasons, in one piece and split over
     threads, with and without reasons; the batch's reasons text is what ``json.dumps``
     writes of the API's."""
-    from leadscore.serving.scorer import iso_utc
+    from leadscore.scoring.scorer import iso_utc
 
     scorer = served.runtime.scorer
     ids = (served.ids["north"] + served.ids["south"])[::5][:160]
@@ -206,7 +206,7 @@ def test_records_and_frames_score_the_same_bit_for_bit(served):
 def test_contributions_computed_ahead_give_the_serial_frame(served, monkeypatch):
     """Big batch frames compute the models' contributions on a side thread while reasons are
     written: the output is the serial path's, cell for cell."""
-    from leadscore.serving.scorer import Scorer
+    from leadscore.scoring.scorer import Scorer
 
     scorer = served.runtime.scorer
     ids = served.ids["north"] + served.ids["south"]
@@ -469,8 +469,8 @@ def test_requests_asking_for_different_reasons_are_scored_apart(coalescing):
 def test_one_requests_failure_is_not_its_neighbours(coalescing):
     """A row the scorer cannot take fails the batch; each request is then scored on its own,
     so only the request it came in gets the error."""
+    from leadscore.scoring.scorer import MissingFeatures
     from leadscore.serving.coalesce import Coalescer
-    from leadscore.serving.scorer import MissingFeatures
 
     broken = [dict(coalescing.requests[2][0])]
     del broken[0][coalescing.scorer.required[0]]

@@ -29,8 +29,8 @@ from typer.testing import CliRunner
 from leadscore import contract
 from leadscore.cli import app
 from leadscore.features import job
-from leadscore.serving import batch
-from leadscore.serving.scorer import Scorer
+from leadscore.nightly import batch
+from leadscore.scoring.scorer import Scorer
 
 pytest.importorskip("pyspark")
 
@@ -47,7 +47,7 @@ def data(sim_data, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def spark_engine():
-    from leadscore.serving import spark
+    from leadscore.nightly import spark
 
     yield spark
     spark.stop()

@@ -18,12 +18,12 @@ from typer.testing import CliRunner
 from leadscore import cli, contract, registry
 from leadscore import simulate as sim
 from leadscore.features import catalog as cat
-from leadscore.serving import batch
+from leadscore.nightly import batch
+from leadscore.scoring.scorer import Scorer
 from leadscore.serving import store as online
 from leadscore.serving.api import create_app
 from leadscore.serving.auth import KeyRing, write_key_file
 from leadscore.serving.runtime import Runtime, features_from_inline
-from leadscore.serving.scorer import Scorer
 from leadscore.training.config import ExperimentConfig
 from leadscore.training.run import train
 from leadscore.training.vocabulary import choose_event_types

@@ -59,14 +59,17 @@ _OTHER_CODE = 255  # event types outside the contract's standard list
 #: (lead, day) cells up to which distinct active days are counted on a grid of flags
 _DAYS_GRID = 1 << 26
 _TMP = "_fj_"  # prefix of compute()'s temporary tables
-_VS = "greatest(epoch_us(e.ts) + 1, epoch_us(coalesce(e.ingested_at, e.ts)))"
+#: when an event became visible, in epoch microseconds (SQL): just after it happened, or when
+#: it was ingested if later
+VS = "greatest(epoch_us(e.ts) + 1, epoch_us(coalesce(e.ingested_at, e.ts)))"
 
 
 def _in(types: Sequence[str]) -> str:
     return "(" + ", ".join("'" + t.replace("'", "''") + "'" for t in types) + ")"
 
 
-def _ts_lit(us: int) -> str:
+def ts_lit(us: int) -> str:
+    """A SQL TIMESTAMPTZ literal for epoch microseconds ``us``."""
     return f"TIMESTAMPTZ '{pd.Timestamp(us, unit='us', tz='UTC').isoformat()}'"
 
 
@@ -80,7 +83,7 @@ def _hours(col: str, local_hours: tuple[int, int]) -> str:
 # --------------------------------------------------------------------------- what is needed
 
 
-class _Plan:
+class Plan:
     """What a feature list needs from the events: event types to count separately, local-hour
     ranges, recency sets, session gaps, model windows. Pure data, built once per call."""
 
@@ -309,7 +312,7 @@ def history_rows_sql(events: str, lk: str, code: str, d: str, vis: str, key: str
 
 
 @dataclass(frozen=True)
-class _Grid:
+class Grid:
     """How ``ts`` and visibility are keyed. ``cuts is None`` is the generic form of
     :func:`build_sql`: microsecond buckets and visibility instants."""
 
@@ -345,12 +348,12 @@ class _Grid:
         return days * US_PER_DAY // self.size
 
     @staticmethod
-    def for_cutoffs(cuts: Sequence[int], span_us: int) -> _Grid:
+    def for_cutoffs(cuts: Sequence[int], span_us: int) -> Grid:
         size = US_PER_DAY
         for c in cuts[1:]:
             size = math.gcd(size, c - cuts[0])
         base = cuts[0] - size * (span_us // size + 2)
-        return _Grid(base=base, size=size, cuts=tuple(cuts))
+        return Grid(base=base, size=size, cuts=tuple(cuts))
 
 
 @dataclass(frozen=True)
@@ -367,10 +370,10 @@ class _Cut:
     group: str = ""  # extra grouping columns (build_sql)
 
     @staticmethod
-    def literal(grid: _Grid, index: int) -> _Cut:
+    def literal(grid: Grid, index: int) -> _Cut:
         us = grid.cuts[index]
         return _Cut(D=str(grid.bucket(us)), key=str(index), us=str(us), out_us=str(us),
-                    as_of=_ts_lit(us))
+                    as_of=ts_lit(us))
 
 
 _GENERIC_CUT = _Cut(D="c.cut", key="c.cut", us="c.cut", out_us="epoch_us(b.as_of)",
@@ -380,7 +383,7 @@ _GENERIC_CUT = _Cut(D="c.cut", key="c.cut", us="c.cut", out_us="epoch_us(b.as_of
 # --------------------------------------------------------------------------- local time
 
 
-def _tz_offsets(con, zones: Sequence[str], lo_us: int, hi_us: int) -> dict[str, list]:
+def tz_offsets(con, zones: Sequence[str], lo_us: int, hi_us: int) -> dict[str, list]:
     """For each zone, [(from_us, offset_us), ...] over [lo, hi]: the UTC offsets that DuckDB's
     ICU ``timezone()`` applies and the exact second at which each starts (sampled hourly, then
     the changes pinned down to the minute and to the second)."""
@@ -418,7 +421,7 @@ def _tz_offsets(con, zones: Sequence[str], lo_us: int, hi_us: int) -> dict[str, 
     return out
 
 
-def _local_hour_sql(offsets: dict | None, ts: str, t: str, tz: str) -> str:
+def local_hour_sql(offsets: dict | None, ts: str, t: str, tz: str) -> str:
     """The local hour of ``ts`` (epoch us ``t``) in zone ``tz``: through ICU, or — given the
     zones' offsets, keyed by the value of ``tz`` (a name or a zone number) — as integer
     arithmetic (the same result, without a zone lookup per row)."""
@@ -486,7 +489,7 @@ def status_sql(events: str, lk: str, key: str = "k", hi: str | None = None) -> s
     ``hi``, of the events before it. Shared by the feature job and the kept rollups."""
     before = "" if hi is None else f" AND e.ts < {hi}"
     return f"""SELECT l.{key} AS k,
-        min(CASE WHEN e.event_type = 'order' THEN {_VS} END) AS vs_order, min({_VS}) AS vs_close
+        min(CASE WHEN e.event_type = 'order' THEN {VS} END) AS vs_order, min({VS}) AS vs_close
     FROM {events} e JOIN {lk} l ON e.lead_id = l.lead_id
     WHERE e.event_type IN {_in(CLOSING_TYPES)}{before} GROUP BY l.{key}"""
 
@@ -504,7 +507,7 @@ def contact_rows_sql(contacts: str, lk: str, key: str = "k", hi: str | None = No
     FROM {contacts} c JOIN {lk} l ON c.lead_id = l.lead_id{before}"""
 
 
-def _common(plan: _Plan, lk: str, hi: str) -> list[tuple[str, str]]:
+def _common(plan: Plan, lk: str, hi: str) -> list[tuple[str, str]]:
     """Status (first instant an order / a closing event is visible) and contacts."""
     out = [("status", status_sql("events", lk, hi=hi))]
     if plan.contacts:
@@ -520,7 +523,7 @@ def _common(plan: _Plan, lk: str, hi: str) -> list[tuple[str, str]]:
     return out
 
 
-def _sessions_sql(grid: _Grid, src: str, gap_us: int) -> tuple[str, str, str]:
+def _sessions_sql(grid: Grid, src: str, gap_us: int) -> tuple[str, str, str]:
     """(cand, fix, sess) SQL for one session gap over ``src`` rows (k, t, vis); ``{cand}`` and
     ``{fix}`` name the first two.
 
@@ -561,7 +564,7 @@ class _Aggs:
         return ", ".join(f"{sql} AS {alias}" for sql, alias in self.items.items())
 
 
-def _sum(cut: _Cut, grid: _Grid, days: int, full: int, expr: str) -> str:
+def _sum(cut: _Cut, grid: Grid, days: int, full: int, expr: str) -> str:
     """Sum of ``expr`` over the rows within ``days`` of the cutoff (rows are already limited to
     ``full`` days)."""
     if days >= full:
@@ -569,7 +572,7 @@ def _sum(cut: _Cut, grid: _Grid, days: int, full: int, expr: str) -> str:
     return f"sum(CASE WHEN g.d >= {cut.D} - {grid.window(days)} THEN {expr} ELSE 0 END)"
 
 
-def _count_expr(plan: _Plan, f: cat.Count) -> str:
+def _count_expr(plan: Plan, f: cat.Count) -> str:
     if f.other:
         return " + ".join(["g.n_other", *(f"g.n_{c}" for c in plan.other_codes[1:])])
     if f.events is None:
@@ -577,7 +580,7 @@ def _count_expr(plan: _Plan, f: cat.Count) -> str:
     return " + ".join(f"g.n_{plan.code[e]}" for e in f.events)
 
 
-def _per_cutoff_sql(plan: _Plan, grid: _Grid, cut: _Cut, t: dict[str, str], only_open: bool,
+def _per_cutoff_sql(plan: Plan, grid: Grid, cut: _Cut, t: dict[str, str], only_open: bool,
                     per_lead: bool = False) -> str:
     """Features of every lead created by the cutoff(s) in ``cut`` from the relations ``t``."""
     join_key = " AND c.k = g.k" if per_lead else ""
@@ -752,7 +755,7 @@ def _per_cutoff_sql(plan: _Plan, grid: _Grid, cut: _Cut, t: dict[str, str], only
 
 def _events(lk: str, lo: str, hi: str, cols: str = "", where: str = "") -> str:
     """Events of the leads in ``lk`` with ``lo <= ts < hi``, visible by ``hi``."""
-    return f"""SELECT l.k, epoch_us(e.ts) AS t, {_VS} AS vs{cols}
+    return f"""SELECT l.k, epoch_us(e.ts) AS t, {VS} AS vs{cols}
         FROM events e JOIN {lk} l ON e.lead_id = l.lead_id
         WHERE e.ts >= {lo} AND e.ts < {hi} AND coalesce(e.ingested_at, e.ts) <= {hi}{where}"""
 
@@ -771,8 +774,8 @@ def build_sql(features: Sequence[cat.Feature], lookback_days: int = cat.LOOKBACK
     fanning every cutoff out to every lead. ``leads_columns``: the columns of table ``leads``
     (:func:`leads_columns`), for lead-column features of columns it lacks.
     """
-    plan = _Plan(features, lookback_days)
-    grid = _Grid()
+    plan = Plan(features, lookback_days)
+    grid = Grid()
     spans = plan.spans()
     hi, lo = "(SELECT max(as_of) FROM _cutoffs)", "(SELECT min(as_of) FROM _cutoffs)"
 
@@ -792,7 +795,7 @@ def build_sql(features: Sequence[cat.Feature], lookback_days: int = cat.LOOKBACK
                           f"ON {lead_exists_sql('l.created_at', 'c.as_of')}")]
     rels += _common(plan, "lk", hi)
     if plan.main:
-        hour = _local_hour_sql(None, "e.ts", "epoch_us(e.ts)", "l.tz")
+        hour = local_hour_sql(None, "e.ts", "epoch_us(e.ts)", "l.tz")
         cols = f", {plan.code_sql('e.event_type')} AS code"
         if plan.hours:
             cols += f", CASE WHEN e.ts >= {since(spans['hours'])} THEN {hour} END AS lh"
@@ -816,7 +819,7 @@ def build_sql(features: Sequence[cat.Feature], lookback_days: int = cat.LOOKBACK
                  (f"sess{gap}", sess.format(**names))]
     if plan.history:  # the same reduction, keyed by the instant and the visibility instant
         rels.append(("hist", history_rows_sql("events", "lk", plan.code_sql("e.event_type"),
-                                              "epoch_us(e.ts)", _VS, hi=hi)))
+                                              "epoch_us(e.ts)", VS, hi=hi)))
     if plan.model_feats:
         src = _events("lk", since(spans["models"]), hi, ", e.model AS model",
                       " AND e.model IS NOT NULL")
@@ -844,7 +847,7 @@ def _cutoffs_table(con: duckdb.DuckDBPyConnection, as_of: Sequence[pd.Timestamp]
     return [t.value // 1000 for t in ts]
 
 
-def _fetch(con, sql: str, keys: tuple[str, ...] = ()) -> dict[str, np.ndarray]:
+def fetch(con, sql: str, keys: tuple[str, ...] = ()) -> dict[str, np.ndarray]:
     """A query's columns as numpy arrays (NULLs must have been replaced in SQL). With ``keys``
     (the rows being sorted by them), also the start of each run of equal keys (``_starts``),
     the run of each row (``_run``) and the keys of each run (``_<key>``)."""
@@ -853,9 +856,9 @@ def _fetch(con, sql: str, keys: tuple[str, ...] = ()) -> dict[str, np.ndarray]:
 
 
 def _with_runs(rows: dict[str, np.ndarray], keys: tuple[str, ...] = ()) -> dict[str, np.ndarray]:
-    """``rows`` plus the runs of equal ``keys`` (see :func:`_fetch`)."""
+    """``rows`` plus the runs of equal ``keys`` (see :func:`fetch`)."""
     if keys:
-        starts = _runs(*(rows[k] for k in keys))
+        starts = runs(*(rows[k] for k in keys))
         flag = np.zeros(len(rows[keys[0]]), dtype=np.int32)
         flag[starts] = 1
         rows["_run"] = np.cumsum(flag, dtype=np.int32) - 1
@@ -865,7 +868,7 @@ def _with_runs(rows: dict[str, np.ndarray], keys: tuple[str, ...] = ()) -> dict[
     return rows
 
 
-def _runs(*keys: np.ndarray) -> np.ndarray:
+def runs(*keys: np.ndarray) -> np.ndarray:
     """Start positions of the runs of equal keys in rows sorted by them."""
     n = len(keys[0])
     if n == 0:
@@ -883,15 +886,15 @@ _NEVER = np.iinfo(np.int64).max
 _DENSE_MODELS = 50_000_000
 
 
-class _Reduced:
+class Reduced:
     """compute()'s events, reduced once for all cutoffs by DuckDB into small per-lead tables
     (numpy arrays), plus the leads, their status and their contacts."""
 
-    def __init__(self, con, plan: _Plan, grid: _Grid, cuts: list[int]):
+    def __init__(self, con, plan: Plan, grid: Grid, cuts: list[int]):
         self.plan, self.grid, self.cuts = plan, grid, cuts
         self._state: dict[str, dict] = {}
         self._done = -1
-        first, hi = cuts[0], _ts_lit(cuts[-1])
+        first, hi = cuts[0], ts_lit(cuts[-1])
         spans = plan.spans()
         tmp: list[str] = []
 
@@ -916,7 +919,7 @@ class _Reduced:
                             f"ORDER BY k")
             self.leads = con.sql(f"SELECT * FROM {lk} ORDER BY k").to_arrow_table()
             self.n = self.leads.num_rows
-            st = _fetch(con, f"SELECT k, coalesce(vs_order, {_NEVER}) AS o, "
+            st = fetch(con, f"SELECT k, coalesce(vs_order, {_NEVER}) AS o, "
                              f"coalesce(vs_close, {_NEVER}) AS c FROM ("
                              + _common(plan, lk, hi)[0][1] + ")")
             self.vs_order = np.full(self.n, _NEVER, dtype=np.int64)
@@ -924,11 +927,11 @@ class _Reduced:
             self.vs_order[st["k"]] = st["o"]
             self.vs_close[st["k"]] = st["c"]
             if plan.contacts:  # in no order: the stats need none (see _contacts_at)
-                self.ct = _fetch(con, contact_rows_sql("contacts", lk, hi=hi))
+                self.ct = fetch(con, contact_rows_sql("contacts", lk, hi=hi))
             if plan.history:  # every day of history, however old
-                self.hist = _fetch(con, history_rows_sql(
+                self.hist = fetch(con, history_rows_sql(
                     "events", lk, plan.code_sql("e.event_type"),
-                    _floor_div(f"epoch_us(e.ts) - {grid.base}", grid.size), grid.vis(_VS),
+                    _floor_div(f"epoch_us(e.ts) - {grid.base}", grid.size), grid.vis(VS),
                     hi=hi))
             self._events(con, make, drop, lk, first, hi, spans)
         finally:
@@ -936,8 +939,8 @@ class _Reduced:
                 con.execute(f"DROP TABLE IF EXISTS {name}")
 
     @classmethod
-    def of_rows(cls, plan: _Plan, grid: _Grid, cuts: list[int], leads: pa.Table,
-                vs_order: np.ndarray, vs_close: np.ndarray, rows: dict) -> _Reduced:
+    def of_rows(cls, plan: Plan, grid: Grid, cuts: list[int], leads: pa.Table,
+                vs_order: np.ndarray, vs_close: np.ndarray, rows: dict) -> Reduced:
         """The reduction of one cutoff (``cuts == [c]``) from rows reduced elsewhere (kept
         rollups, :mod:`leadscore.features.rollup`): every row visible (``vis`` 0), ``d`` in
         ``grid``'s buckets, ``leads`` in ``k`` order with ``created_us``. ``rows`` holds
@@ -966,7 +969,7 @@ class _Reduced:
             else:
                 order = np.lexsort((m["mc"], m["k"]))
                 self.model = _with_runs({c: v[order] for c, v in m.items()}, ("k", "mc"))
-                self.model["_lead_starts"] = _runs(self.model["_k"])
+                self.model["_lead_starts"] = runs(self.model["_k"])
         return self
 
     def _segments(self) -> list[int] | None:
@@ -982,7 +985,7 @@ class _Reduced:
 
     def _events(self, con, make, drop, lk: str, first: int, hi: str, spans: dict) -> None:
         plan, grid = self.plan, self.grid
-        d_sql, vis_sql = grid.d("epoch_us(e.ts)"), grid.vis(_VS)
+        d_sql, vis_sql = grid.d("epoch_us(e.ts)"), grid.vis(VS)
         edges = self._segments()
         if edges is not None:  # d := the start of its segment (below every window: edge-1)
             whens = " ".join(f"WHEN epoch_us(e.ts) >= {grid.base + e * grid.size} THEN {e}"
@@ -996,17 +999,17 @@ class _Reduced:
             if plan.hours:
                 night_lo = first - spans["hours"]
                 if night_lo > 0 and self.zones:  # zone offsets: integer arithmetic per event
-                    offsets = _tz_offsets(con, self.zones, night_lo, self.cuts[-1])
+                    offsets = tz_offsets(con, self.zones, night_lo, self.cuts[-1])
                     offsets = {i: offsets[z] for i, z in enumerate(self.zones)}
-                    hour = _local_hour_sql(offsets, "e.ts", "epoch_us(e.ts)", "l._tzi")
+                    hour = local_hour_sql(offsets, "e.ts", "epoch_us(e.ts)", "l._tzi")
                 else:
-                    hour = _local_hour_sql(None, "e.ts", "epoch_us(e.ts)", "l.tz")
-                cols += (f", CAST(CASE WHEN e.ts >= {_ts_lit(night_lo)} THEN {hour} END "
+                    hour = local_hour_sql(None, "e.ts", "epoch_us(e.ts)", "l.tz")
+                cols += (f", CAST(CASE WHEN e.ts >= {ts_lit(night_lo)} THEN {hour} END "
                          f"AS TINYINT) AS lh")
             if plan.model_feats:
-                cols += (f", CASE WHEN e.ts >= {_ts_lit(first - spans['models'])} "
+                cols += (f", CASE WHEN e.ts >= {ts_lit(first - spans['models'])} "
                          f"THEN e.model END AS model")
-            recent = make("recent", _events(lk, _ts_lit(first - spans["recent"]), hi, cols))
+            recent = make("recent", _events(lk, ts_lit(first - spans["recent"]), hi, cols))
         if plan.main:  # (lead, bucket, visibility, event type) -> count, latest ts
             parts = []
             main_lo = first - spans["main"]
@@ -1019,19 +1022,19 @@ class _Reduced:
                     SELECT e.lead_id, {d_sql} AS d, {vis_sql} AS vis,
                            {plan.code_sql('e.event_type')} AS code,
                            CAST(count(*) AS INTEGER) AS n, max(epoch_us(e.ts)) AS m
-                    FROM events e WHERE e.ts >= {_ts_lit(main_lo)} AND e.ts < {_ts_lit(old_hi)}
+                    FROM events e WHERE e.ts >= {ts_lit(main_lo)} AND e.ts < {ts_lit(old_hi)}
                       AND coalesce(e.ingested_at, e.ts) <= {hi}
                     GROUP BY ALL) x JOIN {lk} l ON x.lead_id = l.lead_id""")
             main = make("main", " UNION ALL ".join(f"({p})" for p in parts))
-            self.main = _fetch(con, f"SELECT k, d, vis, code, n FROM {main}")
+            self.main = fetch(con, f"SELECT k, d, vis, code, n FROM {main}")
             # the latest event per (lead, code) by visibility: the recency features
-            self.latest = _fetch(con, f"SELECT k, code, vis, max(m) AS m FROM {main} "
+            self.latest = fetch(con, f"SELECT k, code, vis, max(m) AS m FROM {main} "
                                       f"GROUP BY ALL ORDER BY vis")
             self.latest["_at"] = np.searchsorted(self.latest["vis"],
                                                  np.arange(len(self.cuts) + 1))
             drop(main)
         if plan.hours:
-            self.hours = _fetch(con, f"SELECT k, d, vis, lh, CAST(count(*) AS INTEGER) AS n "
+            self.hours = fetch(con, f"SELECT k, d, vis, lh, CAST(count(*) AS INTEGER) AS n "
                                      f"FROM {recent} WHERE lh IS NOT NULL GROUP BY ALL")
         self.sess = {}
         for gap in plan.gaps:
@@ -1050,7 +1053,7 @@ class _Reduced:
                       ON s.k = r.k AND s.t >= r.t - {g_us} AND s.t < r.t
                     WHERE NOT r.fresh GROUP BY r.k, r.t) f ON f.k = r.k AND f.t = r.t
                     WHERE NOT r.fresh AND f.w > r.vis"""
-            self.sess[gap] = _fetch(con, f"SELECT k, d, vis, w, CAST(count(*) AS INTEGER) AS n "
+            self.sess[gap] = fetch(con, f"SELECT k, d, vis, w, CAST(count(*) AS INTEGER) AS n "
                                          f"FROM ({starts}) GROUP BY ALL")
             drop(cand)
         if plan.model_feats:  # models numbered 1.. (in name order)
@@ -1065,10 +1068,10 @@ class _Reduced:
                       FROM {recent} WHERE model IS NOT NULL GROUP BY ALL) x
                 JOIN {names} m ON x.model = m.model"""
             if self.models_dense:
-                self.model = _fetch(con, sql)
+                self.model = fetch(con, sql)
             else:  # sorted, read by runs of (lead, model)
-                self.model = _fetch(con, sql + " ORDER BY x.k, m.mc", ("k", "mc"))
-                self.model["_lead_starts"] = _runs(self.model["_k"])
+                self.model = fetch(con, sql + " ORDER BY x.k, m.mc", ("k", "mc"))
+                self.model["_lead_starts"] = runs(self.model["_k"])
         if recent is not None:
             drop(recent)
 
@@ -1135,7 +1138,7 @@ class _Reduced:
 
     @staticmethod
     def _window_sums(rows: dict, sel: np.ndarray, D: int, windows: list[int]) -> np.ndarray:
-        """Sums of ``n`` over the selected rows of each run (see :func:`_fetch`) within each
+        """Sums of ``n`` over the selected rows of each run (see :func:`fetch`) within each
         window (buckets, ascending): [runs x windows]."""
         nw, n_runs = len(windows), len(rows["_starts"])
         cls = np.searchsorted(np.asarray(windows), D - rows["d"], side="left")
@@ -1599,9 +1602,9 @@ def compute(
     (see the module docstring); each cutoff is then a few vectorised passes over those.
     """
     cuts = sorted(set(_cutoffs_table(con, as_of)))
-    plan = _Plan(features, cat.LOOKBACK_DAYS)
-    grid = _Grid.for_cutoffs(cuts, plan.spans()["all"])
-    reduced = _Reduced(con, plan, grid, cuts)
+    plan = Plan(features, cat.LOOKBACK_DAYS)
+    grid = Grid.for_cutoffs(cuts, plan.spans()["all"])
+    reduced = Reduced(con, plan, grid, cuts)
     return pa.concat_tables([reduced.at(i, only_open) for i in range(len(cuts))])
 
 

@@ -1,7 +1,7 @@
 """Feature rollups kept between nights: a night's features from what each load of rows reduced
 to, instead of every event of the lookback again.
 
-Why: once the intake kept validated rows (:mod:`leadscore.serving.intake`), the feature job was
+Why: once the intake kept validated rows (:mod:`leadscore.nightly.intake`), the feature job was
 two thirds of a nightly rescoring: each night it read and grouped 90 days of events per lead
 to add one day. Here each bucket keeps, per validated load, its rows reduced by (lead, day of
 ``ts``, day from which the row is visible, event type | local hour | model), which a cutoff
@@ -91,7 +91,7 @@ def features(cache: Path, bucket: int, segments: Sequence[dict], as_of: pd.Times
         return None
     a = _us(as_of)
     store = _Store(bucket_dir(cache, bucket), Path(cache), bucket)
-    plan = job._Plan(feature_list, cat.LOOKBACK_DAYS)
+    plan = job.Plan(feature_list, cat.LOOKBACK_DAYS)
     try:
         store.update(segments, _session_days(plan), a)
     except _Unkeyable:
@@ -104,7 +104,7 @@ def _us(ts: pd.Timestamp) -> int:
     return (t.tz_localize("UTC") if t.tzinfo is None else t.tz_convert("UTC")).value // 1000
 
 
-def _session_days(plan: job._Plan) -> dict[int, int]:
+def _session_days(plan: job.Plan) -> dict[int, int]:
     """Per session gap, the longest window its features look back (days)."""
     out: dict[int, int] = {}
     for f in plan.features:
@@ -214,11 +214,11 @@ class _Store:
             for name, ids in ((table, [s["id"] for s in segments]), (f"new_{table}", new_segs)):
                 files = [f for i in ids for f in sorted(folder.glob(f"seg-{i}-*.parquet"))]
                 if files:
-                    paths = ", ".join(contract._lit(str(p)) for p in files)
+                    paths = ", ".join(contract.lit(str(p)) for p in files)
                     con.execute(f"CREATE VIEW {name} AS SELECT {cols} FROM read_parquet("
                                 f"[{paths}], hive_partitioning=false)")
                 else:
-                    con.execute(f"CREATE TABLE {name} AS {contract._empty_sql(table)}")
+                    con.execute(f"CREATE TABLE {name} AS {contract.empty_sql(table)}")
         if st["leads"]:
             ids = self._leads(st).select(["lead_id"])
             con.register("lm_kept", ids.append_column("lk", pa.array(
@@ -254,7 +254,7 @@ class _Store:
         st["leads"] = leads.name
         zones = [r[0] for r in con.execute(
             "SELECT DISTINCT tz FROM leads WHERE tz IS NOT NULL ORDER BY 1").fetchall()]
-        tzi = " ".join(f"WHEN {contract._lit(z)} THEN {i}" for i, z in enumerate(zones))
+        tzi = " ".join(f"WHEN {contract.lit(z)} THEN {i}" for i, z in enumerate(zones))
         tzi = f"CAST(CASE l.tz {tzi} END AS SMALLINT)" if tzi else "CAST(NULL AS SMALLINT)"
         con.execute(f"CREATE TABLE lmz AS SELECT m.lk, m.lead_id, {tzi} AS tzi "
                     f"FROM lm m JOIN leads l ON l.lead_id = m.lead_id")
@@ -264,9 +264,9 @@ class _Store:
                              f"WHERE ts >= {since}").fetchone()
         hour = "CAST(NULL AS INTEGER)"
         if lo is not None and lo > 0 and zones:
-            offsets = job._tz_offsets(con, zones, lo, hi)
+            offsets = job.tz_offsets(con, zones, lo, hi)
             offsets = {i: offsets[z] for i, z in enumerate(zones)}
-            hour = job._local_hour_sql(offsets, "e.ts", "epoch_us(e.ts)", "m.tzi")
+            hour = job.local_hour_sql(offsets, "e.ts", "epoch_us(e.ts)", "m.tzi")
         types = [r[0] for r in con.execute(
             "SELECT DISTINCT event_type FROM new_events ORDER BY 1").fetchall()]
         st["event_types"] += [t for t in types if t not in set(st["event_types"])]
@@ -274,7 +274,7 @@ class _Store:
             raise ValueError(f"{self.cache}: more than 65,535 distinct event types")
         _dictionary(con, "et", "event_type", st["event_types"])
         con.execute(f"""CREATE TABLE x AS SELECT m.lk, epoch_us(e.ts) AS t,
-            {job._VS} AS vs, CAST(coalesce(t.et, 0) AS USMALLINT) AS et,
+            {job.VS} AS vs, CAST(coalesce(t.et, 0) AS USMALLINT) AS et,
             CAST(coalesce({hour}, -1) AS TINYINT) AS lh, e.model
             FROM new_events e JOIN lmz m ON e.lead_id = m.lead_id
             LEFT JOIN et t ON t.event_type = e.event_type WHERE e.ts >= {since}""")
@@ -285,25 +285,25 @@ class _Store:
         st["models"] += [m for m in models if m not in set(st["models"])]
         _dictionary(con, "mc", "model", st["models"])
         rows = {
-            "main": job._fetch(con, f"""SELECT lk, {day} AS d, {vday} AS vd, et,
+            "main": job.fetch(con, f"""SELECT lk, {day} AS d, {vday} AS vd, et,
                 CAST(count(*) AS INTEGER) AS n, max(t) AS m FROM x GROUP BY ALL"""),
-            "hours": job._fetch(con, f"""SELECT lk, {day} AS d, {vday} AS vd, lh,
+            "hours": job.fetch(con, f"""SELECT lk, {day} AS d, {vday} AS vd, lh,
                 CAST(count(*) AS INTEGER) AS n FROM x WHERE lh >= 0 GROUP BY ALL"""),
-            "model": job._fetch(con, f"""SELECT x.lk, x.d, x.vd, c.mc, x.n FROM (
+            "model": job.fetch(con, f"""SELECT x.lk, x.d, x.vd, c.mc, x.n FROM (
                 SELECT lk, {day} AS d, {vday} AS vd, model, CAST(count(*) AS INTEGER) AS n
                 FROM x WHERE model IS NOT NULL GROUP BY ALL) x JOIN mc c ON c.model = x.model"""),
             # every day: a lead's status looks at its whole history
-            "status": job._fetch(con, f"""SELECT k AS lk,
+            "status": job.fetch(con, f"""SELECT k AS lk,
                 coalesce(vs_order, {_NEVER}) AS o, vs_close AS c
                 FROM ({job.status_sql("new_events", "lmz", key="lk")})"""),
-            "ct": job._fetch(con, job.contact_rows_sql("new_contacts", "lmz", key="lk")),
+            "ct": job.fetch(con, job.contact_rows_sql("new_contacts", "lmz", key="lk")),
             # every day, however old, by (lead, type, day, visible day): whole-history features
-            "hist": job._fetch(con, f"""SELECT k, code, day, vis, n, vsum, vn, tmin, tmax
+            "hist": job.fetch(con, f"""SELECT k, code, day, vis, n, vsum, vn, tmin, tmax
                 FROM ({job.history_rows_sql(
                     "(SELECT e.*, coalesce(t.et, 0) AS et FROM new_events e "
                     "LEFT JOIN et t ON t.event_type = e.event_type)",
                     "lmz", "CAST(e.et AS USMALLINT)", "0",
-                    f"CAST(({job._VS} + {DAY - 1}) // {DAY} AS INTEGER)", key="lk")})"""),
+                    f"CAST(({job.VS} + {DAY - 1}) // {DAY} AS INTEGER)", key="lk")})"""),
         }
         path = self._path(f"r-{uid}")
         _save(path, rows)
@@ -331,18 +331,18 @@ class _Store:
         since = as_of_us - (days + SLACK_DAYS) * DAY - gap_us
         if not every:
             since = max(since, old["since"])
-        vis = f"CAST(({job._VS} + {DAY - 1}) // {DAY} AS INTEGER)"
+        vis = f"CAST(({job.VS} + {DAY - 1}) // {DAY} AS INTEGER)"
         if every:
-            ev = job._fetch(con, f"""SELECT m.lk AS k, epoch_us(e.ts) AS t, {vis} AS v
+            ev = job.fetch(con, f"""SELECT m.lk AS k, epoch_us(e.ts) AS t, {vis} AS v
                 FROM events e JOIN lmz m ON e.lead_id = m.lead_id
-                WHERE e.ts >= {job._ts_lit(since)} ORDER BY k, t""")
+                WHERE e.ts >= {job.ts_lit(since)} ORDER BY k, t""")
             ev["w"] = np.full(len(ev["k"]), _W_NONE, dtype=np.int32)
             new = ev
         else:
             ev = _load(self.root / old["dir"])["s"]
             inside = ev["t"] >= since
             ev = {c: v[inside] for c, v in ev.items()}
-            new = job._fetch(con, f"""SELECT lk AS k, t,
+            new = job.fetch(con, f"""SELECT lk AS k, t,
                 CAST((vs + {DAY - 1}) // {DAY} AS INTEGER) AS v FROM x
                 WHERE t >= {since} ORDER BY k, t""")
         span = max([0, *(int(x["t"].max()) - since for x in (ev, new) if len(x["t"]))])
@@ -357,7 +357,7 @@ class _Store:
             key = np.insert(key_old, pos, key_new)
         else:
             key = key_new
-        starts = job._runs(key)
+        starts = job.runs(key)
         gkey = key[starts]
         lead0 = (gkey >> shift) << shift  # where each group's lead begins
         lo = np.maximum(gkey - gap_us, lead0)
@@ -383,9 +383,9 @@ class _Store:
 
     # ------------------------------------------------------------------ one cutoff
 
-    def features(self, plan: job._Plan, a: int) -> pa.Table | None:
+    def features(self, plan: job.Plan, a: int) -> pa.Table | None:
         D = a // DAY
-        grid = job._Grid.for_cutoffs([a], plan.spans()["all"])
+        grid = job.Grid.for_cutoffs([a], plan.spans()["all"])
         base = grid.base // DAY  # grid buckets are days: d - base
         st = self.state
         if st["from_day"] + cat.LOOKBACK_DAYS > D or any(
@@ -427,7 +427,7 @@ class _Store:
             rows["sess"] = {}
             for gap in plan.gaps:
                 ev = _load(self.root / st["sessions"][str(gap)]["dir"])["s"]
-                starts = job._runs(ev["k"], ev["t"])
+                starts = job.runs(ev["k"], ev["t"])
                 v = np.minimum.reduceat(ev["v"], starts) if len(starts) else ev["v"][:0]
                 t = ev["t"][starts]
                 d = (t // DAY).astype(np.int32)
@@ -453,7 +453,7 @@ class _Store:
             hist["d"] = hist["day"] - base
             hist["vis"] = np.zeros(len(hist["k"]), dtype=np.int32)
             rows["hist"] = hist
-        reduced = job._Reduced.of_rows(plan, grid, [a], leads, vs_order, vs_close, rows)
+        reduced = job.Reduced.of_rows(plan, grid, [a], leads, vs_order, vs_close, rows)
         return reduced.at(0, only_open=False, order=order)
 
     def _leads(self, st: dict) -> pa.Table:
@@ -466,7 +466,7 @@ class _Store:
 
 
 def _ts(us: int) -> str:
-    return job._ts_lit(int(us))
+    return job.ts_lit(int(us))
 
 
 def _dictionary(con, table: str, column: str, names: list[str]) -> None:

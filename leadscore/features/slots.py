@@ -3,7 +3,7 @@ history says about that part of the day and that kind of channel.
 
 One definition for both sides: :func:`slot_values` is applied by training to the advisors' logged
 attempts (through :func:`add_slot_features`, on frames) and by serving to every candidate slot of
-the next 72 hours (on the model's float matrix, see ``serving.contact_policy``).
+the next 72 hours (on the model's float matrix, see ``scoring.contact_policy``).
 """
 
 from __future__ import annotations

@@ -28,11 +28,11 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from leadscore import contract
 from leadscore.schema import CHANNELS, OUTCOMES
+from leadscore.scoring.scorer import MissingFeatures, Scorer
 from leadscore.serving.auth import Tenant
 from leadscore.serving.coalesce import Coalescer
 from leadscore.serving.metrics import render as render_metrics
 from leadscore.serving.runtime import Runtime, features_from_inline, now_utc
-from leadscore.serving.scorer import MissingFeatures, Scorer
 from leadscore.serving.upstream_shims import swagger_ui_assets
 
 log = logging.getLogger("leadscore.http")

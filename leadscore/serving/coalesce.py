@@ -23,8 +23,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import cache
 
+from leadscore.scoring.scorer import Scorer
 from leadscore.serving.runtime import now_utc
-from leadscore.serving.scorer import Scorer
 
 log = logging.getLogger(__name__)
 

@@ -25,11 +25,12 @@ from leadscore import contract
 from leadscore.artifact import BOOSTER_FILE, META_FILE, LeadModel, UnsupportedModel
 from leadscore.features import catalog as cat
 from leadscore.features import job
-from leadscore.serving.auth import KeyRing
-from leadscore.serving.scorer import (
+from leadscore.scoring.contact_policy import RulesFile
+from leadscore.scoring.scorer import (
     ALL_MODELS,
     Scorer,
 )
+from leadscore.serving.auth import KeyRing
 from leadscore.serving.store import OnlineStore
 
 log = logging.getLogger(__name__)
@@ -245,8 +246,12 @@ def _fallback_model(name: str, packed: Mapping[str, str]):
 
 
 def load_from_bento_store(names=ALL_MODELS, alias: str = "champion", num_threads: int = 1,
-                          packed: Mapping[str, str] | None = None) -> Scorer:
+                          packed: Mapping[str, str] | None = None,
+                          rules: RulesFile | None = None) -> Scorer:
     """Resolve each champion in MLflow, import it into the BentoML store once, load it.
+
+    The scorer searches contact slots under ``rules`` (the defaults when None; the service
+    passes the file named by ``LEADSCORE_CONTACT_RULES``, read once at start-up).
 
     When the registry is unreachable or has no champion, the model a built Bento packed is
     used (``packed``: store tag by model name), else the newest model in the store that was
@@ -276,7 +281,7 @@ def load_from_bento_store(names=ALL_MODELS, alias: str = "champion", num_threads
         if key.split(":")[0].removeprefix(BENTO_PREFIX) in models and id(_LOADED[key]) \
                 not in current:
             del _LOADED[key]
-    return Scorer(models, num_threads=num_threads)
+    return Scorer(models, num_threads=num_threads, rules=rules)
 
 
 class Runtime:

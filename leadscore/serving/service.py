@@ -14,6 +14,8 @@ Settings come from the environment so a built Bento is configured at deploy time
 - ``LEADSCORE_API_KEYS`` hashed key file (see ``serving.auth``; re-read when it changes)
 - ``LEADSCORE_RELOAD_SECONDS`` how often to look for a new champion (default 30; 0: never;
   a worker that has no models yet retries every 5 s either way)
+- ``LEADSCORE_CONTACT_RULES`` the contact rules YAML for the slot search (default: built-in
+  rules; read once when a worker starts)
 - ``LEADSCORE_BATCH_THREADS`` threads one big request is split over (default: cores/workers)
 - ``LEADSCORE_ACCESS_LOG`` 1 to have BentoML log every request (default off)
 - ``LEADSCORE_TRACE_SCORE`` 1 to trace ``/score`` with OpenTelemetry (default off; set it when
@@ -39,6 +41,7 @@ from pathlib import Path
 
 import bentoml
 
+from leadscore.scoring.contact_policy import RulesFile, rules_path_from_env
 from leadscore.serving import upstream_shims
 from leadscore.serving.api import create_app
 from leadscore.serving.auth import KeyRing
@@ -170,8 +173,9 @@ class LeadScoreService:
 
     def __init__(self) -> None:
         packed = _packed_models()
+        rules = RulesFile.load(rules_path_from_env())  # a bad file stops the worker here
         self.runtime = Runtime(
-            loader=functools.partial(load_from_bento_store, packed=packed),
+            loader=functools.partial(load_from_bento_store, packed=packed, rules=rules),
             store=OnlineStore(Path(os.environ.get("LEADSCORE_STORE", str(DEFAULT_STORE)))),
             keys=KeyRing.from_env(),
             reload_seconds=float(os.environ.get("LEADSCORE_RELOAD_SECONDS", "30")),

@@ -30,7 +30,7 @@ from leadscore.artifact import LeadModel
 from leadscore.features.catalog import DAYPARTS
 from leadscore.features.slots import local_hour_weekday
 from leadscore.schema import CHANNELS, DEFAULT_TZ
-from leadscore.serving.contact_policy import (
+from leadscore.scoring.contact_policy import (
     SLOT_FEATURES,
     RulesFile,
     recommend_matrix,

@@ -16,6 +16,7 @@ import pandas as pd
 from leadscore import contract, models, registry
 from leadscore.features import catalog
 from leadscore.models.spec import ModelSpec
+from leadscore.scoring.contact_policy import RulesFile
 from leadscore.training import dataset, evaluate, plots, vocabulary
 from leadscore.training.config import ExperimentConfig
 from leadscore.training.trainer import FitResult, fit, refit
@@ -58,13 +59,12 @@ def _slot_oracle_truth(data_dir: Path) -> pd.DataFrame | None:
     return tc.rename(columns={"ts": "as_of"}).drop_duplicates(["lead_id", "as_of"])
 
 
-def _policy_metrics(fr, ts, test, data_dir: Path) -> dict[str, float]:
-    from leadscore.serving.contact_policy import RulesFile
+def _policy_metrics(fr, ts, test, data_dir: Path, rules: RulesFile) -> dict[str, float]:
     from leadscore.training import policy_eval
 
     prop = policy_eval.LoggingPolicy.fit(ts.frame[ts.frame["split"].isin(["fit", "valid",
                                                                             "calib"])])
-    return policy_eval.evaluate(fr.model, test, RulesFile.load(), prop,
+    return policy_eval.evaluate(fr.model, test, rules, prop,
                                 load_truth(data_dir, "truth_leads"),
                                 load_truth(data_dir, "truth_contacts"),
                                 sample=10_000)  # the DR estimate's standard error ~ 1/sqrt(n)
@@ -288,8 +288,12 @@ def train(
     *,
     register: bool = True,
     num_threads: int = 2,
+    rules: RulesFile | None = None,
 ) -> RunResult:
-    """Train one model as the config says, log everything, register a version."""
+    """Train one model as the config says, log everything, register a version.
+
+    ``rules``: the contact rules the slot model's policy is evaluated under (the defaults when
+    None; the CLI passes the file named by ``LEADSCORE_CONTACT_RULES``)."""
     import mlflow
 
     t0 = time.perf_counter()
@@ -332,7 +336,7 @@ def train(
         o = evaluate.oracle(test, truth, spec.truth_column, p)
         m.update(o)
         if slot:
-            m.update(_policy_metrics(fr, ts, test, data_dir))
+            m.update(_policy_metrics(fr, ts, test, data_dir, rules or RulesFile()))
         truth_note = "simulator truth" if o else "none"
         final, refit_rows = fr.model, None
         if cfg.refit and not experiment:

@@ -3,7 +3,7 @@
 How it keeps its promises:
 - **bounded memory**: the inputs are validated straight into Parquet partitioned by a hash of
   ``lead_id`` (bad rows to quarantine, clean rows to their bucket), kept between nights so a
-  night validates only its new files (:mod:`leadscore.serving.intake`) and reduces only
+  night validates only its new files (:mod:`leadscore.nightly.intake`) and reduces only
   their events into the feature rollups kept beside them (:mod:`leadscore.features.rollup`);
   each bucket is featurised and scored alone, so memory follows the bucket size, not the
   number of leads;
@@ -17,14 +17,14 @@ How it keeps its promises:
   rows; different inputs into the same folder need ``force`` (which clears it). A rerun after a
   crash finds the inputs already validated in the intake.
 
-The per-bucket function :func:`score_bucket` is what the Spark engine runs per partition
-(:mod:`leadscore.serving.spark`): both engines hand their buckets' results to the same part
-writer here, so parts, manifest, resume and no-op rerun behave the same whichever engine ran.
+The functions of :mod:`leadscore.nightly.per_bucket` are what both engines run, the Spark
+engine (:mod:`leadscore.nightly.spark`) per partition: both hand their buckets' results
+to the same part writer here, so parts, manifest, resume and no-op rerun behave the same
+whichever engine ran.
 """
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import json
 import logging
@@ -43,25 +43,19 @@ import pyarrow as pa
 from leadscore import atomic, contract
 from leadscore.features import catalog as cat
 from leadscore.features import job, rollup
-from leadscore.serving import intake
-from leadscore.serving.scorer import ALL_MODELS, OUTPUT_COLUMNS, SLOT_MODEL, Scorer
+from leadscore.nightly import intake, per_bucket
+from leadscore.scoring.contact_policy import RulesFile
+from leadscore.scoring.scorer import ALL_MODELS, OUTPUT_COLUMNS, Scorer
 
 log = logging.getLogger(__name__)
 
 MANIFEST = "_manifest.json"
 #: buckets whose features are computed ahead of the one being scored
 AHEAD = 2
-#: leads featurised and scored at a time (the CLI's default too). Memory follows it (a night
-#: at 1,000,000 leads peaked at 0.9 GB with 50,000); the time per bucket has a fixed part
-#: (files, connections, frames), so with features from kept rollups bigger buckets pay:
-#: in process, a night of 1,000,000 leads took 15.8 s and 16.4 s in buckets of 100,000
-#: against 16.9 s and 17.1 s in buckets of 50,000.
-DEFAULT_BUCKET_LEADS = 100_000
 ENGINES = ("duckdb", "spark")
 LOAD_MEMORY_ENV = "LEADSCORE_DUCKDB_MEMORY"
 DEFAULT_LOAD_MEMORY = "2GB"
 _TMP_SUFFIX = ".tmp"
-LEAD_MODELS = ("conversion", "contact", SLOT_MODEL)
 
 
 @dataclass
@@ -76,85 +70,19 @@ class RescoreResult:
     model_versions: dict[str, str]
 
 
-def bucket_features(con, as_of: pd.Timestamp,
-                    features: Sequence[cat.Feature] = cat.CATALOG) -> pd.DataFrame:
-    """The features of the open leads and owners in ``con``'s leads/events/contacts tables
-    (``features``: the catalogue, or a scorer's ``job_features`` with its models'
-    vocabulary)."""
-    return _entities(job.compute(con, [as_of], features), features)
-
-
-def _entities(table, features: Sequence[cat.Feature] = cat.CATALOG) -> pd.DataFrame:
-    """The rows the job scores from a feature table: open leads and owners."""
-    feats = job.to_pandas(table, features)
-    return feats[feats["is_open"] | feats["is_owner"]].reset_index(drop=True)
-
-
-def score_features(feats: pd.DataFrame, scorer: Scorer, reasons: int) -> pd.DataFrame:
-    """Output rows for :func:`bucket_features`: open leads get every model, owners churn."""
-    if feats.empty:
-        return pd.DataFrame(columns=list(OUTPUT_COLUMNS))
-    open_rows = feats[feats["is_open"]]
-    owners = feats[~feats["is_open"]]
-    parts = []
-    if len(open_rows):
-        parts.append(scorer.score(open_rows, reasons=reasons))
-    if len(owners):
-        parts.append(scorer.score(owners, reasons=reasons,
-                                  only=set(ALL_MODELS) - set(LEAD_MODELS)))
-    out = pd.concat(parts, ignore_index=True) if len(parts) > 1 else parts[0]
-    return out.sort_values("lead_id", kind="stable").reset_index(drop=True)
-
-
-def score_bucket(con, as_of: pd.Timestamp, scorer: Scorer, reasons: int) -> pd.DataFrame:
-    """Features and scores for the leads in ``con``'s leads/events/contacts tables."""
-    return score_features(bucket_features(con, as_of, scorer.job_features), scorer, reasons)
-
-
-def _fmt_types(df: pd.DataFrame) -> pd.DataFrame:
-    """Stable column types so every part has one schema (null columns included), whichever
-    engine produced the rows: timestamps are pinned to microseconds (DuckDB's unit), so an
-    all-null column does not fall back to nanoseconds in one part and not in another."""
-    df = df.copy()
-    for c in ("p_convert", "p_inquiry", "p_response", "p_churn"):
-        df[c] = pd.to_numeric(df[c], errors="coerce").astype("float64")
-    df["lead_score"] = pd.to_numeric(df["lead_score"], errors="coerce").astype("Int64")
-    for c in ("lead_id", "dealer_id", "grade", "contact_urgency", "best_channel", "reasons",
-              "model_versions"):
-        df[c] = df[c].astype("string")
-    for c in ("as_of", "best_slot_start"):
-        df[c] = pd.to_datetime(df[c], utc=True).astype("datetime64[us, UTC]")
-    return df[list(OUTPUT_COLUMNS)]
-
-
-@functools.cache
-def _pandas_part_schema():
-    """What :func:`_fmt_types` makes of an empty frame, as Arrow, with its pandas metadata
-    (so pandas reads every part back with the same dtypes)."""
-    import pyarrow as pa
-
-    empty = _fmt_types(pd.DataFrame({c: [] for c in OUTPUT_COLUMNS}))
-    return pa.Schema.from_pandas(empty, preserve_index=False)
-
-
-def part_schema():
-    """The Arrow schema of every part."""
-    return _pandas_part_schema().remove_metadata()
-
-
 def _write_part(out: Path, bucket: int, scored: pd.DataFrame) -> int:
     """Write one bucket's rows as ``part-NNNNN.parquet``: to a hidden temp file first, then
     renamed (atomic on POSIX), so a reader never sees half a part. Returns the row count.
 
-    Straight to the parts' Arrow schema: the same file as ``_fmt_types(scored).to_parquet``
-    (schema, metadata and values; tested), without converting every column in pandas first
-    (0.095 s → 0.052 s for 78,600 rows)."""
+    Straight to the parts' Arrow schema: the same file as
+    ``per_bucket.fmt_types(scored).to_parquet`` (schema, metadata and values; tested), without
+    converting every column in pandas first (0.095 s → 0.052 s for 78,600 rows)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     part = out / f"part-{bucket:05d}.parquet"
     tmp = out / f".{part.name}{_TMP_SUFFIX}"
-    schema = _pandas_part_schema()
+    schema = per_bucket.pandas_part_schema()
     table = pa.Table.from_pandas(scored[list(OUTPUT_COLUMNS)], schema=schema,
                                  preserve_index=False, safe=False)
     pq.write_table(table.replace_schema_metadata(schema.metadata), tmp)
@@ -174,19 +102,19 @@ def _bucket_features(work: Path, bucket: int, as_of: pd.Timestamp,
     if table is not None and lead_cols:
         table = _with_lead_columns(work, bucket, table, lead_cols)
     if table is None:
-        con = bucket_connection(work, bucket)
+        con = per_bucket.bucket_connection(work, bucket)
         try:
             table = job.compute(con, [as_of], features)
         finally:
             con.close()
-    return _entities(table, features)
+    return per_bucket.entities(table, features)
 
 
 def _with_lead_columns(work: Path, bucket: int, table: pa.Table,
                        feats: Sequence[cat.LeadColumn]) -> pa.Table:
     """The rollups' features with the lead-column ones read from the bucket's leads (the
     rollups keep events, not CRM fields), by the job's own SQL for them."""
-    con = bucket_connection(work, bucket)
+    con = per_bucket.bucket_connection(work, bucket)
     try:
         have = job.leads_columns(con)
         sel = ", ".join(f'{job.lead_column_sql(f, f.column in have)} AS "{f.name}"'
@@ -226,7 +154,7 @@ def _score_embedded(work: Path, buckets: Sequence[int], as_of: pd.Timestamp, sco
             if i + AHEAD < len(buckets):
                 ahead.append(pool.submit(_bucket_features, work, buckets[i + AHEAD], as_of,
                                          segments, scorer.job_features))
-            yield b, score_features(feats, scorer, reasons)
+            yield b, per_bucket.score_features(feats, scorer, reasons)
 
 
 def _run_key(data_dir: Path, as_of: pd.Timestamp, versions: dict, bucket_leads: int,
@@ -236,42 +164,6 @@ def _run_key(data_dir: Path, as_of: pd.Timestamp, versions: dict, bucket_leads: 
     files = [[t, f["files"]] for t, f in intake.input_files(data_dir).items()]
     blob = json.dumps([files, str(as_of), versions, bucket_leads, reasons])
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
-
-
-def _split_buckets(ds: contract.Dataset, work: Path, n_buckets: int) -> None:
-    """Write a loaded dataset's tables to Parquet partitioned by lead bucket."""
-    if work.exists():
-        shutil.rmtree(work)
-    work.mkdir(parents=True)
-    sink = intake.BucketSink(work, "0", n_buckets=n_buckets)
-    for table in ("leads", "events", "contacts"):
-        sink(ds.con, table, f"SELECT * FROM {table}")
-
-
-def bucket_connection(work: Path, bucket: int, threads: int = 2):
-    """A DuckDB connection whose leads/events/contacts are one bucket of the split tables.
-
-    The biggest file of a table comes first: DuckDB estimates a scan of several files as the
-    first one's rows times their number, and a night's small file first made that estimate
-    fall a hundredfold short, so the feature job's joins were planned the wrong way round
-    (1,000,000 leads with one night appended: 21.4 s of feature time instead of 19.1 s)."""
-    con = contract.connect(threads=threads)
-    for table, columns in contract.TABLES.items():
-        files = sorted((work / table / f"bucket={bucket}").glob("*.parquet"),
-                       key=lambda p: (-p.stat().st_size, p.name))
-        if files:
-            paths = ", ".join(contract._lit(str(p)) for p in files)
-            cols = ", ".join(f'"{c.name}"' for c in columns)
-            scan = f"read_parquet([{paths}], hive_partitioning=false)"
-            if table == "leads":  # the CRM fields the loads carried (loads may differ)
-                scan = f"read_parquet([{paths}], hive_partitioning=false, union_by_name=true)"
-                have = [d[0] for d in con.sql(f"SELECT * FROM {scan} LIMIT 0").description]
-                cols += "".join(', "' + c.replace('"', '""') + '"'
-                                for c in contract.extra_lead_columns(have))
-            con.execute(f"CREATE VIEW {table} AS SELECT {cols} FROM {scan}")
-        else:
-            contract._empty_table(con, table)
-    return con
 
 
 class _Progress:
@@ -314,16 +206,20 @@ def rescore(
     *,
     models: Sequence[str] = ALL_MODELS,
     reasons: int = 3,
-    bucket_leads: int = DEFAULT_BUCKET_LEADS,
+    bucket_leads: int = per_bucket.DEFAULT_BUCKET_LEADS,
     force: bool = False,
     scorer: Scorer | None = None,
     engine: str = "duckdb",
     cache: Path | None = None,
+    rules: RulesFile | None = None,
 ) -> RescoreResult:
     """Score every open lead (and owner, for churn) at ``as_of`` into the Parquet folder ``out``.
 
+    Without ``scorer``, the registry's champions score with the contact ``rules`` given (the
+    defaults when None; the CLI passes the file named by ``LEADSCORE_CONTACT_RULES``).
+
     The inputs are validated into ``cache`` (default ``<data_dir>/.leadscore-intake``; see
-    :mod:`leadscore.serving.intake`), which keeps them between runs: a night validates only the
+    :mod:`leadscore.nightly.intake`), which keeps them between runs: a night validates only the
     files added since. Validation runs in a DuckDB capped at ``LEADSCORE_DUCKDB_MEMORY``
     (default ``DEFAULT_LOAD_MEMORY``) that spills to a hidden folder next to ``out``, so
     memory stays bounded whatever the size of the inputs.
@@ -336,7 +232,7 @@ def rescore(
     try:
         return _rescore(data_dir, as_of, out, models=models, reasons=reasons,
                         bucket_leads=bucket_leads, force=force, scorer=scorer, engine=engine,
-                        spill=spill, cache=cache)
+                        spill=spill, cache=cache, rules=rules)
     finally:
         shutil.rmtree(spill, ignore_errors=True)
 
@@ -348,12 +244,13 @@ def _rescore(
     *,
     models: Sequence[str] = ALL_MODELS,
     reasons: int = 3,
-    bucket_leads: int = DEFAULT_BUCKET_LEADS,
+    bucket_leads: int = per_bucket.DEFAULT_BUCKET_LEADS,
     force: bool = False,
     scorer: Scorer | None = None,
     engine: str = "duckdb",
     spill: Path,
     cache: Path | None = None,
+    rules: RulesFile | None = None,
 ) -> RescoreResult:
     t0 = time.perf_counter()
     data_dir, out = Path(data_dir), Path(out)
@@ -362,7 +259,7 @@ def _rescore(
     if not data_dir.is_dir():
         raise contract.ContractError(f"{data_dir}: not a folder")
     if scorer is None:
-        scorer = Scorer.from_registry(models, num_threads=2)
+        scorer = Scorer.from_registry(models, num_threads=2, rules=rules)
     key = _run_key(data_dir, as_of, scorer.versions, bucket_leads, reasons)
 
     manifest_path = out / MANIFEST
@@ -415,7 +312,7 @@ def _rescore(
                 atomic.write_text(manifest_path, json.dumps(manifest, indent=1))
         todo = [b for b in range(n_buckets) if b not in done]
         if engine == "spark":
-            from leadscore.serving import spark
+            from leadscore.nightly import spark
 
             results = spark.rescore_buckets(cache, todo, as_of, scorer, reasons)
         else:

@@ -1,12 +1,12 @@
-"""The Spark engine: the embedded engine's per-bucket functions, run by Spark tasks.
+"""The Spark engine: the functions of :mod:`leadscore.nightly.per_bucket`, run by Spark tasks.
 
 Nothing here computes a feature or a score. The driver validates the inputs and splits them into
 buckets of leads (hash of ``lead_id``) exactly as the embedded engine does
-(:mod:`leadscore.serving.batch`); then each bucket is one Spark task that opens the bucket's
-Parquet files with DuckDB (:func:`batch.bucket_connection`) and runs the very same
-:func:`batch.score_bucket` (feature SQL of :mod:`leadscore.features.job`, then
-:meth:`Scorer.score`) or :func:`job.compute`. So the two engines agree by construction; the
-parity tests prove it.
+(:mod:`leadscore.nightly.batch`); then each bucket is one Spark task that opens the bucket's
+Parquet files with DuckDB (:func:`~leadscore.nightly.per_bucket.bucket_connection`) and runs
+the very same :func:`~leadscore.nightly.per_bucket.score_bucket` (feature SQL of
+:mod:`leadscore.features.job`, then :meth:`Scorer.score`) or :func:`job.compute`. So the two
+engines agree by construction; the parity tests prove it.
 
 How it runs:
 
@@ -164,7 +164,7 @@ def _scorer_on_worker(key: str, payload) -> object:
         import lightgbm as lgb
 
         from leadscore.artifact import Calibrator, LeadModel
-        from leadscore.serving.scorer import Scorer
+        from leadscore.scoring.scorer import Scorer
 
         data = pickle.loads(payload.value)
         models = {
@@ -193,16 +193,16 @@ def _buckets_of(batches) -> Iterator[int]:
 def _score_task(batches, *, work: str, as_of: str, key: str, payload, reasons: int,
                 schema: pa.Schema):
     """Runs in a Spark Python worker: score whole buckets, yield their rows as Arrow."""
-    from leadscore.serving import batch
+    from leadscore.nightly import per_bucket
 
     scorer = _scorer_on_worker(key, payload)
     for b in _buckets_of(batches):
-        con = batch.bucket_connection(Path(work), b, threads=1)
+        con = per_bucket.bucket_connection(Path(work), b, threads=1)
         try:
-            scored = batch.score_bucket(con, pd.Timestamp(as_of), scorer, reasons)
+            scored = per_bucket.score_bucket(con, pd.Timestamp(as_of), scorer, reasons)
         finally:
             con.close()
-        table = pa.Table.from_pandas(batch._fmt_types(scored), schema=schema,
+        table = pa.Table.from_pandas(per_bucket.fmt_types(scored), schema=schema,
                                      preserve_index=False)
         yield from table.to_batches(max_chunksize=BATCH_ROWS)
 
@@ -212,11 +212,11 @@ def _features_task(batches, *, work: str, cutoffs: list[str], only_open: bool,
     """Runs in a Spark Python worker: the feature job over whole buckets (the catalogue and
     the ``vocabulary`` event types' features)."""
     from leadscore.features import catalog, job
-    from leadscore.serving import batch
+    from leadscore.nightly import per_bucket
 
     feats = [*catalog.CATALOG, *catalog.vocabulary_features(vocabulary)]
     for b in _buckets_of(batches):
-        con = batch.bucket_connection(Path(work), b, threads=1)
+        con = per_bucket.bucket_connection(Path(work), b, threads=1)
         try:
             table = job.compute(con, [pd.Timestamp(t) for t in cutoffs], feats,
                                 only_open=only_open)
@@ -284,16 +284,16 @@ def rescore_buckets(work: Path, buckets: Sequence[int], as_of: pd.Timestamp, sco
                     reasons: int) -> Iterator[tuple[int, pd.DataFrame]]:
     """Score the given buckets of ``work`` on Spark; yield (bucket, rows) as each finishes.
 
-    The rows are exactly :func:`batch.score_bucket`'s, typed as the parts are; the caller
+    The rows are exactly :func:`per_bucket.score_bucket`'s, typed as the parts are; the caller
     (:func:`batch.rescore`) writes them with the same atomic part writer as the embedded
     engine and records them in the manifest.
     """
-    from leadscore.serving import batch
+    from leadscore.nightly import per_bucket
 
     spark = session()
     key, blob = _payload(scorer)
     payload = spark.sparkContext.broadcast(blob)
-    schema = _spark_compatible(batch.part_schema())
+    schema = _spark_compatible(per_bucket.part_schema())
     task = functools.partial(_score_task, work=str(Path(work).resolve()),
                              as_of=pd.Timestamp(as_of).isoformat(), key=key,
                              payload=payload, reasons=int(reasons), schema=schema)
@@ -319,12 +319,12 @@ def compute_features(ds, cutoffs: Sequence[pd.Timestamp], out: Path, *, only_ope
 
     from leadscore import contract
     from leadscore.features import catalog, job
-    from leadscore.serving import batch
+    from leadscore.nightly import per_bucket
 
     feats = [*catalog.CATALOG, *catalog.vocabulary_features(vocabulary)]
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    bucket_leads = bucket_leads or batch.DEFAULT_BUCKET_LEADS
+    bucket_leads = bucket_leads or per_bucket.DEFAULT_BUCKET_LEADS
     n_leads = ds.con.execute("SELECT count(*) FROM leads").fetchone()[0]
     n_buckets = max(1, math.ceil(n_leads / bucket_leads))
     cut = [pd.Timestamp(t) for t in cutoffs]
@@ -332,7 +332,7 @@ def compute_features(ds, cutoffs: Sequence[pd.Timestamp], out: Path, *, only_ope
     probe = contract.connect(threads=1)
     try:
         for table in contract.TABLES:
-            contract._empty_table(probe, table)
+            contract.empty_table(probe, table)
         schema = job.compute(probe, cut, feats, only_open=only_open).schema
     finally:
         probe.close()
@@ -340,7 +340,7 @@ def compute_features(ds, cutoffs: Sequence[pd.Timestamp], out: Path, *, only_ope
 
     work = out.parent / f".{out.name}.spark-{uuid.uuid4().hex[:8]}"
     try:
-        batch._split_buckets(ds, work / "in", n_buckets)
+        per_bucket.split_buckets(ds, work / "in", n_buckets)
         parts = work / "parts"
         parts.mkdir()
         task = functools.partial(_features_task, work=str((work / "in").resolve()),
@@ -357,7 +357,7 @@ def compute_features(ds, cutoffs: Sequence[pd.Timestamp], out: Path, *, only_ope
         try:
             con.execute("SET TimeZone='UTC'")
             if files:
-                paths = ", ".join(contract._lit(f) for f in sorted(files))
+                paths = ", ".join(contract.lit(f) for f in sorted(files))
                 reader = con.sql(
                     f"SELECT * FROM read_parquet([{paths}]) ORDER BY as_of, lead_id"
                 ).fetch_record_batch(BATCH_ROWS * 10)

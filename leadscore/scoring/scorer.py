@@ -17,6 +17,7 @@ import threading
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -26,6 +27,9 @@ import pyarrow.compute as pc
 from leadscore.artifact import LeadModel
 from leadscore.features import catalog
 from leadscore.schema import DEFAULT_TZ
+
+if TYPE_CHECKING:
+    from leadscore.scoring.contact_policy import RulesFile
 
 log = logging.getLogger(__name__)
 
@@ -331,12 +335,15 @@ class Scorer:
     _pool: ThreadPoolExecutor | None = None
     _pool_lock = threading.Lock()
 
-    def __init__(self, models: dict[str, LeadModel], num_threads: int = 1, rules=None):
-        from leadscore.serving.contact_policy import RulesFile
+    def __init__(self, models: dict[str, LeadModel], num_threads: int = 1,
+                 rules: RulesFile | None = None):
+        from leadscore.scoring.contact_policy import RulesFile
 
         self.models = dict(models)
         self.num_threads = num_threads
-        self.rules = rules if rules is not None else RulesFile.load()
+        #: contact rules for the slot search: given by the caller (the edges read
+        #: LEADSCORE_CONTACT_RULES), the defaults otherwise; never read from the environment here
+        self.rules = rules if rules is not None else RulesFile()
         slot_layout = {f.name for f in catalog.SLOT_CATALOG}  # laid out by the slot search
         self.required = sorted({f for m in self.models.values() for f in m.features
                                 if f not in slot_layout})
@@ -354,7 +361,7 @@ class Scorer:
 
     @classmethod
     def from_registry(cls, names: Iterable[str] = ALL_MODELS, alias: str = "champion",
-                      num_threads: int = 1) -> Scorer:
+                      num_threads: int = 1, rules: RulesFile | None = None) -> Scorer:
         from leadscore import registry
 
         loaded = {}
@@ -364,7 +371,7 @@ class Scorer:
                 log.warning("model leadscore-%s has no %s: its columns stay null", name, alias)
                 continue
             loaded[name] = got[0]
-        return cls(loaded, num_threads=num_threads)
+        return cls(loaded, num_threads=num_threads, rules=rules)
 
     # -- the two faces ------------------------------------------------------------------------
     def score(self, feats: pd.DataFrame, *, reasons: int = 3,
@@ -508,7 +515,7 @@ class Scorer:
     def _recommend(self, slot: LeadModel, rows: _FrameRows, cols: dict, reasons: int,
                    slots: int, now: pd.Timestamp | None, as_json: bool = False) -> None:
         """Best slot and channel in the next 72 hours, urgency deciding how soon."""
-        from leadscore.serving.contact_policy import SLOT_FEATURES, recommend_matrix
+        from leadscore.scoring.contact_policy import SLOT_FEATURES, recommend_matrix
 
         rec = recommend_matrix(
             slot, rows.matrix(slot, absent=SLOT_FEATURES), rows.column("as_of"),

@@ -102,18 +102,18 @@ class BucketSink:
             self.n_buckets = max(1, math.ceil(n_leads / self.bucket_leads))
         (rows,) = con.execute(
             f"COPY (SELECT *, (hash(lead_id) % {self.n_buckets})::INT AS bucket FROM ({sql})) "
-            f"TO {contract._lit(str(self.root / table))} (FORMAT parquet, PARTITION_BY (bucket), "
+            f"TO {contract.lit(str(self.root / table))} (FORMAT parquet, PARTITION_BY (bucket), "
             f"FILENAME_PATTERN 'seg-{self.segment}-{{i}}', OVERWRITE_OR_IGNORE)"
         ).fetchone()
         return int(rows)
 
 
 def _glob(table_dir: Path) -> str:
-    return contract._lit(f"{table_dir}/*/*.parquet")
+    return contract.lit(f"{table_dir}/*/*.parquet")
 
 
 def _list(paths) -> str:
-    return "[" + ", ".join(contract._lit(str(p)) for p in paths) + "]"
+    return "[" + ", ".join(contract.lit(str(p)) for p in paths) + "]"
 
 
 @dataclass
@@ -276,7 +276,7 @@ class Intake:
                           n_buckets=None if new is None else self.state["buckets"])
         self.spill.mkdir(parents=True, exist_ok=True)
         con = contract.connect(memory_limit=self.memory_limit)
-        con.execute(f"SET temp_directory={contract._lit(str(self.spill))}")
+        con.execute(f"SET temp_directory={contract.lit(str(self.spill))}")
         try:
             ds = contract.load(self.data_dir, clock=self.clock, quarantine_dir=qdir, con=con,
                                sink=sink, row_hash=True, files=new, prior=prior)
@@ -311,7 +311,7 @@ class Intake:
             reasons = ", ".join(f"'{r}'" for r in _AFTER_CLOCK)
             with contract.connect() as con:
                 (t,) = con.execute(
-                    f"SELECT min(greatest({latest})) FROM read_parquet({contract._lit(str(q))}) "
+                    f"SELECT min(greatest({latest})) FROM read_parquet({contract.lit(str(q))}) "
                     f"WHERE _reason IN ({reasons})").fetchone()
             if t is not None:
                 found.append(pd.Timestamp(t).tz_convert("UTC"))
@@ -341,7 +341,7 @@ class Intake:
         old, newest = self.state["segments"][:-1], self.state["segments"][-1]
         seg_id = uuid.uuid4().hex[:12]
         con = contract.connect(memory_limit=self.memory_limit)
-        con.execute(f"SET temp_directory={contract._lit(str(self.spill))}")
+        con.execute(f"SET temp_directory={contract.lit(str(self.spill))}")
         try:
             for table in contract.TABLES:
                 files = [f for s in old
@@ -350,7 +350,7 @@ class Intake:
                     continue
                 con.execute(
                     f"COPY (SELECT * FROM read_parquet({_list(files)}, hive_partitioning=true, "
-                    f"union_by_name=true)) TO {contract._lit(str(self.root / table))} "
+                    f"union_by_name=true)) TO {contract.lit(str(self.root / table))} "
                     f"(FORMAT parquet, PARTITION_BY (bucket), "
                     f"FILENAME_PATTERN 'seg-{seg_id}-{{i}}', OVERWRITE_OR_IGNORE)"
                 )
@@ -360,7 +360,7 @@ class Intake:
                 if q:
                     dst = self.root / "quarantine" / table / f"seg-{seg_id}.parquet"
                     con.execute(f"COPY (SELECT * FROM read_parquet({_list(q)}, union_by_name=true) "
-                                f"ORDER BY _file, _row) TO {contract._lit(str(dst))} "
+                                f"ORDER BY _file, _row) TO {contract.lit(str(dst))} "
                                 f"(FORMAT parquet)")
         finally:
             con.close()
@@ -395,5 +395,5 @@ class Intake:
             with duckdb.connect() as con:
                 con.execute(f"COPY (SELECT * EXCLUDE (_h) FROM read_parquet({_list(q)}, "
                             f"union_by_name=true) ORDER BY _file, _row) "
-                            f"TO {contract._lit(str(tmp))} (FORMAT parquet)")
+                            f"TO {contract.lit(str(tmp))} (FORMAT parquet)")
             os.replace(tmp, dst)

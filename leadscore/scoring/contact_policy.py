@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError
 
 from leadscore.artifact import LeadModel
 from leadscore.features.catalog import SLOT_CATALOG
@@ -32,6 +32,20 @@ SLOT_FEATURES = tuple(f.name for f in SLOT_CATALOG)
 HORIZON_HOURS = 72
 NOW_WINDOW_HOURS = 6  # "now": the best slot within this many hours
 RULES_ENV = "LEADSCORE_CONTACT_RULES"
+
+
+class RulesError(ValueError):
+    """A contact rules file that cannot be read or does not validate (names the file)."""
+
+
+def rules_path_from_env() -> Path | None:
+    """The rules file named by ``LEADSCORE_CONTACT_RULES``, if any.
+
+    Only the edges (CLI commands, the service, benchmarks) call this: the scorer and training
+    take their rules as an argument, so what a process scores with is decided in one place.
+    """
+    value = os.environ.get(RULES_ENV, "").strip()
+    return Path(value) if value else None
 
 
 class ChannelHours(BaseModel):
@@ -75,10 +89,15 @@ class RulesFile(BaseModel):
 
     @classmethod
     def load(cls, path: Path | None = None) -> RulesFile:
-        path = path or (Path(os.environ[RULES_ENV]) if os.environ.get(RULES_ENV) else None)
+        """The rules in the YAML file ``path``; the defaults when ``path`` is None.
+
+        Never reads the environment (see :func:`rules_path_from_env`)."""
         if path is None:
             return cls()
-        return cls.model_validate(yaml.safe_load(Path(path).read_text()) or {})
+        try:
+            return cls.model_validate(yaml.safe_load(Path(path).read_text()) or {})
+        except (OSError, yaml.YAMLError, ValidationError) as e:
+            raise RulesError(f"{path}: contact rules: {e}") from e
 
 
 def slot_grid(as_of: pd.Timestamp, tz: str, rules: ContactRules,

@@ -1,0 +1,1 @@
+"""Nightly batch rescoring: intake, buckets, resume, and the DuckDB and Spark engines."""

@@ -1,0 +1,1 @@
+"""The scorer every consumer imports: scores, reasons, sentences, contact slots; no I/O."""
