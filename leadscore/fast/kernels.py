@@ -66,12 +66,20 @@ def _leaf_tables(r: np.ndarray, v: np.ndarray) -> np.ndarray:
     return out
 
 
-class _ShapTables:
+class Tables:
     """A model's trees in flat pre-order arrays, with every leaf's contribution table."""
 
     def __init__(self, booster):
         dump = booster.dump_model()
         self.n_features = len(dump["feature_names"])
+        self.refused = []  # what the kernels do not implement (LightGBM sums leaf values)
+        if dump.get("num_tree_per_iteration", 1) != 1:
+            self.refused.append("several trees per iteration")
+        if dump.get("average_output"):
+            self.refused.append("averaged tree output (boosting: rf)")
+        if any(t.get("is_linear") for t in dump["tree_info"]) or \
+                "is_linear=1" in booster.model_to_string(num_iteration=-1):
+            self.refused.append("linear leaves (linear_tree)")
         cols = ("feat", "thr", "kind", "miss", "defl", "left", "right", "slot", "leaf_d",
                 "leaf_sf", "cat_off", "cat_len", "value")
         a: dict[str, list] = {c: [] for c in cols}
@@ -216,6 +224,14 @@ class _ShapTables:
     @property
     def usable(self) -> bool:
         return self.max_path <= _SHAP_MAX_PATH
+
+    def unsupported(self) -> str:
+        """Why the kernels cannot score these trees, or ''."""
+        why = list(self.refused)
+        if not self.usable:
+            why.append(f"a leaf's path has {self.max_path} distinct features (the tabulated "
+                       f"TreeSHAP takes at most {_SHAP_MAX_PATH})")
+        return "; ".join(why)
 
 
 def _go_left(fval, thr, kind, miss, defl, cat_off, cat_len, cat_bits):
@@ -842,20 +858,7 @@ def _compile() -> dict:
     return _kernels
 
 
-def _tables(model) -> _ShapTables:
-    tables = getattr(model, "_shap_tables", None)
-    if tables is None:
-        with _lock:  # serving threads: one build per model
-            tables = getattr(model, "_shap_tables", None)
-            if tables is None:  # a model built in memory has not been through load
-                from leadscore.artifact import check_booster
-
-                check_booster(model.booster, getattr(model, "name", "model"))
-                tables = model._shap_tables = _ShapTables(model.booster)
-    return tables
-
-
-def _run(kernel, x: np.ndarray, out: np.ndarray, args: tuple, num_threads: int) -> None:
+def run(kernel, x: np.ndarray, out: np.ndarray, args: tuple, num_threads: int) -> None:
     """``kernel`` over the rows of ``x``; it releases the GIL, so one thread per slice."""
     if num_threads <= 1 or len(x) < 512:  # a request's rows: threads cost more than they save
         kernel(x, out, *args)
@@ -868,82 +871,41 @@ def _run(kernel, x: np.ndarray, out: np.ndarray, args: tuple, num_threads: int) 
         list(pool.map(lambda v: kernel(v[0], v[1], *args), views))
 
 
-def _as_matrix(model, data) -> np.ndarray:
-    """The model's input as LightGBM sees it (:meth:`LeadModel.matrix`): C-ordered doubles,
-    not copied when they already are."""
-    x = data if isinstance(data, np.ndarray) else model.matrix(data)
-    return np.ascontiguousarray(x, dtype=np.float64)
+def available() -> bool:
+    """Whether numba compiles the kernels here."""
+    return bool(_kernel("predict"))
 
 
-def contributions(model, feats, num_threads: int = 1) -> np.ndarray:
-    """Exact TreeSHAP contributions (rows × features+1, the last column the base value) of a
-    :class:`~leadscore.artifact.LeadModel` for a frame or its matrix: by the tabulated pass
-    when the trees allow it, else LightGBM's ``pred_contrib``."""
-    tables = _tables(model)
-    kernel = _kernel("shap")
-    if kernel is None or not tables.usable or tables.n_features != len(model.features):
-        x = feats if isinstance(feats, np.ndarray) else model.matrix(feats)
-        return model.booster.predict(x, pred_contrib=True, num_threads=num_threads)
-    x = _as_matrix(model, feats)
-    out = np.zeros((len(x), tables.n_features + 1))
-    shared = _kernel("shared")
-    if tables.shared is not None and shared is not None and len(x) >= _SHARED_MIN_ROWS:
-        _run(shared, x, out, tables.shared, num_threads)
-        return out
-    _run(kernel, x, out, tables.shap, num_threads)
-    return out
+def contributions(tables: Tables, x: np.ndarray, out: np.ndarray, num_threads: int) -> None:
+    """Adds TreeSHAP contributions of the rows of ``x`` to ``out`` (rows × features+1)."""
+    if tables.shared is not None and len(x) >= _SHARED_MIN_ROWS:
+        run(_kernel("shared"), x, out, tables.shared, num_threads)
+    else:
+        run(_kernel("shap"), x, out, tables.shap, num_threads)
 
 
-def raw_scores(model, feats, num_threads: int = 1) -> np.ndarray:
-    """Raw scores (LightGBM's ``raw_score=True``) of a LeadModel for a frame or its matrix.
-
-    LightGBM's predictor pays a set-up cost per call that the compiled walk over the flat
-    trees does not: that is what a one-lead HTTP request and the slot search's hundred-odd
-    candidates are made of. From ``_HEAP_MIN_ROWS`` rows on, trees up to ``_HEAP_MAX_DEPTH``
-    deep go level by level without data-dependent branches (:func:`_heap_pass`): the nightly
-    job's depth-6 models score 1.9-3.4 times as fast as by walking node by node, which is
-    LightGBM's own speed. Deeper trees walk node by node (:func:`_predict_pass`). Same
-    leaves, same summation order: the same doubles."""
-    tables = _tables(model)
-    kernel = _kernel("predict")
-    if kernel is None or tables.n_features != len(model.features):
-        x = feats if isinstance(feats, np.ndarray) else model.matrix(feats)
-        return model.booster.predict(x, raw_score=True, num_threads=num_threads)
-    x = _as_matrix(model, feats)
-    out = np.zeros(len(x))
-    heap = _kernel("heap")
-    if tables.heap is not None and heap is not None and len(x) >= _HEAP_MIN_ROWS:
-        _run(heap, x, out, tables.heap, num_threads)
-        return out
+def raw(tables: Tables, x: np.ndarray, out: np.ndarray, num_threads: int) -> None:
+    """Adds the raw score of each row of ``x`` to ``out``: level by level from
+    ``_HEAP_MIN_ROWS`` rows on where the trees allow it, else root to leaf."""
+    if tables.heap is not None and len(x) >= _HEAP_MIN_ROWS:
+        run(_kernel("heap"), x, out, tables.heap, num_threads)
+        return
     node, thr = tables.packed
-    _run(kernel, x, out, (node, thr, tables.arrays["tree_start"], tables.arrays["cat_bits"]),
-         num_threads)
-    return out
+    run(_kernel("predict"), x, out,
+        (node, thr, tables.arrays["tree_start"], tables.arrays["cat_bits"]), num_threads)
 
 
-def raw_scores_runs(model, lead: np.ndarray, vals: np.ndarray, vcols: np.ndarray,
-                    num_threads: int = 1) -> np.ndarray:
-    """Raw scores (k x G) of runs of G rows that differ only in the columns ``vcols``: run i
-    is ``lead[i]`` with its ``vcols`` set to each row of ``vals[i]`` (k x G x len(vcols)).
-    The slot search's candidates: a lead's row once per allowed slot, only the slot columns
-    changed. Each run goes through a tree once, as a set of rows that divides only where the
-    varying columns split it (:func:`_predict_runs_pass`) — LightGBM's values, bit for bit."""
-    lead = np.ascontiguousarray(lead, dtype=np.float64)
-    vals = np.ascontiguousarray(vals, dtype=np.float64)
-    vcols = np.asarray(vcols, dtype=np.int64)
-    k, group = vals.shape[:2]
-    tables = _tables(model)
+def raw_runs(tables: Tables, lead: np.ndarray, vals: np.ndarray, vcols: np.ndarray,
+             out: np.ndarray, num_threads: int) -> None:
+    """Adds the raw scores of runs of rows (:func:`_predict_runs_pass`) to ``out`` (k × G);
+    runs split over threads when there are enough."""
     kernel = _kernel("predict_runs")
-    if kernel is None or tables.n_features != len(model.features):
-        rep = np.repeat(lead, group, axis=0)
-        rep[:, vcols] = vals.reshape(k * group, -1)
-        return raw_scores(model, rep, num_threads=num_threads).reshape(k, group)
-    out = np.zeros((k, group))
     node, thr = tables.packed
     args = (node, thr, tables.arrays["tree_start"], tables.arrays["cat_bits"])
+    k, group = vals.shape[:2]
     if num_threads <= 1 or k * group < 512 or k < 2:
         kernel(lead, vals, vcols, out, *args)
-        return out
+        return
     from concurrent.futures import ThreadPoolExecutor
 
     cuts = np.linspace(0, k, min(num_threads, k) + 1).astype(int)
@@ -951,4 +913,3 @@ def raw_scores_runs(model, lead: np.ndarray, vals: np.ndarray, vcols: np.ndarray
         list(pool.map(lambda ab: kernel(lead[ab[0]:ab[1]], vals[ab[0]:ab[1]], vcols,
                                         out[ab[0]:ab[1]], *args),
                       itertools.pairwise(cuts.tolist())))
-    return out
