@@ -257,14 +257,20 @@ def test_a_model_the_kernels_get_wrong_falls_back_with_one_warning(tmp_path, mon
     assert len(warnings) == 1 and warnings[0].startswith("t: scored by LightGBM")
 
 
-def test_trees_the_kernels_refuse_fall_back_with_the_reason(monkeypatch, caplog):
-    """Leaf paths longer than the tabulated TreeSHAP takes: refused before any row is
-    scored; LightGBM scores the model."""
+@pytest.mark.parametrize(("limit", "reason"), [
+    ("_SHAP_MAX_PATH", "lightgbm: a leaf's path has 5 distinct features (the tabulated "
+                       "TreeSHAP takes at most 2)"),
+    ("_HEAP_MAX_DEPTH", "lightgbm: trees deeper than 2 levels"),
+])
+def test_trees_the_kernels_refuse_fall_back_with_the_reason(monkeypatch, caplog, limit,
+                                                            reason):
+    """Leaf paths longer than the tabulated TreeSHAP takes, trees deeper than the level
+    walk takes: refused before any row is scored; LightGBM scores the model."""
     model, test = _split_kinds_model({})
-    monkeypatch.setattr(kernels, "_SHAP_MAX_PATH", 2)
+    monkeypatch.setattr(kernels, limit, 2)
     with caplog.at_level(logging.WARNING, logger="leadscore.artifact"):
         path = model.accelerate(True)
-    assert path.startswith("lightgbm: a leaf's path has") and "at most 2" in path
+    assert path.startswith(reason)
     assert len(caplog.records) == 1 and "t: scored by LightGBM" in caplog.text
     _same_as_lightgbm(model, test)
 
