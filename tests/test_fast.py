@@ -281,3 +281,21 @@ def test_a_model_built_in_memory_scores_by_lightgbm_unless_asked():
     _same_as_lightgbm(model, test)
     assert model.accelerate(True) == "accelerated"
     _same_as_lightgbm(model, test)
+
+
+@pytest.mark.parametrize("enabled", [True, False])
+def test_spark_workers_follow_the_drivers_scoring_path(enabled, monkeypatch):
+    """The Spark engine rebuilds the models in each worker from LightGBM text: they take
+    the path the driver took (not LightGBM only because they were built in memory)."""
+    from types import SimpleNamespace
+
+    from leadscore.serving import scorer, spark
+
+    model, test = _split_kinds_model({})  # not catalogue features: no real Scorer
+    model.accelerate(enabled)
+    key, blob = spark._payload(SimpleNamespace(models={"conversion": model}, rules=None))
+    monkeypatch.setattr(scorer, "Scorer", lambda models, **kw: SimpleNamespace(models=models))
+    monkeypatch.setattr(spark, "_worker_scorer", None)
+    worker = spark._scorer_on_worker(key, SimpleNamespace(value=blob)).models["conversion"]
+    assert worker.scoring_path == model.scoring_path
+    _same_as_lightgbm(worker, test)
