@@ -299,3 +299,31 @@ def test_spark_workers_follow_the_drivers_scoring_path(enabled, monkeypatch):
     worker = spark._scorer_on_worker(key, SimpleNamespace(value=blob)).models["conversion"]
     assert worker.scoring_path == model.scoring_path
     _same_as_lightgbm(worker, test)
+
+
+def test_numbers_beyond_a_dumped_infinite_threshold_go_lightgbms_way():
+    """A split of NaN against every number has a threshold of +inf, which LightGBM's dump
+    writes as 1e300: a number above 1e300 (or +inf) must still go the numbers' way."""
+    rng = np.random.default_rng(3)
+    n = 2000
+    a = np.where(rng.random(n) < 0.5, np.nan, 0.0)
+    df = pd.DataFrame({"a": a, "b": rng.normal(size=n)})
+    y = (np.isnan(a) ^ (rng.random(n) < 0.1)).astype(int)
+    booster = lgb.train({"objective": "binary", "verbosity": -1, "num_threads": 1,
+                         "min_data_in_leaf": 5, "max_depth": 4}, lgb.Dataset(df, y),
+                        num_boost_round=3)
+    assert 1e300 in {t.threshold for t in booster.trees_to_dataframe().itertuples()}
+    model = LeadModel("t", booster=booster, features=["a", "b"], categories={},
+                      calibrator=Calibrator("none"))
+    acc = _accelerated(model)
+    x = np.array([[1e301, 0.5], [np.inf, -0.5], [1e300, 0.0], [0.0, 1.0], [np.nan, 0.0],
+                  [-np.inf, 2.0], [1.7e308, -1.0]])
+    for rows in (x, x[:1], x[1:2]):
+        np.testing.assert_array_equal(acc.raw(rows), booster.predict(rows, raw_score=True))
+        np.testing.assert_allclose(acc.contributions(rows),
+                                   booster.predict(rows, pred_contrib=True), rtol=0, atol=1e-12)
+    vals = x[:, :1][None]  # one run: the row x[3] with column a from every row
+    np.testing.assert_array_equal(
+        acc.raw_runs(x[3:4], vals, np.array([0])),
+        booster.predict(np.column_stack([x[:, 0], np.full(len(x), 1.0)]),
+                        raw_score=True)[None])

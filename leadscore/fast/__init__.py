@@ -27,6 +27,10 @@ TOLERANCE = 1e-9
 #: rows of the generated sample; and the candidates per run of the slot-search check
 PROBE_ROWS = 128
 PROBE_GROUP = 70  # more than one 64-bit word of rows per run
+#: LightGBM's model dump writes thresholds beyond this as this (``AvoidInf``): a split of NaN
+#: against every number has a threshold of +inf, dumped as 1e300. The kernels read inputs
+#: clamped to it, so that a larger number goes the way LightGBM sends it
+HUGE = 1e300
 
 
 def enabled(environ: Mapping[str, str] | None = None) -> bool:
@@ -114,7 +118,7 @@ class Accelerated:
         """LightGBM's ``raw_score`` for the model's matrix ``x``."""
         from leadscore.fast import kernels
 
-        x = np.ascontiguousarray(x, dtype=np.float64)
+        x = _clamped(x)
         out = np.zeros(len(x))
         kernels.raw(self.tables, x, out, num_threads)
         return out
@@ -126,8 +130,8 @@ class Accelerated:
         len(vcols)); the rows are never laid out in full."""
         from leadscore.fast import kernels
 
-        lead = np.ascontiguousarray(lead, dtype=np.float64)
-        vals = np.ascontiguousarray(vals, dtype=np.float64)
+        lead = _clamped(lead)
+        vals = _clamped(vals)
         vcols = np.asarray(vcols, dtype=np.int64)
         out = np.zeros(vals.shape[:2])
         kernels.raw_runs(self.tables, lead, vals, vcols, out, num_threads)
@@ -137,10 +141,19 @@ class Accelerated:
         """LightGBM's ``pred_contrib`` (rows x features+1, the base value last)."""
         from leadscore.fast import kernels
 
-        x = np.ascontiguousarray(x, dtype=np.float64)
+        x = _clamped(x)
         out = np.zeros((len(x), self.n_features + 1))
         kernels.contributions(self.tables, x, out, num_threads)
         return out
+
+
+def _clamped(x: np.ndarray) -> np.ndarray:
+    """``x`` as C-ordered doubles with numbers above :data:`HUGE` read as it (NaN kept);
+    not copied when nothing changes."""
+    x = np.ascontiguousarray(x, dtype=np.float64)
+    if (x > HUGE).any():
+        x = np.minimum(x, HUGE)
+    return x
 
 
 def _probe_rows(tables, sample: np.ndarray | None, n: int = PROBE_ROWS,
@@ -157,7 +170,7 @@ def _probe_rows(tables, sample: np.ndarray | None, n: int = PROBE_ROWS,
     x = np.empty((n, nf))
     for j in range(nf):
         at = split & (ar["feat"] == j)
-        cand = [np.nan, 0.0, 1e-40, -1e-40, 1.0, -1.0]
+        cand = [np.nan, 0.0, 1e-40, -1e-40, 1.0, -1.0, np.inf, -np.inf, 1e301, -1e301]
         num = at & (ar["kind"] == 0)
         thr = ar["thr"][num]
         cand += [*thr, *np.nextafter(thr, np.inf), *np.nextafter(thr, -np.inf)]
