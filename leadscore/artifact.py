@@ -218,8 +218,11 @@ class LeadModel:
         ``enabled``: whether the accelerators may be used (:func:`leadscore.fast.enabled`
         where a model is loaded). They are only when they give LightGBM's numbers on
         sample rows (``sample``: extra rows of :meth:`matrix`); otherwise one warning says
-        why, and LightGBM scores the model."""
+        why, and LightGBM scores the model. A booster leadscore cannot score at all
+        (:func:`check_booster`; one built in memory has not been through :meth:`load`)
+        raises :class:`UnsupportedModel`, on either path."""
         with _ACCELERATE_LOCK:
+            check_booster(self.booster, self.name)
             if not enabled:
                 fast, path = None, "lightgbm: accelerators off"
                 log.info("%s: scored by LightGBM (accelerators off)", self.name)
