@@ -23,9 +23,11 @@ had to start over.
       bare ``Booster.predict`` over a ready feature matrix of the same rows (each model over
       the rows it scores: the lead models over open leads, churn over open leads and
       owners), timed in another child (the median of three calls per model). Goal: >= 50%.
-      Also printed: the same with nothing kept, and the scorer's own compiled tree walk
-      (:func:`leadscore.treeshap.raw_scores`) over the same matrices, its raw scores asserted
-      equal to ``Booster.predict``'s: how much of the ratio is the walk and how much the rest.
+      Also printed: the same with nothing kept, and the scorer's own scoring path
+      (:meth:`LeadModel.raw`: the compiled walk of :mod:`leadscore.fast` where verified, else
+      LightGBM; ``LEADSCORE_ACCELERATE=0`` turns it off) over the same matrices, its raw
+      scores asserted equal to ``Booster.predict``'s: how much of the ratio is the walk and
+      how much the rest.
       With ``--with-slot``, the reference adds bare ``Booster.predict`` over the slot search's
       candidate rows (every allowed slot and channel of the next 72 hours per open lead),
       timed on ``SLOT_SAMPLE`` leads and scaled to all of them.
@@ -189,7 +191,7 @@ def child_reference(data: str, work: str, models_dir: str, as_of: str, bucket_le
     """Bare Booster.predict and shap.TreeExplainer over ready matrices of the same rows."""
     import shap
 
-    from leadscore import contract, treeshap
+    from leadscore import contract
     from leadscore.features import job
     from leadscore.nightly import per_bucket
     from leadscore.scoring.scorer import PROBA_COLUMN
@@ -230,12 +232,13 @@ def child_reference(data: str, work: str, models_dir: str, as_of: str, bucket_le
         timings = []
         for _ in range(PREDICT_REPEATS):
             t, c = time.perf_counter(), time.process_time()
-            raw = treeshap.raw_scores(model, xm, num_threads=2)
+            raw = model.raw(xm, num_threads=2)
             timings.append((time.perf_counter() - t, time.process_time() - c))
-        np.testing.assert_array_equal(raw, model.booster.predict(X, raw_score=True,
-                                                                 num_threads=2))
+        np.testing.assert_allclose(raw, model.booster.predict(X, raw_score=True,
+                                                              num_threads=2), rtol=0, atol=1e-9)
         secs, cpu = sorted(timings)[len(timings) // 2]
-        out["walk"][name] = {"rows": len(xm), "seconds": secs, "cpu": cpu}
+        out["walk"][name] = {"rows": len(xm), "seconds": secs, "cpu": cpu,
+                             "path": model.scoring_path}
         del xm, raw
 
         sample = rows.iloc[: min(shap_rows, len(rows))]
@@ -245,7 +248,7 @@ def child_reference(data: str, work: str, models_dir: str, as_of: str, bucket_le
         t, c = time.perf_counter(), time.process_time()
         sv = np.asarray(explainer.shap_values(Xs))
         secs, cpu = time.perf_counter() - t, time.process_time() - c
-        ours = treeshap.contributions(model, sample, num_threads=2)[:, :-1]
+        ours = model.contributions(sample, num_threads=2)[:, :-1]
         np.testing.assert_allclose(ours, sv, rtol=1e-9, atol=1e-9)
         # the reasons written by rescore are SHAP's top 3 for and against
         checked = 0
@@ -304,7 +307,8 @@ def slot_reference(scorer, open_rows: pd.DataFrame) -> dict:
     t, c = time.perf_counter(), time.process_time()
     bare = slot.booster.predict(cand, raw_score=True, num_threads=2)
     secs, cpu = time.perf_counter() - t, time.process_time() - c
-    np.testing.assert_array_equal(slot.calibrator(bare), np.concatenate([p for _, p in seen]))
+    np.testing.assert_allclose(slot.calibrator(bare), np.concatenate([p for _, p in seen]),
+                               rtol=0, atol=1e-9)
     scale = len(open_rows) / len(sample)
     return {"leads": len(sample), "candidates": len(cand), "scale": scale,
             "predict_seconds": secs * scale, "predict_cpu": cpu * scale,
@@ -453,7 +457,8 @@ def main() -> None:
         s, w = ref["shap"][k], ref["walk"][k]
         print(f"  {k:10s} Booster.predict {v['rows']:,} rows in {v['seconds']:.2f}s "
               f"(median of {v['all_seconds']}; {v['cpu']:.1f} CPU-s); "
-              f"the scorer's walk {w['seconds']:.2f}s ({w['cpu']:.1f} CPU-s, same raw scores); "
+              f"the scorer's walk ({w['path']}) {w['seconds']:.2f}s ({w['cpu']:.1f} CPU-s, "
+              f"same raw scores); "
               f"shap {s['rows']:,} rows in {s['seconds']:.2f}s "
               f"({s['cpu']:.1f} CPU-s; max |diff| vs ours {s['max_abs_diff']:.1e}, "
               f"{s['reasons_checked']} rows' reasons checked)")

@@ -8,8 +8,10 @@ Serving depends on this module only, never on training code.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import re
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -21,6 +23,9 @@ import pandas as pd
 
 BOOSTER_FILE = "model.txt"
 META_FILE = "meta.json"
+log = logging.getLogger(__name__)
+#: one decision of the scoring path at a time (serving threads share the models)
+_ACCELERATE_LOCK = threading.RLock()
 
 
 @dataclass
@@ -49,7 +54,7 @@ class Calibrator:
 
 
 class UnsupportedModel(ValueError):
-    """A booster leadscore cannot score exactly as LightGBM does."""
+    """A booster leadscore cannot score and explain (:func:`check_booster`)."""
 
 
 _LINEAR_TREE = re.compile(r"^is_linear=1$", re.MULTILINE)
@@ -58,12 +63,12 @@ _LINEAR_TREE = re.compile(r"^is_linear=1$", re.MULTILINE)
 def check_booster(booster: lgb.Booster, name: str = "model") -> None:
     """Refuse a booster whose scores or reasons leadscore would get wrong.
 
-    Scores and reasons come from the compiled walk of :mod:`leadscore.treeshap`, which reads
-    only the trees' splits and leaf values and sums them into one margin: exactly LightGBM's
-    raw score for binary gradient boosting, wrong for linear leaves (``linear_tree``, for
-    which LightGBM has no TreeSHAP reasons either), averaged output (``boosting: rf``) or
-    several trees per iteration. Checked on LightGBM's own model text, after training and
-    on every load, so such a model is never registered nor served."""
+    leadscore calibrates one raw margin per row and explains it by TreeSHAP over the trees'
+    leaf values: right for binary gradient boosting, not for linear leaves (``linear_tree``,
+    for which LightGBM has no TreeSHAP reasons either), averaged output (``boosting: rf``)
+    or several trees per iteration. Checked on LightGBM's own model text, after training and
+    on every load, so such a model is never registered nor served. (The compiled kernels of
+    :mod:`leadscore.fast` are checked separately, per model, against LightGBM itself.)"""
     text = booster.model_to_string(num_iteration=-1)
     head = text.split("\nTree=", 1)[0].splitlines()
     fields = dict(line.split("=", 1) for line in head if "=" in line)
@@ -80,7 +85,7 @@ def check_booster(booster: lgb.Booster, name: str = "model") -> None:
     if problems:
         raise UnsupportedModel(
             f"{name}: the booster uses {'; '.join(problems)}, which leadscore cannot score "
-            "as LightGBM does (its tree walk and TreeSHAP reasons read leaf values only)")
+            "with reasons (one calibrated margin, TreeSHAP over leaf values)")
 
 
 @dataclass
@@ -95,6 +100,11 @@ class LeadModel:
     grades: tuple[float, float, float] = (0.5, 0.25, 0.1)
     label: str = ""
     meta: dict = field(default_factory=dict)
+    #: the path :meth:`accelerate` chose (None: not decided yet) and its kernels
+    _path: str | None = field(default=None, init=False, repr=False, compare=False)
+    _fast: object = field(default=None, init=False, repr=False, compare=False)
+    #: whether a first use tries the accelerators (set by :meth:`load`)
+    _accelerate_wanted: bool = field(default=False, init=False, repr=False, compare=False)
 
     # -- frames ---------------------------------------------------------------------------
     def frame(self, df: pd.DataFrame) -> pd.DataFrame:
@@ -200,15 +210,58 @@ class LeadModel:
         return np.array(rows, dtype=np.float64).reshape(len(records), len(spec))
 
     # -- scoring (a frame, or a ready matrix from :meth:`matrix`) ----------------------------
+    # LightGBM's own predict is the reference path; the compiled kernels of
+    # :mod:`leadscore.fast` take over only where :meth:`accelerate` verified them.
+    def accelerate(self, enabled: bool, sample: np.ndarray | None = None) -> str:
+        """Decide, once, which path scores this model, and return it (:attr:`scoring_path`).
+
+        ``enabled``: whether the accelerators may be used (:func:`leadscore.fast.enabled`
+        where a model is loaded). They are only when they give LightGBM's numbers on
+        sample rows (``sample``: extra rows of :meth:`matrix`); otherwise one warning says
+        why, and LightGBM scores the model. A booster leadscore cannot score at all
+        (:func:`check_booster`; one built in memory has not been through :meth:`load`)
+        raises :class:`UnsupportedModel`, on either path."""
+        with _ACCELERATE_LOCK:
+            check_booster(self.booster, self.name)
+            if not enabled:
+                fast, path = None, "lightgbm: accelerators off"
+                log.info("%s: scored by LightGBM (accelerators off)", self.name)
+            else:
+                from leadscore.fast import Accelerated
+
+                fast, why = Accelerated.for_model(self, sample)
+                path = "accelerated" if fast is not None else f"lightgbm: {why}"
+                if fast is None:
+                    log.warning("%s: scored by LightGBM, not the compiled kernels: %s",
+                                self.name, why)
+            self._fast, self._path = fast, path
+        return path
+
+    @property
+    def scoring_path(self) -> str:
+        """``accelerated``, or ``lightgbm: <why not>``; decided on first use when
+        :meth:`accelerate` was not called (a loaded model then tries the accelerators
+        unless they were turned off when it was loaded; one built in memory does not)."""
+        self._fast_or_none()
+        return self._path
+
+    def _fast_or_none(self):
+        if self._path is None:
+            with _ACCELERATE_LOCK:  # re-entrant: accelerate takes it too
+                if self._path is None:
+                    self.accelerate(self._accelerate_wanted)
+        return self._fast
+
     def _x(self, data) -> np.ndarray:
         return data if isinstance(data, np.ndarray) else self.matrix(data)
 
     def raw(self, data, num_threads: int = 1) -> np.ndarray:
-        """LightGBM's raw margin, by the compiled tree walk of :mod:`leadscore.treeshap`
-        (LightGBM's numbers without its per-call cost)."""
-        from leadscore import treeshap
-
-        return treeshap.raw_scores(self, self._x(data), num_threads=num_threads)
+        """LightGBM's raw margin (``raw_score``)."""
+        x = self._x(data)
+        fast = self._fast_or_none()
+        if fast is not None:
+            return fast.raw(x, num_threads=num_threads)
+        return self.booster.predict(x, raw_score=True, num_threads=num_threads)
 
     def predict_proba(self, data, num_threads: int = 1) -> np.ndarray:
         return self.calibrator(self.raw(data, num_threads=num_threads))
@@ -216,26 +269,34 @@ class LeadModel:
     def predict_proba_runs(self, lead: np.ndarray, vals: np.ndarray, vcols: np.ndarray,
                            num_threads: int = 1) -> np.ndarray:
         """:meth:`predict_proba` (k x G) of each row of ``lead`` with its ``vcols`` set to
-        each of its G rows of ``vals``, never laid out in full
-        (:func:`leadscore.treeshap.raw_scores_runs`)."""
-        from leadscore import treeshap
-
-        return self.calibrator(treeshap.raw_scores_runs(self, lead, vals, vcols,
-                                                        num_threads=num_threads))
+        each of its G rows of ``vals`` (the slot search's candidates); the accelerated path
+        never lays them out in full (:meth:`leadscore.fast.Accelerated.raw_runs`)."""
+        fast = self._fast_or_none()
+        if fast is not None:
+            raw = fast.raw_runs(lead, vals, vcols, num_threads=num_threads)
+        else:
+            k, group = vals.shape[:2]
+            rows = np.repeat(np.asarray(lead, dtype=np.float64), group, axis=0)
+            rows[:, np.asarray(vcols, dtype=np.int64)] = vals.reshape(k * group, -1)
+            raw = self.booster.predict(rows, raw_score=True,
+                                       num_threads=num_threads).reshape(k, group)
+        return self.calibrator(raw)
 
     def contributions(self, data, num_threads: int = 1) -> np.ndarray:
-        """Exact TreeSHAP contributions on the raw margin; the last column is the base value,
-        so each row sums to the raw score (:mod:`leadscore.treeshap`: LightGBM's values,
-        several times faster)."""
-        from leadscore import treeshap
-
-        return treeshap.contributions(self, self._x(data), num_threads=num_threads)
+        """Exact TreeSHAP contributions on the raw margin (LightGBM's ``pred_contrib``); the
+        last column is the base value, so each row sums to the raw score."""
+        x = self._x(data)
+        fast = self._fast_or_none()
+        if fast is not None:
+            return fast.contributions(x, num_threads=num_threads)
+        return self.booster.predict(x, pred_contrib=True, num_threads=num_threads)
 
     def warm_up(self) -> None:
-        """Build what the first request would otherwise wait for: category maps, TreeSHAP
-        tables, the compiled kernels (a request's few rows and bigger batches take different
-        ones, and the slot search its own)."""
+        """Decide the scoring path and build what the first request would otherwise wait
+        for: category maps, the kernels' tables and compiled code (a request's few rows and
+        bigger batches take different ones, and the slot search its own)."""
         _ = self.layout
+        _ = self.scoring_path
         for rows in (1, 8):
             x = np.full((rows, len(self.features)), np.nan)
             self.contributions(x)
@@ -265,12 +326,17 @@ class LeadModel:
         return directory
 
     @classmethod
-    def load(cls, directory: Path) -> LeadModel:
+    def load(cls, directory: Path, accelerate: bool | None = None) -> LeadModel:
+        """The artifact in ``directory``. ``accelerate``: whether it may be scored by the
+        compiled kernels once verified (:meth:`accelerate`, on first use or warm-up); None
+        reads ``LEADSCORE_ACCELERATE`` (:func:`leadscore.fast.enabled`), here and only here."""
+        from leadscore import fast
+
         directory = Path(directory)
         meta = json.loads((directory / META_FILE).read_text())
         booster = lgb.Booster(model_file=str(directory / BOOSTER_FILE))
         check_booster(booster, f"{meta['name']} ({directory / BOOSTER_FILE})")
-        return cls(
+        model = cls(
             name=meta["name"],
             booster=booster,
             features=meta["features"],
@@ -280,6 +346,8 @@ class LeadModel:
             label=meta.get("label", ""),
             meta=meta.get("meta", {}),
         )
+        model._accelerate_wanted = fast.enabled() if accelerate is None else accelerate
+        return model
 
 
 _GRADES = np.array(["A", "B", "C", "D"], dtype=object)

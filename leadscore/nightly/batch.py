@@ -260,6 +260,7 @@ def _rescore(
         raise contract.ContractError(f"{data_dir}: not a folder")
     if scorer is None:
         scorer = Scorer.from_registry(models, num_threads=2, rules=rules)
+    log.info("rescore: models %s, scoring %s", scorer.versions, scorer.scoring_paths)
     key = _run_key(data_dir, as_of, scorer.versions, bucket_leads, reasons)
 
     manifest_path = out / MANIFEST

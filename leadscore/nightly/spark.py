@@ -152,6 +152,9 @@ def _payload(scorer) -> tuple[str, bytes]:
             "grades": list(m.grades),
             "label": m.label,
             "meta": m.meta,
+            # the driver's choice (LEADSCORE_ACCELERATE, the kernels' check): workers
+            # follow it, checking the kernels again in their own process
+            "accelerate": m.scoring_path == "accelerated",
         }
     blob = pickle.dumps({"models": models, "rules": scorer.rules})
     return hashlib.sha256(blob).hexdigest()[:16], blob
@@ -176,6 +179,8 @@ def _scorer_on_worker(key: str, payload) -> object:
             )
             for name, d in data["models"].items()
         }
+        for name, m in models.items():
+            m.accelerate(data["models"][name].get("accelerate", False))
         scorer = Scorer(models, num_threads=1, rules=data["rules"])
         _worker_scorer = (key, scorer)
     return _worker_scorer[1]

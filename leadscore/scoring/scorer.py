@@ -3,8 +3,9 @@
 It holds the champion models (as :class:`~leadscore.artifact.LeadModel`, loaded from the
 registry) and turns a feature frame into the output contract of DESIGN.md. Reasons are exact
 TreeSHAP contributions, the values ``pred_contrib`` and ``shap.TreeExplainer`` give, computed
-only for the rows that ask for them; scores without reasons come from the same compiled trees
-(:mod:`leadscore.treeshap`), LightGBM's numbers to the bit.
+only for the rows that ask for them. Each model scores by LightGBM's own predict or by the
+compiled kernels of :mod:`leadscore.fast` where they were verified to give its numbers
+(:attr:`LeadModel.scoring_path <leadscore.artifact.LeadModel.scoring_path>`).
 """
 
 from __future__ import annotations
@@ -358,6 +359,11 @@ class Scorer:
     @property
     def versions(self) -> dict[str, str]:
         return {n: str(m.meta.get("version", "local")) for n, m in self.models.items()}
+
+    @property
+    def scoring_paths(self) -> dict[str, str]:
+        """Per model: ``accelerated`` or ``lightgbm: <why>`` (decided on first call)."""
+        return {n: m.scoring_path for n, m in self.models.items()}
 
     @classmethod
     def from_registry(cls, names: Iterable[str] = ALL_MODELS, alias: str = "champion",

@@ -325,7 +325,8 @@ class Runtime:
             for m in new.models.values():  # ready before the swap: no slow first request
                 m.warm_up()
             self.scorer = new  # one reference swap: in-flight requests keep the old scorer
-            log.info("models now %s (were %s)", new.versions, old.versions if old else None)
+            log.info("models now %s (were %s); scoring: %s", new.versions,
+                     old.versions if old else None, new.scoring_paths)
             if self.on_swap is not None:
                 self.on_swap()
             return True

@@ -1,10 +1,10 @@
 """The LightGBM settings an experiment may change, checked before any data is read.
 
-An allow-list, not a deny-list: leadscore scores every model with its own tree walk and exact
-TreeSHAP reasons (:mod:`leadscore.treeshap`), which implement plain binary gradient-boosted
-trees and nothing else. A setting LightGBM accepts but the walk does not implement (linear
-leaves, averaged random-forest output, other objectives) would train, register and then be
-scored wrong, so only settings known to leave the trees' meaning alone pass. Every LightGBM
+An allow-list, not a deny-list: leadscore calibrates one raw margin per lead and explains it by
+exact TreeSHAP reasons, which fits plain binary gradient-boosted trees and nothing else. A
+setting LightGBM accepts that changes the trees' meaning (linear leaves, averaged random-forest
+output, other objectives) would train and register a model leadscore cannot score or explain
+as intended, so only settings known to leave the trees' meaning alone pass. Every LightGBM
 alias is renamed to the one name the model specs use, so an alias can never lose silently
 against a spec's own value (LightGBM keeps one of two aliases and ignores the other).
 """

@@ -1,5 +1,6 @@
-"""LightGBM's trees compiled to flat arrays: exact TreeSHAP several times faster than
-``pred_contrib``, and raw scores without ``Booster.predict``'s per-call cost.
+"""LightGBM's trees compiled to flat arrays for numba: exact TreeSHAP several times faster
+than ``pred_contrib``, and raw scores without ``Booster.predict``'s per-call cost. Used only
+through :class:`leadscore.fast.Accelerated`, which checks them against LightGBM per model.
 
 Reasons are exact TreeSHAP contributions (path-dependent, as LightGBM's ``pred_contrib`` and
 ``shap.TreeExplainer`` compute them). LightGBM re-derives every tree's Shapley weights row by
@@ -11,14 +12,14 @@ are computed once; a row then costs one pass over each tree's nodes (which way i
 table look-up per leaf. Batches go further (:func:`_shared_pass`): a row's contributions in a
 tree depend only on which way it goes at each split, and most rows share their way with
 others, so each tree's distinct ways are computed once. Same values as ``pred_contrib`` up to
-summation order (~1e-14). Used when numba is importable and no leaf path has more than
-``_SHAP_MAX_PATH`` distinct features; otherwise LightGBM's ``pred_contrib``.
+summation order (~1e-14). Taken when no leaf path has more than ``_SHAP_MAX_PATH``
+distinct features.
 
-Every reason leadscore gives (HTTP and batch) comes from :func:`contributions`, every score
-from :func:`raw_scores` (a root-to-leaf walk for a few rows, level by level through complete
-binary trees for more; a lead's slot candidates as one set per tree; leaf values summed in
-LightGBM's order every way, so the very same doubles); tests hold both to LightGBM's own
-values.
+Four kernels, each the fastest for what a user waits on: :func:`_shap_pass` (a request's
+few rows of reasons), :func:`_shared_pass` (the nightly batch's reasons), :func:`_heap_pass`
+(raw scores: level by level through complete binary trees) and :func:`_predict_runs_pass`
+(a lead's slot candidates as one set per tree). Leaf values are summed in LightGBM's order,
+so raw scores are its very doubles.
 """
 
 from __future__ import annotations
@@ -66,12 +67,20 @@ def _leaf_tables(r: np.ndarray, v: np.ndarray) -> np.ndarray:
     return out
 
 
-class _ShapTables:
+class Tables:
     """A model's trees in flat pre-order arrays, with every leaf's contribution table."""
 
     def __init__(self, booster):
         dump = booster.dump_model()
         self.n_features = len(dump["feature_names"])
+        self.refused = []  # what the kernels do not implement (LightGBM sums leaf values)
+        if dump.get("num_tree_per_iteration", 1) != 1:
+            self.refused.append("several trees per iteration")
+        if dump.get("average_output"):
+            self.refused.append("averaged tree output (boosting: rf)")
+        if any(t.get("is_linear") for t in dump["tree_info"]) or \
+                "is_linear=1" in booster.model_to_string(num_iteration=-1):
+            self.refused.append("linear leaves (linear_tree)")
         cols = ("feat", "thr", "kind", "miss", "defl", "left", "right", "slot", "leaf_d",
                 "leaf_sf", "cat_off", "cat_len", "value")
         a: dict[str, list] = {c: [] for c in cols}
@@ -217,6 +226,17 @@ class _ShapTables:
     def usable(self) -> bool:
         return self.max_path <= _SHAP_MAX_PATH
 
+    def unsupported(self) -> str:
+        """Why the kernels cannot score these trees, or ''."""
+        why = list(self.refused)
+        if self.heap is None:
+            why.append(f"trees deeper than {_HEAP_MAX_DEPTH} levels or a threshold that is not "
+                       "finite (the level-by-level walk)")
+        if not self.usable:
+            why.append(f"a leaf's path has {self.max_path} distinct features (the tabulated "
+                       f"TreeSHAP takes at most {_SHAP_MAX_PATH})")
+        return "; ".join(why)
+
 
 def _go_left(fval, thr, kind, miss, defl, cat_off, cat_len, cat_bits):
     """Whether a row goes left at a split: LightGBM's ``NumericalDecision`` and
@@ -239,31 +259,8 @@ def _go_left(fval, thr, kind, miss, defl, cat_off, cat_len, cat_bits):
     return fval <= thr
 
 
-def _predict_pass(x, out, node, thr, tree_start, cat_bits):
-    """Adds every row's raw score to ``out``: root to leaf in each tree, leaf values summed
-    in tree order as LightGBM does (compiled by numba; see :func:`_kernel`). ``node`` packs
-    what a split needs in one row (feature, left, right, kind | missing type | default left,
-    category bitset offset and length); ``thr`` holds a split's threshold or a leaf's value."""
-    n_trees = tree_start.shape[0] - 1
-    n = x.shape[0]
-    for r0 in range(0, n, 256):
-        r1 = min(n, r0 + 256)
-        for t in range(n_trees):
-            root = tree_start[t]
-            for row in range(r0, r1):
-                i = root
-                while node[i, 0] >= 0:
-                    flags = node[i, 3]
-                    if _go_left(x[row, node[i, 0]], thr[i], flags & 1, (flags >> 1) & 3,
-                                flags >> 3, node[i, 4], node[i, 5], cat_bits):
-                        i = node[i, 1]
-                    else:
-                        i = node[i, 2]
-                out[row] += thr[i]
-
-
 def _predict_runs_pass(lead, vals, vcols, out, node, thr, tree_start, cat_bits):
-    """:func:`_predict_pass` for runs of rows that agree on every column but ``vcols`` (a
+    """Adds the raw scores of runs of rows that agree on every column but ``vcols`` (a
     lead's candidate slots: only the slot columns differ), given as each run's row ``lead``
     (k x features; its ``vcols`` are not read) and the runs' values of ``vcols``, ``vals``
     (k x rows per run x len(vcols)); ``out`` gets k x rows per run. The runs' rows are never
@@ -276,10 +273,9 @@ def _predict_runs_pass(lead, vals, vcols, out, node, thr, tree_start, cat_bits):
     once per run with the rows holding each (values within LightGBM's zero threshold read
     as 0.0, NaN apart): a numerical split sends left a prefix of them, plus NaN and zero
     as its missing-value rule says; a categorical one is decided per distinct value. Each
-    row lands in exactly one leaf per tree, whose value it adds, trees in order: the same
-    doubles as :func:`_predict_pass`. A lead's 117 candidates in the slot model's 383
-    depth-6 trees visit ~9 nodes per tree this way; walked one by one they took 4.7 times
-    as long (524 µs against 111 per lead)."""
+    row lands in exactly one leaf per tree, whose value it adds, trees in order: LightGBM's
+    doubles. A lead's 117 candidates visit ~9 nodes per tree this way: an order of magnitude
+    less than ``Booster.predict`` over the laid-out candidates."""
     k_runs, nf = lead.shape
     group = vals.shape[1]
     words = (group + 63) // 64
@@ -666,12 +662,8 @@ def _shared_pass(x, out, splits, thr, split_start, leaves, leaf_start, leaf_loca
 
 
 #: deepest tree the heap walk takes: a tree of depth d is laid out in 2^d - 1 splits and 2^d
-#: leaves, so deeper trees (grown leaf-wise without a depth limit) keep the node-by-node walk
+#: leaves, so deeper trees (grown leaf-wise without a depth limit) are left to LightGBM
 _HEAP_MAX_DEPTH = 10
-#: fewer rows walk node by node: preparing a row's columns (one per split kind and feature
-#: in use, ~300 for the benchmark's models) costs more than the branches it saves for one
-#: row (one row: 4.0 µs against 7.9 for the conversion model; four rows break even)
-_HEAP_MIN_ROWS = 4
 #: the split kinds of the heap walk's columns (:func:`_heap_rows`), in their order
 _PLAIN, _NAN_LEFT, _NAN_RIGHT, _ZERO_LEFT, _ZERO_RIGHT, _IN_SET, _CONST = range(7)
 
@@ -785,13 +777,14 @@ def _heap_rows(x, r0, r1, cf, kb, in_set, xb):
 
 
 def _heap_pass(x, out, col, thr, leaf, node_off, leaf_off, depth, cf, kb, in_set):
-    """Adds every row's raw score to ``out``, as :func:`_predict_pass` but on the layout of
-    :func:`_heap_layout` (compiled by numba; see :func:`_kernel`). A block of rows goes
+    """Adds every row's raw score to ``out``, on the layout of :func:`_heap_layout`
+    (compiled by numba; see :func:`_kernel`). A block of rows goes
     through a tree one level at a time: each row's step is a few loads and a comparison,
     with no branch on its data and no dependence on the other rows' steps, so the processor
     overlaps them (the node-by-node walk mispredicts about one branch in two). Leaf values
-    are added in tree order: the same doubles. 1.9-3.4 times the node-by-node walk's speed
-    on the benchmark's depth-6 models."""
+    are added in tree order: the same doubles. About 6 times a node-by-node walk's speed on
+    depth-6 models in batches; a single row costs a few times more than such a walk, but
+    still less than ``Booster.predict``'s per-call cost."""
     block = 32
     n = x.shape[0]
     xb = np.empty((block, cf.shape[0]))
@@ -815,9 +808,8 @@ def _heap_pass(x, out, col, thr, leaf, node_off, leaf_off, depth, cf, kb, in_set
 
 def _kernel(name: str = "shap"):
     """The ``shap`` (:func:`_shap_pass`), ``shared`` (:func:`_shared_pass`), ``heap``
-    (:func:`_heap_pass`), ``predict`` (:func:`_predict_pass`) or ``predict_runs``
-    (:func:`_predict_runs_pass`) kernel, compiled once per process; None when numba is not
-    importable."""
+    (:func:`_heap_pass`) or ``predict_runs`` (:func:`_predict_runs_pass`) kernel, compiled
+    once per process; None when numba is not importable."""
     with _lock:
         return _compile().get(name)
 
@@ -836,26 +828,12 @@ def _compile() -> dict:
                 _heap_rows = numba.njit(inline="always")(_heap_rows)
             from numba.cpython.unsafe.numbers import trailing_zeros as _trailing_zeros
             jit = numba.njit(nogil=True, cache=True)
-            _kernels = {"shap": jit(_shap_pass), "predict": jit(_predict_pass),
-                        "predict_runs": jit(_predict_runs_pass), "heap": jit(_heap_pass),
-                        "shared": jit(_shared_pass)}
+            _kernels = {"shap": jit(_shap_pass), "predict_runs": jit(_predict_runs_pass),
+                        "heap": jit(_heap_pass), "shared": jit(_shared_pass)}
     return _kernels
 
 
-def _tables(model) -> _ShapTables:
-    tables = getattr(model, "_shap_tables", None)
-    if tables is None:
-        with _lock:  # serving threads: one build per model
-            tables = getattr(model, "_shap_tables", None)
-            if tables is None:  # a model built in memory has not been through load
-                from leadscore.artifact import check_booster
-
-                check_booster(model.booster, getattr(model, "name", "model"))
-                tables = model._shap_tables = _ShapTables(model.booster)
-    return tables
-
-
-def _run(kernel, x: np.ndarray, out: np.ndarray, args: tuple, num_threads: int) -> None:
+def run(kernel, x: np.ndarray, out: np.ndarray, args: tuple, num_threads: int) -> None:
     """``kernel`` over the rows of ``x``; it releases the GIL, so one thread per slice."""
     if num_threads <= 1 or len(x) < 512:  # a request's rows: threads cost more than they save
         kernel(x, out, *args)
@@ -868,82 +846,35 @@ def _run(kernel, x: np.ndarray, out: np.ndarray, args: tuple, num_threads: int) 
         list(pool.map(lambda v: kernel(v[0], v[1], *args), views))
 
 
-def _as_matrix(model, data) -> np.ndarray:
-    """The model's input as LightGBM sees it (:meth:`LeadModel.matrix`): C-ordered doubles,
-    not copied when they already are."""
-    x = data if isinstance(data, np.ndarray) else model.matrix(data)
-    return np.ascontiguousarray(x, dtype=np.float64)
+def available() -> bool:
+    """Whether numba compiles the kernels here."""
+    return bool(_kernel("heap"))
 
 
-def contributions(model, feats, num_threads: int = 1) -> np.ndarray:
-    """Exact TreeSHAP contributions (rows × features+1, the last column the base value) of a
-    :class:`~leadscore.artifact.LeadModel` for a frame or its matrix: by the tabulated pass
-    when the trees allow it, else LightGBM's ``pred_contrib``."""
-    tables = _tables(model)
-    kernel = _kernel("shap")
-    if kernel is None or not tables.usable or tables.n_features != len(model.features):
-        x = feats if isinstance(feats, np.ndarray) else model.matrix(feats)
-        return model.booster.predict(x, pred_contrib=True, num_threads=num_threads)
-    x = _as_matrix(model, feats)
-    out = np.zeros((len(x), tables.n_features + 1))
-    shared = _kernel("shared")
-    if tables.shared is not None and shared is not None and len(x) >= _SHARED_MIN_ROWS:
-        _run(shared, x, out, tables.shared, num_threads)
-        return out
-    _run(kernel, x, out, tables.shap, num_threads)
-    return out
+def contributions(tables: Tables, x: np.ndarray, out: np.ndarray, num_threads: int) -> None:
+    """Adds TreeSHAP contributions of the rows of ``x`` to ``out`` (rows × features+1)."""
+    if tables.shared is not None and len(x) >= _SHARED_MIN_ROWS:
+        run(_kernel("shared"), x, out, tables.shared, num_threads)
+    else:
+        run(_kernel("shap"), x, out, tables.shap, num_threads)
 
 
-def raw_scores(model, feats, num_threads: int = 1) -> np.ndarray:
-    """Raw scores (LightGBM's ``raw_score=True``) of a LeadModel for a frame or its matrix.
-
-    LightGBM's predictor pays a set-up cost per call that the compiled walk over the flat
-    trees does not: that is what a one-lead HTTP request and the slot search's hundred-odd
-    candidates are made of. From ``_HEAP_MIN_ROWS`` rows on, trees up to ``_HEAP_MAX_DEPTH``
-    deep go level by level without data-dependent branches (:func:`_heap_pass`): the nightly
-    job's depth-6 models score 1.9-3.4 times as fast as by walking node by node, which is
-    LightGBM's own speed. Deeper trees walk node by node (:func:`_predict_pass`). Same
-    leaves, same summation order: the same doubles."""
-    tables = _tables(model)
-    kernel = _kernel("predict")
-    if kernel is None or tables.n_features != len(model.features):
-        x = feats if isinstance(feats, np.ndarray) else model.matrix(feats)
-        return model.booster.predict(x, raw_score=True, num_threads=num_threads)
-    x = _as_matrix(model, feats)
-    out = np.zeros(len(x))
-    heap = _kernel("heap")
-    if tables.heap is not None and heap is not None and len(x) >= _HEAP_MIN_ROWS:
-        _run(heap, x, out, tables.heap, num_threads)
-        return out
-    node, thr = tables.packed
-    _run(kernel, x, out, (node, thr, tables.arrays["tree_start"], tables.arrays["cat_bits"]),
-         num_threads)
-    return out
+def raw(tables: Tables, x: np.ndarray, out: np.ndarray, num_threads: int) -> None:
+    """Adds the raw score of each row of ``x`` to ``out`` (:func:`_heap_pass`)."""
+    run(_kernel("heap"), x, out, tables.heap, num_threads)
 
 
-def raw_scores_runs(model, lead: np.ndarray, vals: np.ndarray, vcols: np.ndarray,
-                    num_threads: int = 1) -> np.ndarray:
-    """Raw scores (k x G) of runs of G rows that differ only in the columns ``vcols``: run i
-    is ``lead[i]`` with its ``vcols`` set to each row of ``vals[i]`` (k x G x len(vcols)).
-    The slot search's candidates: a lead's row once per allowed slot, only the slot columns
-    changed. Each run goes through a tree once, as a set of rows that divides only where the
-    varying columns split it (:func:`_predict_runs_pass`) — LightGBM's values, bit for bit."""
-    lead = np.ascontiguousarray(lead, dtype=np.float64)
-    vals = np.ascontiguousarray(vals, dtype=np.float64)
-    vcols = np.asarray(vcols, dtype=np.int64)
-    k, group = vals.shape[:2]
-    tables = _tables(model)
+def raw_runs(tables: Tables, lead: np.ndarray, vals: np.ndarray, vcols: np.ndarray,
+             out: np.ndarray, num_threads: int) -> None:
+    """Adds the raw scores of runs of rows (:func:`_predict_runs_pass`) to ``out`` (k × G);
+    runs split over threads when there are enough."""
     kernel = _kernel("predict_runs")
-    if kernel is None or tables.n_features != len(model.features):
-        rep = np.repeat(lead, group, axis=0)
-        rep[:, vcols] = vals.reshape(k * group, -1)
-        return raw_scores(model, rep, num_threads=num_threads).reshape(k, group)
-    out = np.zeros((k, group))
     node, thr = tables.packed
     args = (node, thr, tables.arrays["tree_start"], tables.arrays["cat_bits"])
+    k, group = vals.shape[:2]
     if num_threads <= 1 or k * group < 512 or k < 2:
         kernel(lead, vals, vcols, out, *args)
-        return out
+        return
     from concurrent.futures import ThreadPoolExecutor
 
     cuts = np.linspace(0, k, min(num_threads, k) + 1).astype(int)
@@ -951,4 +882,3 @@ def raw_scores_runs(model, lead: np.ndarray, vals: np.ndarray, vcols: np.ndarray
         list(pool.map(lambda ab: kernel(lead[ab[0]:ab[1]], vals[ab[0]:ab[1]], vcols,
                                         out[ab[0]:ab[1]], *args),
                       itertools.pairwise(cuts.tolist())))
-    return out
