@@ -289,7 +289,8 @@ def test_spark_workers_follow_the_drivers_scoring_path(enabled, monkeypatch):
     the path the driver took (not LightGBM only because they were built in memory)."""
     from types import SimpleNamespace
 
-    from leadscore.serving import scorer, spark
+    from leadscore.nightly import spark
+    from leadscore.scoring import scorer
 
     model, test = _split_kinds_model({})  # not catalogue features: no real Scorer
     model.accelerate(enabled)

@@ -83,7 +83,11 @@ def test_a_stop_signal_to_leadscore_serve_stops_the_server(tmp_path, sig):
         deadline = time.monotonic() + 30  # BentoML drains its workers first; slow on a busy machine
         while (_session(proc.pid) or _port_open(port)) and time.monotonic() < deadline:
             time.sleep(0.2)
-        assert proc.poll() is not None
+        if proc.poll() is None:
+            ps = subprocess.run(["ps", "-o", "pid,stat,etime,args", "--sid", str(proc.pid)],
+                                capture_output=True, text=True).stdout
+            pytest.fail(f"still running {time.monotonic() - deadline + 30:.0f} s after {sig!r}"
+                        f"\n{ps}\n{(tmp_path / 'serve.log').read_text()[-3000:]}")
         assert _session(proc.pid) == [], "processes of the server outlived the signal"
         assert not _port_open(port), "the port still answers after the signal"
     finally:
