@@ -177,7 +177,8 @@ class _Store:
             con.close()
         if len(st["files"]) > MAX_FILES:  # one file, without the days no cutoff needs
             st["from_day"] = max(st["from_day"], today - cat.LOOKBACK_DAYS - SLACK_DAYS)
-            rows = _concat([_load(self.root / f) for f in st["files"]])
+            parts = [_load(self.root / f) for f in st["files"]]
+            rows = {t: _gather([p[t] for p in parts], tuple(parts[0][t])) for t in parts[0]}
             for name in ("main", "hours", "model"):
                 keep = rows[name]["d"] >= st["from_day"]
                 rows[name] = {c: v[keep] for c, v in rows[name].items()}
@@ -391,38 +392,36 @@ class _Store:
         if st["from_day"] + cat.LOOKBACK_DAYS > D or any(
                 a < st["sessions"][str(g)]["exact_from"] for g in plan.gaps):
             return None  # earlier than the days kept
-        kept = _concat([_load(self.root / f, mmap=True) for f in st["files"]])
+        parts = [_load(self.root / f, mmap=True) for f in st["files"]]
         leads = self._leads(st)
         n = leads.num_rows
         order = pc.sort_indices(leads.column("lead_id")).to_numpy()  # lk in lead_id order
-        status = kept["status"]
         vs_order = np.full(n, _NEVER, dtype=np.int64)
         vs_close = np.full(n, _NEVER, dtype=np.int64)
-        np.minimum.at(vs_order, status["lk"], status["o"])
-        np.minimum.at(vs_close, status["lk"], status["c"])
+        for p in parts:
+            np.minimum.at(vs_order, p["status"]["lk"], p["status"]["o"])
+            np.minimum.at(vs_close, p["status"]["lk"], p["status"]["c"])
         rows: dict = {}
 
-        def visible(r: dict, cols: Sequence[str]) -> dict:
-            """The rows visible at the cutoff (the job drops those outside its windows)."""
-            sel = r["vd"] <= D
-            if sel.all():  # the usual case: no copies
-                out = {"k": r["lk"], **{c: r[c] for c in cols}}
-            else:
-                out = {"k": r["lk"][sel], **{c: r[c][sel] for c in cols}}
-            out["d"] = (r["d"] if sel.all() else r["d"][sel]) - base
+        def visible(table: str, cols: Sequence[str], vis: str = "vd") -> dict:
+            """The rows of ``table`` visible at the cutoff (the job drops those outside its
+            windows), ``lk`` as ``k`` and ``d`` in grid buckets."""
+            out = _gather([p[table] for p in parts], ("lk", "d", *cols), vis, D)
+            out["k"] = out.pop("lk")
+            out["d"] = out["d"] - base
             out["vis"] = np.zeros(len(out["k"]), dtype=np.int32)
             return out
 
         if plan.main:
             code = np.array([0, *map(plan.code_of, st["event_types"])],
                             dtype=np.uint8)  # kept code → the plan's
-            main = visible(kept["main"], ("et", "n", "m"))
+            main = visible("main", ("et", "n", "m"))
             main["code"] = code[main.pop("et")]
             rows["latest"] = {"k": main["k"], "code": main["code"], "vis": main["vis"],
                               "m": main.pop("m")}
             rows["main"] = main
         if plan.hours:
-            rows["hours"] = visible(kept["hours"], ("lh", "n"))
+            rows["hours"] = visible("hours", ("lh", "n"))
         if plan.gaps:
             rows["sess"] = {}
             for gap in plan.gaps:
@@ -438,18 +437,15 @@ class _Store:
                                      "w": np.ones(m, dtype=np.int32),
                                      "n": np.ones(m, dtype=np.int32)}
         if plan.model_feats:
-            rows["model"] = visible(kept["model"], ("mc", "n"))
+            rows["model"] = visible("model", ("mc", "n"))
             rows["n_models"] = len(st["models"]) + 1
         if plan.contacts:
-            rows["ct"] = kept["ct"]
+            rows["ct"] = _gather([p["ct"] for p in parts], tuple(parts[0]["ct"]))
         if plan.history:  # never trimmed: the whole history, one row per (lead, type, day)
-            h = kept["hist"]
-            sel = h["vis"] <= D
-            every = bool(sel.all())  # the usual case: no copies
-            hist = {c: h[c] if every else h[c][sel]
-                    for c in ("k", "day", "n", "vsum", "vn", "tmin", "tmax")}
+            hist = _gather([p["hist"] for p in parts],
+                           ("k", "code", "day", "n", "vsum", "vn", "tmin", "tmax"), "vis", D)
             hist["code"] = np.array([0, *map(plan.code_of, st["event_types"])],
-                                    dtype=np.uint8)[h["code"] if every else h["code"][sel]]
+                                    dtype=np.uint8)[hist["code"]]
             hist["d"] = hist["day"] - base
             hist["vis"] = np.zeros(len(hist["k"]), dtype=np.int32)
             rows["hist"] = hist
@@ -498,8 +494,21 @@ def _load(path: Path, mmap: bool = False) -> dict[str, dict[str, np.ndarray]]:
     return out
 
 
-def _concat(parts: list[dict]) -> dict:
-    if len(parts) == 1:
-        return parts[0]
-    return {t: {c: np.concatenate([p[t][c] for p in parts]) for c in parts[0][t]}
-            for t in parts[0]}
+def _gather(parts: list[dict], cols: Sequence[str], vis: str | None = None,
+            day: int = 0) -> dict[str, np.ndarray]:
+    """``cols`` of the loads' rows (those with ``vis <= day`` when ``vis`` is given), in one
+    array each. One load's rows all visible are its memory-mapped arrays as they are; else
+    each column is copied once (filtered and joined in one step): these are a whole
+    history's rows, and a night reads them in a fresh process, where copies cost page
+    faults as much as bytes."""
+    sels = []
+    for p in parts:
+        sel = None if vis is None else p[vis] <= day
+        sels.append(None if sel is None or sel.all() else sel)
+    if len(parts) == 1 and sels[0] is None:
+        return {c: parts[0][c] for c in cols}
+    out = {}
+    for c in cols:
+        pieces = [p[c] if s is None else p[c][s] for p, s in zip(parts, sels, strict=True)]
+        out[c] = np.concatenate(pieces) if len(pieces) > 1 else np.asarray(pieces[0])
+    return out
