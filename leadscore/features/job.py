@@ -1421,14 +1421,15 @@ class Reduced:
         sel = h["vis"] <= 0
         every = bool(sel.all())
         col = (lambda c: h[c]) if every else (lambda c: h[c][sel])
-        k, raw = col("k").astype(np.int64), col("code")
+        k, raw = col("k"), col("code")
         # the codes present, numbered densely (the "other" code is 255)
         present = np.flatnonzero(np.bincount(raw)) if len(raw) else np.zeros(1, np.int64)
-        dense = np.zeros(int(present[-1]) + 1, dtype=np.int64)
+        dense = np.zeros(int(present[-1]) + 1, dtype=np.uint8)
         dense[present] = np.arange(len(present))
         code = dense[raw]
         ncode = len(present)
-        key = k * ncode + code
+        key = np.multiply(k, ncode, dtype=np.int64)  # a whole history's rows: no temporaries
+        key += code
         size = n * ncode
         sums = (("count", "n"), ("vsum", "vsum"), ("vn", "vn"))
 
@@ -1497,7 +1498,9 @@ class Reduced:
             return [None if m is None else np.zeros(n) for m in members]
         day0 = int(day.min())
         span = int(day.max()) - day0 + 1
-        lead_day = k * span + (day.astype(np.int64) - day0)
+        lead_day = np.multiply(k, span, dtype=np.int64)
+        lead_day += day
+        lead_day -= day0
         out: list[np.ndarray | None] = []
         if n * span <= _DAYS_GRID:
             wanted = [i for i, m in enumerate(members) if m is not None]
