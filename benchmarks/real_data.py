@@ -130,6 +130,8 @@ def online_retail(realdata: Path, seed: int, kind: str, weeks: int | None) -> pd
             test_rows | closed, rows["split"], "unused")))
         n_closed = len(np.unique(rows.loc[closed, "as_of"]))
         variants[f"  windows closed by the cutoff only ({n_closed} cutoffs)"] = (spec, None)
+        variants[f"  windows closed by the cutoff, + {kind} as init_score"] = (
+            spec, "btyd_init")
         for name, (sp, init) in variants.items():
             t = time.perf_counter()
             fr = fit(sp, strict if name.startswith("  windows closed") else ts, seed=seed,
