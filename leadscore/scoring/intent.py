@@ -135,7 +135,8 @@ def grade(p: Mapping[int, np.ndarray | None], dealer_ids: Sequence[str],
           rules: IntentRules, models: Mapping[int, float | None]) -> np.ndarray:
     """``intent_grade`` per row: the first of H/A/B/C whose horizon's probability reaches its
     threshold, else N. A horizon without a model or a threshold is skipped (a deployment of
-    the 30-day model alone grades B or N); without the 30-day probability the grade is None."""
+    the 30-day model alone grades B or N); without the 30-day probability, or without any
+    horizon that has a threshold, the grade is None (not N: nothing was graded)."""
     n = len(dealer_ids)
     out = np.full(n, None, dtype=object)
     if p.get(30) is None:
@@ -144,6 +145,8 @@ def grade(p: Mapping[int, np.ndarray | None], dealer_ids: Sequence[str],
     for dealer in dealers.unique():
         rows = np.flatnonzero((dealers == dealer).to_numpy())
         t = rules.thresholds(str(dealer), models)
+        if all(p.get(d) is None or t[d] is None for d in HORIZON_MODELS):
+            continue
         g = np.full(len(rows), "N", dtype=object)
         done = np.zeros(len(rows), dtype=bool)
         for d in (7, 15, 30, 90):
