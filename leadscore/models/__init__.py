@@ -8,7 +8,9 @@ from leadscore.models.spec import ModelSpec
 
 #: the time-to-order models beside the 30-day conversion model (one module: leadscore.models.order)
 ORDER_NAMES = ("order-7d", "order-15d", "order-90d")
-NAMES = ("conversion", *ORDER_NAMES, "contact", "churn", "contact-slot")
+#: training order: the 30-day model after the other horizons, so that its run chooses the
+#: four intent-grade thresholds together (leadscore.training.run.time_to_order)
+NAMES = (*ORDER_NAMES, "conversion", "contact", "churn", "contact-slot")
 _MODULES = {"conversion": "conversion", "contact": "contact", "churn": "churn",
             "contact-slot": "contact_slot", **{n: "order" for n in ORDER_NAMES}}
 

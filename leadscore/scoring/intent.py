@@ -57,20 +57,68 @@ def monotone(q: Mapping[int, np.ndarray | None]) -> dict[int, np.ndarray | None]
     return out
 
 
+#: where the conversion (30-day) artifact keeps the four thresholds chosen together
+JOINT_KEY = "intent_thresholds"
+
+
+def _cut(p: np.ndarray, want: float) -> float:
+    """The observed score whose count of rows at or above it is closest to ``want``:
+    isotonic calibration gives plateaus of tied scores, which one threshold cannot split."""
+    p = p[~np.isnan(p)]
+    if not len(p) or want <= 0:
+        return 1.0 if not len(p) else float(min(np.nextafter(p.max(), np.inf), 1.0))
+    v, counts = np.unique(p, return_counts=True)
+    at_or_above = np.cumsum(counts[::-1])[::-1]  # rows >= v[i]
+    return float(v[np.argmin(np.abs(at_or_above - want))])
+
+
 def choose_threshold(p: np.ndarray, days: int, share: float | None = None) -> float:
-    """The default threshold of a horizon: the (1 - share) quantile of its calibrated
-    probabilities on held-out open leads, so that about ``share`` of them reach it."""
+    """A horizon's threshold from its own scores alone: about ``share`` (cumulative, see
+    :data:`TOP_SHARE`) of the held-out open leads reach it."""
     share = TOP_SHARE[days] if share is None else share
     p = np.asarray(p, dtype=float)
-    p = p[~np.isnan(p)]
-    if not len(p):
+    if np.isnan(p).all():
         raise ValueError(f"no held-out scores to choose the {days}-day threshold on")
-    return float(np.quantile(p, 1.0 - share, method="higher"))
+    return _cut(p, share * np.count_nonzero(~np.isnan(p)))
+
+
+def choose_thresholds(p: Mapping[int, np.ndarray]) -> dict[int, float]:
+    """The four thresholds chosen together on the same held-out leads (``p``: the
+    monotone-corrected probabilities): in grade order, each takes the next leads up to its
+    cumulative share of :data:`TOP_SHARE` among those not graded yet, so the grades' shares
+    come out near 2.5/5/10/25% whatever the overlap of the horizons' rankings."""
+    n = len(p[30])
+    done = np.zeros(n, dtype=bool)
+    out = {}
+    for d in (7, 15, 30, 90):
+        v = np.asarray(p[d], dtype=float)
+        t = _cut(np.where(done, np.nan, v), TOP_SHARE[d] * n - done.sum())
+        out[d] = t
+        done |= v >= t
+    return out
 
 
 def threshold_meta(p: np.ndarray, days: int) -> dict:
     return {"days": days, "top_share": TOP_SHARE[days], "threshold": choose_threshold(p, days),
             "chosen_on": "the evaluation fit's calibrated scores of the holdout's open leads"}
+
+
+def model_thresholds(models: Mapping) -> dict[int, float | None]:
+    """Per horizon, the default threshold of deployed models (``models``: name →
+    LeadModel): the four chosen together with the 30-day model when it has them, else each
+    model's own; None for a horizon without a model."""
+    conv = models.get(HORIZON_MODELS[30])
+    joint = (conv.meta.get(JOINT_KEY) or {}) if conv is not None else {}
+    out: dict[int, float | None] = {}
+    for d, name in HORIZON_MODELS.items():
+        m = models.get(name)
+        if m is None:
+            out[d] = None
+        elif str(d) in joint:
+            out[d] = float(joint[str(d)])
+        else:
+            out[d] = (m.meta.get(META_KEY) or {}).get("threshold")
+    return out
 
 
 class RulesError(ValueError):

@@ -345,7 +345,7 @@ class Scorer:
     def __init__(self, models: dict[str, LeadModel], num_threads: int = 1,
                  rules: RulesFile | None = None, intent: IntentRules | None = None):
         from leadscore.scoring.contact_policy import RulesFile
-        from leadscore.scoring.intent import HORIZON_MODELS, META_KEY, IntentRules
+        from leadscore.scoring.intent import IntentRules, model_thresholds
 
         self.models = dict(models)
         self.num_threads = num_threads
@@ -355,10 +355,8 @@ class Scorer:
         #: intent-grade thresholds per dealer over the models' own (the edges read
         #: LEADSCORE_INTENT_GRADES); like the contact rules, never read from the environment here
         self.intent = intent if intent is not None else IntentRules()
-        #: per horizon, the default threshold its model was registered with (None: none)
-        self.intent_defaults = {
-            d: (self.models[m].meta.get(META_KEY) or {}).get("threshold")
-            if m in self.models else None for d, m in HORIZON_MODELS.items()}
+        #: per horizon, the default threshold the models were registered with (None: none)
+        self.intent_defaults = model_thresholds(self.models)
         slot_layout = {f.name for f in catalog.SLOT_CATALOG}  # laid out by the slot search
         self.required = sorted({f for m in self.models.values() for f in m.features
                                 if f not in slot_layout})

@@ -231,15 +231,20 @@ def time_to_order(con, days: int, test: pd.DataFrame, p: np.ndarray, data_end,
         m["model_30d_roc_auc"] = m30["roc_auc"]
         m["model_30d_ece"] = m30["ece"]
     table = None
-    if len(q) == 4 and all(cuts.get(d) is not None for d in intent.HORIZON_MODELS):
-        grades = intent.grade(intent.monotone(q), test["dealer_id"].astype(str).tolist(),
+    if len(q) == 4:
+        # all four horizons on the same held-out leads: their thresholds chosen together
+        # (the 30-day model's artifact keeps them for serving)
+        p_all = intent.monotone(q)
+        cuts = intent.choose_thresholds(p_all)
+        thr["joint"] = {str(d): t for d, t in cuts.items()}
+        grades = intent.grade(p_all, test["dealer_id"].astype(str).tolist(),
                               intent.IntentRules(), cuts)
         table = intent.grade_table(grades, labels)
         m["intent_rate_30d_ordered"] = float(intent.ordered(table))
         m["intent_largest_share"] = float(table["share"].max())
     else:
-        notes.append("time to order: no per-grade table (it needs the models of all four "
-                     "horizons with their thresholds; train the others)")
+        notes.append("time to order: no per-grade table nor joint thresholds (they need the "
+                     "models of all four horizons; train the others, then conversion)")
     return thr, m, table
 
 
@@ -258,6 +263,12 @@ def _grade_card(days: int, thr: dict, m: dict[str, float], table: pd.DataFrame |
         lines.append(f"The 30-day model on this horizon's labels: ROC AUC "
                      f"{m['model_30d_roc_auc']:.4f}, ECE {m['model_30d_ece']:.4f} (this "
                      "model's own are in the metrics above).")
+    if "joint" in thr:
+        lines.append("Thresholds of the four horizons chosen together on this holdout (in "
+                     "grade order, each takes the next leads up to its cumulative share "
+                     "2.5/7.5/17.5/42.5%): " + ", ".join(
+                         f"t{d} = {t:.4f}" for d, t in thr["joint"].items())
+                     + (" (serving uses these)" if days == 30 else "") + ".")
     if table is not None:
         rates = [c for c in table.columns if c.startswith("rate_")]
         lines += ["", "Intent grade on this holdout (other horizons scored by their "
@@ -466,9 +477,11 @@ def train(
             lm.meta[vocabulary.META_KEY] = {"event_types": list(vocab),
                                             "lead_columns": dict(lead_cols)}
             if thr is not None:  # calibrated probabilities: the threshold holds for the refit
-                from leadscore.scoring.intent import META_KEY
+                from leadscore.scoring.intent import JOINT_KEY, META_KEY
 
-                lm.meta[META_KEY] = thr
+                lm.meta[META_KEY] = {k: v for k, v in thr.items() if k != "joint"}
+                if days == 30 and "joint" in thr:
+                    lm.meta[JOINT_KEY] = thr["joint"]
         version = _log_run(spec, cfg, ts, fr, test, p, m, fp, truth_note, register, final,
                            refit_rows, log_model=not experiment, vocab=vocab,
                            lead_cols=lead_cols, card_extra=card_extra, grade_table=table)
