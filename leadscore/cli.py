@@ -39,6 +39,9 @@ class ModelName(StrEnum):
     contact = "contact"
     churn = "churn"
     contact_slot = "contact-slot"
+    order_7d = "order-7d"
+    order_15d = "order-15d"
+    order_90d = "order-90d"
 
 
 def _logging(verbose: bool) -> None:
@@ -222,6 +225,17 @@ def _contact_rules():
         return RulesFile.load(rules_path_from_env())
     except RulesError as e:
         _fail(f"LEADSCORE_CONTACT_RULES: {e}")
+
+
+def _intent_rules():
+    """The intent-grade thresholds of this run: the YAML file named by
+    ``LEADSCORE_INTENT_GRADES``, else none (the models' own). Read here, at the edge."""
+    from leadscore.scoring.intent import IntentRules, RulesError, rules_path_from_env
+
+    try:
+        return IntentRules.load(rules_path_from_env())
+    except RulesError as e:
+        _fail(f"LEADSCORE_INTENT_GRADES: {e}")
 
 
 @app.command()
@@ -428,7 +442,7 @@ def rescore(
     as_of: Annotated[str, typer.Option("--as-of", help="Cutoff, UTC")],
     out: Annotated[Path, typer.Option(help="Output: Parquet folder (or .csv file)")],
     models: Annotated[str, typer.Option(help="Comma-separated models to score")] = (
-        "conversion,contact,churn,contact-slot"
+        "conversion,order-7d,order-15d,order-90d,contact,churn,contact-slot"
     ),
     engine: Annotated[Engine, typer.Option(help="duckdb (embedded) or spark")] = Engine.duckdb,
     out_format: Annotated[OutFormat, typer.Option("--format", help="parquet or csv")] = (
@@ -460,10 +474,11 @@ def rescore(
     (cutoff,) = _timestamps(as_of)[:1]
     target = out.with_name(out.name + ".parts") if out_format is OutFormat.csv else out
     rules = _contact_rules()
+    intent = _intent_rules()
     try:
         res = batch.rescore(data, cutoff, target, models=names, reasons=reasons,
                             bucket_leads=bucket_leads, force=force, engine=engine.value,
-                            cache=cache, rules=rules)
+                            cache=cache, rules=rules, intent=intent)
     except (ContractError, FileExistsError, ValueError, IntakeError) as e:
         _fail(str(e))
     if out_format is OutFormat.csv:

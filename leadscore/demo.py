@@ -107,7 +107,7 @@ def run(workdir: Path, n_leads: int = 20_000, rules=None) -> None:
     for r in top.itertuples():
         when = (pd.Timestamp(r.best_slot_start).strftime("%a %H:%M UTC")
                 if pd.notna(r.best_slot_start) else "-")
-        typer.echo(f"   {r.lead_id} score {r.lead_score:>3} grade {r.grade} "
+        typer.echo(f"   {r.lead_id} score {r.lead_score:>3} intent {r.intent_grade} "
                    f"urgency {r.contact_urgency} → {r.best_channel or '-'} at {when}")
         for reason in json.loads(r.reasons)[:3]:
             if reason["contribution"] > 0:
@@ -169,8 +169,9 @@ def _serve_and_ask(workdir: Path, feats: pd.DataFrame, data: Path, as_of: pd.Tim
         r = httpx.post(f"{base}/score", json=body, headers={"X-API-Key": key}, timeout=30)
         typer.echo(f"   POST /score by lead_id → {r.status_code}")
         for res in r.json()["results"]:
-            typer.echo(f"   {res['lead_id']}: score {res['lead_score']} ({res['grade']}), "
-                       f"urgency {res['contact_urgency']}, churn risk {res['p_churn']:.0%}, "
+            typer.echo(f"   {res['lead_id']}: score {res['lead_score']} "
+                       f"(intent {res['intent_grade']}), urgency {res['contact_urgency']}, "
+                       f"churn risk {res['p_churn']:.0%}, "
                        f"best {res['best_channel']} at {res['best_slot_start']}")
             for reason in res["reasons"]:
                 sign = "+" if reason["contribution"] > 0 else "-"
@@ -187,7 +188,8 @@ def _serve_and_ask(workdir: Path, feats: pd.DataFrame, data: Path, as_of: pd.Tim
         r = httpx.post(f"{base}/score", json=inline, headers={"X-API-Key": key}, timeout=30)
         res = r.json()["results"][0]
         typer.echo(f"   POST /score with inline events → {r.status_code}: score "
-                   f"{res['lead_score']} ({res['grade']}), urgency {res['contact_urgency']}")
+                   f"{res['lead_score']} (intent {res['intent_grade']}), "
+                   f"urgency {res['contact_urgency']}")
         r = httpx.post(f"{base}/score", json=body, timeout=30)
         typer.echo(f"   without an API key → {r.status_code}")
     finally:

@@ -35,11 +35,13 @@ from leadscore.features import job
 from leadscore.features.slots import add_slot_features
 from leadscore.nightly import batch, intake, per_bucket
 from leadscore.schema import CHANNELS
+from leadscore.scoring import intent
 from leadscore.scoring.scorer import OUTPUT_COLUMNS, SLOT_MODEL, Scorer
 from leadscore.training import trainer
 
 ROOT = Path(__file__).resolve().parents[1]
-PROBAS = ["p_convert", "p_inquiry", "p_response", "p_churn"]
+PROBAS = ["p_convert", "p_order_7d", "p_order_15d", "p_order_30d", "p_order_90d",
+          "p_inquiry", "p_response", "p_churn"]
 REASON_KEYS = {"model", "feature", "value", "contribution", "sentence"}
 
 
@@ -108,6 +110,10 @@ def quick_registry(base: Path, data_dir: Path) -> SimpleNamespace:
             frame = frames["slot" if name == SLOT_MODEL else "lead"]
             model = _quick_model(name, frame, rng)
             spec = models.get(name)
+            days = {m: d for d, m in intent.HORIZON_MODELS.items()}.get(name)
+            if days is not None:  # as training stores it: a quantile of its scores
+                model.meta[intent.META_KEY] = intent.threshold_meta(
+                    model.predict_proba(frame), days)
             _, version = registry.log_model(model, frame[model.features].head(20),
                                             spec.registered_name)
             registry.set_alias(name, registry.CHAMPION, version)
@@ -239,7 +245,8 @@ def test_output_is_one_row_per_open_lead_or_owner_with_the_contract_columns(
     # scores where they belong: lead models for open leads, churn for everyone
     open_ = df["lead_id"].isin(entities.loc[entities["is_open"], "lead_id"]).to_numpy()
     assert open_.any() and (~open_).any()
-    for c in ("p_convert", "p_inquiry", "lead_score", "grade", "contact_urgency"):
+    for c in ("p_convert", "p_order_7d", "p_order_15d", "p_order_30d", "p_order_90d",
+              "p_inquiry", "lead_score", "intent_grade", "contact_urgency"):
         assert df.loc[open_, c].notna().all(), c
         assert df.loc[~open_, c].isna().all(), c
     assert df["p_churn"].notna().all()
@@ -247,7 +254,11 @@ def test_output_is_one_row_per_open_lead_or_owner_with_the_contract_columns(
         v = df[c].dropna()
         assert ((v >= 0) & (v <= 1)).all(), c
     assert (df.loc[open_, "lead_score"] == np.rint(df.loc[open_, "p_convert"] * 100)).all()
-    assert set(df.loc[open_, "grade"]) <= set("ABCD")
+    assert set(df.loc[open_, "intent_grade"]) <= set("HABCN")
+    # time to order: p_order_30d is p_convert; non-decreasing in the horizon
+    assert (df.loc[open_, "p_order_30d"] == df.loc[open_, "p_convert"]).all()
+    horizons = df.loc[open_, ["p_order_7d", "p_order_15d", "p_order_30d", "p_order_90d"]]
+    assert (horizons.diff(axis=1).iloc[:, 1:] >= 0).all().all()
     assert set(df.loc[has_slot, "best_channel"]) <= set(CHANNELS)
 
     # reasons are JSON lists of whole reasons; model versions are JSON
@@ -580,9 +591,13 @@ def test_models_not_registered_are_skipped_and_their_columns_are_null(
     df = read_sorted(out).set_index("lead_id")
     assert df.index.equals(ref.index)
     for c in ("p_inquiry", "contact_urgency", "best_slot_start", "best_channel", "p_response",
-              "p_churn"):
+              "p_churn", "p_order_7d", "p_order_15d", "p_order_90d"):
         assert df[c].isna().all(), c
     pd.testing.assert_series_equal(df["p_convert"], ref["p_convert"], check_exact=True)
+    # without the horizon models: the 30-day model alone grades, B or N
+    open_ = df["p_convert"].notna()
+    assert (df.loc[open_, "p_order_30d"] == df.loc[open_, "p_convert"]).all()
+    assert set(df.loc[open_, "intent_grade"]) == {"B", "N"}
     assert set(df["model_versions"]) == {json.dumps({"conversion": env.versions["conversion"]})}
     models_in_reasons = {r["model"] for s in df["reasons"] for r in json.loads(s)}
     assert models_in_reasons == {"conversion"}
@@ -591,7 +606,8 @@ def test_models_not_registered_are_skipped_and_their_columns_are_null(
     monkeypatch.setenv("MLFLOW_TRACKING_URI", env.nochurn_uri)
     out = tmp_path / "no_churn"
     res = batch.rescore(data, env.as_of, out)
-    assert "churn" not in res.model_versions and len(res.model_versions) == 3
+    assert "churn" not in res.model_versions
+    assert len(res.model_versions) == len(models.NAMES) - 1
     df = read_sorted(out).set_index("lead_id")
     assert df.index.equals(ref.index)  # owners keep their row, with nothing scored
     assert df["p_churn"].isna().all()

@@ -130,7 +130,7 @@ def test_openapi_declares_the_key_the_errors_examples_and_enums(client):
         values = [v for alt in prop.get("anyOf", [prop]) for v in alt.get("enum", [])]
         return values, prop.get("description", "")
 
-    for field, allowed in (("grade", ["A", "B", "C", "D"]),
+    for field, allowed in (("intent_grade", ["H", "A", "B", "C", "N"]),
                            ("contact_urgency", ["now", "within_3_days", "nurture"]),
                            ("best_channel", list(CHANNELS))):
         values, description = enum(lead[field])

@@ -26,7 +26,7 @@ from hypothesis import strategies as st
 from leadscore import contract, registry
 from leadscore.features import catalog
 from leadscore.schema import CHANNELS
-from leadscore.scoring.scorer import PROBA_COLUMN, SLOT_MODEL, Scorer
+from leadscore.scoring.scorer import NO_REASONS, PROBA_COLUMN, SLOT_MODEL, Scorer
 from leadscore.serving import store as online
 from leadscore.serving.api import (
     MAX_BODY_BYTES,
@@ -43,7 +43,7 @@ NORTH_KEY = "north-4f1c9e2a-key"
 SOUTH_KEY = "south-b83d07aa-key"
 NORTH = {"X-API-Key": NORTH_KEY}
 SOUTH = {"X-API-Key": SOUTH_KEY}
-GRADES = {"A", "B", "C", "D"}
+GRADES = {"H", "A", "B", "C", "N"}
 URGENCIES = {"now", "within_3_days", "nurture"}
 
 
@@ -110,11 +110,11 @@ def test_score_by_id_returns_calibrated_scores_grades_reasons_and_versions(serve
             assert 0.0 <= x[col] <= 1.0
         assert isinstance(x["lead_score"], int) and 0 <= x["lead_score"] <= 100
         assert x["lead_score"] == round(100 * x["p_convert"])
-        assert x["grade"] in GRADES
+        assert x["intent_grade"] in GRADES and x["p_order_30d"] == x["p_convert"]
         assert x["contact_urgency"] in URGENCIES
         assert x["model_versions"] == champions
         models_with_reasons = {rs["model"] for rs in x["reasons"]}
-        assert set(PROBA_COLUMN) <= models_with_reasons
+        assert set(PROBA_COLUMN) - NO_REASONS <= models_with_reasons  # horizons: no reasons
         for rs in x["reasons"]:
             assert set(rs) == {"model", "feature", "value", "contribution", "sentence"}
             assert isinstance(rs["sentence"], str) and rs["sentence"]
@@ -190,7 +190,8 @@ def test_records_and_frames_score_the_same_bit_for_bit(served):
             assert [g["lead_id"] for g in got] == [r["lead_id"] for r in records]
             for g in got:
                 w = want[g["lead_id"]]
-                for col in ("p_convert", "lead_score", "grade", "p_inquiry", "contact_urgency",
+                for col in ("p_convert", "lead_score", "intent_grade", "p_inquiry",
+                            "contact_urgency",
                             "best_channel", "p_response", "p_churn"):
                     same(g[col], w[col])
                 same(g["best_slot_start"],
@@ -278,7 +279,7 @@ def test_inline_events_score_exactly_like_the_snapshot_lookup(served, sim_data, 
                 assert a[col] is None
             else:
                 assert a[col] == pytest.approx(b[col], abs=1e-9), (lead_id, col)
-        for col in ("lead_score", "grade", "contact_urgency", "best_channel", "dealer_id",
+        for col in ("lead_score", "intent_grade", "contact_urgency", "best_channel", "dealer_id",
                     "model_versions"):
             assert a[col] == b[col], (lead_id, col)
         assert pd.Timestamp(a["as_of"]) == pd.Timestamp(b["as_of"])

@@ -45,6 +45,7 @@ from leadscore.features import catalog as cat
 from leadscore.features import job, rollup
 from leadscore.nightly import intake, per_bucket
 from leadscore.scoring.contact_policy import RulesFile
+from leadscore.scoring.intent import IntentRules
 from leadscore.scoring.scorer import ALL_MODELS, OUTPUT_COLUMNS, Scorer
 
 log = logging.getLogger(__name__)
@@ -212,11 +213,13 @@ def rescore(
     engine: str = "duckdb",
     cache: Path | None = None,
     rules: RulesFile | None = None,
+    intent: IntentRules | None = None,
 ) -> RescoreResult:
     """Score every open lead (and owner, for churn) at ``as_of`` into the Parquet folder ``out``.
 
     Without ``scorer``, the registry's champions score with the contact ``rules`` given (the
-    defaults when None; the CLI passes the file named by ``LEADSCORE_CONTACT_RULES``).
+    defaults when None; the CLI passes the file named by ``LEADSCORE_CONTACT_RULES``) and the
+    intent-grade thresholds ``intent`` (the models' own when None; ``LEADSCORE_INTENT_GRADES``).
 
     The inputs are validated into ``cache`` (default ``<data_dir>/.leadscore-intake``; see
     :mod:`leadscore.nightly.intake`), which keeps them between runs: a night validates only the
@@ -232,7 +235,7 @@ def rescore(
     try:
         return _rescore(data_dir, as_of, out, models=models, reasons=reasons,
                         bucket_leads=bucket_leads, force=force, scorer=scorer, engine=engine,
-                        spill=spill, cache=cache, rules=rules)
+                        spill=spill, cache=cache, rules=rules, intent=intent)
     finally:
         shutil.rmtree(spill, ignore_errors=True)
 
@@ -251,6 +254,7 @@ def _rescore(
     spill: Path,
     cache: Path | None = None,
     rules: RulesFile | None = None,
+    intent: IntentRules | None = None,
 ) -> RescoreResult:
     t0 = time.perf_counter()
     data_dir, out = Path(data_dir), Path(out)
@@ -259,7 +263,7 @@ def _rescore(
     if not data_dir.is_dir():
         raise contract.ContractError(f"{data_dir}: not a folder")
     if scorer is None:
-        scorer = Scorer.from_registry(models, num_threads=2, rules=rules)
+        scorer = Scorer.from_registry(models, num_threads=2, rules=rules, intent=intent)
     log.info("rescore: models %s, scoring %s", scorer.versions, scorer.scoring_paths)
     key = _run_key(data_dir, as_of, scorer.versions, bucket_leads, reasons)
 

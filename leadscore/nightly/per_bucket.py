@@ -28,7 +28,7 @@ from leadscore.scoring.scorer import ALL_MODELS, OUTPUT_COLUMNS, SLOT_MODEL, Sco
 #: against 16.9 s and 17.1 s in buckets of 50,000.
 DEFAULT_BUCKET_LEADS = 100_000
 #: the models that score open leads; owners get the rest (churn)
-LEAD_MODELS = ("conversion", "contact", SLOT_MODEL)
+LEAD_MODELS = ("conversion", "order-7d", "order-15d", "order-90d", "contact", SLOT_MODEL)
 
 
 def bucket_features(con, as_of: pd.Timestamp,
@@ -71,10 +71,11 @@ def fmt_types(df: pd.DataFrame) -> pd.DataFrame:
     engine produced the rows: timestamps are pinned to microseconds (DuckDB's unit), so an
     all-null column does not fall back to nanoseconds in one part and not in another."""
     df = df.copy()
-    for c in ("p_convert", "p_inquiry", "p_response", "p_churn"):
+    for c in ("p_convert", "p_order_7d", "p_order_15d", "p_order_30d", "p_order_90d",
+              "p_inquiry", "p_response", "p_churn"):
         df[c] = pd.to_numeric(df[c], errors="coerce").astype("float64")
     df["lead_score"] = pd.to_numeric(df["lead_score"], errors="coerce").astype("Int64")
-    for c in ("lead_id", "dealer_id", "grade", "contact_urgency", "best_channel", "reasons",
+    for c in ("lead_id", "dealer_id", "intent_grade", "contact_urgency", "best_channel", "reasons",
               "model_versions"):
         df[c] = df[c].astype("string")
     for c in ("as_of", "best_slot_start"):

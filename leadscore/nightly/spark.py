@@ -141,7 +141,8 @@ _worker_scorer: tuple[str, object] | None = None  # (payload key, Scorer), per w
 
 
 def _payload(scorer) -> tuple[str, bytes]:
-    """The scorer as plain data: boosters as LightGBM text, metadata, the contact rules."""
+    """The scorer as plain data: boosters as LightGBM text, metadata, the contact rules and
+    the intent-grade thresholds."""
     models = {}
     for name, m in scorer.models.items():
         models[name] = {
@@ -156,7 +157,7 @@ def _payload(scorer) -> tuple[str, bytes]:
             # follow it, checking the kernels again in their own process
             "accelerate": m.scoring_path == "accelerated",
         }
-    blob = pickle.dumps({"models": models, "rules": scorer.rules})
+    blob = pickle.dumps({"models": models, "rules": scorer.rules, "intent": scorer.intent})
     return hashlib.sha256(blob).hexdigest()[:16], blob
 
 
@@ -181,7 +182,7 @@ def _scorer_on_worker(key: str, payload) -> object:
         }
         for name, m in models.items():
             m.accelerate(data["models"][name].get("accelerate", False))
-        scorer = Scorer(models, num_threads=1, rules=data["rules"])
+        scorer = Scorer(models, num_threads=1, rules=data["rules"], intent=data["intent"])
         _worker_scorer = (key, scorer)
     return _worker_scorer[1]
 

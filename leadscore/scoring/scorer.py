@@ -31,17 +31,23 @@ from leadscore.schema import DEFAULT_TZ
 
 if TYPE_CHECKING:
     from leadscore.scoring.contact_policy import RulesFile
+    from leadscore.scoring.intent import IntentRules
 
 log = logging.getLogger(__name__)
 
-#: model name → the output column of its probability
-PROBA_COLUMN = {"conversion": "p_convert", "contact": "p_inquiry", "churn": "p_churn"}
+#: model name → the output column of its probability (the time-to-order models' columns are
+#: written after the monotone correction, :func:`leadscore.scoring.intent.monotone`)
+PROBA_COLUMN = {"conversion": "p_convert", "contact": "p_inquiry", "churn": "p_churn",
+                "order-7d": "p_order_7d", "order-15d": "p_order_15d",
+                "order-90d": "p_order_90d"}
+#: models scored without reasons: the 30-day conversion model's are the lead's
+NO_REASONS = frozenset({"order-7d", "order-15d", "order-90d"})
 SLOT_MODEL = "contact-slot"
 ALL_MODELS = (*PROBA_COLUMN, SLOT_MODEL)
 OUTPUT_COLUMNS = (
-    "lead_id", "dealer_id", "as_of", "p_convert", "lead_score", "grade", "p_inquiry",
-    "contact_urgency", "best_slot_start", "best_channel", "p_response", "p_churn", "reasons",
-    "model_versions",
+    "lead_id", "dealer_id", "as_of", "p_convert", "p_order_7d", "p_order_15d", "p_order_30d",
+    "p_order_90d", "lead_score", "intent_grade", "p_inquiry", "contact_urgency",
+    "best_slot_start", "best_channel", "p_response", "p_churn", "reasons", "model_versions",
 )
 URGENCY = {"A": "now", "B": "within_3_days", "C": "nurture", "D": "nurture"}
 
@@ -337,14 +343,20 @@ class Scorer:
     _pool_lock = threading.Lock()
 
     def __init__(self, models: dict[str, LeadModel], num_threads: int = 1,
-                 rules: RulesFile | None = None):
+                 rules: RulesFile | None = None, intent: IntentRules | None = None):
         from leadscore.scoring.contact_policy import RulesFile
+        from leadscore.scoring.intent import IntentRules, model_thresholds
 
         self.models = dict(models)
         self.num_threads = num_threads
         #: contact rules for the slot search: given by the caller (the edges read
         #: LEADSCORE_CONTACT_RULES), the defaults otherwise; never read from the environment here
         self.rules = rules if rules is not None else RulesFile()
+        #: intent-grade thresholds per dealer over the models' own (the edges read
+        #: LEADSCORE_INTENT_GRADES); like the contact rules, never read from the environment here
+        self.intent = intent if intent is not None else IntentRules()
+        #: per horizon, the default threshold the models were registered with (None: none)
+        self.intent_defaults = model_thresholds(self.models)
         slot_layout = {f.name for f in catalog.SLOT_CATALOG}  # laid out by the slot search
         self.required = sorted({f for m in self.models.values() for f in m.features
                                 if f not in slot_layout})
@@ -367,7 +379,8 @@ class Scorer:
 
     @classmethod
     def from_registry(cls, names: Iterable[str] = ALL_MODELS, alias: str = "champion",
-                      num_threads: int = 1, rules: RulesFile | None = None) -> Scorer:
+                      num_threads: int = 1, rules: RulesFile | None = None,
+                      intent: IntentRules | None = None) -> Scorer:
         from leadscore import registry
 
         loaded = {}
@@ -377,7 +390,7 @@ class Scorer:
                 log.warning("model leadscore-%s has no %s: its columns stay null", name, alias)
                 continue
             loaded[name] = got[0]
-        return cls(loaded, num_threads=num_threads, rules=rules)
+        return cls(loaded, num_threads=num_threads, rules=rules, intent=intent)
 
     # -- the two faces ------------------------------------------------------------------------
     def score(self, feats: pd.DataFrame, *, reasons: int = 3,
@@ -457,7 +470,9 @@ class Scorer:
             out.append({
                 "lead_id": str(r["lead_id"]), "status": "ok", "dealer_id": str(r["dealer_id"]),
                 "as_of": iso_utc(r["as_of"]), "p_convert": val("p_convert", i),
-                "lead_score": val("lead_score", i), "grade": val("grade", i),
+                "p_order_7d": val("p_order_7d", i), "p_order_15d": val("p_order_15d", i),
+                "p_order_30d": val("p_order_30d", i), "p_order_90d": val("p_order_90d", i),
+                "lead_score": val("lead_score", i), "intent_grade": val("intent_grade", i),
                 "p_inquiry": val("p_inquiry", i), "contact_urgency": val("contact_urgency", i),
                 "best_slot_start": start, "best_channel": val("best_channel", i),
                 "p_response": val("p_response", i), "p_churn": val("p_churn", i),
@@ -487,14 +502,15 @@ class Scorer:
         if reasons > 0 and n >= self.AHEAD_ROWS:
             # TreeSHAP releases the GIL, writing reasons does not: while the reasons of one
             # model are written, the next models' contributions are computed beside them
-            ahead = [self._ahead_pool().submit(model.contributions, matrices[self._layout[name]],
-                                               num_threads=self.num_threads)
-                     for name, model in scored]
-        for k, (name, model) in enumerate(scored):
+            ahead = {name: self._ahead_pool().submit(
+                model.contributions, matrices[self._layout[name]],
+                num_threads=self.num_threads)
+                for name, model in scored if name not in NO_REASONS}
+        for name, model in scored:
             col = PROBA_COLUMN[name]
             x = matrices[self._layout[name]]
-            if reasons > 0:
-                contrib = (ahead[k].result() if ahead is not None
+            if reasons > 0 and name not in NO_REASONS:
+                contrib = (ahead[name].result() if ahead is not None
                            else model.contributions(x, num_threads=self.num_threads))
                 raw = contrib.sum(axis=1)
                 if as_json:
@@ -509,14 +525,33 @@ class Scorer:
             cols[col] = p
             if name == "conversion":
                 cols["lead_score"] = np.rint(p * 100).astype("int64")
-                cols["grade"] = model.grade(p).astype(object)
             elif name == "contact":
                 cols["contact_urgency"] = np.array([URGENCY[g] for g in model.grade(p)],
                                                    dtype=object)
+        self._time_to_order(rows, cols)
         slot = self.models.get(SLOT_MODEL)
         if slot is not None and SLOT_MODEL in keep:
             self._recommend(slot, rows, cols, reasons, slots, now, as_json)
         return cols
+
+    def _time_to_order(self, rows: _FrameRows, cols: dict) -> None:
+        """P(order within 7/15/30/90 days), non-decreasing in the horizon, and the intent
+        grade from them; ``p_order_30d`` is ``p_convert`` itself. Horizons whose model did
+        not score stay out (null)."""
+        from leadscore.scoring import intent
+
+        if "p_convert" not in cols:
+            return
+        q = {d: cols.get(c if d != 30 else "p_convert")
+             for d, c in intent.ORDER_COLUMNS.items()}
+        p = intent.monotone(q)
+        for d, c in intent.ORDER_COLUMNS.items():
+            if p[d] is not None:
+                cols[c] = p[d]
+            else:
+                cols.pop(c, None)
+        cols["intent_grade"] = intent.grade(
+            p, [str(d) for d in rows.column("dealer_id")], self.intent, self.intent_defaults)
 
     def _recommend(self, slot: LeadModel, rows: _FrameRows, cols: dict, reasons: int,
                    slots: int, now: pd.Timestamp | None, as_json: bool = False) -> None:

@@ -232,11 +232,21 @@ class LeadScore(BaseModel):
     as_of: datetime | None = Field(None, description="Cutoff of the features scored")
     p_convert: float | None = Field(
         None, description="Calibrated probability that the lead orders within 30 days")
+    p_order_7d: float | None = Field(
+        None, description="Calibrated probability of an order within 7 days (never above "
+        "`p_order_15d`)")
+    p_order_15d: float | None = Field(
+        None, description="Probability of an order within 15 days (never above `p_order_30d`)")
+    p_order_30d: float | None = Field(
+        None, description="Probability of an order within 30 days: `p_convert` itself")
+    p_order_90d: float | None = Field(
+        None, description="Probability of an order within 90 days (never below `p_order_30d`)")
     lead_score: int | None = Field(None, ge=0, le=100, description="`p_convert` as 0-100")
-    grade: Literal["A", "B", "C", "D"] | None = Field(
-        None, description="Band of `p_convert` by the conversion model's cut-offs (by "
-        "default): `A` at least 0.5, call first; `B` at least 0.25; `C` at least 0.1; `D` "
-        "below")
+    intent_grade: Literal["H", "A", "B", "C", "N"] | None = Field(
+        None, description="Expected time to order, by the dealer's thresholds (default: "
+        "chosen at training): `H` `p_order_7d` reaches its threshold, order within about 7 "
+        "days; `A` `p_order_15d` does, about 15 days; `B` `p_order_30d`, about a month; `C` "
+        "`p_order_90d`, about 3 months; `N` none, not expected to buy soon")
     p_inquiry: float | None = Field(
         None, description="Probability that the lead asks for a price, books a test drive, "
         "calls or walks in within 72 hours")
@@ -287,8 +297,10 @@ def _error_example(description: str, error: str, **extra) -> dict:
 #: a real answer (the test suite's simulated dealer group), cut to two slots and three reasons
 RESPONSE_EXAMPLE = {"results": [{
     "lead_id": "L0002256", "status": "ok", "dealer_id": "D02",
-    "as_of": "2026-06-03T00:00:00Z", "p_convert": 0.36507936507936506, "lead_score": 37,
-    "grade": "B", "p_inquiry": 0.8076923076923077, "contact_urgency": "now",
+    "as_of": "2026-06-03T00:00:00Z", "p_convert": 0.36507936507936506,
+    "p_order_7d": 0.1171875, "p_order_15d": 0.2413793103448276,
+    "p_order_30d": 0.36507936507936506, "p_order_90d": 0.4444444444444444, "lead_score": 37,
+    "intent_grade": "A", "p_inquiry": 0.8076923076923077, "contact_urgency": "now",
     "best_slot_start": "2026-12-07T03:00:00Z", "best_channel": "phone",
     "p_response": 0.4849884526558891, "p_churn": 0.0001,
     "next_slots": [
@@ -307,7 +319,8 @@ RESPONSE_EXAMPLE = {"results": [{
     "model_versions": {"conversion": "1", "contact": "1", "churn": "1", "contact-slot": "1"},
 }, {
     "lead_id": "L9999999", "status": "not_found", "dealer_id": None, "as_of": None,
-    "p_convert": None, "lead_score": None, "grade": None, "p_inquiry": None,
+    "p_convert": None, "p_order_7d": None, "p_order_15d": None, "p_order_30d": None,
+    "p_order_90d": None, "lead_score": None, "intent_grade": None, "p_inquiry": None,
     "contact_urgency": None, "best_slot_start": None, "best_channel": None,
     "p_response": None, "p_churn": None, "next_slots": [], "reasons": [],
     "model_versions": {},

@@ -26,6 +26,7 @@ from leadscore.artifact import BOOSTER_FILE, META_FILE, LeadModel, UnsupportedMo
 from leadscore.features import catalog as cat
 from leadscore.features import job
 from leadscore.scoring.contact_policy import RulesFile
+from leadscore.scoring.intent import IntentRules
 from leadscore.scoring.scorer import (
     ALL_MODELS,
     Scorer,
@@ -247,11 +248,14 @@ def _fallback_model(name: str, packed: Mapping[str, str]):
 
 def load_from_bento_store(names=ALL_MODELS, alias: str = "champion", num_threads: int = 1,
                           packed: Mapping[str, str] | None = None,
-                          rules: RulesFile | None = None) -> Scorer:
+                          rules: RulesFile | None = None,
+                          intent: IntentRules | None = None) -> Scorer:
     """Resolve each champion in MLflow, import it into the BentoML store once, load it.
 
     The scorer searches contact slots under ``rules`` (the defaults when None; the service
-    passes the file named by ``LEADSCORE_CONTACT_RULES``, read once at start-up).
+    passes the file named by ``LEADSCORE_CONTACT_RULES``, read once at start-up) and grades
+    intent by ``intent`` (the file named by ``LEADSCORE_INTENT_GRADES``; the models' own
+    thresholds when None).
 
     When the registry is unreachable or has no champion, the model a built Bento packed is
     used (``packed``: store tag by model name), else the newest model in the store that was
@@ -281,7 +285,7 @@ def load_from_bento_store(names=ALL_MODELS, alias: str = "champion", num_threads
         if key.split(":")[0].removeprefix(BENTO_PREFIX) in models and id(_LOADED[key]) \
                 not in current:
             del _LOADED[key]
-    return Scorer(models, num_threads=num_threads, rules=rules)
+    return Scorer(models, num_threads=num_threads, rules=rules, intent=intent)
 
 
 class Runtime:

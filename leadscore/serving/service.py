@@ -16,6 +16,8 @@ Settings come from the environment so a built Bento is configured at deploy time
   a worker that has no models yet retries every 5 s either way)
 - ``LEADSCORE_CONTACT_RULES`` the contact rules YAML for the slot search (default: built-in
   rules; read once when a worker starts)
+- ``LEADSCORE_INTENT_GRADES`` per-dealer intent-grade thresholds YAML (default: the models'
+  own; read once when a worker starts)
 - ``LEADSCORE_BATCH_THREADS`` threads one big request is split over (default: cores/workers)
 - ``LEADSCORE_ACCESS_LOG`` 1 to have BentoML log every request (default off)
 - ``LEADSCORE_TRACE_SCORE`` 1 to trace ``/score`` with OpenTelemetry (default off; set it when
@@ -42,6 +44,8 @@ from pathlib import Path
 import bentoml
 
 from leadscore.scoring.contact_policy import RulesFile, rules_path_from_env
+from leadscore.scoring.intent import IntentRules
+from leadscore.scoring.intent import rules_path_from_env as intent_rules_path
 from leadscore.serving import upstream_shims
 from leadscore.serving.api import create_app
 from leadscore.serving.auth import KeyRing
@@ -174,8 +178,10 @@ class LeadScoreService:
     def __init__(self) -> None:
         packed = _packed_models()
         rules = RulesFile.load(rules_path_from_env())  # a bad file stops the worker here
+        intent = IntentRules.load(intent_rules_path())  # so does a bad intent-grades file
         self.runtime = Runtime(
-            loader=functools.partial(load_from_bento_store, packed=packed, rules=rules),
+            loader=functools.partial(load_from_bento_store, packed=packed, rules=rules,
+                                     intent=intent),
             store=OnlineStore(Path(os.environ.get("LEADSCORE_STORE", str(DEFAULT_STORE)))),
             keys=KeyRing.from_env(),
             reload_seconds=float(os.environ.get("LEADSCORE_RELOAD_SECONDS", "30")),

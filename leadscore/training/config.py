@@ -97,7 +97,8 @@ class ExperimentConfig(BaseModel):
     """One experiment. Unknown keys are errors, so a typo never silently does nothing."""
 
     model_config = ConfigDict(extra="forbid")
-    model: Literal["conversion", "contact", "churn", "contact-slot"]
+    model: Literal["conversion", "order-7d", "order-15d", "order-90d", "contact", "churn",
+                   "contact-slot"]
     run_name: str | None = None
     description: str = ""
     #: LightGBM settings over the spec's (bool first: YAML ``true`` stays a boolean); only

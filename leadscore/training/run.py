@@ -171,13 +171,127 @@ def _champion_features(model: str, notes: list[str]) -> list[str]:
         return []
 
 
+def _horizon_of(spec: ModelSpec) -> int | None:
+    """The time-to-order horizon a run trains (conversion: 30 days), None for other models
+    and for a conversion run at another horizon (``--horizon-days``)."""
+    from leadscore.scoring import intent
+
+    days = {m: d for d, m in intent.HORIZON_MODELS.items()}.get(spec.name)
+    return days if days is not None and spec.label.days == days else None
+
+
+def time_to_order(con, days: int, test: pd.DataFrame, p: np.ndarray, data_end,
+                  notes: list[str], others: dict | None = None,
+                  ) -> tuple[dict, dict[str, float], pd.DataFrame | None]:
+    """A time-to-order run's threshold, metrics and per-grade table on its holdout.
+
+    The threshold of this horizon is a quantile of the evaluation fit's scores ``p`` on the
+    holdout's open leads (no labels: the rows it is checked on may be the same). The other
+    horizons are scored by ``others`` (horizon → LeadModel; default: their champions). Labels
+    of every horizon come from the events, a window not observed by ``data_end`` being
+    missing, never negative. Returns the threshold's metadata, metrics (the 30-day model's
+    AUC and ECE on this horizon's labels) and the table (None without all four horizons)."""
+    from mlflow.exceptions import MlflowException
+
+    from leadscore.scoring import intent
+
+    thr = intent.threshold_meta(p, days)
+    q = {days: np.asarray(p, dtype=float)}
+    cuts: dict[int, float | None] = {days: thr["threshold"]}
+    if others is None:
+        others = {}
+        for d, name in intent.HORIZON_MODELS.items():
+            if d == days:
+                continue
+            try:
+                got = registry.load(name, registry.CHAMPION)
+            except (MlflowException, OSError, ValueError, KeyError) as e:  # no table then
+                log.warning("%s champion not loaded (%s)", name, e)
+                got = None
+            if got is not None:
+                others[d] = got[0]
+    for d, lm in others.items():
+        try:
+            q[d] = lm.predict_proba(test)
+        except KeyError as e:  # a champion with features this run's rows lack
+            notes.append(f"time to order: {intent.HORIZON_MODELS[d]} not scored ({e})")
+            continue
+        cuts[d] = (lm.meta.get(intent.META_KEY) or {}).get("threshold")
+    labels = {}
+    for d, name in intent.HORIZON_MODELS.items():
+        lab = dataset.label_rows(con, test, models.get(name), data_end)
+        y = lab["label"].to_numpy(dtype=float)
+        y[lab["censored"].to_numpy()] = np.nan
+        labels[d] = y
+    m: dict[str, float] = {"intent_threshold": thr["threshold"]}
+    y_own = labels[days]
+    if days != 30 and 30 in q:
+        ok = ~np.isnan(y_own)
+        m30 = evaluate.metrics(y_own[ok], q[30][ok])
+        m["model_30d_roc_auc"] = m30["roc_auc"]
+        m["model_30d_ece"] = m30["ece"]
+    table = None
+    if len(q) == 4:
+        # all four horizons on the same held-out leads: their thresholds chosen together
+        # (the 30-day model's artifact keeps them for serving)
+        p_all = intent.monotone(q)
+        cuts = intent.choose_thresholds(p_all)
+        thr["joint"] = {str(d): t for d, t in cuts.items()}
+        grades = intent.grade(p_all, test["dealer_id"].astype(str).tolist(),
+                              intent.IntentRules(), cuts)
+        table = intent.grade_table(grades, labels)
+        m["intent_rate_30d_ordered"] = float(intent.ordered(table))
+        m["intent_largest_share"] = float(table["share"].max())
+    else:
+        notes.append("time to order: no per-grade table nor joint thresholds (they need the "
+                     "models of all four horizons; train the others, then conversion)")
+    return thr, m, table
+
+
+def _grade_card(days: int, thr: dict, m: dict[str, float], table: pd.DataFrame | None) -> str:
+    """The model card's time-to-order section: threshold, the 30-day model on this horizon's
+    labels, and per grade the share of holdout leads and realised order rates."""
+    lines = [
+        "## Time to order",
+        f"Default threshold of the {days}-day horizon: {thr['threshold']:.4f}, the "
+        f"{1 - thr['top_share']:.3f} quantile of {thr['chosen_on']} (about "
+        f"{thr['top_share']:.1%} of open leads reach it). Per-horizon binary models; "
+        "scoring makes them non-decreasing in the horizon (running minimum below 30 days, "
+        "maximum above), the 30-day model untouched (`p_order_30d` = `p_convert`).",
+    ]
+    if "model_30d_roc_auc" in m:
+        lines.append(f"The 30-day model on this horizon's labels: ROC AUC "
+                     f"{m['model_30d_roc_auc']:.4f}, ECE {m['model_30d_ece']:.4f} (this "
+                     "model's own are in the metrics above).")
+    if "joint" in thr:
+        lines.append("Thresholds of the four horizons chosen together on this holdout (in "
+                     "grade order, each takes the next leads up to its cumulative share "
+                     "2.5/7.5/17.5/42.5%): " + ", ".join(
+                         f"t{d} = {t:.4f}" for d, t in thr["joint"].items())
+                     + (" (serving uses these)" if days == 30 else "") + ".")
+    if table is not None:
+        rates = [c for c in table.columns if c.startswith("rate_")]
+        lines += ["", "Intent grade on this holdout (other horizons scored by their "
+                  "champions, which may have been refit on these rows; a rate counts rows "
+                  "whose window is observed):", "",
+                  "| grade | leads | share | " + " | ".join(
+                      f"ordered within {c[5:-1]} days" for c in rates) + " |",
+                  "|---|---|---|" + "---|" * len(rates)]
+        for r in table.itertuples(index=False):
+            d = r._asdict()
+            lines.append(f"| {r.grade} | {r.n:,} | {r.share:.1%} | " + " | ".join(
+                "n/a" if d[c] != d[c] else f"{d[c]:.1%}" for c in rates) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def resolve_spec(cfg: ExperimentConfig) -> ModelSpec:
     spec = models.get(cfg.model).with_horizon(cfg.horizon_days)
     return cfg.apply(spec)
 
 
 def model_card(spec: ModelSpec, ts: dataset.TrainingSet, fr: FitResult,
-               m: dict[str, float], fingerprint: str, refit_rows: int | None = None) -> str:
+               m: dict[str, float], fingerprint: str, refit_rows: int | None = None,
+               extra: str = "") -> str:
     counts = ts.counts()
     registered = (
         "the evaluation fit itself." if refit_rows is None else
@@ -205,6 +319,7 @@ calibration {spec.calibration}; monotone increasing in {', '.join(spec.monotone)
 |---|---|
 {rows}
 
+{extra}
 ## Known limits
 {limits}
 - Scores are probabilities calibrated on held-out leads of the training period; recalibrate
@@ -214,7 +329,8 @@ calibration {spec.calibration}; monotone increasing in {', '.join(spec.monotone)
 
 def _log_run(spec, cfg, ts, fr, test, p, m, fp, truth_note, register: bool,
              final, refit_rows: int | None, log_model: bool = True,
-             vocab: list[str] | None = None, lead_cols: dict[str, str] | None = None):
+             vocab: list[str] | None = None, lead_cols: dict[str, str] | None = None,
+             card_extra: str = "", grade_table: pd.DataFrame | None = None):
     """``fr``: the evaluation fit (metrics, plots of its holdout predictions ``p``);
     ``final``: the model registered (the refit, or the evaluation model itself)."""
     import mlflow
@@ -257,7 +373,10 @@ def _log_run(spec, cfg, ts, fr, test, p, m, fp, truth_note, register: bool,
         (d / "cutoffs.json").write_text(json.dumps([str(c) for c in ts.cutoffs], indent=1))
         if ts.btyd_fits:
             (d / "btyd_fits.json").write_text(json.dumps(ts.btyd_fits, indent=1))
-        (d / "model_card.md").write_text(model_card(spec, ts, fr, m, fp, refit_rows))
+        (d / "model_card.md").write_text(model_card(spec, ts, fr, m, fp, refit_rows,
+                                                    card_extra))
+        if grade_table is not None:
+            grade_table.to_csv(d / "intent_grades.csv", index=False)
         by_dealer.to_csv(d / "metrics_by_dealer.csv", index=False)
         by_source.to_csv(d / "metrics_by_source.csv", index=False)
         y = test["label"].to_numpy()
@@ -347,13 +466,25 @@ def train(
                 log.warning("%s: refit skipped (%s); registering the evaluation fit",
                             spec.name, e)  # evaluated model rather than fail the run
                 ts.notes.append(f"refit skipped: {e}")
+        card_extra, table, thr = "", None, None
+        days = _horizon_of(spec)
+        if days is not None:
+            thr, tm, table = time_to_order(ds.con, days, test, p, ts.data_end, ts.notes)
+            m.update(tm)
+            card_extra = _grade_card(days, thr, tm, table)
         for lm in {id(fr.model): fr.model, id(final): final}.values():
             # the artifact carries its vocabulary (the feature names say it too)
             lm.meta[vocabulary.META_KEY] = {"event_types": list(vocab),
                                             "lead_columns": dict(lead_cols)}
+            if thr is not None:  # calibrated probabilities: the threshold holds for the refit
+                from leadscore.scoring.intent import JOINT_KEY, META_KEY
+
+                lm.meta[META_KEY] = {k: v for k, v in thr.items() if k != "joint"}
+                if days == 30 and "joint" in thr:
+                    lm.meta[JOINT_KEY] = thr["joint"]
         version = _log_run(spec, cfg, ts, fr, test, p, m, fp, truth_note, register, final,
                            refit_rows, log_model=not experiment, vocab=vocab,
-                           lead_cols=lead_cols)
+                           lead_cols=lead_cols, card_extra=card_extra, grade_table=table)
         run_id = run.info.run_id
     alias = None
     if version is not None:
