@@ -155,59 +155,39 @@ class LeadModel:
         return (tuple(self.features),
                 tuple(sorted((f, tuple(c.items())) for f, c in self.codes.items())))
 
-    def matrix(self, df: pd.DataFrame, absent: Sequence[str] = ()) -> np.ndarray:
+    def matrix(self, columns, absent: Sequence[str] = ()) -> np.ndarray:
         """The float matrix LightGBM builds from :meth:`frame` (same numbers), built directly:
         pandas' categorical conversion inside ``Booster.predict`` costs more than small
-        predictions themselves. ``absent`` features may be missing from ``df`` (left NaN, for
-        the caller to fill: the slot search lays out slot columns itself)."""
-        missing = [f for f in self.features if f not in df.columns and f not in absent]
+        predictions themselves. ``columns`` maps a name to its column: a frame (Series), or a
+        request's records turned into lists at the HTTP edge (building a frame costs more
+        than scoring a few rows). ``absent`` features may be missing (left NaN, for the
+        caller to fill: the slot search lays out slot columns itself)."""
+        missing = [f for f in self.features if f not in columns and f not in absent]
         if missing:
             raise KeyError(f"{self.name}: feature frame lacks {missing}")
-        X = np.full((len(df), len(self.features)), np.nan)
-        codes = self.codes
-        dtypes = df.dtypes.to_dict()
-        plain = [j for j, f in enumerate(self.features) if f in dtypes and f not in codes
-                 and pd.api.types.is_numeric_dtype(dtypes[f])
-                 and not isinstance(dtypes[f], pd.CategoricalDtype)]
-        if plain:  # numbers in one block copy (a frame's float columns are one block)
-            X[:, plain] = df[[self.features[j] for j in plain]].to_numpy(
-                dtype=np.float64, na_value=np.nan)
-        done = set(plain)
+        n = (len(columns) if isinstance(columns, pd.DataFrame)
+             else len(next(iter(columns.values()), ())))
+        X = np.full((n, len(self.features)), np.nan)
+        py_cols, py_vals = [], []
         for j, f in enumerate(self.features):
-            if f not in df.columns or j in done:
+            if f not in columns:
                 continue
-            col = df[f]
-            if f in codes:
-                X[:, j] = col.astype("object").map(codes[f]).to_numpy(dtype=float)
+            col, codes = columns[f], self.codes.get(f)
+            if isinstance(col, (list, tuple)):  # Python values: converted in one go below
+                py_cols.append(j)
+                py_vals.append(_floats(col, codes))
+                continue
+            col = col if isinstance(col, pd.Series) else pd.Series(col)
+            if codes is not None:
+                X[:, j] = col.astype("object").map(codes).to_numpy(dtype=float)
+            elif (pd.api.types.is_numeric_dtype(col.dtype)
+                  and not isinstance(col.dtype, pd.CategoricalDtype)):
+                X[:, j] = col.to_numpy(dtype=np.float64, na_value=np.nan)
             else:
                 X[:, j] = pd.to_numeric(col, errors="coerce").astype("float64").to_numpy()
+        if py_cols:
+            X[:, py_cols] = np.array(py_vals, dtype=np.float64).reshape(len(py_cols), n).T
         return X
-
-    def matrix_records(self, records: Sequence[dict]) -> np.ndarray:
-        """:meth:`matrix` for feature records (dicts): a plain loop beats building a frame
-        for the one to a few hundred rows of an API request."""
-        nan = math.nan
-        spec = [(f, self.codes.get(f)) for f in self.features]
-        rows = []
-        for rec in records:
-            row = []
-            for f, codes in spec:
-                v = rec.get(f)
-                if v is None:
-                    row.append(nan)
-                elif codes is not None:
-                    try:
-                        row.append(codes.get(v, nan))
-                    except TypeError:  # unhashable: not a level
-                        row.append(nan)
-                elif type(v) is float:
-                    row.append(v)
-                elif type(v) is int and -(2**53) <= v <= 2**53:
-                    row.append(float(v))
-                else:
-                    row.append(_to_float(v))
-            rows.append(row)
-        return np.array(rows, dtype=np.float64).reshape(len(records), len(spec))
 
     # -- scoring (a frame, or a ready matrix from :meth:`matrix`) ----------------------------
     # LightGBM's own predict is the reference path; the compiled kernels of
@@ -351,6 +331,23 @@ class LeadModel:
 
 
 _GRADES = np.array(["A", "B", "C", "D"], dtype=object)
+
+
+def _floats(values: Sequence, codes: dict | None) -> list[float]:
+    """A column of Python values as :meth:`LeadModel.frame` reads it: a category's code
+    (missing when not a training level), else the number ``pd.to_numeric`` makes of it."""
+    nan = math.nan
+    if codes is not None:
+        out = []
+        for v in values:
+            try:
+                out.append(codes.get(v, nan))
+            except TypeError:  # unhashable: not a level
+                out.append(nan)
+        return out
+    return [v if type(v) is float else nan if v is None
+            else float(v) if type(v) is int and -(2**53) <= v <= 2**53 else _to_float(v)
+            for v in values]
 
 
 def _to_float(v) -> float:
