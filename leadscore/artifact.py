@@ -155,29 +155,30 @@ class LeadModel:
         return (tuple(self.features),
                 tuple(sorted((f, tuple(c.items())) for f, c in self.codes.items())))
 
+    @cached_property
+    def _spec(self) -> list[tuple[str, dict | None]]:
+        return [(f, self.codes.get(f)) for f in self.features]
+
     def matrix(self, columns, absent: Sequence[str] = ()) -> np.ndarray:
         """The float matrix LightGBM builds from :meth:`frame` (same numbers), built directly:
         pandas' categorical conversion inside ``Booster.predict`` costs more than small
-        predictions themselves. ``columns`` maps a name to its column: a frame (Series), or a
-        request's records turned into lists at the HTTP edge (building a frame costs more
-        than scoring a few rows). ``absent`` features may be missing (left NaN, for the
-        caller to fill: the slot search lays out slot columns itself)."""
+        predictions themselves. ``columns`` maps a name to its column: a frame, or a
+        request's records as columns of Python values (building a frame costs more than
+        scoring a few rows). ``absent`` features may be missing (left NaN, for the caller to
+        fill: the slot search lays out slot columns itself)."""
         missing = [f for f in self.features if f not in columns and f not in absent]
         if missing:
             raise KeyError(f"{self.name}: feature frame lacks {missing}")
-        n = (len(columns) if isinstance(columns, pd.DataFrame)
-             else len(next(iter(columns.values()), ())))
-        X = np.full((n, len(self.features)), np.nan)
-        py_cols, py_vals = [], []
-        for j, f in enumerate(self.features):
+        if not isinstance(columns, pd.DataFrame):  # Python values, converted one by one
+            none = (None,) * len(next(iter(columns.values()), ()))
+            flat = [v if type(v) is float and codes is None else _number(v, codes)
+                    for f, codes in self._spec for v in columns.get(f, none)]
+            return np.array(flat, dtype=np.float64).reshape(len(self.features), -1).T.copy()
+        X = np.full((len(columns), len(self.features)), np.nan)
+        for j, (f, codes) in enumerate(self._spec):
             if f not in columns:
                 continue
-            col, codes = columns[f], self.codes.get(f)
-            if isinstance(col, (list, tuple)):  # Python values: converted in one go below
-                py_cols.append(j)
-                py_vals.append(_floats(col, codes))
-                continue
-            col = col if isinstance(col, pd.Series) else pd.Series(col)
+            col = columns[f]
             if codes is not None:
                 X[:, j] = col.astype("object").map(codes).to_numpy(dtype=float)
             elif (pd.api.types.is_numeric_dtype(col.dtype)
@@ -185,8 +186,6 @@ class LeadModel:
                 X[:, j] = col.to_numpy(dtype=np.float64, na_value=np.nan)
             else:
                 X[:, j] = pd.to_numeric(col, errors="coerce").astype("float64").to_numpy()
-        if py_cols:
-            X[:, py_cols] = np.array(py_vals, dtype=np.float64).reshape(len(py_cols), n).T
         return X
 
     # -- scoring (a frame, or a ready matrix from :meth:`matrix`) ----------------------------
@@ -333,21 +332,17 @@ class LeadModel:
 _GRADES = np.array(["A", "B", "C", "D"], dtype=object)
 
 
-def _floats(values: Sequence, codes: dict | None) -> list[float]:
-    """A column of Python values as :meth:`LeadModel.frame` reads it: a category's code
-    (missing when not a training level), else the number ``pd.to_numeric`` makes of it."""
-    nan = math.nan
+def _number(v, codes: dict | None) -> float:
+    """What :meth:`LeadModel.frame` makes of a Python value: a category's code (missing when
+    not a training level), else the number ``pd.to_numeric`` makes of it."""
+    if v is None:
+        return math.nan
     if codes is not None:
-        out = []
-        for v in values:
-            try:
-                out.append(codes.get(v, nan))
-            except TypeError:  # unhashable: not a level
-                out.append(nan)
-        return out
-    return [v if type(v) is float else nan if v is None
-            else float(v) if type(v) is int and -(2**53) <= v <= 2**53 else _to_float(v)
-            for v in values]
+        try:
+            return codes.get(v, math.nan)
+        except TypeError:  # unhashable: not a level
+            return math.nan
+    return float(v) if type(v) is int and -(2**53) <= v <= 2**53 else _to_float(v)
 
 
 def _to_float(v) -> float:
