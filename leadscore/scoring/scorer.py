@@ -102,9 +102,9 @@ def _template(feature: str) -> str | None:
 
 
 def _sentences(feature: str, values: Sequence) -> list[str]:
-    """The sentences of ``feature`` at ``values`` (None, float or str): the one place reason
-    sentences are written. Finite numbers go into the template (:func:`_template`), other
-    values through the per-(feature, value) cache."""
+    """The sentences of ``feature`` at ``values`` (None, float or str), as :func:`_sentence`
+    writes them: finite numbers go straight into the template (:func:`_template`), too many
+    distinct for the cache in a night's batch."""
     template = _template(feature)
     if template is None:
         return [_sentence(feature, v) for v in values]
@@ -157,16 +157,17 @@ def _reason_table(model: LeadModel, contrib: np.ndarray, top: int, x: np.ndarray
     cols, contribs, keep = _pick(contrib, top)
     r, s = np.nonzero(keep)  # row-major: rows ascending, a row's reasons in order
     jk = cols[r, s]
-    values: list = []
-    sentences: list[str] = []
-    if len(r) <= _FEW_REASONS:
+    if len(r) <= _FEW_REASONS:  # each its own entry, its sentence from the cache
         key = np.arange(len(r))
-        for i, j, v in zip(r.tolist(), jk.tolist(), x[r, jk].tolist(), strict=True):
-            v = _plain(column(feats[j])[i]) if categorical[j] else None if v != v else v
-            values.append(v)
-            sentences += _sentences(feats[j], (v,))
+        names = [feats[j] for j in jk.tolist()]
+        values = [_plain(column(f)[i]) if categorical[j] else None if v != v else v
+                  for i, j, f, v in zip(r.tolist(), jk.tolist(), names, x[r, jk].tolist(),
+                                        strict=True)]
+        sentences = list(map(_sentence, names, values))
     else:  # one entry per distinct (feature, value): values repeat across leads
         key = np.empty(len(r), dtype=np.intp)
+        values: list = []
+        sentences: list[str] = []
         order = np.argsort(jk, kind="stable")
         for sel in np.split(order, np.flatnonzero(np.diff(jk[order])) + 1):
             j = int(jk[sel[0]])
