@@ -1,7 +1,9 @@
 """The scorer core: feature rows in, scores with reasons out. HTTP and batch both call this.
 
 It holds the champion models (as :class:`~leadscore.artifact.LeadModel`, loaded from the
-registry) and turns a feature frame into the output contract of DESIGN.md. Reasons are exact
+registry) and turns feature rows into the output contract of DESIGN.md. Rows enter as columns
+(a frame, or a request's records turned into columns at the edge) and reasons leave as one
+table per model; only the edges differ: dicts for HTTP, JSON text for files. Reasons are exact
 TreeSHAP contributions, the values ``pred_contrib`` and ``shap.TreeExplainer`` give, computed
 only for the rows that ask for them. Each model scores by LightGBM's own predict or by the
 compiled kernels of :mod:`leadscore.fast` where they were verified to give its numbers
