@@ -8,7 +8,6 @@ import json
 from types import SimpleNamespace
 
 import numpy as np
-import pandas as pd
 
 from leadscore.scoring.scorer import _reason_dicts, _reason_json, _reason_table, _Reasons
 
@@ -127,53 +126,3 @@ def test_sentence_templates_are_used_only_where_they_say_what_the_feature_says(m
     for cache in (scorer._template, scorer._sentence):
         cache.cache_clear()
 
-
-def _tiny_scorer():
-    """Two small models trained in a blink on catalogue features, a category among them."""
-    import lightgbm as lgb
-
-    from leadscore.artifact import Calibrator, LeadModel
-    from leadscore.scoring.scorer import Scorer
-
-    rng = np.random.default_rng(3)
-    n = 400
-    levels = ["web", "walk-in", "phone"]
-    df = pd.DataFrame({
-        "days_since_any": rng.exponential(10, n), "sessions_7d": rng.integers(0, 9, n) * 1.0,
-        "night_share_14d": rng.random(n),
-        "source": pd.Categorical(rng.choice(levels, n), categories=levels)})
-    y = (df["sessions_7d"] + 3 * (df["source"] == "web") - df["days_since_any"] / 5
-         + rng.normal(size=n) > 2).astype(int)
-    models = {}
-    for name, feats in (("conversion", list(df.columns)), ("churn", list(df.columns[:2]))):
-        booster = lgb.train({"objective": "binary", "verbose": -1, "min_data_in_leaf": 5,
-                             "num_leaves": 7}, lgb.Dataset(df[feats], y), num_boost_round=8)
-        models[name] = LeadModel(name, booster, feats,
-                                 {"source": levels} if "source" in feats else {},
-                                 Calibrator("none"))
-    return Scorer(models)
-
-
-def test_http_and_batch_write_the_same_reasons_for_the_same_rows():
-    """The public faces, on one set of rows: ``score_records`` (HTTP) and ``score`` (batch,
-    JSON text) give the same reasons, as parsed JSON and as json.dumps' bytes, for a
-    request's few rows and for a block; odd values included."""
-    scorer = _tiny_scorer()
-    rng = np.random.default_rng(8)
-    n = 150
-    records = [{"lead_id": f"L{i}", "dealer_id": "D1", "as_of": "2025-03-01T00:00:00Z",
-                "days_since_any": [None, -0.0, 1e-7, 2, float(rng.exponential(10))][i % 5],
-                "sessions_7d": float(rng.integers(0, 9)),
-                "night_share_14d": float(rng.random()),
-                "source": ["web", "walk-in", "phone", "kiosk", None][i % 5]}
-               for i in range(n)]
-    frame = pd.DataFrame(records).assign(as_of=lambda d: pd.to_datetime(d["as_of"], utc=True))
-    frame.index = frame.index[::-1]  # positions count, not labels
-    for rows in (slice(0, 3), slice(0, n)):
-        batch = scorer.score(frame.iloc[rows], reasons=2)["reasons"].tolist()
-        http = [r["reasons"] for r in scorer.score_records(records[rows], reasons=2)]
-        assert [json.loads(t) for t in batch] == http
-        assert batch == [json.dumps(rs, ensure_ascii=False) for rs in http]
-    named = {(d["feature"], d["value"]) for rs in http for d in rs}
-    assert ("source", "kiosk") in named and ("days_since_any", None) in named
-    assert {d["model"] for rs in http for d in rs} == {"conversion", "churn"}
