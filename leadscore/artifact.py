@@ -155,59 +155,38 @@ class LeadModel:
         return (tuple(self.features),
                 tuple(sorted((f, tuple(c.items())) for f, c in self.codes.items())))
 
-    def matrix(self, df: pd.DataFrame, absent: Sequence[str] = ()) -> np.ndarray:
+    @cached_property
+    def _spec(self) -> list[tuple[str, dict | None]]:
+        return [(f, self.codes.get(f)) for f in self.features]
+
+    def matrix(self, columns, absent: Sequence[str] = ()) -> np.ndarray:
         """The float matrix LightGBM builds from :meth:`frame` (same numbers), built directly:
         pandas' categorical conversion inside ``Booster.predict`` costs more than small
-        predictions themselves. ``absent`` features may be missing from ``df`` (left NaN, for
-        the caller to fill: the slot search lays out slot columns itself)."""
-        missing = [f for f in self.features if f not in df.columns and f not in absent]
+        predictions themselves. ``columns`` maps a name to its column: a frame, or a
+        request's records as columns of Python values (building a frame costs more than
+        scoring a few rows). ``absent`` features may be missing (left NaN, for the caller to
+        fill: the slot search lays out slot columns itself)."""
+        missing = [f for f in self.features if f not in columns and f not in absent]
         if missing:
             raise KeyError(f"{self.name}: feature frame lacks {missing}")
-        X = np.full((len(df), len(self.features)), np.nan)
-        codes = self.codes
-        dtypes = df.dtypes.to_dict()
-        plain = [j for j, f in enumerate(self.features) if f in dtypes and f not in codes
-                 and pd.api.types.is_numeric_dtype(dtypes[f])
-                 and not isinstance(dtypes[f], pd.CategoricalDtype)]
-        if plain:  # numbers in one block copy (a frame's float columns are one block)
-            X[:, plain] = df[[self.features[j] for j in plain]].to_numpy(
-                dtype=np.float64, na_value=np.nan)
-        done = set(plain)
-        for j, f in enumerate(self.features):
-            if f not in df.columns or j in done:
+        if not isinstance(columns, pd.DataFrame):  # Python values, converted one by one
+            none = (None,) * len(next(iter(columns.values()), ()))
+            flat = [v if type(v) is float and codes is None else _number(v, codes)
+                    for f, codes in self._spec for v in columns.get(f, none)]
+            return np.array(flat, dtype=np.float64).reshape(len(self.features), -1).T.copy()
+        X = np.full((len(columns), len(self.features)), np.nan)
+        for j, (f, codes) in enumerate(self._spec):
+            if f not in columns:
                 continue
-            col = df[f]
-            if f in codes:
-                X[:, j] = col.astype("object").map(codes[f]).to_numpy(dtype=float)
+            col = columns[f]
+            if codes is not None:
+                X[:, j] = col.astype("object").map(codes).to_numpy(dtype=float)
+            elif (pd.api.types.is_numeric_dtype(col.dtype)
+                  and not isinstance(col.dtype, pd.CategoricalDtype)):
+                X[:, j] = col.to_numpy(dtype=np.float64, na_value=np.nan)
             else:
                 X[:, j] = pd.to_numeric(col, errors="coerce").astype("float64").to_numpy()
         return X
-
-    def matrix_records(self, records: Sequence[dict]) -> np.ndarray:
-        """:meth:`matrix` for feature records (dicts): a plain loop beats building a frame
-        for the one to a few hundred rows of an API request."""
-        nan = math.nan
-        spec = [(f, self.codes.get(f)) for f in self.features]
-        rows = []
-        for rec in records:
-            row = []
-            for f, codes in spec:
-                v = rec.get(f)
-                if v is None:
-                    row.append(nan)
-                elif codes is not None:
-                    try:
-                        row.append(codes.get(v, nan))
-                    except TypeError:  # unhashable: not a level
-                        row.append(nan)
-                elif type(v) is float:
-                    row.append(v)
-                elif type(v) is int and -(2**53) <= v <= 2**53:
-                    row.append(float(v))
-                else:
-                    row.append(_to_float(v))
-            rows.append(row)
-        return np.array(rows, dtype=np.float64).reshape(len(records), len(spec))
 
     # -- scoring (a frame, or a ready matrix from :meth:`matrix`) ----------------------------
     # LightGBM's own predict is the reference path; the compiled kernels of
@@ -351,6 +330,19 @@ class LeadModel:
 
 
 _GRADES = np.array(["A", "B", "C", "D"], dtype=object)
+
+
+def _number(v, codes: dict | None) -> float:
+    """What :meth:`LeadModel.frame` makes of a Python value: a category's code (missing when
+    not a training level), else the number ``pd.to_numeric`` makes of it."""
+    if v is None:
+        return math.nan
+    if codes is not None:
+        try:
+            return codes.get(v, math.nan)
+        except TypeError:  # unhashable: not a level
+            return math.nan
+    return float(v) if type(v) is int and -(2**53) <= v <= 2**53 else _to_float(v)
 
 
 def _to_float(v) -> float:

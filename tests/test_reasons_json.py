@@ -1,5 +1,6 @@
-"""The nightly job's reasons are written as JSON text without building dicts; they must be
-the very bytes ``json.dumps`` writes of the API's reason dicts, whatever the values hold."""
+"""Reasons are selected once into a columnar table per model; the HTTP edge writes it as the
+API's dicts and the file edge as JSON text without building dicts. The text must be the very
+bytes ``json.dumps`` writes of the dicts, whatever the values hold."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from types import SimpleNamespace
 
 import numpy as np
 
-from leadscore.scoring.scorer import _reasons, _reasons_text, _ReasonText
+from leadscore.scoring.scorer import _reason_dicts, _reason_json, _reason_table, _Reasons
 
 
 def test_reasons_text_is_json_dumps_of_the_reason_dicts():
@@ -22,43 +23,46 @@ def test_reasons_text_is_json_dumps_of_the_reason_dicts():
     x[::11, 2] = np.inf             # not finite: json.dumps writes Infinity
     x[::23, 2] = -0.0               # distinct from 0.0 in the text
     x[::13, 3] = 1e-7               # repr in exponent form
-    x[:, 1] = rng.integers(0, 3, n)  # category codes; the names come from value_of
-    names = ['web "portal"', "Händler-Showroom", None]
+    x[:, 1] = rng.integers(0, 4, n)  # category codes; the names come from the rows' column
+    names = ['web "portal"', "Händler-Showroom", None, -0.0]
     contrib = np.column_stack([rng.normal(size=(n, len(feats))), np.zeros(n)])
     contrib[::17, 0] = -0.0
     contrib[::19, 1] = 1e-9          # rounds to 0.0: kept only while strictly positive
-    value_of = lambda i, j: names[int(x[i, j])]  # noqa: E731
 
-    # a request's few rows (a sort) and a block (arg-max passes) pick the same reasons, ties too
+    def column(x):
+        return lambda name: [names[int(v)] for v in x[:, 1]] if name == "source" else None
+
+    def dicts(c, x, top=2):
+        return _reason_dicts([_reason_table(model, c, top, x, column(x))], len(c))
+
+    # a request's few rows (a sort, each reason its own entry) and a block (arg-max passes,
+    # distinct entries) pick and write the same reasons, ties too
     ties = np.column_stack([rng.integers(-2, 3, size=(n, len(feats))) / 4, np.zeros(n)])
     for c in (contrib, ties):
         for m in (1, 3, 4):
-            got = _reasons(model, c[:m], 2, x[:m], value_of)
-            assert got == _reasons(model, np.concatenate([c[:m]] * 5), 2,
-                                   np.concatenate([x[:m]] * 5), value_of)[:m]
-            assert [json.dumps(d, ensure_ascii=False) for rs in got for d in rs] == \
-                _reasons_text(model, c[:m], 2, x[:m], value_of)[1].to_pylist()
+            got = dicts(c[:m], x[:m])
+            assert got == dicts(np.concatenate([c[:m]] * 40), np.concatenate([x[:m]] * 40))[:m]
+            table = _reason_table(model, c[:m], 2, x[:m], column(x[:m]))
+            assert _reason_json([table], m).tolist() == \
+                [json.dumps(d, ensure_ascii=False) for d in got]
 
-    rows, texts = _reasons_text(model, contrib, 2, x, value_of)
-    as_dicts = _reasons(model, contrib, 2, x, value_of)
-    assert len(rows) == len(texts) == sum(map(len, as_dicts)) > n  # reasons were written
-    assert rows.tolist() == sorted(rows.tolist())
-    assert texts.to_pylist() == [json.dumps(d, ensure_ascii=False) for rs in as_dicts for d in rs]
-    # the per-row lists, with a second model's reasons after the first's and rows without any
-    acc = _ReasonText(n + 2)
-    acc.add(rows, texts)
-    acc.add(rows[::-3][::-1], texts.take(np.arange(len(texts))[::-3][::-1].copy()))
-    second = {}
-    for i, t in zip(rows[::-3][::-1].tolist(), texts.to_pylist()[::-3][::-1], strict=True):
-        second.setdefault(i, []).append(json.loads(t))
-    got = acc.column()
-    assert len(got) == n + 2 and got[n] == got[n + 1] == "[]"
-    for i, dicts in enumerate(as_dicts):
-        want = dicts + second.get(i, [])
-        assert got[i] == json.dumps(want, ensure_ascii=False)
+    table = _reason_table(model, contrib, 2, x, column(x))
+    assert len(table.values) < len(table.row)  # distinct entries shared by rows
+    # a second table (the slot model's) after the first, rows without any reasons
+    slot = _Reasons("contact-slot", ("best_channel",), np.array([0, 5, n + 1]),
+                    np.zeros(3, dtype=np.intp), np.arange(3), ["phone", 'sms "x"', "Brief"],
+                    ["Call them", "Text 'em\n", "Ünïcode"], np.array([0.5, -0.0, 1e-7]))
+    as_dicts = _reason_dicts([table, slot], n + 2)
+    got = _reason_json([table, slot], n + 2)
+    assert len(got) == n + 2 and got[n] == "[]" and len(as_dicts[n + 1]) == 1
+    assert got.tolist() == [json.dumps(d, ensure_ascii=False) for d in as_dicts]
+    assert as_dicts[5][-1]["model"] == "contact-slot"
+    assert sum(map(len, as_dicts)) > n  # reasons were written
     values = {d["value"] for rs in as_dicts for d in rs if d["feature"] != "source"}
     assert None in values and np.inf in values
-    assert {d["value"] for rs in as_dicts for d in rs if d["feature"] == "source"} <= set(names)
+    cats = [d["value"] for rs in as_dicts for d in rs if d["feature"] == "source"]
+    assert set(cats) <= set(names) and any(json.dumps(v) == "-0.0" for v in cats)
+    assert _reason_json([], 2).tolist() == ["[]", "[]"]
 
 
 def test_top_columns_order_as_a_stable_sort_whatever_the_block():
@@ -88,9 +92,9 @@ def test_negative_zero_reads_as_zero_whichever_is_seen_first():
 
 
 def test_sentence_templates_are_used_only_where_they_say_what_the_feature_says(monkeypatch):
-    """The batch formats numbers into JSON-escaped sentence templates; a feature whose
-    sentence is not its template's (an overriding class) falls back to the sentence itself,
-    and the text stays json.dumps' of the dicts either way."""
+    """Numbers are formatted into sentence templates; a feature whose sentence is not its
+    template's (an overriding class) falls back to the sentence itself, and the text stays
+    json.dumps' of the dicts either way."""
     from dataclasses import dataclass
 
     from leadscore.features import catalog
@@ -104,18 +108,21 @@ def test_sentence_templates_are_used_only_where_they_say_what_the_feature_says(m
     monkeypatch.setitem(catalog.BY_NAME, "loud", Loud("loud", says="Seen {value:.0f} times"))
     monkeypatch.setitem(catalog.BY_NAME, "quoted",
                         catalog.Feature("quoted", says='Said "{value:.1f}"\\ times\n'))
-    for cache in (scorer._sentence_json_template, scorer._sentence, scorer._sentence_json):
+    for cache in (scorer._template, scorer._sentence):
         cache.cache_clear()
-    assert scorer._sentence_json_template("loud") is None
-    assert scorer._sentence_json_template("quoted") is not None
+    assert scorer._template("loud") is None
+    assert scorer._template("quoted") is not None
 
     model = SimpleNamespace(name="m", features=["loud", "quoted"], categorical_mask=[False] * 2)
     x = np.array([[3.0, -0.0], [np.nan, 2.25], [3.0, 1e-7]])
     contrib = np.array([[0.5, -0.25, 0.0], [-0.5, 0.25, 0.0], [0.1, 0.2, 0.0]])
-    dicts = _reasons(model, contrib, 2, x, None)
-    assert dicts[0][0]["sentence"] == "SEEN 3 TIMES"
-    assert [json.dumps(d, ensure_ascii=False) for rs in dicts for d in rs] == \
-        _reasons_text(model, np.concatenate([contrib] * 2), 2, np.concatenate([x] * 2),
-                      None)[1].to_pylist()[: sum(map(len, dicts))]
-    for cache in (scorer._sentence_json_template, scorer._sentence, scorer._sentence_json):
+    few = _reason_dicts([_reason_table(model, contrib, 2, x, None)], 3)
+    assert few[0][0]["sentence"] == "SEEN 3 TIMES"
+    assert few[0][1]["sentence"] == catalog.feature("quoted").sentence(0.0)
+    big = _reason_table(model, np.concatenate([contrib] * 30), 2, np.concatenate([x] * 30), None)
+    assert _reason_dicts([big], 90)[:3] == few
+    assert _reason_json([big], 90).tolist()[:3] == [json.dumps(d, ensure_ascii=False)
+                                                    for d in few]
+    for cache in (scorer._template, scorer._sentence):
         cache.cache_clear()
+

@@ -1,7 +1,9 @@
 """The scorer core: feature rows in, scores with reasons out. HTTP and batch both call this.
 
 It holds the champion models (as :class:`~leadscore.artifact.LeadModel`, loaded from the
-registry) and turns a feature frame into the output contract of DESIGN.md. Reasons are exact
+registry) and turns feature rows into the output contract of DESIGN.md. Rows enter as columns
+(a frame, or a request's records turned into columns at the edge) and reasons leave as one
+table per model; only the edges differ: dicts for HTTP, JSON text for files. Reasons are exact
 TreeSHAP contributions, the values ``pred_contrib`` and ``shap.TreeExplainer`` give, computed
 only for the rows that ask for them. Each model scores by LightGBM's own predict or by the
 compiled kernels of :mod:`leadscore.fast` where they were verified to give its numbers
@@ -17,6 +19,7 @@ import math
 import threading
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
@@ -92,45 +95,30 @@ def _sentence(feature: str, value: float | str | None) -> str:
     return catalog.feature(feature).sentence(value)
 
 
-#: what ``json.dumps(..., ensure_ascii=False)`` writes for a string
-_json_str = json.encoder.encode_basestring
-
-
-@functools.lru_cache(maxsize=1 << 16)
-def _sentence_json(feature: str, value: float | str | None) -> str:
-    return _json_str(_sentence(feature, value))
-
-
 @functools.lru_cache(maxsize=4096)
-def _sentence_json_template(feature: str) -> str | None:
-    """The feature's sentence template JSON-escaped, so that formatting a number into it
-    (``value=v + 0.0``: -0.0 reads as 0) gives the sentence's JSON directly, a number's
-    text needing no escaping; None when that does not give what ``Feature.sentence`` says.
-    The batch writer formats ~100k distinct values per bucket: more than a cache of whole
-    sentences holds."""
+def _template(feature: str) -> str | None:
+    """The feature's sentence template when formatting a number into it (``value=v + 0.0``:
+    -0.0 reads as 0) gives what ``Feature.sentence`` says, else None. The nightly job writes
+    more distinct values than a cache of whole sentences holds."""
     feat = catalog.feature(feature)
-    template = _json_str(feat.says)
     try:
-        ok = all(template.format(value=v + 0.0) == _json_str(feat.sentence(v))
+        ok = all(feat.says.format(value=v + 0.0) == feat.sentence(v)
                  for v in (0.0, -0.0, -1.5, 0.25, 12345.678, math.inf))
     except (ValueError, KeyError, IndexError):
         ok = False
-    return template if ok else None
+    return feat.says if ok else None
 
 
-@functools.lru_cache(maxsize=4096)
-def _reason_head(model: str, feature: str) -> str:
-    return f'{{"model": {_json_str(model)}, "feature": {_json_str(feature)}, "value": '
-
-
-def _json_value(value: float | str | None) -> str:
-    """A reason's value as ``json.dumps`` writes it (the loop in :func:`_reasons` inlines the
-    common cases: None and finite floats)."""
-    if value is None:
-        return "null"
-    if isinstance(value, str):
-        return _json_str(value)
-    return float.__repr__(value) if math.isfinite(value) else json.dumps(value)
+def _sentences(feature: str, values: Sequence) -> list[str]:
+    """The sentences of ``feature`` at ``values`` (None, float or str), as :func:`_sentence`
+    writes them: finite numbers go straight into the template (:func:`_template`), too many
+    distinct for the cache in a night's batch."""
+    template = _template(feature)
+    if template is None:
+        return [_sentence(feature, v) for v in values]
+    fmt = template.format
+    return [fmt(value=v + 0.0) if type(v) is float and v - v == 0.0 else _sentence(feature, v)
+            for v in values]
 
 
 def _pick(contrib: np.ndarray, top: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -146,125 +134,137 @@ def _pick(contrib: np.ndarray, top: int) -> tuple[np.ndarray, np.ndarray, np.nda
     return cols, contribs, keep
 
 
-def _reasons(model: LeadModel, contrib: np.ndarray, top: int, x: np.ndarray,
-             value_of) -> list[list[dict]]:
-    """Per row, the ``top`` most positive then the ``top`` most negative contributions, each
-    as feature, value, contribution and a sentence (the API's reason dicts). Missing values
-    contribute too (LightGBM routes them); their sentence says so plainly. Numeric values
-    come from the model's matrix ``x``; categorical ones from ``value_of(i, j)`` (row i's
-    value of feature j: a category the model never saw is still named)."""
-    n = len(contrib)
-    if not n or top <= 0:
-        return [[] for _ in range(n)]
+@dataclass
+class _Reasons:
+    """One model's reasons as columns, rows ascending and a row's reasons in order: what the
+    HTTP and file edges write, each in its own format. Values and sentences are held once per
+    distinct entry (``key``), so the nightly job writes each distinct (feature, value) once."""
+
+    model: str
+    features: Sequence[str]  # the names ``feature`` indexes
+    row: np.ndarray
+    feature: np.ndarray
+    key: np.ndarray  # into ``values`` and ``sentences``
+    values: list  # None, float or str
+    sentences: list[str]
+    contribution: np.ndarray  # rounded to 6 places
+
+
+#: a request's few reasons are each their own entry: grouping costs more than it saves
+_FEW_REASONS = 64
+
+
+def _reason_table(model: LeadModel, contrib: np.ndarray, top: int, x: np.ndarray,
+                  column) -> _Reasons:
+    """Per row, the ``top`` most positive then the ``top`` most negative contributions, with
+    feature, value and sentence. Missing values contribute too (LightGBM routes them); their
+    sentence says so plainly. Numeric values come from the model's matrix ``x``, categorical
+    ones from ``column(name)``, the rows' own values (a category the model never saw is
+    still named)."""
+    feats, categorical = model.features, model.categorical_mask
     cols, contribs, keep = _pick(contrib, top)
-    vals = x[np.arange(n)[:, None], cols].tolist()  # NaN (missing) becomes None below
-    rounded = np.round(contribs, 6).tolist()
-    cols_l, keep_l = cols.tolist(), keep.tolist()
-    name, feats = model.name, model.features
-    categorical = model.categorical_mask
-    out = []
-    for i in range(n):
-        rs = []
-        for j, ok, v, cv in zip(cols_l[i], keep_l[i], vals[i], rounded[i], strict=True):
-            if not ok:
-                continue
+    r, s = np.nonzero(keep)  # row-major: rows ascending, a row's reasons in order
+    jk = cols[r, s]
+    if len(r) <= _FEW_REASONS:  # each its own entry, its sentence from the cache
+        key = np.arange(len(r))
+        names = [feats[j] for j in jk.tolist()]
+        values = [_plain(column(f)[i]) if categorical[j] else None if v != v else v
+                  for i, j, f, v in zip(r.tolist(), jk.tolist(), names, x[r, jk].tolist(),
+                                        strict=True)]
+        sentences = list(map(_sentence, names, values))
+    else:  # one entry per distinct (feature, value): values repeat across leads
+        key = np.empty(len(r), dtype=np.intp)
+        values: list = []
+        sentences: list[str] = []
+        order = np.argsort(jk, kind="stable")
+        for sel in np.split(order, np.flatnonzero(np.diff(jk[order])) + 1):
+            j = int(jk[sel[0]])
             if categorical[j]:
-                v = _plain(value_of(i, j))
-            elif v != v:
-                v = None
-            rs.append({"model": name, "feature": feats[j], "value": v, "contribution": cv,
-                       "sentence": _sentence(feats[j], v)})
-        out.append(rs)
+                raw, pos, u, inv = column(feats[j]), {}, [], []
+                for i in r[sel].tolist():
+                    v = _plain(raw[i])
+                    k = v if type(v) is str else (repr(v),)  # -0.0 apart from 0.0
+                    if k not in pos:
+                        pos[k] = len(u)
+                        u.append(v)
+                    inv.append(pos[k])
+            else:  # by bit pattern: -0.0 stays -0.0, any NaN is missing
+                bits, inv = np.unique(x[r[sel], j].view(np.int64), return_inverse=True)
+                u = [None if v != v else v for v in bits.view(np.float64).tolist()]
+            key[sel] = len(values) + np.asarray(inv)
+            values += u
+            sentences += _sentences(feats[j], u)
+    return _Reasons(model.name, feats, r, jk, key, values, sentences,
+                    np.round(contribs[r, s], 6))
+
+
+def _reason_dicts(tables: Sequence[_Reasons], n: int) -> list[list[dict]]:
+    """The HTTP edge: per row the API's reason dicts, models in the order of ``tables``."""
+    out: list[list[dict]] = [[] for _ in range(n)]
+    for t in tables:
+        name, feats, values, sentences = t.model, t.features, t.values, t.sentences
+        for i, j, k, c in zip(t.row.tolist(), t.feature.tolist(), t.key.tolist(),
+                              t.contribution.tolist(), strict=True):
+            out[i].append({"model": name, "feature": feats[j], "value": values[k],
+                           "contribution": c, "sentence": sentences[k]})
     return out
 
 
+#: what ``json.dumps(..., ensure_ascii=False)`` writes for a string
+_json_str = json.encoder.encode_basestring
 #: Arrow's type of the reasons text: large (64-bit offsets), as a big frame's may pass 2 GB
 _TEXT = pa.large_string()
+
+
+@functools.lru_cache(maxsize=4096)
+def _reason_head(model: str, feature: str) -> str:
+    return f'{{"model": {_json_str(model)}, "feature": {_json_str(feature)}, "value": '
 
 
 def _text(literal: str) -> pa.Scalar:
     return pa.scalar(literal, _TEXT)
 
 
-def _reasons_text(model: LeadModel, contrib: np.ndarray, top: int, x: np.ndarray,
-                  value_of) -> tuple[np.ndarray, pa.Array]:
-    """The reasons :func:`_reasons` selects, as JSON text: exactly the bytes
-    ``json.dumps(..., ensure_ascii=False)`` writes of each dict, without the dicts. Returns
-    the row of each reason and its text, rows ascending and a row's reasons in order.
-
-    Written column-wise for the nightly job, where a per-reason Python loop was most of the
-    scoring time: a value and its sentence are formatted once per distinct (feature, value)
-    (counts and shares repeat across leads), the contributions in one ``map``, and the
-    pieces joined by Arrow."""
-    n = len(contrib)
-    if not n or top <= 0:
-        return np.empty(0, np.int64), pa.array([], _TEXT)
-    cols, contribs, keep = _pick(contrib, top)
-    r, s = np.nonzero(keep)  # row-major: rows ascending, a row's reasons in order
-    jk = cols[r, s]
-    ck = np.round(contribs[r, s], 6).tolist()
-    feats, categorical = model.features, model.categorical_mask
+def _reason_json(tables: Sequence[_Reasons], n: int) -> np.ndarray:
+    """The file edge: per row the JSON text of the row's reason dicts (:func:`_reason_dicts`),
+    the very bytes ``json.dumps(..., ensure_ascii=False)`` writes, ``"[]"`` without reasons.
+    Built column-wise by Arrow, each distinct value and sentence written once: a per-reason
+    Python loop was most of the nightly job's scoring time."""
     frepr = float.__repr__
-    vtext = np.empty(len(r), dtype=object)
-    stext = np.empty(len(r), dtype=object)
-    order = np.argsort(jk, kind="stable")
-    bounds = np.flatnonzero(np.diff(jk[order])) + 1
-    for sel in np.split(order, bounds) if len(order) else ():
-        j = int(jk[sel[0]])
-        f = feats[j]
-        if categorical[j]:  # a handful of features; the category's name is the value
-            vs = [_plain(value_of(i, j)) for i in r[sel].tolist()]
-            vtext[sel] = [_json_value(v) for v in vs]
-            stext[sel] = [_sentence_json(f, v) for v in vs]
+    rows, texts = [], []
+    for t in tables:
+        if not len(t.row):
             continue
-        # distinct by bit pattern: -0.0 stays -0.0 (its value reads "-0.0"), any NaN is missing
-        bits, inv = np.unique(x[r[sel], j].view(np.int64), return_inverse=True)
-        nums = bits.view(np.float64).tolist()
-        vt = list(map(frepr, nums))
-        template = _sentence_json_template(f)
-        st = ([template.format(value=v + 0.0) for v in nums] if template is not None
-              else [_sentence_json(f, v) for v in nums])
-        for u in np.flatnonzero(~np.isfinite(bits.view(np.float64))).tolist():
-            v = None if nums[u] != nums[u] else nums[u]  # NaN is missing: null
-            vt[u], st[u] = _json_value(v), _sentence_json(f, v)
-        vtext[sel] = np.array(vt, dtype=object)[inv]
-        stext[sel] = np.array(st, dtype=object)[inv]
-    heads = pa.array([_reason_head(model.name, f) for f in feats], _TEXT)
-    text = pc.binary_join_element_wise(
-        heads.take(pa.array(jk)), pa.array(vtext, _TEXT), _text(', "contribution": '),
-        pa.array(list(map(frepr, ck)), _TEXT), _text(', "sentence": '),
-        pa.array(stext, _TEXT), _text("}"), _text(""))
-    return r, text
+        values = [frepr(v) if type(v) is float and v - v == 0.0
+                  else "null" if v is None
+                  else _json_str(v) if isinstance(v, str) else json.dumps(v)
+                  for v in t.values]
+        key = pa.array(t.key)
+        texts.append(pc.binary_join_element_wise(
+            pa.array([_reason_head(t.model, f) for f in t.features], _TEXT).take(
+                pa.array(t.feature)),
+            pa.array(values, _TEXT).take(key), _text(', "contribution": '),
+            pa.array(list(map(frepr, t.contribution.tolist())), _TEXT),
+            _text(', "sentence": '), pa.array(list(map(_json_str, t.sentences)), _TEXT).take(key),
+            _text("}"), _text("")))
+        rows.append(t.row)
+    if not rows:
+        return np.full(n, "[]", dtype=object)
+    rows = np.concatenate(rows)
+    order = np.argsort(rows, kind="stable")  # by row; models keep the order they came in
+    offsets = np.zeros(n + 1, dtype=np.int32)
+    np.cumsum(np.bincount(rows, minlength=n), out=offsets[1:])
+    lists = pa.ListArray.from_arrays(pa.array(offsets),
+                                     pa.concat_arrays(texts).take(pa.array(order)))
+    joined = pc.binary_join_element_wise(_text("["), pc.binary_join(lists, _text(", ")),
+                                         _text("]"), _text(""))
+    return joined.to_numpy(zero_copy_only=False)
 
 
-class _ReasonText:
-    """A batch's reasons as one JSON list per row, from the models' reasons in the order
-    they are added (each :func:`_reasons_text`'s rows ascending)."""
-
-    def __init__(self, n: int):
-        self.n = n
-        self.rows: list[np.ndarray] = []
-        self.texts: list = []
-
-    def add(self, rows: np.ndarray, texts) -> None:
-        self.rows.append(np.asarray(rows, dtype=np.int64))
-        self.texts.append(texts)
-
-    def column(self) -> np.ndarray:
-        """Per row ``"[reason, reason, ...]"`` (``"[]"`` without reasons), as json.dumps
-        writes the list."""
-        if not self.rows:
-            return np.full(self.n, "[]", dtype=object)
-        rows = np.concatenate(self.rows)
-        texts = pa.concat_arrays([t if isinstance(t, pa.Array) else pa.array(t, _TEXT)
-                                  for t in self.texts])
-        order = np.argsort(rows, kind="stable")  # by row; models keep the order they came in
-        offsets = np.zeros(self.n + 1, dtype=np.int32)
-        np.cumsum(np.bincount(rows, minlength=self.n), out=offsets[1:])
-        lists = pa.ListArray.from_arrays(pa.array(offsets), texts.take(pa.array(order)))
-        joined = pc.binary_join_element_wise(_text("["), pc.binary_join(lists, _text(", ")),
-                                             _text("]"), _text(""))
-        return joined.to_numpy(zero_copy_only=False)
+def _column(columns, name: str):
+    """Column ``name`` by position: a frame's as an array, a request's list as it is."""
+    col = columns[name]
+    return col.to_numpy() if isinstance(col, pd.Series) else col
 
 
 class MissingFeatures(KeyError):
@@ -275,55 +275,6 @@ class MissingFeatures(KeyError):
         super().__init__(f"feature rows lack {len(names)} model features, e.g. "
                          f"{', '.join(list(names)[:5])}")
         self.names = list(names)
-
-
-class _FrameRows:
-    """Feature rows held as a frame (batch, the store, training): the core's view of them."""
-
-    def __init__(self, frame: pd.DataFrame):
-        self.frame = frame.reset_index(drop=True)
-        self.n = len(frame)
-
-    def column(self, name: str, default=None) -> list:
-        if name in self.frame:
-            return self.frame[name].astype("object").tolist()
-        return [default] * self.n
-
-    def matrix(self, model: LeadModel, absent: Sequence[str] = ()) -> np.ndarray:
-        return model.matrix(self.frame, absent=absent)
-
-    def _value_of(self, model: LeadModel):
-        cats = {j: self.frame[f].to_numpy() for j, f in enumerate(model.features)
-                if f in model.categories}
-        return lambda i, j: cats[j][i]
-
-    def reasons(self, model: LeadModel, contrib: np.ndarray, top: int,
-                x: np.ndarray) -> list[list]:
-        return _reasons(model, contrib, top, x, self._value_of(model))
-
-    def reasons_text(self, model: LeadModel, contrib: np.ndarray, top: int,
-                     x: np.ndarray) -> tuple[np.ndarray, pa.Array]:
-        return _reasons_text(model, contrib, top, x, self._value_of(model))
-
-
-class _RecordRows(_FrameRows):
-    """Feature rows held as records (dicts: the API's requests). Building a DataFrame and
-    LightGBM's pandas conversion cost tens of milliseconds a request, the model a fraction of
-    one; records go to the float matrix directly, with the same numbers."""
-
-    def __init__(self, records: Sequence[dict]):
-        self.records = records
-        self.n = len(records)
-
-    def column(self, name: str, default=None) -> list:
-        return [r.get(name, default) for r in self.records]
-
-    def matrix(self, model: LeadModel, absent: Sequence[str] = ()) -> np.ndarray:
-        return model.matrix_records(self.records)
-
-    def _value_of(self, model: LeadModel):
-        recs, feats = self.records, model.features
-        return lambda i, j: recs[i].get(feats[j])
 
 
 class Scorer:
@@ -347,7 +298,11 @@ class Scorer:
         from leadscore.scoring.contact_policy import RulesFile
         from leadscore.scoring.intent import IntentRules, model_thresholds
 
-        self.models = dict(models)
+        # one order whatever the caller's: it orders the reasons and ``model_versions``, which
+        # a resumed or HTTP run must write exactly as the first run did
+        rank = {m: i for i, m in enumerate(ALL_MODELS)}
+        self.models = {n: models[n] for n in sorted(models, key=lambda m: (
+            rank.get(m, len(rank)), m))}
         self.num_threads = num_threads
         #: contact rules for the slot search: given by the caller (the edges read
         #: LEADSCORE_CONTACT_RULES), the defaults otherwise; never read from the environment here
@@ -361,6 +316,9 @@ class Scorer:
         self.required = sorted({f for m in self.models.values() for f in m.features
                                 if f not in slot_layout})
         self._required_keys = frozenset(self.required)
+        #: what the core reads of a request's records, as columns
+        self._names = tuple(dict.fromkeys(
+            ["dealer_id", "as_of", "tz", *(f for m in self.models.values() for f in m.features)]))
         #: what the feature job computes for these models (batch, inline HTTP): the
         #: catalogue plus the vocabulary features their training chose
         self.job_features = catalog.job_features(self.required)
@@ -401,7 +359,7 @@ class Scorer:
         limits which models score (owners get churn risk, not a lead score).
         """
         n = len(feats)
-        cols = self._core(_FrameRows(feats), reasons, only, slots, None, as_json=True)
+        cols, tables = self._core(feats, n, reasons, only, slots, None)
         out = pd.DataFrame({
             "lead_id": feats["lead_id"].astype(str).to_numpy(),
             "dealer_id": feats["dealer_id"].astype(str).to_numpy(),
@@ -413,7 +371,7 @@ class Scorer:
             if v is not None and col == "best_slot_start":
                 v = pd.to_datetime(v, utc=True)
             out[col] = v if v is not None else pd.Series([None] * n, dtype=object)
-        out["reasons"] = cols["reasons"].column()
+        out["reasons"] = _reason_json(tables, n)
         out["model_versions"] = json.dumps(self.versions)
         return out[list(OUTPUT_COLUMNS)]
 
@@ -451,7 +409,11 @@ class Scorer:
 
     def _records(self, records: Sequence[dict], reasons: int, slots: int,
                  now: pd.Timestamp | None = None) -> list[dict]:
-        cols = self._core(_RecordRows(records), reasons, None, slots, now)
+        names, n = self._names, len(records)
+        rows = zip(*(map(r.get, names) for r in records), strict=True)  # one pass
+        columns = dict(zip(names, rows, strict=False))  # no records: no columns
+        cols, tables = self._core(columns, n, reasons, None, slots, now)
+        reason_lists = _reason_dicts(tables, n)
         versions = self.versions
 
         def val(col: str, i: int):
@@ -477,27 +439,28 @@ class Scorer:
                 "best_slot_start": start, "best_channel": val("best_channel", i),
                 "p_response": val("p_response", i), "p_churn": val("p_churn", i),
                 "next_slots": cols["slots"][i] if cols.get("slots") is not None else [],
-                "reasons": cols["reasons"][i], "model_versions": dict(versions),
+                "reasons": reason_lists[i], "model_versions": dict(versions),
             })
         return out
 
     # -- the core -----------------------------------------------------------------------------
-    def _core(self, rows: _FrameRows, reasons: int, only: Iterable[str] | None,
-              slots: int, now: pd.Timestamp | None, as_json: bool = False) -> dict:
-        """Columns (arrays) of the output contract for ``rows``; a model that does not score
-        leaves its columns out. ``as_json``: reasons as a :class:`_ReasonText` of JSON
-        (batch output), not lists of dicts (HTTP)."""
+    def _core(self, columns, n: int, reasons: int, only: Iterable[str] | None,
+              slots: int, now: pd.Timestamp | None) -> tuple[dict, list[_Reasons]]:
+        """Columns (arrays) of the output contract for ``n`` rows given as ``columns`` (name →
+        column: a frame, or a request's records as lists), and each model's reasons; a model
+        that does not score leaves its columns out."""
         keep = set(self.models) if only is None else set(only) & set(self.models)
-        n = rows.n
-        cols: dict = {"reasons": _ReasonText(n) if as_json else [[] for _ in range(n)]}
+        cols: dict = {}
+        tables: list[_Reasons] = []
         if not n:
-            return cols
+            return cols, tables
+        column = functools.partial(_column, columns)
         matrices: dict[int, np.ndarray] = {}
         scored = [(name, model) for name, model in self.models.items()
                   if PROBA_COLUMN.get(name) is not None and name in keep]
         for name, model in scored:
             if self._layout[name] not in matrices:
-                matrices[self._layout[name]] = rows.matrix(model)
+                matrices[self._layout[name]] = model.matrix(columns)
         ahead = None
         if reasons > 0 and n >= self.AHEAD_ROWS:
             # TreeSHAP releases the GIL, writing reasons does not: while the reasons of one
@@ -513,12 +476,7 @@ class Scorer:
                 contrib = (ahead[name].result() if ahead is not None
                            else model.contributions(x, num_threads=self.num_threads))
                 raw = contrib.sum(axis=1)
-                if as_json:
-                    cols["reasons"].add(*rows.reasons_text(model, contrib, reasons, x))
-                else:
-                    for acc, rs in zip(cols["reasons"], rows.reasons(model, contrib, reasons, x),
-                                       strict=True):
-                        acc.extend(rs)
+                tables.append(_reason_table(model, contrib, reasons, x, column))
             else:
                 raw = model.raw(x, num_threads=self.num_threads)
             p = model.calibrator(raw)
@@ -528,13 +486,13 @@ class Scorer:
             elif name == "contact":
                 cols["contact_urgency"] = np.array([URGENCY[g] for g in model.grade(p)],
                                                    dtype=object)
-        self._time_to_order(rows, cols)
+        self._time_to_order(columns, cols)
         slot = self.models.get(SLOT_MODEL)
         if slot is not None and SLOT_MODEL in keep:
-            self._recommend(slot, rows, cols, reasons, slots, now, as_json)
-        return cols
+            self._recommend(slot, columns, n, cols, tables, reasons, slots, now)
+        return cols, tables
 
-    def _time_to_order(self, rows: _FrameRows, cols: dict) -> None:
+    def _time_to_order(self, columns, cols: dict) -> None:
         """P(order within 7/15/30/90 days), non-decreasing in the horizon, and the intent
         grade from them; ``p_order_30d`` is ``p_convert`` itself. Horizons whose model did
         not score stay out (null)."""
@@ -551,34 +509,31 @@ class Scorer:
             else:
                 cols.pop(c, None)
         cols["intent_grade"] = intent.grade(
-            p, [str(d) for d in rows.column("dealer_id")], self.intent, self.intent_defaults)
+            p, [str(d) for d in columns["dealer_id"]], self.intent, self.intent_defaults)
 
-    def _recommend(self, slot: LeadModel, rows: _FrameRows, cols: dict, reasons: int,
-                   slots: int, now: pd.Timestamp | None, as_json: bool = False) -> None:
-        """Best slot and channel in the next 72 hours, urgency deciding how soon."""
+    def _recommend(self, slot: LeadModel, columns, n: int, cols: dict, tables: list[_Reasons],
+                   reasons: int, slots: int, now: pd.Timestamp | None) -> None:
+        """Best slot and channel in the next 72 hours, urgency deciding how soon; the
+        channel's reason joins the models' reasons."""
         from leadscore.scoring.contact_policy import SLOT_FEATURES, recommend_matrix
 
         rec = recommend_matrix(
-            slot, rows.matrix(slot, absent=SLOT_FEATURES), rows.column("as_of"),
-            rows.column("tz", DEFAULT_TZ), [str(d) for d in rows.column("dealer_id")],
-            cols.get("contact_urgency"), self.rules, top=slots, reasons=reasons > 0,
-            num_threads=self.num_threads, not_before=now)
+            slot, slot.matrix(columns, absent=SLOT_FEATURES), columns["as_of"],
+            columns["tz"] if "tz" in columns else [DEFAULT_TZ] * n,
+            [str(d) for d in columns["dealer_id"]], cols.get("contact_urgency"), self.rules,
+            top=slots, reasons=reasons > 0, num_threads=self.num_threads, not_before=now)
         cols["best_slot_start"] = rec.best_slot_start
         cols["best_channel"] = rec.best_channel
         cols["p_response"] = rec.p_response
         cols["slots"] = rec.slots
         if rec.reason is not None:
-            dicts = {i: {"model": SLOT_MODEL, "feature": "best_channel",
-                         "value": rec.best_channel[i],
-                         "contribution": round(float(rec.margin[i]), 6),
-                         "sentence": rec.reason[i]}
-                     for i in range(rows.n) if rec.best_channel[i] is not None}
-            if as_json:
-                cols["reasons"].add(np.fromiter(dicts, np.int64, len(dicts)),
-                                    [json.dumps(r, ensure_ascii=False) for r in dicts.values()])
-            else:
-                for i, r in dicts.items():
-                    cols["reasons"][i].append(r)
+            rows = [i for i, c in enumerate(rec.best_channel.tolist()) if c is not None]
+            tables.append(_Reasons(
+                SLOT_MODEL, ("best_channel",), np.array(rows, dtype=np.int64),
+                np.zeros(len(rows), dtype=np.intp), np.arange(len(rows)),
+                [rec.best_channel[i] for i in rows], [rec.reason[i] for i in rows],
+                # Python's rounding (the API's since the start), not numpy's
+                np.array([round(float(rec.margin[i]), 6) for i in rows], dtype=np.float64)))
 
 
 def iso_utc(v) -> str:
