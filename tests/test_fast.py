@@ -294,7 +294,8 @@ def test_spark_workers_follow_the_drivers_scoring_path(enabled, monkeypatch):
 
     model, test = _split_kinds_model({})  # not catalogue features: no real Scorer
     model.accelerate(enabled)
-    key, blob = spark._payload(SimpleNamespace(models={"conversion": model}, rules=None))
+    key, blob = spark._payload(SimpleNamespace(models={"conversion": model}, rules=None,
+                                                   intent=None))
     monkeypatch.setattr(scorer, "Scorer", lambda models, **kw: SimpleNamespace(models=models))
     monkeypatch.setattr(spark, "_worker_scorer", None)
     worker = spark._scorer_on_worker(key, SimpleNamespace(value=blob)).models["conversion"]
