@@ -359,7 +359,7 @@ def train(
         if cfg.sweep is not None:
             from leadscore.training.sweep import best_params
 
-            overrides = best_params(spec, ts, cfg, num_threads=num_threads)
+            overrides = best_params(spec, ts, cfg, num_threads=num_threads, init=init)
         else:
             overrides = cfg.params
         fr = fit(spec, ts, seed=cfg.seed, num_threads=num_threads, overrides=overrides,
