@@ -335,9 +335,15 @@ def simulator(seed: int) -> pd.DataFrame:
     return table
 
 
-def _mean(parts: list[pd.DataFrame], what: str) -> pd.DataFrame:
-    """Per-seed tables averaged per (data set, model), in their order."""
+def _mean(parts: list[pd.DataFrame], what: str, show: bool = False) -> pd.DataFrame:
+    """Per-seed tables averaged per (data set, model), in their order (``show``: print each
+    seed's ROC AUC first)."""
     per_seed = pd.concat(parts, ignore_index=True)
+    if show:
+        auc = pd.DataFrame({"model": parts[0]["model"].to_numpy(),
+                            **{f"seed {i}": p["roc_auc"].to_numpy()
+                               for i, p in enumerate(parts)}})
+        print(auc.to_string(index=False, float_format=lambda v: f"{v:.4f}"), flush=True)
     cols = [c for c in per_seed.columns if c not in ("data set", "model")]
     table = per_seed.groupby(["data set", "model"], sort=False, as_index=False)[cols].mean()
     table["data set"] = table["data set"] + f" ({what})"
@@ -358,6 +364,8 @@ def main() -> None:
                          "worlds, averaged")
     ap.add_argument("--only", default="online_retail,olist,own_steps,simulator",
                     help="comma-separated parts to run")
+    ap.add_argument("--per-seed", action="store_true",
+                    help="print each split's and world's ROC AUC before the means")
     a = ap.parse_args()
     only = set(a.only.split(","))
     logging.basicConfig(level=logging.WARNING)
@@ -366,14 +374,14 @@ def main() -> None:
     tables = []
     if "online_retail" in only:
         tables.append(_mean([online_retail(a.realdata, seed, a.btyd, a.weeks)
-                             for seed in seeds], f"mean of {a.seeds} splits"))
+                             for seed in seeds], f"mean of {a.seeds} splits", a.per_seed))
     if "olist" in only:
         tables.append(olist(a.realdata, a.seed))
     if "own_steps" in only:
         tables.append(own_step_names(a.seed))
     if "simulator" in only:
         tables.append(_mean([simulator(seed) for seed in seeds],
-                            f"mean of {a.seeds} worlds"))
+                            f"mean of {a.seeds} worlds", a.per_seed))
     table = pd.concat(tables, ignore_index=True)
     with pd.option_context("display.width", 160, "display.max_columns", 20):
         print(table.to_string(index=False, float_format=lambda v: f"{v:.3f}"))

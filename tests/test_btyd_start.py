@@ -225,3 +225,20 @@ def test_http_and_batch_give_the_same_p_churn(started):
     # reasons name the trees' features, never the start
     named = {r["feature"] for rs in http for r in rs["reasons"]}
     assert named and named <= set(m.features)
+
+
+def test_init_score_refuses_what_serving_could_not_compute():
+    """A start needs its inputs among the model's features: engagement events without a
+    whole-history group, or an excluded input, stop the run with a clear error."""
+    from leadscore.training.config import ExperimentConfig
+    from leadscore.training.run import _btyd_input, _Classical, resolve_spec
+
+    cfg = ExperimentConfig(model="churn", btyd={"use": "init_score"},
+                           engagement_events=["service_visit", "wechat_reply"])
+    with pytest.raises(ValueError, match="no whole-history feature group"):
+        _btyd_input(resolve_spec(cfg), cfg, None, _Classical(fits=[], inputs=None))
+    cfg = ExperimentConfig(model="churn", btyd={"use": "init_score"},
+                           exclude_features=["inbound_typical_gap_days"])
+    inputs = classical.inputs_for(resolve_spec(cfg).label.events)
+    with pytest.raises(ValueError, match="inbound_typical_gap_days"):
+        _btyd_input(resolve_spec(cfg), cfg, None, _Classical(fits=[], inputs=inputs))

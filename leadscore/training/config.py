@@ -64,7 +64,9 @@ class Btyd(BaseModel):
     LightGBM from the logit of its churn probability, and the registered model carries the
     fit (BG/NBD only: serving computes it from the model's features); ``feature`` gives the
     probability to LightGBM as a feature: an experiment, evaluated and logged but not
-    registered, since serving does not compute it. ``off``: none."""
+    registered, since serving does not compute it. ``off``: none. The default stays
+    ``baseline``: boosting from the start helped churn on real logs with short histories but
+    lowered it on the simulator (``benchmarks/real_data.py``; figures in the README)."""
 
     model_config = ConfigDict(extra="forbid")
     use: Literal["off", "baseline", "init_score", "feature"] = "baseline"
