@@ -9,20 +9,24 @@ item 6). Every data set comes in through its shipped mapping (``examples/``), as
   (``init_score``). Averaged over ``--seeds`` random halves. Those label windows overlap
   half B's scoring window (other customers, the same months), which the classical fits never
   see; the row "windows closed by the cutoff only" trains on windows that end by the cutoff,
-  as a forecast made that day could (few cutoffs: the log starts 7 months earlier).
+  as a forecast made that day could (few cutoffs: the log starts 7 months earlier). Its
+  init_score row takes the path ``train`` takes: BG/NBD fitted on half A at anchor cutoffs
+  from the whole-history features (``btyd.feature_summaries``), each cutoff started from the
+  fit at or before it, half B from the fit at the cutoff.
 - Olist (marketing funnel): "closes within 30 days", leadscore's conversion model trained as
   ``train`` does (weekly cutoffs, out-of-time holdout) against a plain LightGBM on the lead's
   own columns (origin, landing page, age) on the same rows.
 - A funnel with its own step names (the simulator's events renamed, none in the standard
   list): leadscore's conversion model with the vocabulary ``train`` learns against a plain
   LightGBM on per-step counts over the whole history, pooled over the same cutoffs.
-- The simulator: conversion and churn against its oracle probability on the same holdout.
+- The simulator: conversion and churn against its oracle probability on the same holdout;
+  churn also with ``btyd.use: init_score`` as ``train`` runs it (averaged over ``--seeds``).
 
 Prints ROC AUC, PR-AUC (the task's positive class) and expected calibration error (10 bins)
 beside ``ece_floor``: what a perfectly calibrated model would show on a holdout of that size.
 
     PYTHONPATH=. python benchmarks/real_data.py [--realdata DIR] [--seed S] [--seeds N]
-        [--weeks W] [--btyd bgnbd|pareto_nbd]
+        [--weeks W] [--btyd bgnbd|pareto_nbd] [--only online_retail,simulator,...]
 
 Needs the ``btyd`` extra (PyMC-Marketing).
 """
@@ -39,7 +43,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from leadscore import contract, importer, models
+from leadscore import classical, contract, importer, models
 from leadscore.features import job
 from leadscore.training import btyd, dataset, evaluate, vocabulary
 from leadscore.training.trainer import fit
@@ -132,6 +136,17 @@ def online_retail(realdata: Path, seed: int, kind: str, weeks: int | None) -> pd
         variants[f"  windows closed by the cutoff only ({n_closed} cutoffs)"] = (spec, None)
         variants[f"  windows closed by the cutoff, + {kind} as init_score"] = (
             spec, "btyd_init")
+        if kind == "bgnbd":  # the served start: feature summaries, fits at anchor cutoffs
+            inputs = classical.inputs_for((PURCHASE,))
+            fsumm = btyd.feature_summaries(rows, inputs)
+            _, anchored = btyd.at_cutoffs_of(fsumm[first], HORIZON, kind=kind, seed=seed)
+            rows = rows.assign(btyd_start=btyd.start_margins(rows, anchored, HORIZON, inputs))
+            ts = replace(ts, frame=rows)
+            test = ts.part("test")
+            strict = replace(strict, frame=strict.frame.assign(
+                btyd_start=rows["btyd_start"].to_numpy()))
+            variants["  windows closed by the cutoff, + served bgnbd start (as train)"] = (
+                spec, "btyd_start")
         for name, (sp, init) in variants.items():
             t = time.perf_counter()
             fr = fit(sp, strict if name.startswith("  windows closed") else ts, seed=seed,
@@ -284,9 +299,11 @@ def own_step_names(seed: int) -> pd.DataFrame:
 
 def simulator(seed: int) -> pd.DataFrame:
     """A simulated dealer group: leadscore's conversion and churn models against the
-    simulator's oracle probability on the same holdout rows."""
+    simulator's oracle probability on the same holdout rows; churn also boosted from the
+    classical start as ``train`` does with ``btyd.use: init_score`` (its own functions)."""
     from leadscore import simulate as sim
-    from leadscore.training.run import load_truth
+    from leadscore.training.config import ExperimentConfig
+    from leadscore.training.run import _btyd_baseline, _btyd_input, load_truth
 
     with tempfile.TemporaryDirectory() as tmp:
         data = Path(tmp) / "sim"
@@ -294,21 +311,42 @@ def simulator(seed: int) -> pd.DataFrame:
         ds = contract.load(data, quarantine_dir=Path(tmp) / "q")
         truth = load_truth(data)
         out = []
-        for name in ("conversion", "churn"):
+        for name, use in (("conversion", None), ("churn", None), ("churn", "init_score")):
             spec = models.get(name)
             ts = dataset.build(ds.con, spec, split="auto", seed=seed)
+            init = None
+            t = time.perf_counter()
+            if use is not None:
+                cfg = ExperimentConfig(model=name, seed=seed, btyd={"use": use})
+                _, fitted = _btyd_baseline(ds.con, spec, cfg, ts)
+                spec, init, _, _ = _btyd_input(spec, cfg, ts, fitted)
             test = ts.part("test")
             y = test["label"].to_numpy()
-            t = time.perf_counter()
-            fr = fit(spec, ts, seed=seed, num_threads=2)
+            fr = fit(spec, ts, seed=seed, num_threads=2, init=init)
             p = fr.predict_proba(test, num_threads=2)
-            row = _row(f"leadscore {name}", y, p, time.perf_counter() - t)
+            label = f"leadscore {name}" + (f" (btyd.use {use})" if use else "")
+            row = _row(label, y, p, time.perf_counter() - t)
             o = evaluate.oracle(test, truth, spec.truth_column, p)
             out.append({**row, "n_test": len(y), "positives": int(y.sum()),
                         "oracle_auc": o.get("oracle_auc", np.nan),
                         "oracle_gap": o.get("oracle_gap", np.nan)})
     table = pd.DataFrame(out)
     table.insert(0, "data set", "Simulator (4,000 leads, 150 days)")
+    return table
+
+
+def _mean(parts: list[pd.DataFrame], what: str, show: bool = False) -> pd.DataFrame:
+    """Per-seed tables averaged per (data set, model), in their order (``show``: print each
+    seed's ROC AUC first)."""
+    per_seed = pd.concat(parts, ignore_index=True)
+    if show:
+        auc = pd.DataFrame({"model": parts[0]["model"].to_numpy(),
+                            **{f"seed {i}": p["roc_auc"].to_numpy()
+                               for i, p in enumerate(parts)}})
+        print(auc.to_string(index=False, float_format=lambda v: f"{v:.4f}"), flush=True)
+    cols = [c for c in per_seed.columns if c not in ("data set", "model")]
+    table = per_seed.groupby(["data set", "model"], sort=False, as_index=False)[cols].mean()
+    table["data set"] = table["data set"] + f" ({what})"
     return table
 
 
@@ -322,22 +360,29 @@ def main() -> None:
                     help="weekly training cutoffs before 2011-07-01 (0: that cutoff alone; "
                          "default: every one after the warm-up, as train takes them)")
     ap.add_argument("--seeds", type=int, default=3,
-                    help="random halves of the Online Retail customers, averaged")
+                    help="random halves of the Online Retail customers, and simulated "
+                         "worlds, averaged")
+    ap.add_argument("--only", default="online_retail,olist,own_steps,simulator",
+                    help="comma-separated parts to run")
+    ap.add_argument("--per-seed", action="store_true",
+                    help="print each split's and world's ROC AUC before the means")
     a = ap.parse_args()
+    only = set(a.only.split(","))
     logging.basicConfig(level=logging.WARNING)
     t0 = time.perf_counter()
-    parts = [online_retail(a.realdata, seed, a.btyd, a.weeks).assign(seed=seed)
-             for seed in range(a.seed, a.seed + a.seeds)]
-    per_seed = pd.concat(parts, ignore_index=True)
-    table = per_seed.groupby(["data set", "model"], sort=False, as_index=False).agg(
-        roc_auc=("roc_auc", "mean"), pr_auc=("pr_auc", "mean"), ece=("ece", "mean"),
-        ece_floor=("ece_floor", "mean"),
-        seconds=("seconds", "mean"), n_test=("n_test", "mean"),
-        positives=("positives", "mean"))
-    table["data set"] = table["data set"] + f" (mean of {a.seeds} splits)"
-    table = pd.concat([table, olist(a.realdata, a.seed), own_step_names(a.seed),
-                       simulator(a.seed)],
-                      ignore_index=True)
+    seeds = range(a.seed, a.seed + a.seeds)
+    tables = []
+    if "online_retail" in only:
+        tables.append(_mean([online_retail(a.realdata, seed, a.btyd, a.weeks)
+                             for seed in seeds], f"mean of {a.seeds} splits", a.per_seed))
+    if "olist" in only:
+        tables.append(olist(a.realdata, a.seed))
+    if "own_steps" in only:
+        tables.append(own_step_names(a.seed))
+    if "simulator" in only:
+        tables.append(_mean([simulator(seed) for seed in seeds],
+                            f"mean of {a.seeds} worlds", a.per_seed))
+    table = pd.concat(tables, ignore_index=True)
     with pd.option_context("display.width", 160, "display.max_columns", 20):
         print(table.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
     print("published anchor: Pareto/NBD about 0.73 ROC AUC; "

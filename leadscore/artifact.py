@@ -1,8 +1,9 @@
 """The model artifact: what training hands to the registry and serving takes from it.
 
 It is deliberately small and pickle-free: LightGBM's own text format for the trees, and one JSON
-file with the feature list, the training categories, the calibrator and the spec's grade cuts.
-Serving depends on this module only, never on training code.
+file with the feature list, the training categories, the calibrator, the spec's grade cuts and,
+for a model boosted from a classical score, its starting margin (:class:`~leadscore.classical.
+Start`). Serving depends on this module only, never on training code.
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ from pathlib import Path
 import lightgbm as lgb
 import numpy as np
 import pandas as pd
+
+from leadscore.classical import Start
 
 BOOSTER_FILE = "model.txt"
 META_FILE = "meta.json"
@@ -100,6 +103,9 @@ class LeadModel:
     grades: tuple[float, float, float] = (0.5, 0.25, 0.1)
     label: str = ""
     meta: dict = field(default_factory=dict)
+    #: the margin the trees were boosted from (churn's classical score), computed from the
+    #: model's own features and added to the trees' raw score; None: the trees alone
+    start: Start | None = None
     #: the path :meth:`accelerate` chose (None: not decided yet) and its kernels
     _path: str | None = field(default=None, init=False, repr=False, compare=False)
     _fast: object = field(default=None, init=False, repr=False, compare=False)
@@ -235,12 +241,33 @@ class LeadModel:
         return data if isinstance(data, np.ndarray) else self.matrix(data)
 
     def raw(self, data, num_threads: int = 1) -> np.ndarray:
-        """LightGBM's raw margin (``raw_score``)."""
+        """The raw margin: LightGBM's ``raw_score`` of the trees, plus the starting margin
+        when the model has one (:attr:`start`)."""
         x = self._x(data)
         fast = self._fast_or_none()
         if fast is not None:
-            return fast.raw(x, num_threads=num_threads)
-        return self.booster.predict(x, raw_score=True, num_threads=num_threads)
+            raw = fast.raw(x, num_threads=num_threads)
+        else:
+            raw = self.booster.predict(x, raw_score=True, num_threads=num_threads)
+        return raw if self.start is None else raw + self.start_margin(x)
+
+    @cached_property
+    def start_columns(self) -> list[int]:
+        """The columns of :meth:`matrix` the starting margin reads (none without one)."""
+        if self.start is None:
+            return []
+        missing = [f for f in self.start.features if f not in self.index]
+        if missing:
+            raise ValueError(f"{self.name}: the starting margin reads {missing}, which are "
+                             "not features of the model")
+        return [self.index[f] for f in self.start.features]
+
+    def start_margin(self, x: np.ndarray) -> np.ndarray:
+        """The starting margin of the rows of the matrix ``x`` (zeros without one)."""
+        x = np.asarray(x, dtype=np.float64)
+        if self.start is None:
+            return np.zeros(len(x))
+        return self.start.margin_of(x[:, self.start_columns])
 
     def predict_proba(self, data, num_threads: int = 1) -> np.ndarray:
         return self.calibrator(self.raw(data, num_threads=num_threads))
@@ -259,16 +286,30 @@ class LeadModel:
             rows[:, np.asarray(vcols, dtype=np.int64)] = vals.reshape(k * group, -1)
             raw = self.booster.predict(rows, raw_score=True,
                                        num_threads=num_threads).reshape(k, group)
+        if self.start is not None:  # only its few columns laid out
+            cols = self.start_columns
+            k, group = vals.shape[:2]
+            part = np.repeat(np.asarray(lead, dtype=np.float64)[:, cols], group, axis=0)
+            flat = np.asarray(vals, dtype=np.float64).reshape(k * group, -1)
+            for i, c in enumerate(np.asarray(vcols, dtype=np.int64).tolist()):
+                if c in cols:
+                    part[:, cols.index(c)] = flat[:, i]
+            raw = raw + self.start.margin_of(part).reshape(k, group)
         return self.calibrator(raw)
 
     def contributions(self, data, num_threads: int = 1) -> np.ndarray:
         """Exact TreeSHAP contributions on the raw margin (LightGBM's ``pred_contrib``); the
-        last column is the base value, so each row sums to the raw score."""
+        last column is the base value, so each row sums to the raw score. A starting margin
+        goes into that base column: reasons stay the trees' contributions of the features."""
         x = self._x(data)
         fast = self._fast_or_none()
         if fast is not None:
-            return fast.contributions(x, num_threads=num_threads)
-        return self.booster.predict(x, pred_contrib=True, num_threads=num_threads)
+            out = fast.contributions(x, num_threads=num_threads)
+        else:
+            out = self.booster.predict(x, pred_contrib=True, num_threads=num_threads)
+        if self.start is not None:
+            out[:, -1] += self.start_margin(x)
+        return out
 
     def warm_up(self) -> None:
         """Decide the scoring path and build what the first request would otherwise wait
@@ -300,6 +341,7 @@ class LeadModel:
             "grades": list(self.grades),
             "label": self.label,
             "meta": self.meta,
+            **({"start": self.start.to_json()} if self.start is not None else {}),
         }
         (directory / META_FILE).write_text(json.dumps(meta, indent=1))
         return directory
@@ -324,7 +366,9 @@ class LeadModel:
             grades=tuple(meta["grades"]),
             label=meta.get("label", ""),
             meta=meta.get("meta", {}),
+            start=Start.from_json(meta["start"]) if meta.get("start") else None,
         )
+        _ = model.start_columns  # a start reading features the model lacks is refused here
         model._accelerate_wanted = fast.enabled() if accelerate is None else accelerate
         return model
 

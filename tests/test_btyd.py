@@ -177,20 +177,62 @@ def test_churn_run_logs_the_classical_baseline(small_sim):
     assert len(fits) == 2 and {"r", "alpha", "a", "b"} <= set(fits[0])
 
 
-def test_init_score_run_is_an_experiment_never_registered(small_sim):
-    """btyd.use init_score boosts LightGBM from the classical margin: evaluated and logged,
-    but no model is logged nor registered, since serving would score it without the margin."""
+def test_init_score_run_registers_a_model_carrying_the_classical_start(small_sim):
+    """btyd.use init_score boosts LightGBM from the classical margin and registers the model
+    with the latest anchor's BG/NBD fit as its starting margin, read from its own features:
+    the registered model scores the logged holdout with the start added to its trees."""
     import mlflow
 
+    from leadscore import classical, registry
     from leadscore.training.config import ExperimentConfig
     from leadscore.training.run import train
 
     res = train(small_sim, ExperimentConfig(model="churn", btyd={"use": "init_score",
                                                                  "refits": 2}))
-    assert res.version is None and res.alias is None
+    assert res.version is not None and res.alias is not None
     assert np.isfinite(res.metrics["roc_auc"]) and np.isfinite(res.metrics["btyd_roc_auc"])
+    assert not any("not registered" in n for n in res.notes)
+    m = registry.load_version("churn", res.version)
+    fits = mlflow.artifacts.load_dict(f"runs:/{res.run_id}/btyd_fits.json")
+    assert m.start is not None and m.start.kind == "bgnbd"
+    assert m.start.params == pytest.approx({k: fits[-1][k] for k in ("r", "alpha", "a", "b")})
+    inputs = classical.inputs_for(_engagement())
+    assert list(m.start.features) == [inputs[r] for r in classical.ROLES]
+    assert set(m.start.features) <= set(m.features)
+    run = mlflow.get_run(res.run_id)
+    assert float(run.data.params["btyd_start_r"]) == pytest.approx(m.start.params["r"])
+    holdout = pd.read_parquet(mlflow.artifacts.download_artifacts(
+        f"runs:/{res.run_id}/holdout.parquet"))
+    x = m.matrix(holdout)
+    trees = m.booster.predict(x, raw_score=True)
+    np.testing.assert_allclose(m.raw(x), trees + m.start.margin_of(
+        x[:, [m.index[f] for f in m.start.features]]), atol=1e-9)
+    assert np.ptp(m.raw(x) - trees) > 0.1  # the start differs between rows
+
+
+def _engagement():
+    from leadscore.models.churn import SPEC
+
+    return SPEC.label.events
+
+
+def test_feature_use_stays_an_experiment_and_pareto_cannot_start(small_sim):
+    """btyd.use feature: serving does not compute the classical probability as a feature,
+    so the run is evaluated and logged, never registered. A Pareto/NBD start would not be
+    servable: refused when the config is read."""
+    import mlflow
+    from pydantic import ValidationError
+
+    from leadscore.training.config import ExperimentConfig
+    from leadscore.training.run import train
+
+    res = train(small_sim, ExperimentConfig(model="churn", refit=False,
+                                            btyd={"use": "feature", "refits": 1}))
+    assert res.version is None and res.alias is None
     assert any("not registered" in n for n in res.notes)
     arts = {a.path for a in mlflow.MlflowClient().list_artifacts(res.run_id)}
     assert "btyd_fits.json" in arts and "model" not in arts
     with pytest.raises(ValueError, match="churn only"):
         ExperimentConfig(model="conversion", btyd={"use": "feature"})
+    with pytest.raises(ValidationError, match="init_score needs model bgnbd"):
+        ExperimentConfig(model="churn", btyd={"use": "init_score", "model": "pareto_nbd"})

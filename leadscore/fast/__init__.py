@@ -72,24 +72,41 @@ class Accelerated:
             return None, (f"the booster has {tables.n_features} features, the artifact "
                           f"{len(model.features)}")
         acc = cls(tables)
+        # a starting margin (the model's :attr:`start`) is added after the trees on either
+        # path: checked on the same rows, so the numbers compared are the served ones
+        start = model.start_margin if getattr(model, "start", None) is not None else None
         try:
-            why = acc._disagreement(model.booster, _probe_rows(tables, sample))
+            why = acc._disagreement(model.booster, _probe_rows(tables, sample), start)
         except Exception as e:
             return None, f"the kernels failed on the sample rows ({type(e).__name__}: {e})"
         return (None, why) if why else (acc, "")
 
-    def _disagreement(self, booster, x: np.ndarray) -> str:
+    def _disagreement(self, booster, x: np.ndarray, start=None) -> str:
         """What differs from LightGBM on the rows ``x`` (every row count the kernels treat
-        differently: single rows, a few, the whole sample, runs of candidates), or ''."""
-        raw = booster.predict(x, raw_score=True, num_threads=1)
-        contrib = booster.predict(x, pred_contrib=True, num_threads=1)
-        checks = [("raw scores", self.raw(x), raw),
-                  ("raw scores, 2 threads", self.raw(x, num_threads=2), raw),
-                  ("contributions", self.contributions(x), contrib)]
+        differently: single rows, a few, the whole sample, runs of candidates), or ''.
+        ``start``: the model's starting margin of rows of ``x`` (a function), added to both
+        sides as the model adds it (LightGBM + start is the reference)."""
+        def plus(rows, raw, contrib=False):
+            if start is None:
+                return raw
+            s = start(rows)
+            if contrib:
+                raw = raw.copy()
+                raw[:, -1] += s
+                return raw
+            return raw + s
+
+        raw = plus(x, booster.predict(x, raw_score=True, num_threads=1))
+        contrib = plus(x, booster.predict(x, pred_contrib=True, num_threads=1), True)
+        checks = [("raw scores", plus(x, self.raw(x)), raw),
+                  ("raw scores, 2 threads", plus(x, self.raw(x, num_threads=2)), raw),
+                  ("contributions", plus(x, self.contributions(x), True), contrib)]
         for lo, hi in ((0, 1), (1, 2), (2, 5), (5, 13)):
-            checks.append((f"raw scores of {hi - lo} rows", self.raw(x[lo:hi]), raw[lo:hi]))
-            checks.append((f"contributions of {hi - lo} rows", self.contributions(x[lo:hi]),
-                           contrib[lo:hi]))
+            part = x[lo:hi]
+            checks.append((f"raw scores of {hi - lo} rows", plus(part, self.raw(part)),
+                           raw[lo:hi]))
+            checks.append((f"contributions of {hi - lo} rows",
+                           plus(part, self.contributions(part), True), contrib[lo:hi]))
         # runs: the first rows with their most-split columns taken from the other rows
         counts = np.bincount(self.tables.arrays["feat"][self.tables.arrays["feat"] >= 0],
                              minlength=self.n_features)

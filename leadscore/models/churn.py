@@ -4,6 +4,12 @@ Engagement defaults to every inbound (lead-initiated) event type and H to 30 day
 configurable because owners' rhythms (service at ~90 days) differ from shoppers'. The
 whole-history features (``HISTORY``) let the model read each owner's own service rhythm:
 how often they come, when they last came, how overdue they are.
+
+With ``btyd.use: init_score`` the trees do not start from a constant: they are boosted from
+the classical repeat-purchase model's churn margin (BG/NBD, fitted without labels on the
+engagement group's whole-history features), and the registered model carries that fit and
+adds its margin at scoring (:class:`leadscore.classical.Start`). Short histories are where the
+classical model's structure pays; the trees add what behaviour says beyond it.
 """
 
 from leadscore.features.catalog import HISTORY, LEAD_BEHAVIOUR

@@ -1,10 +1,16 @@
-"""BG/NBD and Pareto/NBD ("buy till you die"): churn's classical baseline and optional input.
+"""BG/NBD and Pareto/NBD ("buy till you die"): churn's classical baseline and starting score.
 
 Per entity at a cutoff, from purchase *days* before it (``ts < as_of`` and ``ingested_at <=
 as_of``, the feature job's rule): ``frequency`` = repeat purchase days, ``recency`` = days from
 the first to the last, ``T`` = days from the first to the cutoff. An entity with no purchase yet
 is born at its ``created_at`` with no repeats. The models give P(at least one purchase within
 H days), the complement of churn's "no engagement within H days".
+
+Two ways to get the summaries: :func:`summaries` in SQL over the events, and
+:func:`feature_summaries` from the whole-history catalog features of the engagement events
+(:func:`leadscore.classical.summaries`), which serving computes too. Runs use the second when
+the engagement events have a whole-history group (the default, inbound events), so a model
+boosted from the classical margin is fitted on what serving will read.
 
 Library: PyMC-Marketing's CLV module (maintained; works on pandas 3 and numpy 2), fitted by
 MAP: its weak priors keep the fit finite where the maximum likelihood sits on a boundary
@@ -25,7 +31,9 @@ from dataclasses import dataclass, field
 import duckdb
 import numpy as np
 import pandas as pd
-from scipy.special import betaln
+
+from leadscore import classical
+from leadscore.classical import bgnbd_p_none
 
 log = logging.getLogger(__name__)
 
@@ -107,6 +115,17 @@ def summaries(con: duckdb.DuckDBPyConnection, pairs: pd.DataFrame,
     return pairs[["lead_id", "as_of"]].merge(out, on=["lead_id", "as_of"], how="left")
 
 
+def feature_summaries(frame: pd.DataFrame, inputs: dict[str, str]) -> pd.DataFrame:
+    """``lead_id``, ``as_of``, ``frequency``, ``recency``, ``T`` of each row of a feature
+    frame, from the catalog features ``inputs`` names (:func:`leadscore.classical.inputs_for`),
+    aligned to the frame's index."""
+    x, tx, T = classical.summaries(*(frame[inputs[r]].to_numpy(dtype=float, na_value=np.nan)
+                                     for r in classical.ROLES))
+    return pd.DataFrame({"lead_id": frame["lead_id"].to_numpy(),
+                         "as_of": frame["as_of"].to_numpy(),
+                         "frequency": x, "recency": tx, "T": T}, index=frame.index)
+
+
 @dataclass
 class Fitted:
     """A fitted BTYD model: its point parameters, and P(purchase within H days) per entity."""
@@ -134,21 +153,6 @@ class Fitted:
             p0 = self.model.expected_purchase_probability(  # type: ignore[attr-defined]
                 data=data, n_purchases=0, future_t=t)
         return p0.mean(("chain", "draw")).to_numpy().ravel()
-
-
-def bgnbd_p_none(params: dict[str, float], x: np.ndarray, tx: np.ndarray, T: np.ndarray,
-                 t: float) -> np.ndarray:
-    """BG/NBD: P(no purchase in (T, T+t] | x, t_x, T). A customer alive at T with rate λ
-    buys nothing with prob exp(-λt); death comes only after a purchase, so the
-    died-already term exists only for x > 0. Integrated over Gamma(r, α) and Beta(a, b)."""
-    r, alpha, a, b = (float(params[k]) for k in ("r", "alpha", "a", "b"))
-    keep = betaln(a, b + x)
-    later = keep - (r + x) * np.log(alpha + T + t)
-    now = keep - (r + x) * np.log(alpha + T)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        died = np.where(x > 0, betaln(a + 1, np.maximum(b + x - 1, 1e-12))
-                        - (r + x) * np.log(alpha + tx), -np.inf)
-    return np.exp(np.logaddexp(later, died) - np.logaddexp(now, died))
 
 
 def fit(summary: pd.DataFrame, kind: str = "bgnbd", seed: int = 0) -> Fitted:
@@ -191,13 +195,46 @@ def at_cutoffs(con: duckdb.DuckDBPyConnection, pairs: pd.DataFrame, events: Sequ
     no label: only the history visible at its anchor, so no cutoff sees the future."""
     summ = summaries(con, pairs, events)
     summ.index = pairs.index
-    out = pd.Series(np.nan, index=pairs.index, name=COLUMN)
+    return at_cutoffs_of(summ, horizon_days, kind=kind, refits=refits, seed=seed)
+
+
+def at_cutoffs_of(summ: pd.DataFrame, horizon_days: float, *, kind: str = "bgnbd",
+                  refits: int = 4, seed: int = 0
+                  ) -> tuple[pd.Series, list[tuple[pd.Timestamp, Fitted]]]:
+    """:func:`at_cutoffs` on ready summaries (``as_of``, ``frequency``, ``recency``, ``T``)."""
+    out = pd.Series(np.nan, index=summ.index, name=COLUMN)
     fits: list[tuple[pd.Timestamp, Fitted]] = []
-    starts = anchors(list(summ["as_of"].unique()), refits)
-    for i, a in enumerate(starts):
-        f = fit(summ[summ["as_of"] == a], kind, seed)
-        fits.append((a, f))
-        upto = starts[i + 1] if i + 1 < len(starts) else None
-        rows = (summ["as_of"] >= a) & ((summ["as_of"] < upto) if upto is not None else True)
+    for a in anchors(list(summ["as_of"].unique()), refits):
+        fits.append((a, fit(summ[summ["as_of"] == a], kind, seed)))
+    for f, rows in _rows_of(summ, fits):
         out[rows] = f.p_purchase(summ[rows], horizon_days)
     return out, fits
+
+
+def _rows_of(summ: pd.DataFrame, fits: list[tuple[pd.Timestamp, Fitted]]):
+    """Each fit with the rows it scores: those from its anchor to the next fit's."""
+    for i, (a, f) in enumerate(fits):
+        upto = fits[i + 1][0] if i + 1 < len(fits) else None
+        rows = (summ["as_of"] >= a) & ((summ["as_of"] < upto) if upto is not None else True)
+        yield f, rows
+
+
+def start(f: Fitted, horizon_days: float, inputs: dict[str, str]) -> classical.Start:
+    """The starting margin a served model carries: the BG/NBD fit ``f`` reading the catalog
+    features ``inputs`` (Pareto/NBD has no closed form here: not servable)."""
+    if f.kind not in classical.KINDS:
+        raise ValueError(f"a {f.kind} fit cannot be a served starting score (BG/NBD only)")
+    return classical.Start(kind=f.kind, params=dict(f.params), horizon_days=float(horizon_days),
+                           features=tuple(inputs[r] for r in classical.ROLES))
+
+
+def start_margins(frame: pd.DataFrame, fits: list[tuple[pd.Timestamp, Fitted]],
+                  horizon_days: float, inputs: dict[str, str]) -> np.ndarray:
+    """Each row's starting margin (the classical churn logit) by the fit of its cutoff, the
+    way a served model computes it (:meth:`leadscore.classical.Start.margin_of`)."""
+    out = np.full(len(frame), np.nan)
+    cols = frame[[inputs[r] for r in classical.ROLES]].to_numpy(dtype=float, na_value=np.nan)
+    for f, rows in _rows_of(frame, fits):
+        m = rows.to_numpy()
+        out[m] = start(f, horizon_days, inputs).margin_of(cols[m])
+    return out

@@ -60,10 +60,13 @@ class Sweep(BaseModel):
 
 class Btyd(BaseModel):
     """Churn's classical model (:mod:`leadscore.training.btyd`). ``baseline`` fits it and logs
-    its holdout metrics (``btyd_roc_auc``...) beside LightGBM's; ``init_score`` starts
-    LightGBM from the logit of its churn probability and ``feature`` gives it to LightGBM as
-    a feature: those two are experiments, evaluated and logged but not registered, since
-    serving does not compute the classical score yet. ``off``: none."""
+    its holdout metrics (``btyd_roc_auc``...) beside LightGBM's; ``init_score`` also boosts
+    LightGBM from the logit of its churn probability, and the registered model carries the
+    fit (BG/NBD only: serving computes it from the model's features); ``feature`` gives the
+    probability to LightGBM as a feature: an experiment, evaluated and logged but not
+    registered, since serving does not compute it. ``off``: none. The default stays
+    ``baseline``: boosting from the start helped churn on real logs with short histories but
+    lowered it on the simulator (``benchmarks/real_data.py``; figures in the README)."""
 
     model_config = ConfigDict(extra="forbid")
     use: Literal["off", "baseline", "init_score", "feature"] = "baseline"
@@ -71,6 +74,13 @@ class Btyd(BaseModel):
     #: fits per run, at cutoffs spread over the run's; each cutoff is scored by the latest
     #: fit at or before it (population parameters drift slowly; a fit costs seconds)
     refits: int = Field(4, ge=1, le=100)
+
+    @model_validator(mode="after")
+    def _servable(self) -> Btyd:
+        if self.use == "init_score" and self.model != "bgnbd":
+            raise ValueError(f"use init_score needs model bgnbd: a {self.model} starting "
+                             "score cannot be computed at serving (use baseline to compare it)")
+        return self
 
 
 class Vocabulary(BaseModel):

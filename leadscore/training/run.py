@@ -70,53 +70,90 @@ def _policy_metrics(fr, ts, test, data_dir: Path, rules: RulesFile) -> dict[str,
                                 sample=10_000)  # the DR estimate's standard error ~ 1/sqrt(n)
 
 
-def _btyd_baseline(con, spec: ModelSpec, cfg: ExperimentConfig,
-                   ts: dataset.TrainingSet) -> dict[str, float]:
+@dataclass
+class _Classical:
+    """The run's classical fits (per anchor cutoff) and the catalog features their summaries
+    came from (None: from the events in SQL, no whole-history group for the engagement
+    events)."""
+
+    fits: list
+    inputs: dict[str, str] | None
+
+
+def _btyd_baseline(con, spec: ModelSpec, cfg: ExperimentConfig, ts: dataset.TrainingSet,
+                   ) -> tuple[dict[str, float], _Classical | None]:
     """Churn's classical model: fit at cutoffs of the run (each on the history before its
     own cutoff, no labels), its P(no purchase within the horizon) on the holdout, and its
-    metrics as ``btyd_*``. Skipped with a note when the library is not installed."""
+    metrics as ``btyd_*``. Summaries from the engagement group's whole-history features, as
+    serving reads them (:func:`leadscore.classical.inputs_for`), else from the events.
+    Skipped with a note when the library is not installed."""
+    from leadscore import classical
     from leadscore.training import btyd
 
     if spec.name != "churn" or cfg.btyd.use == "off":
-        return {}
+        return {}, None
     if not btyd.available():
         note = "btyd baseline skipped: PyMC-Marketing not installed (pip install 'leadscore[btyd]')"
         log.warning("%s", note)
         ts.notes.append(note)
-        return {}
-    p, fits = btyd.at_cutoffs(con, ts.frame, spec.label.events, spec.label.days,
-                              kind=cfg.btyd.model, refits=cfg.btyd.refits, seed=cfg.seed)
+        return {}, None
+    inputs = classical.inputs_for(spec.label.events)
+    if inputs is not None and not set(inputs.values()) <= set(ts.frame.columns):
+        inputs = None
+    kw = {"kind": cfg.btyd.model, "refits": cfg.btyd.refits, "seed": cfg.seed}
+    if inputs is not None:
+        p, fits = btyd.at_cutoffs_of(btyd.feature_summaries(ts.frame, inputs),
+                                     spec.label.days, **kw)
+    else:
+        p, fits = btyd.at_cutoffs(con, ts.frame, spec.label.events, spec.label.days, **kw)
     ts.frame = ts.frame.assign(**{btyd.COLUMN: p.to_numpy()})
     ts.btyd_fits = [{"anchor": str(a), "n": f.n, **f.params} for a, f in fits]
     test = ts.part("test")
     m = evaluate.metrics(test["label"].to_numpy(), 1.0 - test[btyd.COLUMN].to_numpy())
-    return {f"btyd_{k}": v for k, v in m.items()
-            if k in ("roc_auc", "pr_auc", "ece", "log_loss", "brier")}
+    return ({f"btyd_{k}": v for k, v in m.items()
+             if k in ("roc_auc", "pr_auc", "ece", "log_loss", "brier")},
+            _Classical(fits=fits, inputs=inputs))
 
 
-def _btyd_input(spec: ModelSpec, cfg: ExperimentConfig,
-                ts: dataset.TrainingSet) -> tuple[ModelSpec, str | None, bool]:
-    """``btyd.use`` init_score / feature: LightGBM starts from the classical churn margin or
-    sees the classical probability as a feature. Serving computes neither, so such a run is
-    an experiment: evaluated and logged, no model logged nor registered. Returns the spec,
-    the starting-margin column and whether the run is such an experiment."""
+def _btyd_input(spec: ModelSpec, cfg: ExperimentConfig, ts: dataset.TrainingSet,
+                fitted: _Classical | None) -> tuple[ModelSpec, str | None, bool, object]:
+    """``btyd.use`` init_score / feature. init_score: LightGBM is boosted from the classical
+    churn margin (each row's by the fit of its cutoff) and the model carries the latest
+    anchor's BG/NBD as its starting margin (:class:`leadscore.classical.Start`), computed
+    from its own features at scoring: registered like any model. feature: the classical
+    probability as a feature, which serving does not compute: an experiment, evaluated and
+    logged, never registered. Returns the spec, the starting-margin column, whether the run
+    is an experiment and the start the registered model carries (or None)."""
     from dataclasses import replace
 
     from leadscore.training import btyd
 
     use = cfg.btyd.use
     if spec.name != "churn" or use not in ("init_score", "feature"):
-        return spec, None, False
-    if btyd.COLUMN not in ts.frame.columns:
+        return spec, None, False, None
+    if fitted is None:
         raise btyd.MissingLibrary(f"btyd.use {use!r} needs PyMC-Marketing: "
                                   "pip install 'leadscore[btyd]'")
-    ts.notes.append(f"experiment btyd.use={use}: evaluated, not registered (serving does "
-                    "not compute the classical score)")
     if use == "feature":
-        return replace(spec, features=(*spec.features, btyd.COLUMN)), None, True
-    p_churn = np.clip(1.0 - ts.frame[btyd.COLUMN].to_numpy(dtype=float), 1e-4, 1 - 1e-4)
-    ts.frame = ts.frame.assign(btyd_init=np.log(p_churn / (1.0 - p_churn)))
-    return spec, "btyd_init", True
+        ts.notes.append("experiment btyd.use=feature: evaluated, not registered (serving "
+                        "does not compute the classical probability as a feature)")
+        return replace(spec, features=(*spec.features, btyd.COLUMN)), None, True, None
+    inputs = fitted.inputs
+    if inputs is None:
+        raise ValueError(
+            f"btyd.use init_score: the engagement events {list(spec.label.events)} have no "
+            "whole-history feature group to compute the starting score from at serving "
+            "(use the default engagement events, or btyd.use baseline)")
+    lacking = [f for f in inputs.values() if f not in spec.features]
+    if lacking:
+        raise ValueError(f"btyd.use init_score reads the features {lacking}: do not exclude "
+                         "them (exclude_features)")
+    ts.frame = ts.frame.assign(btyd_init=btyd.start_margins(
+        ts.frame, fitted.fits, spec.label.days, inputs))
+    anchor, last = fitted.fits[-1]
+    ts.notes.append(f"boosted from the classical {last.kind} churn margin; the model carries "
+                    f"the fit at {anchor.date()} as its starting score")
+    return spec, "btyd_init", False, btyd.start(last, spec.label.days, inputs)
 
 
 def _vocabulary(con, spec: ModelSpec, cfg: ExperimentConfig, ts: dataset.TrainingSet,
@@ -432,8 +469,8 @@ def train(
                        feature_cache=cache, observed=obs)
     dataset.check_holdout(ts, spec.name)
     spec, vocab, lead_cols = _vocabulary(ds.con, spec, cfg, ts)
-    bt = _btyd_baseline(ds.con, spec, cfg, ts)
-    spec, init, experiment = _btyd_input(spec, cfg, ts)
+    bt, fitted = _btyd_baseline(ds.con, spec, cfg, ts)
+    spec, init, experiment, start = _btyd_input(spec, cfg, ts, fitted)
     register = register and not experiment
     registry.configure()
     mlflow.set_experiment(spec.registered_name)
@@ -441,7 +478,7 @@ def train(
         if cfg.sweep is not None:
             from leadscore.training.sweep import best_params
 
-            overrides = best_params(spec, ts, cfg, num_threads=num_threads)
+            overrides = best_params(spec, ts, cfg, num_threads=num_threads, init=init)
         else:
             overrides = cfg.params
         fr = fit(spec, ts, seed=cfg.seed, num_threads=num_threads, overrides=overrides,
@@ -461,7 +498,8 @@ def train(
         if cfg.refit and not experiment:
             try:
                 final, refit_rows = refit(spec, ts, fr.best_iteration, seed=cfg.seed,
-                                          num_threads=num_threads, overrides=overrides)
+                                          num_threads=num_threads, overrides=overrides,
+                                          init=init)
             except ValueError as e:  # e.g. a calibration tenth with one class: keep the
                 log.warning("%s: refit skipped (%s); registering the evaluation fit",
                             spec.name, e)  # evaluated model rather than fail the run
@@ -472,6 +510,12 @@ def train(
             thr, tm, table = time_to_order(ds.con, days, test, p, ts.data_end, ts.notes)
             m.update(tm)
             card_extra = _grade_card(days, thr, tm, table)
+        if start is not None:  # served: the trees plus the classical margin they start from
+            from dataclasses import replace
+
+            final = replace(final, start=start)
+            mlflow.log_params({"btyd_start_anchor": str(fitted.fits[-1][0]),
+                               **{f"btyd_start_{k}": v for k, v in start.params.items()}})
         for lm in {id(fr.model): fr.model, id(final): final}.values():
             # the artifact carries its vocabulary (the feature names say it too)
             lm.meta[vocabulary.META_KEY] = {"event_types": list(vocab),

@@ -20,7 +20,9 @@ log = logging.getLogger(__name__)
 
 
 def best_params(spec: ModelSpec, ts: TrainingSet, cfg: ExperimentConfig,
-                num_threads: int = 2) -> dict:
+                num_threads: int = 2, init: str | None = None) -> dict:
+    """The sweep's best settings; each trial boosted from the starting margins ``init`` (a
+    column) when the run is, as the run's own fit will be."""
     import mlflow
     import optuna
 
@@ -37,8 +39,9 @@ def best_params(spec: ModelSpec, ts: TrainingSet, cfg: ExperimentConfig,
             else:
                 params[name] = trial.suggest_float(name, dim.low, dim.high,
                                                    log=dim.kind == "log")
-        fr = fit(spec, ts, seed=cfg.seed, num_threads=num_threads, overrides=params)
-        p = fr.model.predict_proba(valid, num_threads=num_threads)
+        fr = fit(spec, ts, seed=cfg.seed, num_threads=num_threads, overrides=params,
+                 init=init)
+        p = fr.predict_proba(valid, num_threads=num_threads)
         m = evaluate.metrics(valid["label"].to_numpy(), p)
         with mlflow.start_run(run_name=f"trial-{trial.number}", nested=True):
             mlflow.log_params(params)

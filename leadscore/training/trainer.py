@@ -27,8 +27,9 @@ class FitResult:
     model: LeadModel
     best_iteration: int
     params: dict
-    #: a column of per-row starting margins LightGBM was boosted from (``init_score``): the
-    #: model's own margin must be added to it, so such a model is an experiment, never served
+    #: a column of per-row starting margins LightGBM was boosted from (``init_score``), added
+    #: to the trees' margin here; a served model carries its start itself
+    #: (:attr:`~leadscore.artifact.LeadModel.start`)
     init: str | None = None
 
     def predict_proba(self, df: pd.DataFrame, num_threads: int = 1) -> np.ndarray:
@@ -194,12 +195,14 @@ def refit(
     seed: int = 0,
     num_threads: int = 2,
     overrides: dict | None = None,
+    init: str | None = None,
 ) -> tuple[LeadModel, int]:
     """The model to register: the evaluation's settings and tree count, boosted on every
     labelled row (the holdout and the purged cutoffs too) except a lead-grouped tenth kept to
     calibrate on. Out-of-time evaluation holds back the most recent months, exactly the ones
     closest to the leads the model will score; the evaluation fit measured the recipe, this
-    applies it to all the data. Returns the model and the rows it was boosted on."""
+    applies it to all the data. ``init``: as in :func:`fit`. Returns the model and the rows
+    it was boosted on."""
     rows = ts.labelled()
     calib = lead_share(rows["lead_id"], seed + 1) < REFIT_CALIB_SHARE
     train_df, calib_df = rows[~calib], rows[calib]
@@ -208,7 +211,8 @@ def refit(
     cats = categories_of(train_df, features)
     params = booster_params(spec, features, seed, num_threads, overrides,
                             rows_per_lead(train_df))
-    booster, _ = _booster(spec, features, cats, train_df, None, params, trees, None)
+    booster, _ = _booster(spec, features, cats, train_df, None, params, trees, None, init)
     log.info("%s: refit with %d trees on %d rows, calibrated on %d", spec.name, trees,
              len(train_df), len(calib_df))
-    return _calibrated(spec, booster, features, cats, calib_df, num_threads), len(train_df)
+    return (_calibrated(spec, booster, features, cats, calib_df, num_threads, init),
+            len(train_df))
