@@ -332,7 +332,15 @@ class LeadModel:
     def save(self, directory: Path) -> Path:
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        self.booster.save_model(str(directory / BOOSTER_FILE))
+        booster, meta = self.to_text()
+        (directory / BOOSTER_FILE).write_text(booster)
+        (directory / META_FILE).write_text(meta)
+        return directory
+
+    def to_text(self) -> tuple[str, str]:
+        """The artifact as text: LightGBM's model text and the metadata JSON. The one
+        serialisation: the registry's files and the Spark workers' broadcast both use it, so
+        no copy can drop a part of the model (the starting margin, say)."""
         meta = {
             "name": self.name,
             "features": self.features,
@@ -343,20 +351,27 @@ class LeadModel:
             "meta": self.meta,
             **({"start": self.start.to_json()} if self.start is not None else {}),
         }
-        (directory / META_FILE).write_text(json.dumps(meta, indent=1))
-        return directory
+        return self.booster.model_to_string(), json.dumps(meta, indent=1)
 
     @classmethod
     def load(cls, directory: Path, accelerate: bool | None = None) -> LeadModel:
         """The artifact in ``directory``. ``accelerate``: whether it may be scored by the
         compiled kernels once verified (:meth:`accelerate`, on first use or warm-up); None
         reads ``LEADSCORE_ACCELERATE`` (:func:`leadscore.fast.enabled`), here and only here."""
+        directory = Path(directory)
+        return cls.from_text((directory / BOOSTER_FILE).read_text(),
+                             (directory / META_FILE).read_text(), accelerate,
+                             where=str(directory / BOOSTER_FILE))
+
+    @classmethod
+    def from_text(cls, booster_text: str, meta_json: str, accelerate: bool | None = None,
+                  where: str = "") -> LeadModel:
+        """:meth:`to_text`'s inverse (``accelerate`` as in :meth:`load`)."""
         from leadscore import fast
 
-        directory = Path(directory)
-        meta = json.loads((directory / META_FILE).read_text())
-        booster = lgb.Booster(model_file=str(directory / BOOSTER_FILE))
-        check_booster(booster, f"{meta['name']} ({directory / BOOSTER_FILE})")
+        meta = json.loads(meta_json)
+        booster = lgb.Booster(model_str=booster_text)
+        check_booster(booster, f"{meta['name']} ({where or 'model text'})")
         model = cls(
             name=meta["name"],
             booster=booster,
@@ -371,7 +386,6 @@ class LeadModel:
         _ = model.start_columns  # a start reading features the model lacks is refused here
         model._accelerate_wanted = fast.enabled() if accelerate is None else accelerate
         return model
-
 
 _GRADES = np.array(["A", "B", "C", "D"], dtype=object)
 

@@ -242,3 +242,19 @@ def test_init_score_refuses_what_serving_could_not_compute():
     inputs = classical.inputs_for(resolve_spec(cfg).label.events)
     with pytest.raises(ValueError, match="inbound_typical_gap_days"):
         _btyd_input(resolve_spec(cfg), cfg, None, _Classical(fits=[], inputs=inputs))
+
+
+def test_spark_workers_rebuild_the_model_with_its_start(started, monkeypatch):
+    """The broadcast to Spark workers is the artifact's own serialisation: a worker's churn
+    scores equal the driver's (a copy that dropped the start scored the trees alone)."""
+    from types import SimpleNamespace
+
+    from leadscore.nightly import spark
+
+    d, test = started
+    m = LeadModel.load(d, accelerate=False)
+    key, blob = spark._payload(Scorer({"churn": m}))
+    monkeypatch.setattr(spark, "_worker_scorer", None)
+    worker = spark._scorer_on_worker(key, SimpleNamespace(value=blob)).models["churn"]
+    assert worker.start == m.start
+    np.testing.assert_allclose(worker.raw(test), m.raw(test), rtol=0, atol=0)

@@ -145,18 +145,11 @@ def _payload(scorer) -> tuple[str, bytes]:
     the intent-grade thresholds."""
     models = {}
     for name, m in scorer.models.items():
-        models[name] = {
-            "booster": m.booster.model_to_string(),
-            "features": list(m.features),
-            "categories": m.categories,
-            "calibrator": dict(m.calibrator.__dict__),
-            "grades": list(m.grades),
-            "label": m.label,
-            "meta": m.meta,
-            # the driver's choice (LEADSCORE_ACCELERATE, the kernels' check): workers
-            # follow it, checking the kernels again in their own process
-            "accelerate": m.scoring_path == "accelerated",
-        }
+        booster, meta = m.to_text()  # the artifact's own serialisation, nothing left out
+        # the driver's choice (LEADSCORE_ACCELERATE, the kernels' check): workers follow it,
+        # checking the kernels again in their own process
+        models[name] = {"booster": booster, "meta": meta,
+                        "accelerate": m.scoring_path == "accelerated"}
     blob = pickle.dumps({"models": models, "rules": scorer.rules, "intent": scorer.intent})
     return hashlib.sha256(blob).hexdigest()[:16], blob
 
@@ -165,23 +158,14 @@ def _scorer_on_worker(key: str, payload) -> object:
     """The broadcast scorer, rebuilt once per worker process (and per distinct payload)."""
     global _worker_scorer
     if _worker_scorer is None or _worker_scorer[0] != key:
-        import lightgbm as lgb
-
-        from leadscore.artifact import Calibrator, LeadModel
+        from leadscore.artifact import LeadModel
         from leadscore.scoring.scorer import Scorer
 
         data = pickle.loads(payload.value)
-        models = {
-            name: LeadModel(
-                name=name, booster=lgb.Booster(model_str=d["booster"]),
-                features=d["features"], categories=d["categories"],
-                calibrator=Calibrator(**d["calibrator"]), grades=tuple(d["grades"]),
-                label=d["label"], meta=d["meta"],
-            )
-            for name, d in data["models"].items()
-        }
+        models = {name: LeadModel.from_text(d["booster"], d["meta"])
+                  for name, d in data["models"].items()}
         for name, m in models.items():
-            m.accelerate(data["models"][name].get("accelerate", False))
+            m.accelerate(data["models"][name]["accelerate"])
         scorer = Scorer(models, num_threads=1, rules=data["rules"], intent=data["intent"])
         _worker_scorer = (key, scorer)
     return _worker_scorer[1]
