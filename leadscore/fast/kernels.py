@@ -511,8 +511,8 @@ def _shap_pass(x, out, splits, thr, split_start, leaves, leaf_start, leaf_feat, 
 
 
 #: rows from which contributions go tree by tree with each tree's distinct ways computed once
-#: (:func:`_shared_pass`); fewer take :func:`_shap_pass` (one row of the contact model: 172 µs
-#: against 318; four rows break even, eight take 871 µs against 992)
+#: (:func:`_shared_pass`); fewer take :func:`_shap_pass` (for one row the shared pass's set-up
+#: costs more than it saves; the two break even at about this many rows)
 _SHARED_MIN_ROWS = 4
 #: Fibonacci hashing's multiplier (2^64 / golden ratio) as a signed 64-bit integer
 _FIB = -7046029254386353131

@@ -21,11 +21,10 @@ from leadscore.features import job
 from leadscore.nightly import intake
 from leadscore.scoring.scorer import ALL_MODELS, OUTPUT_COLUMNS, SLOT_MODEL, Scorer
 
-#: leads featurised and scored at a time (the CLI's default too). Memory follows it (a night
-#: at 1,000,000 leads peaked at 0.9 GB with 50,000); the time per bucket has a fixed part
-#: (files, connections, frames), so with features from kept rollups bigger buckets pay:
-#: in process, a night of 1,000,000 leads took 15.8 s and 16.4 s in buckets of 100,000
-#: against 16.9 s and 17.1 s in buckets of 50,000.
+#: leads featurised and scored at a time (the CLI's default too). Memory follows it; the time
+#: per bucket has a fixed part (files, connections, frames), so with features from kept
+#: rollups bigger buckets pay, up to the memory they take (`benchmarks/rescore.py
+#: --bucket-leads` measures both).
 DEFAULT_BUCKET_LEADS = 100_000
 #: the models that score open leads; owners get the rest (churn)
 LEAD_MODELS = ("conversion", "order-7d", "order-15d", "order-90d", "contact", SLOT_MODEL)

@@ -1,7 +1,7 @@
 """Small requests that arrive together are scored in one pass of the models.
 
-Why: one lead costs ~1.5 ms in process, most of it fixed per call (a few dozen numpy steps,
-three tree walks, the slot search), while 16 leads in one call cost ~0.8 ms each. Under load a
+Why: most of a lone lead's cost is fixed per call (a few dozen numpy steps, three tree walks,
+the slot search), so a few leads in one call cost each about half of one alone. Under load a
 worker's event loop finds several requests ready each time it looks up from scoring; scoring
 them as one batch is more throughput and less of the queueing that makes the tail.
 
@@ -49,7 +49,7 @@ class Coalescer:
     """One per app; keeps a gathering per event loop (a test client runs its own loop)."""
 
     def __init__(self, max_rows: int = 32, max_turns: int = 4, slots: int = 3):
-        #: a batch closes at this many rows: scoring holds the loop, ~0.8 ms per row
+        #: a batch closes at this many rows: scoring holds the loop for each row it takes
         self.max_rows = max_rows
         #: loop turns a gathering may wait while requests keep arriving (each is microseconds)
         self.max_turns = max_turns
