@@ -207,3 +207,13 @@ def test_coalesced_requests_keep_their_own_slot_start(slot_model):
     now = pd.Timestamp.now(tz="UTC") - pd.Timedelta(minutes=1)
     assert all(pd.Timestamp(x["best_slot_start"]) > now for x in without)
     json.dumps(with_as_of)  # plain JSON values
+
+
+def test_the_worklist_label_reads_the_local_text_with_its_own_offset():
+    """What the demo prints for ``best_slot_local``: weekday, time and offset as written."""
+    from leadscore.scoring.contact_policy import local_label
+
+    assert local_label("2026-07-03T11:00:00+08:00") == "Fri 11:00 (UTC+08:00)"
+    assert local_label("2026-03-29T03:00:00-04:00") == "Sun 03:00 (UTC-04:00)"
+    kathmandu = pd.Timestamp("2026-07-03 05:15", tz="UTC").tz_convert("Asia/Kathmandu")
+    assert local_label(kathmandu.isoformat()) == "Fri 11:00 (UTC+05:45)"
