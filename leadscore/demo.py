@@ -95,6 +95,7 @@ def run(workdir: Path, n_leads: int = 20_000, rules=None) -> None:
 
     t0 = _step("6. Nightly rescoring of every open lead (embedded engine)")
     from leadscore.nightly import batch
+    from leadscore.scoring.contact_policy import local_label
 
     res = batch.rescore(data, as_of, workdir / "scores", force=True, bucket_leads=10_000,
                         rules=rules)
@@ -105,8 +106,7 @@ def run(workdir: Path, n_leads: int = 20_000, rules=None) -> None:
     top = (now if len(now) >= 10 else scored.sort_values("p_convert", ascending=False)).head(10)
     typer.secho("   Top 10 leads to call now:", bold=True)
     for r in top.itertuples():
-        when = (pd.Timestamp(r.best_slot_start).strftime("%a %H:%M UTC")
-                if pd.notna(r.best_slot_start) else "-")
+        when = local_label(r.best_slot_local) if pd.notna(r.best_slot_local) else "-"
         typer.echo(f"   {r.lead_id} score {r.lead_score:>3} intent {r.intent_grade} "
                    f"urgency {r.contact_urgency} → {r.best_channel or '-'} at {when}")
         for reason in json.loads(r.reasons)[:3]:
@@ -136,7 +136,11 @@ def _serve_and_ask(workdir: Path, feats: pd.DataFrame, data: Path, as_of: pd.Tim
 
     import httpx
 
+    from leadscore.scoring.contact_policy import local_label
     from leadscore.serving.auth import write_key_file
+
+    def when(local: str | None) -> str:
+        return local_label(local) if local else "-"
 
     key = secrets.token_urlsafe(24)
     dealers = sorted(feats["dealer_id"].unique().tolist())
@@ -172,7 +176,7 @@ def _serve_and_ask(workdir: Path, feats: pd.DataFrame, data: Path, as_of: pd.Tim
             typer.echo(f"   {res['lead_id']}: score {res['lead_score']} "
                        f"(intent {res['intent_grade']}), urgency {res['contact_urgency']}, "
                        f"churn risk {res['p_churn']:.0%}, "
-                       f"best {res['best_channel']} at {res['best_slot_start']}")
+                       f"best {res['best_channel']} at {when(res['best_slot_local'])}")
             for reason in res["reasons"]:
                 sign = "+" if reason["contribution"] > 0 else "-"
                 typer.echo(f"       {sign} [{reason['model']}] {reason['sentence']}")

@@ -241,6 +241,12 @@ def test_output_is_one_row_per_open_lead_or_owner_with_the_contract_columns(
     has_slot = df["best_slot_start"].notna()
     assert has_slot.any()
     assert (df.loc[has_slot, "best_slot_start"] >= reg.as_of).all()
+    # beside them, the local time in each lead's zone (the entities' ``tz``, set by the contract)
+    zones = entities.set_index("lead_id")["tz"].astype(str)
+    assert (df["best_slot_local"].notna() == has_slot).all()
+    for r in df[has_slot].itertuples():
+        want = r.best_slot_start.tz_convert(zones[r.lead_id]).isoformat(timespec="seconds")
+        assert r.best_slot_local == want
 
     # scores where they belong: lead models for open leads, churn for everyone
     open_ = df["lead_id"].isin(entities.loc[entities["is_open"], "lead_id"]).to_numpy()
@@ -590,8 +596,9 @@ def test_models_not_registered_are_skipped_and_their_columns_are_null(
     assert (tmp_path / "kept" / intake.STATE).is_file()
     df = read_sorted(out).set_index("lead_id")
     assert df.index.equals(ref.index)
-    for c in ("p_inquiry", "contact_urgency", "best_slot_start", "best_channel", "p_response",
-              "p_churn", "p_order_7d", "p_order_15d", "p_order_90d"):
+    for c in ("p_inquiry", "contact_urgency", "best_slot_start", "best_slot_local",
+              "best_channel", "p_response", "p_churn", "p_order_7d", "p_order_15d",
+              "p_order_90d"):
         assert df[c].isna().all(), c
     pd.testing.assert_series_equal(df["p_convert"], ref["p_convert"], check_exact=True)
     # without the horizon models: the 30-day model alone grades, B or N

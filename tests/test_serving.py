@@ -127,6 +127,8 @@ def test_score_by_id_returns_calibrated_scores_grades_reasons_and_versions(serve
             assert 0.0 <= x["p_response"] <= 1.0
             assert [s["channel"] for s in x["next_slots"]][:1] == [x["best_channel"]]
             assert all(pd.Timestamp(s["start"]) > asked for s in x["next_slots"])
+            local = pd.Timestamp(x["best_slot_local"])  # the same instant, the lead's offset
+            assert local == pd.Timestamp(x["best_slot_start"]) and local.utcoffset() is not None
 
 
 def test_reasons_are_exact_contributions_that_rebuild_the_calibrated_probability(served):
@@ -200,6 +202,7 @@ def test_records_and_frames_score_the_same_bit_for_bit(served):
                     same(g[col], w[col])
                 same(g["best_slot_start"],
                      None if pd.isna(w["best_slot_start"]) else iso_utc(w["best_slot_start"]))
+                same(g["best_slot_local"], w["best_slot_local"])
                 assert g["reasons"] == json.loads(w["reasons"])
                 # the batch output writes reasons as JSON text directly: json.dumps' bytes
                 assert w["reasons"] == json.dumps(g["reasons"], ensure_ascii=False)

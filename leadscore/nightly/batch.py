@@ -46,7 +46,7 @@ from leadscore.features import job, rollup
 from leadscore.nightly import intake, per_bucket
 from leadscore.scoring.contact_policy import RulesFile
 from leadscore.scoring.intent import IntentRules
-from leadscore.scoring.scorer import ALL_MODELS, OUTPUT_COLUMNS, Scorer
+from leadscore.scoring.scorer import ALL_MODELS, OUTPUT_COLUMNS, Scorer, iso_utc_column
 
 log = logging.getLogger(__name__)
 
@@ -348,9 +348,12 @@ def reasons_as_sentences(reasons_json: str | None) -> str:
 
 
 def export_csv(parquet_dir: Path, csv_path: Path) -> int:
-    """The same columns as Parquet, UTF-8, reasons as a readable sentence list."""
+    """The same columns as Parquet, UTF-8, reasons as a readable sentence list, times as
+    the API writes them: UTC with ``Z`` and ``best_slot_local`` with the lead's offset."""
     df = pd.read_parquet(parquet_dir)
     df["reasons"] = df["reasons"].map(reasons_as_sentences)
+    for c in ("as_of", "best_slot_start"):
+        df[c] = iso_utc_column(df[c])
     tmp = csv_path.with_name(f".{csv_path.name}.tmp")
     df.sort_values("lead_id").to_csv(tmp, index=False, encoding="utf-8")
     os.replace(tmp, csv_path)

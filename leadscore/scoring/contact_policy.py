@@ -10,12 +10,16 @@ now is offered the best slot within the next few hours.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import json
+import logging
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import numpy as np
 import pandas as pd
@@ -26,6 +30,8 @@ from leadscore.artifact import LeadModel
 from leadscore.features.catalog import SLOT_CATALOG
 from leadscore.features.slots import slot_values
 from leadscore.schema import CHANNELS, DEFAULT_TZ, MESSAGE_CHANNELS
+
+log = logging.getLogger(__name__)
 
 SLOT_FEATURES = tuple(f.name for f in SLOT_CATALOG)
 
@@ -100,6 +106,41 @@ class RulesFile(BaseModel):
             raise RulesError(f"{path}: contact rules: {e}") from e
 
 
+@functools.lru_cache(maxsize=1024)
+def _known_zone(name: str) -> str:
+    try:
+        ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        log.warning("time zone %r unknown here: its leads get %s's slots and local times",
+                    name, DEFAULT_TZ)
+        return DEFAULT_TZ
+    return name
+
+
+def lead_zone(tz) -> str:
+    """The zone a lead's slots are laid out and written in: its ``tz``, or
+    :data:`~leadscore.schema.DEFAULT_TZ` when missing or unknown to Python (the contract
+    checks zones against DuckDB's names, which are not quite Python's)."""
+    if tz is None or tz is pd.NA or tz != tz or not str(tz).strip():
+        return DEFAULT_TZ
+    return _known_zone(str(tz))
+
+
+def _zones(tz: Sequence) -> list[str]:
+    """:func:`lead_zone` of every lead, worked out once per distinct value."""
+    memo: dict = {}
+    out = []
+    for z in tz:
+        try:
+            out.append(memo[z])
+        except (KeyError, TypeError):  # TypeError: an unhashable value
+            v = lead_zone(z)
+            with contextlib.suppress(TypeError):
+                memo[z] = v
+            out.append(v)
+    return out
+
+
 def slot_grid(as_of: pd.Timestamp, tz: str, rules: ContactRules,
               hours: int = HORIZON_HOURS) -> pd.DataFrame:
     """Every allowed (slot start, channel) of the next ``hours`` hours, starting at the next
@@ -128,7 +169,9 @@ def slot_grid(as_of: pd.Timestamp, tz: str, rules: ContactRules,
     return pd.concat(frames, ignore_index=True)
 
 
-def _channel_sentence(feats: dict, best: str, p_by_channel: dict[str, float]) -> str:
+def _channel_sentence(feats: dict, best: str, p_by_channel: dict[str, float],
+                      when: str | None = None) -> str:
+    """Why this channel, and when in the lead's local time (``when``, :attr:`_Grid.label`)."""
     parts = []
     night = feats.get("night_share_30d")
     if night is not None and night == night and night >= 0.4:
@@ -141,8 +184,10 @@ def _channel_sentence(feats: dict, best: str, p_by_channel: dict[str, float]) ->
             parts.append(f"answers {pr:.0%} of calls, replies to {mr:.0%} of messages")
     others = ", ".join(f"{c} {p:.0%}" for c, p in sorted(p_by_channel.items(),
                                                           key=lambda kv: -kv[1]))
-    parts.append(f"best chance of an answer by {best} (by channel: {others})")
-    return "; ".join(parts).capitalize()
+    at = f" at {when}" if when else ""
+    parts.append(f"best chance of an answer by {best}{at} (by channel: {others})")
+    text = "; ".join(parts)
+    return text[:1].upper() + text[1:]  # not str.capitalize: it lowercases "Fri", "UTC"
 
 
 @dataclass
@@ -150,6 +195,7 @@ class Recommendations:
     """The slot search's answer, one entry per lead (columnar: batch takes whole arrays)."""
 
     best_slot_start: np.ndarray  # datetime64[us], naive UTC; NaT when no slot is allowed
+    best_slot_local: np.ndarray  # object: ISO text in the lead's zone with its offset, or None
     best_channel: np.ndarray  # object: channel name or None
     p_response: np.ndarray  # NaN when no slot is allowed
     margin: np.ndarray  # best channel's probability minus the next channel's best
@@ -161,6 +207,7 @@ class Recommendations:
         return [{
             "best_slot_start": None if np.isnat(self.best_slot_start[i])
             else pd.Timestamp(self.best_slot_start[i]).tz_localize("UTC"),
+            "best_slot_local": self.best_slot_local[i],
             "best_channel": self.best_channel[i],
             "p_response": None if np.isnan(self.p_response[i]) else float(self.p_response[i]),
             "margin": float(self.margin[i]),
@@ -177,16 +224,17 @@ class _Grid:
     hour: np.ndarray
     weekday: np.ndarray
     channel: np.ndarray  # object: channel names
+    zone: str = "UTC"  # the zone of ``local`` and ``label``
 
     @classmethod
-    def of(cls, g: pd.DataFrame) -> _Grid:
+    def of(cls, g: pd.DataFrame, zone: str = "UTC") -> _Grid:
         start = pd.DatetimeIndex(g["slot_start"]).as_unit("us").asi8 if len(g) else np.array(
             [], dtype=np.int64)
         ch = g["channel"].to_numpy(dtype=object)
         rank = np.array([CHANNELS.index(c) for c in ch], dtype=np.int64)
         o = np.lexsort((rank, start))
         return cls(start[o], g["slot_hour"].to_numpy(dtype=float)[o],
-                   g["slot_weekday"].to_numpy(dtype=float)[o], ch[o])
+                   g["slot_weekday"].to_numpy(dtype=float)[o], ch[o], zone)
 
     @property
     def size(self) -> int:
@@ -213,6 +261,22 @@ class _Grid:
     @cached_property
     def iso(self) -> list[str]:
         return [_iso(s) for s in self.start.tolist()]
+
+    @cached_property
+    def _local(self) -> pd.DatetimeIndex:
+        return pd.DatetimeIndex(self.start.astype("datetime64[us]")).tz_localize(
+            "UTC").tz_convert(self.zone)
+
+    @cached_property
+    def local(self) -> np.ndarray:
+        """Each slot start in the grid's zone with that instant's offset (DST-correct), ISO
+        8601 to the second: converted once per grid, picked per lead by index."""
+        return np.array([t.isoformat(timespec="seconds") for t in self._local], dtype=object)
+
+    @cached_property
+    def label(self) -> list[str]:
+        """Each slot start as an advisor reads it: local weekday, time and offset."""
+        return [local_label(t) for t in self._local]
 
     def codes(self, ch_codes: dict) -> np.ndarray:
         """The slot model's codes of the grid's channels (NaN: a channel it never saw)."""
@@ -303,7 +367,7 @@ def _grid(rules: RulesFile, first_us: int, zone: str, rules_key: str) -> _Grid:
         if len(cache) >= _GRID_CACHE_SIZE:
             cache.clear()
         g = cache[key] = _Grid.of(slot_grid(pd.Timestamp(first_us, unit="us", tz="UTC"), zone,
-                                            rules.dealers.get(rules_key, rules.default)))
+                                            rules.dealers.get(rules_key, rules.default)), zone)
     return g
 
 
@@ -375,6 +439,7 @@ def recommend_matrix(
     col = model.index
     best_start = np.full(n, np.iinfo(np.int64).min, dtype=np.int64)
     best_channel = np.full(n, None, dtype=object)
+    best_local = np.full(n, None, dtype=object)
     p_best = np.full(n, np.nan)
     margin = np.zeros(n)
     slots: list[list[dict]] | None = [[] for _ in range(n)] if top > 0 else None
@@ -389,7 +454,7 @@ def recommend_matrix(
     varying[[col[f] for f in SLOT_FEATURES if f in col]] = True
     groups: dict[tuple, list[int]] = {}
     for i, key in enumerate(zip(first.tolist(),
-                                (DEFAULT_TZ if z is None or z != z else str(z) for z in tz),
+                                _zones(tz),
                                 (d if d in rules.dealers else "" for d in map(str, dealer)),
                                 strict=True)):
         groups.setdefault(key, []).append(i)
@@ -423,6 +488,7 @@ def recommend_matrix(
             p_best[rows] = P[np.arange(k), best]
             best_start[rows] = g.start[best]
             best_channel[rows] = g.channel[best]
+            best_local[rows] = g.local[best]
             by_ch = {c: P[:, g.masks[c]].max(axis=1) for c in chans}
             other = np.full(k, -np.inf)
             for c in chans:
@@ -431,24 +497,35 @@ def recommend_matrix(
             if slots is not None:
                 order = np.argsort(-Pm, axis=1, kind="stable")[:, :top]
                 for r, i in enumerate(rows):
-                    slots[i] = [{"start": g.iso[j], "channel": g.channel[j],
+                    slots[i] = [{"start": g.iso[j], "start_local": g.local[j],
+                                 "channel": g.channel[j],
                                  "p_response": round(float(P[r, j]), 4)} for j in order[r]]
             if sentences is not None:
                 for r, i in enumerate(rows):
                     x = X[i]
                     sentences[i] = _channel_sentence(
                         {f: x[col[f]] for f in _SENTENCE_INPUTS if f in col},
-                        best_channel[i], {c: float(by_ch[c][r]) for c in chans})
+                        best_channel[i], {c: float(by_ch[c][r]) for c in chans},
+                        g.label[best[r]])
     starts = np.where(best_start == np.iinfo(np.int64).min, np.datetime64("NaT", "us"),
                       best_start.astype("datetime64[us]"))
-    return Recommendations(starts, best_channel, p_best, margin, slots, sentences)
+    return Recommendations(starts, best_local, best_channel, p_best, margin, slots, sentences)
 
 
 _SENTENCE_INPUTS = ("night_share_30d", "phone_response_rate", "message_response_rate")
 
 
 def _iso(us: int) -> str:
-    return pd.Timestamp(int(us), unit="us", tz="UTC").isoformat()
+    """A slot start as the API writes UTC times (``iso_utc``): ISO 8601 with ``Z``."""
+    return pd.Timestamp(int(us), unit="us", tz="UTC").isoformat().replace("+00:00", "Z")
+
+
+def local_label(t: pd.Timestamp | str) -> str:
+    """A zoned time (or ISO text with its offset) as an advisor reads it, in its own zone:
+    ``Fri 11:00 (UTC+08:00)``."""
+    t = pd.Timestamp(t)
+    z = t.strftime("%z")  # Python 3.11's strftime has no ``%:z``
+    return f"{t.strftime('%a %H:%M')} (UTC{z[:3]}:{z[3:]})"
 
 
 def recommend(

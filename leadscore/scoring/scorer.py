@@ -50,7 +50,8 @@ ALL_MODELS = (*PROBA_COLUMN, SLOT_MODEL)
 OUTPUT_COLUMNS = (
     "lead_id", "dealer_id", "as_of", "p_convert", "p_order_7d", "p_order_15d", "p_order_30d",
     "p_order_90d", "lead_score", "intent_grade", "p_inquiry", "contact_urgency",
-    "best_slot_start", "best_channel", "p_response", "p_churn", "reasons", "model_versions",
+    "best_slot_start", "best_slot_local", "best_channel", "p_response", "p_churn", "reasons",
+    "model_versions",
 )
 URGENCY = {"A": "now", "B": "within_3_days", "C": "nurture", "D": "nurture"}
 
@@ -379,8 +380,9 @@ class Scorer:
                       split: int = 1, now: pd.Timestamp | None = None) -> list[dict]:
         """The API's result records for feature records; with ``split`` > 1 a big request is
         cut into slices scored side by side (LightGBM releases the GIL; rows are independent,
-        so the numbers are the same as in one piece). ``now``: no slot before it (rows from a
-        snapshot taken hours ago still get slots in the future)."""
+        so the numbers are the same as in one piece). ``now``: the request's reference time (its
+        ``as_of`` when given, else the wall clock): no slot before it (rows from a snapshot
+        taken hours ago still get slots after it)."""
         required = self._required_keys
         for rec in records:  # a missing column is a stale snapshot, not a missing value
             if not required <= rec.keys():
@@ -436,7 +438,8 @@ class Scorer:
                 "p_order_30d": val("p_order_30d", i), "p_order_90d": val("p_order_90d", i),
                 "lead_score": val("lead_score", i), "intent_grade": val("intent_grade", i),
                 "p_inquiry": val("p_inquiry", i), "contact_urgency": val("contact_urgency", i),
-                "best_slot_start": start, "best_channel": val("best_channel", i),
+                "best_slot_start": start, "best_slot_local": val("best_slot_local", i),
+                "best_channel": val("best_channel", i),
                 "p_response": val("p_response", i), "p_churn": val("p_churn", i),
                 "next_slots": cols["slots"][i] if cols.get("slots") is not None else [],
                 "reasons": reason_lists[i], "model_versions": dict(versions),
@@ -523,6 +526,7 @@ class Scorer:
             [str(d) for d in columns["dealer_id"]], cols.get("contact_urgency"), self.rules,
             top=slots, reasons=reasons > 0, num_threads=self.num_threads, not_before=now)
         cols["best_slot_start"] = rec.best_slot_start
+        cols["best_slot_local"] = rec.best_slot_local
         cols["best_channel"] = rec.best_channel
         cols["p_response"] = rec.p_response
         cols["slots"] = rec.slots
@@ -547,3 +551,12 @@ def iso_utc(v) -> str:
         return v.isoformat().replace("+00:00", "Z")
     v = v.replace(tzinfo=UTC) if v.tzinfo is None else v.astimezone(UTC)
     return v.isoformat().replace("+00:00", "Z")
+
+
+def iso_utc_column(values) -> pd.Series:
+    """:func:`iso_utc` of a whole column at once (the CSV's times): ISO 8601 with ``Z``,
+    microseconds only where there are some, missing times left missing."""
+    t = pd.Series(pd.to_datetime(values, utc=True))
+    us = t.dt.microsecond.fillna(0).astype("int64")
+    frac = ("." + us.astype(str).str.zfill(6)).where(us > 0, "")
+    return t.dt.strftime("%Y-%m-%dT%H:%M:%S") + frac + "Z"

@@ -182,7 +182,8 @@ class ScoreRequest(BaseModel):
     leads: list[LeadIn] = Field(min_length=1, max_length=MAX_LEADS)
     as_of: datetime | None = Field(
         None, description="Cutoff for inline leads (default: now). Id lookups use the "
-        "snapshot's own cutoff.")
+        "snapshot's own cutoff. Every lead's contact slots start after it (default: now) and "
+        "after its features' cutoff.")
     reasons: int = Field(3, ge=0, le=10, description="Top positive and negative reasons")
 
     _as_of = field_validator("as_of")(lambda v: None if v is None else _not_future(v))
@@ -213,7 +214,9 @@ CHANNEL_HELP = ("`phone`, `wechat` or `sms`, among those the dealer's contact ru
 
 
 class SlotOut(BaseModel):
-    start: datetime
+    start: datetime = Field(description="Start of the hour, UTC (`Z`)")
+    start_local: datetime = Field(
+        description="The same instant in the lead's time zone, with its offset then")
     channel: Channel = Field(description=CHANNEL_HELP)
     p_response: float = Field(description="Probability that the lead answers then")
 
@@ -255,7 +258,11 @@ class LeadScore(BaseModel):
         "cut-offs (by default): `now` at least 0.5, today; `within_3_days` at least 0.2; "
         "`nurture` below, leave to the nurture programme")
     best_slot_start: datetime | None = Field(
-        None, description="Start of the best allowed hour to contact in the next 72 hours")
+        None, description="Start of the best allowed hour to contact in the next 72 hours, "
+        "UTC (`Z`)")
+    best_slot_local: datetime | None = Field(
+        None, description="`best_slot_start` in the lead's time zone with its offset then, "
+        "e.g. `2026-07-03T11:00:00+08:00` (the dealer's zone when the lead has none)")
     best_channel: Channel | None = Field(  # type: ignore[valid-type]
         None, description=f"Channel for `best_slot_start`: {CHANNEL_HELP}")
     p_response: float | None = Field(
@@ -301,11 +308,13 @@ RESPONSE_EXAMPLE = {"results": [{
     "p_order_7d": 0.1171875, "p_order_15d": 0.2413793103448276,
     "p_order_30d": 0.36507936507936506, "p_order_90d": 0.4444444444444444, "lead_score": 37,
     "intent_grade": "A", "p_inquiry": 0.8076923076923077, "contact_urgency": "now",
-    "best_slot_start": "2026-12-07T03:00:00Z", "best_channel": "phone",
-    "p_response": 0.4849884526558891, "p_churn": 0.0001,
+    "best_slot_start": "2026-12-07T03:00:00Z", "best_slot_local": "2026-12-07T11:00:00+08:00",
+    "best_channel": "phone", "p_response": 0.4849884526558891, "p_churn": 0.0001,
     "next_slots": [
-        {"start": "2026-12-07T03:00:00+00:00", "channel": "phone", "p_response": 0.485},
-        {"start": "2026-12-07T04:00:00+00:00", "channel": "phone", "p_response": 0.485},
+        {"start": "2026-12-07T03:00:00Z", "start_local": "2026-12-07T11:00:00+08:00",
+         "channel": "phone", "p_response": 0.485},
+        {"start": "2026-12-07T04:00:00Z", "start_local": "2026-12-07T12:00:00+08:00",
+         "channel": "phone", "p_response": 0.485},
     ],
     "reasons": [
         {"model": "conversion", "feature": "events_3d", "value": 10.0,
@@ -321,7 +330,8 @@ RESPONSE_EXAMPLE = {"results": [{
     "lead_id": "L9999999", "status": "not_found", "dealer_id": None, "as_of": None,
     "p_convert": None, "p_order_7d": None, "p_order_15d": None, "p_order_30d": None,
     "p_order_90d": None, "lead_score": None, "intent_grade": None, "p_inquiry": None,
-    "contact_urgency": None, "best_slot_start": None, "best_channel": None,
+    "contact_urgency": None, "best_slot_start": None, "best_slot_local": None,
+    "best_channel": None,
     "p_response": None, "p_churn": None, "next_slots": [], "reasons": [],
     "model_versions": {},
 }]}
@@ -425,12 +435,19 @@ def _in_request_order(req: ScoreRequest, out: list[dict],
     return results
 
 
+def slots_after(req: ScoreRequest) -> pd.Timestamp | None:
+    """The time a request's slot search starts from: its ``as_of`` when given (a back-dated
+    request gets the slots that followed it), else None, meaning now when it is scored."""
+    return None if req.as_of is None else pd.Timestamp(req.as_of)
+
+
 def _score_leads(runtime: Runtime, req: ScoreRequest, tenant: Tenant, scorer: Scorer,
                  as_of: pd.Timestamp | None) -> list[dict]:
     """Result records in request order, the request scored on its own."""
     records, quarantined = _records_for(runtime, req, tenant, as_of, scorer)
+    after = slots_after(req)
     out = scorer.score_records(records, reasons=req.reasons, split=runtime.batch_threads,
-                               now=now_utc())
+                               now=now_utc() if after is None else after)
     return _in_request_order(req, out, quarantined)
 
 
@@ -483,7 +500,8 @@ async def _score(runtime: Runtime, coalescer: Coalescer, req: ScoreRequest,
         if n_inline == 0 and len(req.leads) <= LOOP_MAX_LEADS:
             records, quarantined = _records_for(runtime, req, tenant, as_of, scorer)
             results = _in_request_order(
-                req, await coalescer.score(scorer, records, reasons=req.reasons), quarantined)
+                req, await coalescer.score(scorer, records, reasons=req.reasons,
+                                           not_before=slots_after(req)), quarantined)
         else:
             results = await run_in_threadpool(_score_leads, runtime, req, tenant, scorer,
                                               as_of)

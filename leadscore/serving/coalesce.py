@@ -23,6 +23,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import cache
 
+import pandas as pd
+
 from leadscore.scoring.scorer import Scorer
 from leadscore.serving.runtime import now_utc
 
@@ -35,6 +37,7 @@ class _Job:
     records: Sequence[dict]
     reasons: int
     future: asyncio.Future
+    not_before: pd.Timestamp | None = None  # the request's as_of; None: now when scored
 
 
 @dataclass
@@ -56,13 +59,15 @@ class Coalescer:
         self.slots = slots
         self._open: dict[asyncio.AbstractEventLoop, _Gathering] = {}
 
-    async def score(self, scorer: Scorer, records: Sequence[dict], *, reasons: int) -> list[dict]:
-        """What ``scorer.score_records(records, reasons=reasons)`` returns, scored beside the
-        other requests of this moment."""
+    async def score(self, scorer: Scorer, records: Sequence[dict], *, reasons: int,
+                    not_before: pd.Timestamp | None = None) -> list[dict]:
+        """What ``scorer.score_records(records, reasons=reasons, now=not_before or now)``
+        returns, scored beside the other requests of this moment (those with the same
+        ``not_before``: a slot search starts from one time per pass)."""
         if not records:  # nothing of the tenant's: no reason to wait for anyone
             return []
         loop = asyncio.get_running_loop()
-        job = _Job(scorer, records, reasons, loop.create_future())
+        job = _Job(scorer, records, reasons, loop.create_future(), not_before)
         gathering = self._open.get(loop)
         if gathering is None:
             gathering = self._open[loop] = _Gathering()
@@ -85,9 +90,9 @@ class Coalescer:
 
     def _close(self, loop: asyncio.AbstractEventLoop, gathering: _Gathering) -> None:
         del self._open[loop]
-        groups: dict[tuple[int, int], list[_Job]] = {}
+        groups: dict[tuple, list[_Job]] = {}
         for job in gathering.jobs:
-            groups.setdefault((id(job.scorer), job.reasons), []).append(job)
+            groups.setdefault((id(job.scorer), job.reasons, job.not_before), []).append(job)
         batches = list(groups.values())
         for k, jobs in enumerate(batches):
             try:
@@ -102,8 +107,9 @@ class Coalescer:
         records = [r for job in jobs for r in job.records]
         t0 = time.perf_counter()
         try:
-            out = first.scorer.score_records(records, reasons=first.reasons, slots=self.slots,
-                                             now=now_utc())
+            out = first.scorer.score_records(
+                records, reasons=first.reasons, slots=self.slots,
+                now=now_utc() if first.not_before is None else first.not_before)
         except Exception as e:
             if len(jobs) == 1:
                 _settle(first.future, exc=e)
