@@ -102,7 +102,7 @@ def create_app(store: Path, keys: Path):
                 rows.append({"lead_id": lid, "dealer_id": did, "as_of": as_of,
                              **json.loads(row)})
         out = [{"lead_id": r["lead_id"], "status": "ok", "dealer_id": r["dealer_id"],
-                "as_of": r["as_of"], "p_convert": None, "lead_score": None, "grade": None,
+                "as_of": r["as_of"], "p_convert": None, "lead_score": None, "intent_grade": None,
                 "p_inquiry": None, "contact_urgency": None, "best_slot_start": None,
                 "best_channel": None, "p_response": None, "p_churn": None, "reasons": [],
                 "model_versions": versions} for r in rows]
@@ -113,7 +113,7 @@ def create_app(store: Path, keys: Path):
             for i, o in enumerate(out):
                 o[MODELS[name]] = float(p[i])
                 if name == "conversion":
-                    o["lead_score"], o["grade"] = round(float(p[i]) * 100), str(grades[i])
+                    o["lead_score"], o["intent_grade"] = round(float(p[i]) * 100), str(grades[i])
                 elif name == "contact":
                     o["contact_urgency"] = URGENCY[str(grades[i])]
                 ci = contrib[i, :-1]
