@@ -35,6 +35,7 @@ class _Job:
     records: Sequence[dict]
     reasons: int
     future: asyncio.Future
+    lang: str | None = None
 
 
 @dataclass
@@ -56,13 +57,14 @@ class Coalescer:
         self.slots = slots
         self._open: dict[asyncio.AbstractEventLoop, _Gathering] = {}
 
-    async def score(self, scorer: Scorer, records: Sequence[dict], *, reasons: int) -> list[dict]:
-        """What ``scorer.score_records(records, reasons=reasons)`` returns, scored beside the
-        other requests of this moment."""
+    async def score(self, scorer: Scorer, records: Sequence[dict], *, reasons: int,
+                    lang: str | None = None) -> list[dict]:
+        """What ``scorer.score_records(records, reasons=reasons, lang=lang)`` returns, scored
+        beside the other requests of this moment that ask for the same."""
         if not records:  # nothing of the tenant's: no reason to wait for anyone
             return []
         loop = asyncio.get_running_loop()
-        job = _Job(scorer, records, reasons, loop.create_future())
+        job = _Job(scorer, records, reasons, loop.create_future(), lang)
         gathering = self._open.get(loop)
         if gathering is None:
             gathering = self._open[loop] = _Gathering()
@@ -85,9 +87,9 @@ class Coalescer:
 
     def _close(self, loop: asyncio.AbstractEventLoop, gathering: _Gathering) -> None:
         del self._open[loop]
-        groups: dict[tuple[int, int], list[_Job]] = {}
+        groups: dict[tuple[int, int, str | None], list[_Job]] = {}
         for job in gathering.jobs:
-            groups.setdefault((id(job.scorer), job.reasons), []).append(job)
+            groups.setdefault((id(job.scorer), job.reasons, job.lang), []).append(job)
         batches = list(groups.values())
         for k, jobs in enumerate(batches):
             try:
@@ -103,7 +105,7 @@ class Coalescer:
         t0 = time.perf_counter()
         try:
             out = first.scorer.score_records(records, reasons=first.reasons, slots=self.slots,
-                                             now=now_utc())
+                                             now=now_utc(), lang=first.lang)
         except Exception as e:
             if len(jobs) == 1:
                 _settle(first.future, exc=e)
