@@ -19,7 +19,7 @@ def test_reasons_text_is_json_dumps_of_the_reason_dicts():
     rng = np.random.default_rng(5)
     n = 300
     x = rng.random((n, len(feats))) * 40
-    x[::7, 0] = np.nan              # missing: null, "none recorded"
+    x[::7, 0] = np.nan              # missing: null, "No activity in the last 90 days"
     x[::11, 2] = np.inf             # not finite: json.dumps writes Infinity
     x[::23, 2] = -0.0               # distinct from 0.0 in the text
     x[::13, 3] = 1e-7               # repr in exponent form
