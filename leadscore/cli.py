@@ -238,6 +238,17 @@ def _intent_rules():
         _fail(f"LEADSCORE_INTENT_GRADES: {e}")
 
 
+def _language(option: str | None) -> str:
+    """The reasons' language: ``--lang``, else ``LEADSCORE_LANG``, else English. Read here,
+    at the edge, like the rules."""
+    from leadscore import lang
+
+    try:
+        return lang.check(option, "--lang") if option is not None else lang.from_env()
+    except ValueError as e:
+        _fail(str(e))
+
+
 @app.command()
 def train(
     data: Annotated[Path, typer.Option(help="Folder with leads/events/contacts files")],
@@ -448,7 +459,11 @@ def rescore(
     out_format: Annotated[OutFormat, typer.Option("--format", help="parquet or csv")] = (
         OutFormat.parquet
     ),
-    reasons: Annotated[int, typer.Option(min=0, max=10, help="Reasons per score")] = 3,
+    reasons: Annotated[int, typer.Option(
+        min=0, max=10, help="At most this many reasons per model, largest first")] = 3,
+    lang: Annotated[str | None, typer.Option(
+        "--lang", help="Language of the reasons: en or zh-CN [default: $LEADSCORE_LANG, "
+                       "else en]")] = None,
     bucket_leads: Annotated[int, typer.Option(min=100, help="Leads per bucket")] = 100_000,
     force: Annotated[bool, typer.Option(help="Redo a finished run / replace other output")] = (
         False
@@ -473,16 +488,17 @@ def rescore(
         _fail(f"--models: unknown {', '.join(unknown)}")
     (cutoff,) = _timestamps(as_of)[:1]
     target = out.with_name(out.name + ".parts") if out_format is OutFormat.csv else out
+    lang = _language(lang)
     rules = _contact_rules()
     intent = _intent_rules()
     try:
         res = batch.rescore(data, cutoff, target, models=names, reasons=reasons,
                             bucket_leads=bucket_leads, force=force, engine=engine.value,
-                            cache=cache, rules=rules, intent=intent)
+                            cache=cache, rules=rules, intent=intent, lang=lang)
     except (ContractError, FileExistsError, ValueError, IntakeError) as e:
         _fail(str(e))
     if out_format is OutFormat.csv:
-        batch.export_csv(target, out)
+        batch.export_csv(target, out, lang)
     state = "already complete (no-op)" if res.noop else "done"
     typer.echo(f"rescore {state}: {res.rows:,} rows in {res.buckets} buckets "
                f"({res.skipped_buckets} resumed) → {out} in {res.seconds:.1f}s; "

@@ -403,7 +403,8 @@ def test_vocabulary_types_get_their_own_features_and_still_count_as_other(con):
     assert row(plain, "A")["other_events_30d"] == 4.0
     # the sentence names the type as the data spells it
     assert t[1].sentence(2.0) == "Did trade_in_valuation 2 times in the last 30 days"
-    assert o[4].sentence(1.0) == f"Last did {odd} 1 days ago"
+    assert o[4].sentence(1.0) == f"Last did {odd} 1 day ago"
+    assert t[1].sentence(2.0, "zh-CN") == "近 30 天做了 trade_in_valuation 2 次"
     with pytest.raises(KeyError):
         cat.feature("type__page_view__30d")  # a standard type is no vocabulary type
     with pytest.raises(KeyError):

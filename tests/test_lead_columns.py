@@ -83,7 +83,7 @@ def test_lead_column_features_resolve_by_name_and_read_as_crm_fields():
     assert ORIGIN.sentence("paid_search") == "CRM field lead_origin: paid_search"
     assert cat.lead_column_feature("budget_band", "float").sentence(3.0) == \
         "CRM field budget_band 3"
-    assert LOAN.sentence(float("nan")) == "CRM field loan_preapproved: none recorded"
+    assert LOAN.sentence(float("nan")) == "CRM field loan_preapproved is empty"
 
 
 def _tiny_con(tmp_path, fmt="csv"):

@@ -19,7 +19,7 @@ def test_reasons_text_is_json_dumps_of_the_reason_dicts():
     rng = np.random.default_rng(5)
     n = 300
     x = rng.random((n, len(feats))) * 40
-    x[::7, 0] = np.nan              # missing: null, "none recorded"
+    x[::7, 0] = np.nan              # missing: null, "No activity in the last 90 days"
     x[::11, 2] = np.inf             # not finite: json.dumps writes Infinity
     x[::23, 2] = -0.0               # distinct from 0.0 in the text
     x[::13, 3] = 1e-7               # repr in exponent form
@@ -68,16 +68,17 @@ def test_reasons_text_is_json_dumps_of_the_reason_dicts():
 def test_top_columns_order_as_a_stable_sort_whatever_the_block():
     """Blocks take arg-max passes, requests a sort: both pick the columns a stable sort
     picks, ties to the lower column (contributions tie often: equal splits, zeros)."""
-    from leadscore.scoring.scorer import _top_columns
+    from leadscore.scoring.scorer import _top
 
     rng = np.random.default_rng(11)
     for n in (1, 3, 5, 200):
         c = rng.integers(-3, 4, size=(n, 9)).astype(float)  # many ties
         for top in (1, 3, 12):
-            pos, neg = _top_columns(c, top)
+            cols, vals = _top(c.copy(), top)
             k = min(top, 9)
-            assert (pos == np.argsort(-c, axis=1, kind="stable")[:, :k]).all()
-            assert (neg == np.argsort(c, axis=1, kind="stable")[:, :k]).all()
+            want = np.argsort(-c, axis=1, kind="stable")[:, :k]
+            assert (cols == want).all()
+            assert (vals == np.take_along_axis(c, want, axis=1)).all()
 
 
 def test_negative_zero_reads_as_zero_whichever_is_seen_first():
@@ -102,8 +103,9 @@ def test_sentence_templates_are_used_only_where_they_say_what_the_feature_says(m
 
     @dataclass(frozen=True)
     class Loud(catalog.Feature):
-        def sentence(self, value: object) -> str:
-            return super().sentence(value).upper()
+        def sentence(self, value: object, lang: str = "en") -> str | None:
+            said = super().sentence(value, lang)
+            return said and said.upper()
 
     monkeypatch.setitem(catalog.BY_NAME, "loud", Loud("loud", says="Seen {value:.0f} times"))
     monkeypatch.setitem(catalog.BY_NAME, "quoted",

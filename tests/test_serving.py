@@ -116,9 +116,11 @@ def test_score_by_id_returns_calibrated_scores_grades_reasons_and_versions(serve
         models_with_reasons = {rs["model"] for rs in x["reasons"]}
         assert set(PROBA_COLUMN) - NO_REASONS <= models_with_reasons  # horizons: no reasons
         for rs in x["reasons"]:
-            assert set(rs) == {"model", "feature", "value", "contribution", "sentence"}
+            assert set(rs) == {"model", "feature", "value", "contribution", "sign",
+                               "sentence"}
             assert isinstance(rs["sentence"], str) and rs["sentence"]
             assert rs["contribution"] != 0
+            assert rs["sign"] == ("+" if rs["contribution"] > 0 else "-")
             assert rs["value"] is None or isinstance(rs["value"], (float, str))
         if SLOT_MODEL in champions:  # contact timing is served when its model is registered
             assert x["best_channel"] in CHANNELS
@@ -151,13 +153,17 @@ def test_reasons_are_exact_contributions_that_rebuild_the_calibrated_probability
             assert got[col] == pytest.approx(p[i], abs=1e-9)
             ci = contrib[i, :-1]
             mine = [rs for rs in got["reasons"] if rs["model"] == name]
-            pos = [rs for rs in mine if rs["contribution"] > 0]
-            neg = [rs for rs in mine if rs["contribution"] < 0]
-            want_pos = sorted(ci[ci > 0], reverse=True)[:3]
-            want_neg = sorted(ci[ci < 0])[:3]
-            # the listed reasons are the largest |contribution| of their sign, biggest first
-            np.testing.assert_allclose([rs["contribution"] for rs in pos], want_pos, atol=1e-6)
-            np.testing.assert_allclose([rs["contribution"] for rs in neg], want_neg, atol=1e-6)
+            # the listed reasons are the largest |contribution|, biggest first, signs
+            # together; passed over: missing values without words, sentences said before
+            row = frame.iloc[i]
+            shown = [j for j, f in enumerate(model.features) if ci[j] != 0 and not (
+                pd.isna(row[f]) and catalog.feature(f).sentence(None) is None)]
+            top = sorted(shown, key=lambda j: (-abs(ci[j]), j))[:3]
+            listed = [model.features.index(rs["feature"]) for rs in mine]
+            assert len(mine) <= 3 and [j for j in top if j in listed] == listed
+            said = {rs["sentence"] for rs in got["reasons"]}  # by this model or before
+            for f in (model.features[j] for j in top):
+                assert catalog.feature(f).sentence(None if pd.isna(row[f]) else row[f]) in said
             for rs in mine:
                 j = model.features.index(rs["feature"])
                 assert rs["contribution"] == pytest.approx(ci[j], abs=1e-6)

@@ -10,6 +10,9 @@ at ``as_of`` when ``as_of - 7d <= ts < as_of`` (and it was ingested by ``as_of``
 
 from __future__ import annotations
 
+import functools
+import re
+import string
 import urllib.parse
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -28,22 +31,68 @@ DAYPARTS: tuple[tuple[int, int], ...] = ((0, 4), (4, 8), (8, 12), (12, 16), (16,
 LOOKBACK_DAYS = 90
 
 
+#: a plural choice in an English template, "{time|times}": the first when the value reads 1
+_PLURAL = re.compile(r"\{([^{}|:]*)\|([^{}|:]*)\}")
+
+
+@functools.lru_cache(maxsize=8192)
+def forms(template: str) -> tuple[str, str, tuple[float, float] | str | None]:
+    """A template's singular and plural format strings, and when the singular applies: an
+    open interval of values (``.0f`` numbers read "1" exactly inside (0.5, 1.5)), a format
+    spec to render and compare with "1", or None (the number never reads "1": ``.1f``,
+    percentages, or no choice at all)."""
+    one, other = _PLURAL.sub(r"\1", template), _PLURAL.sub(r"\2", template)
+    if one == other:
+        return one, other, None
+    spec = next((s for _, f, s, _ in string.Formatter().parse(other) if f == "value"), None)
+    if spec is None:
+        raise ValueError(f"{template!r}: a plural choice needs a {{value}} to count")
+    if re.fullmatch(r",?\.0f", spec):
+        return one, other, (0.5, 1.5)
+    if re.fullmatch(r",?\.[1-9]\d*f|.*%", spec):
+        return other, other, None
+    return one, other, spec
+
+
+def _reads_one(value: object, when: tuple[float, float] | str) -> bool:
+    if isinstance(when, tuple):
+        return when[0] < value < when[1]  # type: ignore[operator]
+    return format(value, when) == "1"
+
+
 @dataclass(frozen=True)
 class Feature:
-    """Base: a named numeric or categorical column and the sentence that explains it."""
+    """Base: a named numeric or categorical column and the sentences that explain it.
+
+    ``says`` (English) and ``says_zh`` (Simplified Chinese) are templates of the value;
+    English ones pick singular or plural with ``{one|many}`` by how the value reads.
+    ``missing``/``missing_zh`` are what a missing value says where missing means something
+    (never contacted, no order); empty: a missing value is no reason and is not shown."""
 
     name: str
     says: str
     #: "float" features go to the model as float64; "category" as pandas category.
     dtype: str = "float"
+    says_zh: str = ""
+    missing: str = ""
+    missing_zh: str = ""
 
-    def sentence(self, value: object) -> str:
-        """Render the advisor sentence; missing values read as 'none recorded'."""
+    def template(self, lang: str = "en") -> str:
+        """The sentence template in ``lang`` (English where a feature has no other)."""
+        return self.says_zh if lang == "zh-CN" and self.says_zh else self.says
+
+    def sentence(self, value: object, lang: str = "en") -> str | None:
+        """The advisor sentence of ``value`` in ``lang``; None when the value is missing and
+        missing says nothing about this feature (the reason is dropped)."""
         if value is None or (isinstance(value, float) and value != value):
-            return self.says.split("{")[0].rstrip(" :") + ": none recorded"
+            text = self.missing_zh if lang == "zh-CN" and self.missing_zh else self.missing
+            return text or None
         if isinstance(value, float):
             value += 0.0  # -0.0 reads as 0 (and caches keyed by value cannot tell them apart)
-        return self.says.format(value=value)
+        one, other, when = forms(self.template(lang))
+        if when is not None and _reads_one(value, when):
+            return one.format(value=value)
+        return other.format(value=value)
 
 
 @dataclass(frozen=True)
@@ -165,25 +214,33 @@ def _slug(types: Iterable[str]) -> str:
     return "_".join(types)
 
 
+#: (English verb, Chinese verb) of the per-type counts
+_COUNTED: dict[str, tuple[str, str]] = {
+    "page_view": ("Viewed pages", "浏览页面"),
+    "config_view": ("Opened the configurator", "打开配置器"),
+    "finance_calc": ("Used the finance calculator", "使用金融计算器"),
+    "price_inquiry": ("Asked for a price", "询价"),
+    "test_drive_booked": ("Booked a test drive", "预约试驾"),
+    "test_drive_done": ("Took a test drive", "试驾"),
+    "store_visit": ("Visited the showroom", "到店"),
+    "call_inbound": ("Called the dealer", "致电经销商"),
+    "wechat_reply": ("Replied on WeChat", "微信回复"),
+}
+_HIGH_INTENT_EN = ("{price request, test drive, visit or call|"
+                   "price requests, test drives, visits or calls}")
+_HIGH_INTENT_ZH = "询价、试驾、到店或来电"
+
+
 def _counts() -> list[Feature]:
+    # counts are 0 without events, never missing: a missing count says nothing
     out: list[Feature] = []
-    pretty = {
-        "page_view": "Viewed pages",
-        "config_view": "Opened the configurator",
-        "finance_calc": "Used the finance calculator",
-        "price_inquiry": "Asked for a price",
-        "test_drive_booked": "Booked a test drive",
-        "test_drive_done": "Took a test drive",
-        "store_visit": "Visited the showroom",
-        "call_inbound": "Called the dealer",
-        "wechat_reply": "Replied on WeChat",
-    }
-    for etype, verb in pretty.items():
+    for etype, (verb, verb_zh) in _COUNTED.items():
         for w in WINDOWS_DAYS:
             out.append(
                 Count(
                     f"{etype}_{w}d",
-                    says=f"{verb} {{value:.0f}} times in the last {w} days",
+                    says=f"{verb} {{value:.0f}} {{time|times}} in the last {w} days",
+                    says_zh=f"近 {w} 天{verb_zh} {{value:.0f}} 次",
                     events=(etype,),
                     window_days=w,
                 )
@@ -192,7 +249,9 @@ def _counts() -> list[Feature]:
         out.append(
             Count(
                 f"browse_{w}d",
-                says=f"Browsed {{value:.0f}} pages and configurations in the last {w} days",
+                says=(f"Browsed {{value:.0f}} {{page or configuration|pages and "
+                      f"configurations}} in the last {w} days"),
+                says_zh=f"近 {w} 天浏览页面和配置 {{value:.0f}} 次",
                 events=BROWSE_TYPES,
                 window_days=w,
             )
@@ -200,8 +259,8 @@ def _counts() -> list[Feature]:
         out.append(
             Count(
                 f"high_intent_{w}d",
-                says=(f"{{value:.0f}} price requests, test drives, visits or calls "
-                      f"in the last {w} days"),
+                says=f"{{value:.0f}} {_HIGH_INTENT_EN} in the last {w} days",
+                says_zh=f"近 {w} 天{_HIGH_INTENT_ZH}共 {{value:.0f}} 次",
                 events=HIGH_INTENT_TYPES,
                 window_days=w,
             )
@@ -209,7 +268,8 @@ def _counts() -> list[Feature]:
         out.append(
             Count(
                 f"events_{w}d",
-                says=f"{{value:.0f}} interactions in the last {w} days",
+                says=f"{{value:.0f}} {{interaction|interactions}} in the last {w} days",
+                says_zh=f"近 {w} 天互动 {{value:.0f}} 次",
                 events=None,
                 window_days=w,
             )
@@ -217,7 +277,8 @@ def _counts() -> list[Feature]:
     out.append(
         Count(
             "other_events_30d",
-            says="{value:.0f} other interactions in the last 30 days",
+            says="{value:.0f} other {interaction|interactions} in the last 30 days",
+            says_zh="近 30 天其他互动 {value:.0f} 次",
             other=True,
             window_days=30,
         )
@@ -225,25 +286,51 @@ def _counts() -> list[Feature]:
     return out
 
 
+#: (English, Chinese) of "the last ..." per event type of the recency features
+_LAST: dict[str, tuple[str, str]] = {
+    "price_inquiry": ("price request", "询价"),
+    "test_drive_booked": ("test drive booking", "预约试驾"),
+    "store_visit": ("showroom visit", "到店"),
+    "call_inbound": ("call from the lead", "来电"),
+    "test_drive_done": ("test drive", "试驾"),
+    "wechat_reply": ("WeChat reply", "微信回复"),
+}
+
+
 def _recency() -> list[Feature]:
+    # missing: nothing of the kind within the lookback, which an advisor wants to know
+    days = LOOKBACK_DAYS
     out: list[Feature] = [
-        DaysSince("days_since_any", says="Last active {value:.1f} days ago", events=None),
+        DaysSince("days_since_any", says="Last active {value:.1f} days ago",
+                  says_zh="最近一次活跃在 {value:.1f} 天前",
+                  missing=f"No activity in the last {days} days",
+                  missing_zh=f"近 {days} 天没有任何活动", events=None),
         DaysSince(
             "days_since_finance_calc",
             says="Used the finance calculator {value:.1f} days ago",
+            says_zh="{value:.1f} 天前使用过金融计算器",
+            missing=f"Has not used the finance calculator in the last {days} days",
+            missing_zh=f"近 {days} 天未使用金融计算器",
             events=("finance_calc",),
         ),
         DaysSince(
             "days_since_config_view",
             says="Opened the configurator {value:.1f} days ago",
+            says_zh="{value:.1f} 天前打开过配置器",
+            missing=f"Has not opened the configurator in the last {days} days",
+            missing_zh=f"近 {days} 天未打开配置器",
             events=("config_view",),
         ),
     ]
     for etype in (*HIGH_INTENT_TYPES, "test_drive_done", "wechat_reply"):
+        noun, noun_zh = _LAST[etype]
         out.append(
             DaysSince(
                 f"days_since_{etype}",
                 says=f"Last {etype.replace('_', ' ')} {{value:.1f}} days ago",
+                says_zh=f"最近一次{noun_zh}在 {{value:.1f}} 天前",
+                missing=f"No {noun} in the last {days} days",
+                missing_zh=f"近 {days} 天没有{noun_zh}",
                 events=(etype,),
             )
         )
@@ -251,33 +338,41 @@ def _recency() -> list[Feature]:
 
 
 def _behaviour() -> list[Feature]:
+    # shares and the trend are missing without any activity to share: that says nothing
+    # the recency features do not say better
     return [
         DistinctModels(
-            "models_viewed_30d", says="Looked at {value:.0f} different models in 30 days",
-            window_days=30,
+            "models_viewed_30d",
+            says="Looked at {value:.0f} different {model|models} in 30 days",
+            says_zh="30 天内看过 {value:.0f} 个不同车型", window_days=30,
         ),
         TopModelShare(
             "top_model_share_30d", says="{value:.0%} of model views on one model",
-            window_days=30,
+            says_zh="{value:.0%} 的车型浏览集中在同一车型", window_days=30,
         ),
         NightShare(
             "night_share_14d", says="{value:.0%} of activity between 22:00 and 06:00",
-            window_days=14,
+            says_zh="近 14 天 {value:.0%} 的活动在 22:00 至 06:00 之间", window_days=14,
         ),
         NightShare(
             "night_share_30d",
             says="{value:.0%} of activity between 22:00 and 06:00 (30 days)",
+            says_zh="近 30 天 {value:.0%} 的活动在 22:00 至 06:00 之间",
             window_days=30,
         ),
-        Sessions("sessions_7d", says="{value:.0f} browsing sessions in the last 7 days",
-                 window_days=7),
-        Sessions("sessions_30d", says="{value:.0f} browsing sessions in the last 30 days",
-                 window_days=30),
-        Trend("trend_7_30", says="Activity this week is {value:.1f}x the monthly pace"),
+        Sessions("sessions_7d",
+                 says="{value:.0f} browsing {session|sessions} in the last 7 days",
+                 says_zh="近 7 天浏览 {value:.0f} 次", window_days=7),
+        Sessions("sessions_30d",
+                 says="{value:.0f} browsing {session|sessions} in the last 30 days",
+                 says_zh="近 30 天浏览 {value:.0f} 次", window_days=30),
+        Trend("trend_7_30", says="Activity this week is {value:.1f}x the monthly pace",
+              says_zh="本周活跃度是月均水平的 {value:.1f} 倍"),
         *[
             NightShare(
                 f"activity_share_{a:02d}_{b:02d}",
                 says=f"{{value:.0%}} of activity between {a:02d}:00 and {b:02d}:00 (30 days)",
+                says_zh=f"近 30 天 {{value:.0%}} 的活动在 {a:02d}:00 至 {b:02d}:00 之间",
                 window_days=30, local_hours=(a, b % 24),
             )
             for a, b in DAYPARTS
@@ -286,110 +381,157 @@ def _behaviour() -> list[Feature]:
 
 
 def _contacts() -> list[Feature]:
+    # rates and recencies are missing until the dealer has tried: "not contacted yet" is
+    # a reason in itself; the counts are 0 then, never missing
+    never = {"missing": "Not contacted yet", "missing_zh": "尚未联系过"}
     return [
-        ContactStat("contact_attempts", says="Contacted {value:.0f} times so far",
-                    stat="attempts"),
-        ContactStat("contact_responses", says="Answered {value:.0f} contact attempts",
-                    stat="responses"),
+        ContactStat("contact_attempts", says="Contacted {value:.0f} {time|times} so far",
+                    says_zh="已联系 {value:.0f} 次", stat="attempts"),
+        ContactStat("contact_responses",
+                    says="Answered {value:.0f} contact {attempt|attempts}",
+                    says_zh="回应了 {value:.0f} 次联系", stat="responses"),
         ContactStat("contact_response_rate", says="Answered {value:.0%} of contact attempts",
-                    stat="response_rate"),
-        ContactStat("contact_replies", says="Replied to {value:.0f} messages",
-                    stat="replies"),
-        ContactStat("phone_attempts", says="Called {value:.0f} times so far",
-                    stat="phone_attempts"),
-        ContactStat("message_attempts", says="Sent {value:.0f} messages so far",
-                    stat="message_attempts"),
+                    says_zh="联系应答率 {value:.0%}", stat="response_rate", **never),
+        ContactStat("contact_replies", says="Replied to {value:.0f} {message|messages}",
+                    says_zh="回复了 {value:.0f} 条消息", stat="replies"),
+        ContactStat("phone_attempts", says="Called {value:.0f} {time|times} so far",
+                    says_zh="已致电 {value:.0f} 次", stat="phone_attempts"),
+        ContactStat("message_attempts", says="Sent {value:.0f} {message|messages} so far",
+                    says_zh="已发送 {value:.0f} 条消息", stat="message_attempts"),
         ContactStat("phone_response_rate", says="Answered {value:.0%} of calls",
-                    stat="phone_response_rate"),
+                    says_zh="电话接听率 {value:.0%}", stat="phone_response_rate",
+                    missing="Not called yet", missing_zh="尚未打过电话"),
         ContactStat("message_response_rate", says="Replied to {value:.0%} of messages",
-                    stat="message_response_rate"),
+                    says_zh="消息回复率 {value:.0%}", stat="message_response_rate",
+                    missing="No messages sent yet", missing_zh="尚未发送过消息"),
         ContactStat("days_since_contact", says="Last contacted {value:.1f} days ago",
-                    stat="days_since"),
+                    says_zh="最近一次联系在 {value:.1f} 天前", stat="days_since", **never),
         # a lead that stopped answering is the clearest sign that it is going dark
         ContactStat("unanswered_streak",
-                    says="{value:.0f} contact attempts in a row without an answer",
-                    stat="unanswered_streak"),
+                    says="{value:.0f} contact {attempt|attempts} in a row without an answer",
+                    says_zh="连续 {value:.0f} 次联系未获回应", stat="unanswered_streak"),
         ContactStat("days_since_response", says="Last answered a contact {value:.1f} days ago",
-                    stat="days_since_response"),
+                    says_zh="最近一次回应联系在 {value:.1f} 天前", stat="days_since_response",
+                    missing="Has never answered a contact", missing_zh="从未回应过联系"),
         ContactStat(
             "uncontacted_hours",
-            says="Waited {value:.0f} hours for a first contact",
+            says="Waited {value:.0f} {hour|hours} for a first contact",
+            says_zh="等待首次联系 {value:.0f} 小时",
             stat="uncontacted_hours",
         ),
     ]
 
 
 def _static() -> list[Feature]:
+    # an attribute left blank says nothing; no order yet is what an owner's clock starts from
     return [
-        Static("source", says="Came from {value}", dtype="category", column="source"),
-        Static("intended_model", says="Interested in {value}", dtype="category",
-               column="intended_model"),
-        Static("budget", says="Budget {value:,.0f}", column="budget"),
-        Static("lead_age_days", says="Lead is {value:.0f} days old", column="lead_age_days"),
+        Static("source", says="Came from {value}", says_zh="来源：{value}", dtype="category",
+               column="source"),
+        Static("intended_model", says="Interested in {value}", says_zh="意向车型：{value}",
+               dtype="category", column="intended_model"),
+        Static("budget", says="Budget {value:,.0f}", says_zh="预算 {value:,.0f}",
+               column="budget"),
+        Static("lead_age_days", says="Lead is {value:.0f} {day|days} old",
+               says_zh="线索已创建 {value:.0f} 天", column="lead_age_days"),
         # an owner's engagement follows the car (delivery, then service months later), not the
         # purchase funnel: churn needs to tell owners apart and know how far along they are
-        Static("days_since_order", says="Ordered {value:.0f} days ago",
-               column="days_since_order"),
+        Static("days_since_order", says="Ordered {value:.0f} {day|days} ago",
+               says_zh="{value:.0f} 天前下单", missing="No order recorded",
+               missing_zh="尚无订单记录", column="days_since_order"),
         # carried for local-time slot planning; not a model input (see LEAD_BEHAVIOUR)
-        Static("tz", says="Dealer time zone {value}", dtype="category", column="tz"),
+        Static("tz", says="Dealer time zone {value}", says_zh="经销商时区 {value}",
+               dtype="category", column="tz"),
     ]
 
 
-#: (name prefix, event types, what the advisor reads) of the whole-history groups
-HISTORY_GROUPS: tuple[tuple[str, tuple[str, ...] | None, dict[str, str]], ...] = (
-    ("events", None, {"count": "{value:.0f} interactions", "first": "First seen",
-                      "last": "Last seen", "gap": "Usually returns every", "days": "Active"}),
-    ("orders", ("order",), {"count": "Ordered {value:.0f} times", "last": "Last ordered",
-                            "gap": "Usually orders every", "days": "Ordered",
-                            "sum": "Orders worth {value:,.0f} in total",
-                            "mean": "Average order value {value:,.0f}"}),
-    ("service", ("service_visit",), {
-        "count": "{value:.0f} service visits", "first": "First service visit",
-        "last": "Last service visit", "gap": "Comes for service every",
-        "days": "Came for service",
-        "sum": "Spent {value:,.0f} on service in total"}),
-    ("inbound", INBOUND_TYPES, {
-        "count": "Got in touch {value:.0f} times", "first": "First got in touch",
-        "last": "Last got in touch", "gap": "Usually gets in touch every",
-        "days": "Got in touch"}),
-    ("high_intent_hist", HIGH_INTENT_TYPES, {
-        "count": "{value:.0f} price requests, test drives, visits or calls",
-        "last": "Last price request, test drive, visit or call"}),
+#: (name prefix, event types, what the advisor reads in English, in Chinese) of the
+#: whole-history groups; a Chinese count carries ``<when>``: the window it counts over
+HISTORY_GROUPS: tuple[tuple[str, tuple[str, ...] | None, dict[str, str], dict[str, str]],
+                      ...] = (
+    ("events", None,
+     {"count": "{value:.0f} {interaction|interactions}", "first": "First seen",
+      "last": "Last seen", "gap": "Usually returns every", "days": "Active",
+      "never": "No interactions recorded"},
+     {"count": "<when>互动 {value:.0f} 次", "first": "首次出现", "last": "最近一次出现",
+      "gap": "通常每隔 {value:.0f} 天回访一次", "days": "有活动", "what": "活动",
+      "never": "没有任何互动记录"}),
+    ("orders", ("order",),
+     {"count": "Ordered {value:.0f} {time|times}", "last": "Last ordered",
+      "gap": "Usually orders every", "days": "Ordered",
+      "sum": "Orders worth {value:,.0f} in total",
+      "mean": "Average order value {value:,.0f}", "never": "No order recorded"},
+     {"count": "<when>下单 {value:.0f} 次", "last": "最近一次下单",
+      "gap": "通常每隔 {value:.0f} 天下单一次", "days": "下过单", "what": "下单",
+      "sum": "订单总额 {value:,.0f}", "mean": "平均订单金额 {value:,.0f}",
+      "never": "尚无订单记录"}),
+    ("service", ("service_visit",),
+     {"count": "{value:.0f} service {visit|visits}", "first": "First service visit",
+      "last": "Last service visit", "gap": "Comes for service every",
+      "days": "Came for service", "sum": "Spent {value:,.0f} on service in total",
+      "never": "No service visit recorded"},
+     {"count": "<when>保养 {value:.0f} 次", "first": "首次保养", "last": "最近一次保养",
+      "gap": "通常每隔 {value:.0f} 天来保养一次", "days": "来保养过", "what": "保养",
+      "sum": "保养总花费 {value:,.0f}", "never": "尚无保养记录"}),
+    ("inbound", INBOUND_TYPES,
+     {"count": "Got in touch {value:.0f} {time|times}", "first": "First got in touch",
+      "last": "Last got in touch", "gap": "Usually gets in touch every",
+      "days": "Got in touch", "never": "Has never got in touch"},
+     {"count": "<when>主动联系 {value:.0f} 次", "first": "首次主动联系",
+      "last": "最近一次主动联系", "gap": "通常每隔 {value:.0f} 天主动联系一次",
+      "days": "主动联系过", "what": "主动联系", "never": "从未主动联系过"}),
+    ("high_intent_hist", HIGH_INTENT_TYPES,
+     {"count": "{value:.0f} " + _HIGH_INTENT_EN,
+      "last": "Last price request, test drive, visit or call",
+      "never": "No price request, test drive, visit or call recorded"},
+     {"count": f"<when>{_HIGH_INTENT_ZH}共 {{value:.0f}} 次",
+      "last": f"最近一次{_HIGH_INTENT_ZH}", "never": f"没有{_HIGH_INTENT_ZH}记录"}),
 )
 
 
 def _history() -> list[Feature]:
     """Whole-history features per group: counts over the whole history and 365/180 days, then
-    whatever the group's sentences cover (tenure, recency, rhythm, value, pace)."""
+    whatever the group's sentences cover (tenure, recency, rhythm, value, pace). Only the
+    recency says something when missing (nothing of the kind ever); the others are missing
+    then too, or when there is too little history to tell, which is no reason."""
     out: list[Feature] = []
-    for slug, types, say in HISTORY_GROUPS:
+    for slug, types, say, zh in HISTORY_GROUPS:
 
-        def add(name: str, says: str, stat: str, window: int | None = None,
-                slug: str = slug, types: tuple[str, ...] | None = types) -> None:
-            out.append(History(f"{slug}_{name}", says=says, stat=stat, events=types,
-                               window_days=window))
+        def add(name: str, says: str, says_zh: str, stat: str, window: int | None = None,
+                slug: str = slug, types: tuple[str, ...] | None = types, **missing) -> None:
+            out.append(History(f"{slug}_{name}", says=says, says_zh=says_zh, stat=stat,
+                               events=types, window_days=window, **missing))
 
-        add("count_all", f"{say['count']} over the whole history", "count")
+        add("count_all", f"{say['count']} over the whole history",
+            zh["count"].replace("<when>", "历史上共"), "count")
         for w in (365, 180):
-            add(f"count_{w}d", f"{say['count']} in the last {w} days", "count", w)
+            add(f"count_{w}d", f"{say['count']} in the last {w} days",
+                zh["count"].replace("<when>", f"近 {w} 天"), "count", w)
         if "first" in say:
-            add("tenure_days", f"{say['first']} {{value:.0f}} days ago", "tenure")
-        add("days_since_last", f"{say['last']} {{value:.0f}} days ago", "since_last")
+            add("tenure_days", f"{say['first']} {{value:.0f}} {{day|days}} ago",
+                f"{zh['first']}在 {{value:.0f}} 天前", "tenure")
+        add("days_since_last", f"{say['last']} {{value:.0f}} {{day|days}} ago",
+            f"{zh['last']}在 {{value:.0f}} 天前", "since_last",
+            missing=say["never"], missing_zh=zh["never"])
         if "gap" in say:
-            add("active_days", f"{say['days']} on {{value:.0f}} different days", "active_days")
-            add("typical_gap_days", f"{say['gap']} {{value:.0f}} days", "typical_gap")
+            add("active_days", f"{say['days']} on {{value:.0f}} different {{day|days}}",
+                f"在 {{value:.0f}} 个不同的日子{zh['days']}", "active_days")
+            add("typical_gap_days", f"{say['gap']} {{value:.0f}} {{day|days}}", zh["gap"],
+                "typical_gap")
             add("overdue", f"{say['last']} {{value:.1f}}x the usual gap ago (1 = on schedule)",
-                "overdue")
+                f"距上次{zh['what']}已是通常间隔的 {{value:.1f}} 倍（1 = 按时）", "overdue")
         if "sum" in say:
-            add("value_sum", say["sum"], "value_sum")
+            add("value_sum", say["sum"], zh["sum"], "value_sum")
         if "mean" in say:
-            add("value_mean", say["mean"], "value_mean")
-    for slug, types, what in (("events", None, "Activity"),
-                              ("inbound", INBOUND_TYPES, "Getting in touch")):
+            add("value_mean", say["mean"], zh["mean"], "value_mean")
+    for slug, types, what, what_zh in (("events", None, "Activity", "活跃度"),
+                                       ("inbound", INBOUND_TYPES, "Getting in touch",
+                                        "主动联系频率")):
         out.append(History(f"{slug}_pace_trend", stat="pace_trend", events=types,
                            window_days=LOOKBACK_DAYS,
                            says=f"{what} in the last {LOOKBACK_DAYS} days is {{value:.1f}}x "
-                                f"the long-run pace"))
+                                f"the long-run pace",
+                           says_zh=f"近 {LOOKBACK_DAYS} 天{what_zh}是长期水平的 "
+                                   f"{{value:.1f}} 倍"))
     return out
 
 
@@ -407,16 +549,21 @@ CATALOG: tuple[Feature, ...] = build_catalog()
 
 #: Slot features (the contact-slot model): laid out per candidate slot, not by the job.
 SLOT_CATALOG: tuple[SlotFeature, ...] = (
-    SlotFeature("slot_hour", says="Local hour {value:.0f}:00"),
-    SlotFeature("slot_weekday", says="Weekday {value:.0f} (0 = Monday)"),
-    SlotFeature("slot_weekend", says="Weekend slot" + "{value:.0f}"[:0]),
+    SlotFeature("slot_hour", says="Local hour {value:.0f}:00", says_zh="当地时间 {value:.0f}:00"),
+    SlotFeature("slot_weekday", says="Weekday {value:.0f} (0 = Monday)",
+                says_zh="星期序号 {value:.0f}（0 = 周一）"),
+    SlotFeature("slot_weekend", says="Weekend slot" + "{value:.0f}"[:0],
+                says_zh="周末时段" + "{value:.0f}"[:0]),
     SlotFeature("slot_activity_share",
-                says="{value:.0%} of this lead's activity falls in this part of the day"),
-    SlotFeature("channel", says="By {value}", dtype="category"),
+                says="{value:.0%} of this lead's activity falls in this part of the day",
+                says_zh="该线索 {value:.0%} 的活动落在这个时段"),
+    SlotFeature("channel", says="By {value}", says_zh="通过 {value} 联系", dtype="category"),
     SlotFeature("slot_channel_attempts",
-                says="Tried {value:.0f} times before on this kind of channel"),
+                says="Tried {value:.0f} {time|times} before on this kind of channel",
+                says_zh="此前在这类渠道尝试过 {value:.0f} 次"),
     SlotFeature("slot_channel_response_rate",
-                says="Answered {value:.0%} of earlier attempts on this kind of channel"),
+                says="Answered {value:.0%} of earlier attempts on this kind of channel",
+                says_zh="此前在这类渠道的应答率 {value:.0%}"),
 )
 BY_NAME: dict[str, Feature] = {f.name: f for f in (*CATALOG, *SLOT_CATALOG)}
 
@@ -465,13 +612,18 @@ def _vocab_feature(event_type: str, kind: str) -> Feature:
     ev = (event_type,)
     if kind.endswith("d") and kind[:-1].isdigit():
         w = int(kind[:-1])
-        return Count(name, says=f"Did {shown} {{value:.0f}} times in the last {w} days",
-                     events=ev, window_days=w)
+        return Count(name, says=f"Did {shown} {{value:.0f}} {{time|times}} in the last {w} days",
+                     says_zh=f"近 {w} 天做了 {shown} {{value:.0f}} 次", events=ev,
+                     window_days=w)
     if kind == "count_all":
-        return History(name, says=f"Did {shown} {{value:.0f}} times over the whole history",
-                       stat="count", events=ev)
-    if kind == "days_since_last":
-        return History(name, says=f"Last did {shown} {{value:.0f}} days ago",
+        return History(name,
+                       says=f"Did {shown} {{value:.0f}} {{time|times}} over the whole history",
+                       says_zh=f"历史上共做了 {shown} {{value:.0f}} 次", stat="count",
+                       events=ev)
+    if kind == "days_since_last":  # missing: never, which is worth saying
+        return History(name, says=f"Last did {shown} {{value:.0f}} {{day|days}} ago",
+                       says_zh=f"最近一次做 {shown} 在 {{value:.0f}} 天前",
+                       missing=f"Never did {shown}", missing_zh=f"从未做过 {shown}",
                        stat="since_last", events=ev)
     raise KeyError(f"unknown vocabulary feature kind {kind!r}")
 
@@ -500,10 +652,14 @@ def lead_column_feature(column: str, dtype: str) -> LeadColumn:
     if not column:
         raise ValueError(f"{column!r} is not an extra lead column")
     shown = column.replace("{", "(").replace("}", ")")
-    says = f"CRM field {shown}: {{value}}" if dtype == "category" else \
-        f"CRM field {shown} {{value:g}}"
-    return LeadColumn(f"{COLUMN_PREFIX}{_type_slug(column)}__{kind}", says=says, dtype=dtype,
-                      column=column)
+    if dtype == "category":
+        says, says_zh = f"CRM field {shown}: {{value}}", f"CRM 字段 {shown}：{{value}}"
+    else:
+        says, says_zh = f"CRM field {shown} {{value:g}}", f"CRM 字段 {shown} 为 {{value:g}}"
+    # a CRM field left empty is the dealer's own record of not knowing: say so
+    return LeadColumn(f"{COLUMN_PREFIX}{_type_slug(column)}__{kind}", says=says,
+                      says_zh=says_zh, missing=f"CRM field {shown} is empty",
+                      missing_zh=f"CRM 字段 {shown} 为空", dtype=dtype, column=column)
 
 
 def lead_columns_of(names: Iterable[str]) -> dict[str, str]:

@@ -41,6 +41,7 @@ import pandas as pd
 import pyarrow as pa
 
 from leadscore import atomic, contract
+from leadscore import lang as language
 from leadscore.features import catalog as cat
 from leadscore.features import job, rollup
 from leadscore.nightly import intake, per_bucket
@@ -133,7 +134,8 @@ def _with_lead_columns(work: Path, bucket: int, table: pa.Table,
 
 
 def _score_embedded(work: Path, buckets: Sequence[int], as_of: pd.Timestamp, scorer: Scorer,
-                    reasons: int, segments: Sequence[dict] | None = None):
+                    reasons: int, segments: Sequence[dict] | None = None,
+                    lang: str | None = None):
     """The embedded engine: buckets one after another in this process, the features of the
     next ``AHEAD`` buckets computed on threads of their own while this one is scored and
     written. DuckDB, numpy and the tree walks release the GIL, so each phase's
@@ -155,15 +157,17 @@ def _score_embedded(work: Path, buckets: Sequence[int], as_of: pd.Timestamp, sco
             if i + AHEAD < len(buckets):
                 ahead.append(pool.submit(_bucket_features, work, buckets[i + AHEAD], as_of,
                                          segments, scorer.job_features))
-            yield b, per_bucket.score_features(feats, scorer, reasons)
+            yield b, per_bucket.score_features(feats, scorer, reasons, lang)
 
 
 def _run_key(data_dir: Path, as_of: pd.Timestamp, versions: dict, bucket_leads: int,
-             reasons: int) -> str:
+             reasons: int, lang: str = language.EN) -> str:
     """Each input file's path, size and modification time (as ``make`` decides), the cutoff,
-    models and settings: a finished run is recognised without reading any rows."""
+    models and settings: a finished run is recognised without reading any rows. English
+    adds nothing, so the runs written before reasons had a language keep their key."""
     files = [[t, f["files"]] for t, f in intake.input_files(data_dir).items()]
-    blob = json.dumps([files, str(as_of), versions, bucket_leads, reasons])
+    settings = [bucket_leads, reasons] + ([lang] if lang != language.EN and reasons else [])
+    blob = json.dumps([files, str(as_of), versions, *settings])
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
@@ -214,12 +218,15 @@ def rescore(
     cache: Path | None = None,
     rules: RulesFile | None = None,
     intent: IntentRules | None = None,
+    lang: str | None = None,
 ) -> RescoreResult:
     """Score every open lead (and owner, for churn) at ``as_of`` into the Parquet folder ``out``.
 
     Without ``scorer``, the registry's champions score with the contact ``rules`` given (the
     defaults when None; the CLI passes the file named by ``LEADSCORE_CONTACT_RULES``) and the
     intent-grade thresholds ``intent`` (the models' own when None; ``LEADSCORE_INTENT_GRADES``).
+    ``lang``: the language of the reasons (None: the scorer's; the CLI passes ``--lang``,
+    else ``LEADSCORE_LANG``).
 
     The inputs are validated into ``cache`` (default ``<data_dir>/.leadscore-intake``; see
     :mod:`leadscore.nightly.intake`), which keeps them between runs: a night validates only the
@@ -235,7 +242,7 @@ def rescore(
     try:
         return _rescore(data_dir, as_of, out, models=models, reasons=reasons,
                         bucket_leads=bucket_leads, force=force, scorer=scorer, engine=engine,
-                        spill=spill, cache=cache, rules=rules, intent=intent)
+                        spill=spill, cache=cache, rules=rules, intent=intent, lang=lang)
     finally:
         shutil.rmtree(spill, ignore_errors=True)
 
@@ -255,6 +262,7 @@ def _rescore(
     cache: Path | None = None,
     rules: RulesFile | None = None,
     intent: IntentRules | None = None,
+    lang: str | None = None,
 ) -> RescoreResult:
     t0 = time.perf_counter()
     data_dir, out = Path(data_dir), Path(out)
@@ -264,8 +272,9 @@ def _rescore(
         raise contract.ContractError(f"{data_dir}: not a folder")
     if scorer is None:
         scorer = Scorer.from_registry(models, num_threads=2, rules=rules, intent=intent)
+    lang = scorer.lang if lang is None else language.check(lang, "lang")
     log.info("rescore: models %s, scoring %s", scorer.versions, scorer.scoring_paths)
-    key = _run_key(data_dir, as_of, scorer.versions, bucket_leads, reasons)
+    key = _run_key(data_dir, as_of, scorer.versions, bucket_leads, reasons, lang)
 
     manifest_path = out / MANIFEST
     manifest = None
@@ -319,10 +328,10 @@ def _rescore(
         if engine == "spark":
             from leadscore.nightly import spark
 
-            results = spark.rescore_buckets(cache, todo, as_of, scorer, reasons)
+            results = spark.rescore_buckets(cache, todo, as_of, scorer, reasons, lang)
         else:
             results = _score_embedded(cache, todo, as_of, scorer, reasons,
-                                      kept.state["segments"])
+                                      kept.state["segments"], lang)
         progress = _Progress(n_buckets, len(done))
         try:
             for b, scored in results:  # in completion order; Spark runs several at once
@@ -340,18 +349,22 @@ def _rescore(
                          quarantined, scorer.versions)
 
 
-def reasons_as_sentences(reasons_json: str | None) -> str:
-    """``reasons`` JSON → "sentence; sentence" for CRMs that import CSV."""
+def reasons_as_sentences(reasons_json: str | None, lang: str = language.EN) -> str:
+    """``reasons`` JSON → "[model +] sentence; [model -] sentence" for CRMs that import CSV:
+    each labelled with its model (named in ``lang``) and the sign of its contribution."""
     if not reasons_json:
         return ""
-    return "; ".join(r["sentence"] for r in json.loads(reasons_json))
+    return "; ".join(f"[{language.label(r['model'], lang)} {r['sign']}] {r['sentence']}"
+                     for r in json.loads(reasons_json))
 
 
-def export_csv(parquet_dir: Path, csv_path: Path) -> int:
-    """The same columns as Parquet, UTF-8, reasons as a readable sentence list, times as
-    the API writes them: UTC with ``Z`` and ``best_slot_local`` with the lead's offset."""
+def export_csv(parquet_dir: Path, csv_path: Path, lang: str = language.EN) -> int:
+    """The same columns as Parquet, UTF-8, reasons as a readable sentence list with model
+    labels in ``lang`` (the language the run wrote its sentences in), times as the API writes
+    them: UTC with ``Z`` and ``best_slot_local`` with the lead's offset."""
+    lang = language.check(lang, "lang")
     df = pd.read_parquet(parquet_dir)
-    df["reasons"] = df["reasons"].map(reasons_as_sentences)
+    df["reasons"] = df["reasons"].map(lambda text: reasons_as_sentences(text, lang))
     for c in ("as_of", "best_slot_start"):
         df[c] = iso_utc_column(df[c])
     tmp = csv_path.with_name(f".{csv_path.name}.tmp")

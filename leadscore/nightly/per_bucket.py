@@ -44,25 +44,29 @@ def entities(table, features: Sequence[cat.Feature] = cat.CATALOG) -> pd.DataFra
     return feats[feats["is_open"] | feats["is_owner"]].reset_index(drop=True)
 
 
-def score_features(feats: pd.DataFrame, scorer: Scorer, reasons: int) -> pd.DataFrame:
-    """Output rows for :func:`bucket_features`: open leads get every model, owners churn."""
+def score_features(feats: pd.DataFrame, scorer: Scorer, reasons: int,
+                   lang: str | None = None) -> pd.DataFrame:
+    """Output rows for :func:`bucket_features`: open leads get every model, owners churn;
+    reasons in ``lang`` (None: the scorer's)."""
     if feats.empty:
         return pd.DataFrame(columns=list(OUTPUT_COLUMNS))
     open_rows = feats[feats["is_open"]]
     owners = feats[~feats["is_open"]]
     parts = []
     if len(open_rows):
-        parts.append(scorer.score(open_rows, reasons=reasons))
+        parts.append(scorer.score(open_rows, reasons=reasons, lang=lang))
     if len(owners):
         parts.append(scorer.score(owners, reasons=reasons,
-                                  only=set(ALL_MODELS) - set(LEAD_MODELS)))
+                                  only=set(ALL_MODELS) - set(LEAD_MODELS), lang=lang))
     out = pd.concat(parts, ignore_index=True) if len(parts) > 1 else parts[0]
     return out.sort_values("lead_id", kind="stable").reset_index(drop=True)
 
 
-def score_bucket(con, as_of: pd.Timestamp, scorer: Scorer, reasons: int) -> pd.DataFrame:
+def score_bucket(con, as_of: pd.Timestamp, scorer: Scorer, reasons: int,
+                 lang: str | None = None) -> pd.DataFrame:
     """Features and scores for the leads in ``con``'s leads/events/contacts tables."""
-    return score_features(bucket_features(con, as_of, scorer.job_features), scorer, reasons)
+    return score_features(bucket_features(con, as_of, scorer.job_features), scorer, reasons,
+                          lang)
 
 
 def fmt_types(df: pd.DataFrame) -> pd.DataFrame:

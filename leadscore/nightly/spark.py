@@ -181,7 +181,7 @@ def _buckets_of(batches) -> Iterator[int]:
 
 
 def _score_task(batches, *, work: str, as_of: str, key: str, payload, reasons: int,
-                schema: pa.Schema):
+                schema: pa.Schema, lang: str | None = None):
     """Runs in a Spark Python worker: score whole buckets, yield their rows as Arrow."""
     from leadscore.nightly import per_bucket
 
@@ -189,7 +189,7 @@ def _score_task(batches, *, work: str, as_of: str, key: str, payload, reasons: i
     for b in _buckets_of(batches):
         con = per_bucket.bucket_connection(Path(work), b, threads=1)
         try:
-            scored = per_bucket.score_bucket(con, pd.Timestamp(as_of), scorer, reasons)
+            scored = per_bucket.score_bucket(con, pd.Timestamp(as_of), scorer, reasons, lang)
         finally:
             con.close()
         table = pa.Table.from_pandas(per_bucket.fmt_types(scored), schema=schema,
@@ -271,7 +271,8 @@ def _run_buckets(buckets: Sequence[int], task: Callable, schema: pa.Schema,
 
 
 def rescore_buckets(work: Path, buckets: Sequence[int], as_of: pd.Timestamp, scorer,
-                    reasons: int) -> Iterator[tuple[int, pd.DataFrame]]:
+                    reasons: int, lang: str | None = None
+                    ) -> Iterator[tuple[int, pd.DataFrame]]:
     """Score the given buckets of ``work`` on Spark; yield (bucket, rows) as each finishes.
 
     The rows are exactly :func:`per_bucket.score_bucket`'s, typed as the parts are; the caller
@@ -286,7 +287,8 @@ def rescore_buckets(work: Path, buckets: Sequence[int], as_of: pd.Timestamp, sco
     schema = _spark_compatible(per_bucket.part_schema())
     task = functools.partial(_score_task, work=str(Path(work).resolve()),
                              as_of=pd.Timestamp(as_of).isoformat(), key=key,
-                             payload=payload, reasons=int(reasons), schema=schema)
+                             payload=payload, reasons=int(reasons), schema=schema,
+                             lang=lang)
     try:
         for b, table in _run_buckets(buckets, task, schema, "rescore"):
             yield b, table.to_pandas()

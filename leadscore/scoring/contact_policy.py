@@ -29,6 +29,7 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError
 from leadscore.artifact import LeadModel
 from leadscore.features.catalog import SLOT_CATALOG
 from leadscore.features.slots import slot_values
+from leadscore.lang import CHANNEL_WORDS, EN, ZH
 from leadscore.schema import CHANNELS, DEFAULT_TZ, MESSAGE_CHANNELS
 
 log = logging.getLogger(__name__)
@@ -170,20 +171,32 @@ def slot_grid(as_of: pd.Timestamp, tz: str, rules: ContactRules,
 
 
 def _channel_sentence(feats: dict, best: str, p_by_channel: dict[str, float],
-                      when: str | None = None) -> str:
-    """Why this channel, and when in the lead's local time (``when``, :attr:`_Grid.label`)."""
+                      when: str | None = None, lang: str = EN) -> str:
+    """Why this channel, in ``lang``: the lead's night activity and answer rates where they
+    point to it, then each channel's chance of an answer, and when in the lead's local time
+    (``when``, :attr:`_Grid.label`)."""
+    zh = lang == ZH
+    words = CHANNEL_WORDS[ZH if zh else EN]
     parts = []
     night = feats.get("night_share_30d")
     if night is not None and night == night and night >= 0.4:
-        parts.append(f"{night:.0%} of activity between 22:00 and 06:00")
+        parts.append(f"{night:.0%} 的活动在 22:00 至 06:00 之间" if zh
+                     else f"{night:.0%} of activity between 22:00 and 06:00")
     pr, mr = feats.get("phone_response_rate"), feats.get("message_response_rate")
     if pr == pr and mr == mr and pr is not None and mr is not None:
         if best in MESSAGE_CHANNELS and mr > pr:
-            parts.append(f"replies to {mr:.0%} of messages, answers {pr:.0%} of calls")
+            parts.append(f"消息回复率 {mr:.0%}，电话接听率 {pr:.0%}" if zh
+                         else f"replies to {mr:.0%} of messages, answers {pr:.0%} of calls")
         elif best == "phone" and pr > mr:
-            parts.append(f"answers {pr:.0%} of calls, replies to {mr:.0%} of messages")
-    others = ", ".join(f"{c} {p:.0%}" for c, p in sorted(p_by_channel.items(),
-                                                          key=lambda kv: -kv[1]))
+            parts.append(f"电话接听率 {pr:.0%}，消息回复率 {mr:.0%}" if zh
+                         else f"answers {pr:.0%} of calls, replies to {mr:.0%} of messages")
+    ranked = sorted(p_by_channel.items(), key=lambda kv: -kv[1])
+    if zh:
+        others = "，".join(f"{words.get(c, c)} {p:.0%}" for c, p in ranked)
+        at = f"在 {when} " if when else ""
+        parts.append(f"{at}通过{words.get(best, best)}联系最可能得到回应（各渠道：{others}）")
+        return "；".join(parts)
+    others = ", ".join(f"{c} {p:.0%}" for c, p in ranked)
     at = f" at {when}" if when else ""
     parts.append(f"best chance of an answer by {best}{at} (by channel: {others})")
     text = "; ".join(parts)
@@ -423,6 +436,7 @@ def recommend_matrix(
     reasons: bool = True,
     num_threads: int = 1,
     not_before: pd.Timestamp | None = None,
+    lang: str = EN,
 ) -> Recommendations:
     """The best allowed slot and channel in the next 72 hours for each lead.
 
@@ -433,7 +447,7 @@ def recommend_matrix(
     "now" narrows the search to the next ``NOW_WINDOW_HOURS`` hours. ``top`` and ``reasons`` =
     0/False skip the top-slot lists and the sentences (the nightly job's case).
     ``not_before`` (the request's time, for rows from an older feature snapshot) keeps every
-    recommended slot in the future.
+    recommended slot in the future. ``lang``: the language of the sentences.
     """
     n = len(X)
     col = model.index
@@ -506,7 +520,7 @@ def recommend_matrix(
                     sentences[i] = _channel_sentence(
                         {f: x[col[f]] for f in _SENTENCE_INPUTS if f in col},
                         best_channel[i], {c: float(by_ch[c][r]) for c in chans},
-                        g.label[best[r]])
+                        g.label[best[r]], lang)
     starts = np.where(best_start == np.iinfo(np.int64).min, np.datetime64("NaT", "us"),
                       best_start.astype("datetime64[us]"))
     return Recommendations(starts, best_local, best_channel, p_best, margin, slots, sentences)

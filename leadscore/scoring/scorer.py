@@ -12,6 +12,7 @@ compiled kernels of :mod:`leadscore.fast` where they were verified to give its n
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import logging
@@ -28,6 +29,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from leadscore import lang as language
 from leadscore.artifact import LeadModel
 from leadscore.features import catalog
 from leadscore.schema import DEFAULT_TZ
@@ -66,73 +68,80 @@ def _plain(v) -> float | str | None:
     return str(v)
 
 
-def _top_columns(c: np.ndarray, top: int) -> tuple[np.ndarray, np.ndarray]:
-    """Per row, the columns of the ``top`` largest values (largest first) and of the ``top``
-    smallest (smallest first), ties to the lower column, as a stable sort orders them. A
-    block takes ``top`` arg-max passes over its whole matrix each way (a row-by-row partial
-    sort, ``argpartition`` along rows, took about three times as long)."""
-    k = min(top, c.shape[1])
-    if len(c) <= 4:  # a request's few rows: one stable sort each beats the passes
-        order = np.argsort(-c, axis=1, kind="stable")
-        rev = np.argsort(c, axis=1, kind="stable")
-        return order[:, :k], rev[:, :k]
-    rows = np.arange(len(c))[:, None]
-    work = np.array(c, order="C")
-    out = []
-    for pick, done in ((np.argmax, -np.inf), (np.argmin, np.inf)):
-        cols = np.empty((len(c), k), dtype=np.intp)
-        for t in range(k):
-            cols[:, t] = pick(work, axis=1)
-            work[rows[:, 0], cols[:, t]] = done
-        work[rows, cols] = c[rows, cols]  # as it was, for the other direction
-        out.append(cols)
-    return out[0], out[1]
+def _top(key: np.ndarray, top: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per row, the columns of the ``top`` largest values of ``key`` (largest first, ties to
+    the lower column, as a stable sort orders them) and those values. A block takes ``top``
+    arg-max passes over its matrix, which it overwrites (a row-by-row partial sort,
+    ``argpartition`` along rows, took about three times as long)."""
+    k = min(top, key.shape[1])
+    rows = np.arange(len(key))
+    if len(key) <= 4:  # a request's few rows: one stable sort each beats the passes
+        cols = np.argsort(-key, axis=1, kind="stable")[:, :k]
+        return cols, key[rows[:, None], cols]
+    cols = np.empty((len(key), k), dtype=np.intp)
+    vals = np.empty((len(key), k), dtype=key.dtype)
+    for t in range(k):
+        cols[:, t] = np.argmax(key, axis=1)
+        vals[:, t] = key[rows, cols[:, t]]
+        key[rows, cols[:, t]] = -np.inf
+    return cols, vals
 
 
 @functools.lru_cache(maxsize=1 << 16)
-def _sentence(feature: str, value: float | str | None) -> str:
-    """An advisor sentence, written once per (feature, value) in the process: counts and
-    shares repeat across leads and requests."""
-    return catalog.feature(feature).sentence(value)
+def _sentence(feature: str, value: float | str | None, lang: str = "en") -> str | None:
+    """An advisor sentence, written once per (feature, value, language) in the process:
+    counts and shares repeat across leads and requests. None: a missing value that is no
+    reason (:meth:`Feature.sentence <leadscore.features.catalog.Feature.sentence>`)."""
+    return catalog.feature(feature).sentence(value, lang)
 
 
 @functools.lru_cache(maxsize=4096)
-def _template(feature: str) -> str | None:
-    """The feature's sentence template when formatting a number into it (``value=v + 0.0``:
-    -0.0 reads as 0) gives what ``Feature.sentence`` says, else None. The nightly job writes
-    more distinct values than a cache of whole sentences holds."""
+def _template(feature: str, lang: str = "en") -> tuple[str, str, tuple[float, float] | None] | None:
+    """The feature's singular and plural templates in ``lang`` and the values that read
+    singular, when formatting a number into them (``value=v + 0.0``: -0.0 reads as 0)
+    gives what ``Feature.sentence`` says; else None. The nightly job writes more distinct
+    values than a cache of whole sentences holds."""
     feat = catalog.feature(feature)
     try:
-        ok = all(feat.says.format(value=v + 0.0) == feat.sentence(v)
-                 for v in (0.0, -0.0, -1.5, 0.25, 12345.678, math.inf))
-    except (ValueError, KeyError, IndexError):
+        one, other, when = catalog.forms(feat.template(lang))
+        if isinstance(when, str):  # the singular needs the number rendered: no fast path
+            return None
+        lo, hi = when if when is not None else (math.inf, -math.inf)
+        ok = all((one if lo < v < hi else other).format(value=v + 0.0) == feat.sentence(v, lang)
+                 for v in (0.0, -0.0, -1.5, 0.25, 0.5, 1.0, 1.5, 2.0, 12345.678, math.inf))
+    except (ValueError, KeyError, IndexError, TypeError):
         ok = False
-    return feat.says if ok else None
+    return (one, other, when) if ok else None
 
 
-def _sentences(feature: str, values: Sequence) -> list[str]:
+def _sentences(feature: str, values: Sequence, lang: str = "en") -> list[str | None]:
     """The sentences of ``feature`` at ``values`` (None, float or str), as :func:`_sentence`
     writes them: finite numbers go straight into the template (:func:`_template`), too many
     distinct for the cache in a night's batch."""
-    template = _template(feature)
+    template = _template(feature, lang)
     if template is None:
-        return [_sentence(feature, v) for v in values]
-    fmt = template.format
-    return [fmt(value=v + 0.0) if type(v) is float and v - v == 0.0 else _sentence(feature, v)
+        return [_sentence(feature, v, lang) for v in values]
+    one, other, when = template
+    fmt = other.format
+    if when is None:
+        return [fmt(value=v + 0.0) if type(v) is float and v - v == 0.0
+                else _sentence(feature, v, lang) for v in values]
+    lo, hi, fmt_one = *when, one.format
+    return [(fmt_one if lo < v < hi else fmt)(value=v + 0.0)
+            if type(v) is float and v - v == 0.0 else _sentence(feature, v, lang)
             for v in values]
 
 
-def _pick(contrib: np.ndarray, top: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Per row, the columns of the ``top`` most positive then the ``top`` most negative
-    contributions, their contributions, and which of them to keep (strictly positive for
-    the first, strictly negative for the second)."""
+def _pick(contrib: np.ndarray, top: int, shown: np.ndarray
+          ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per row, the columns of the ``top`` largest contributions by magnitude, positive and
+    negative together (ties to the lower column), their contributions, and which to keep:
+    nonzero ones that are shown (``shown``: the magnitudes, zeroed where a reason is not
+    shown; overwritten)."""
     c = contrib[:, :-1]
-    pos, neg = _top_columns(c, top)
-    cols = np.concatenate([pos, neg], axis=1)
-    k = pos.shape[1]
+    cols, size = _top(shown, top)
     contribs = c[np.arange(len(c))[:, None], cols]
-    keep = np.concatenate([contribs[:, :k] > 0, contribs[:, k:] < 0], axis=1)
-    return cols, contribs, keep
+    return cols, contribs, size > 0
 
 
 @dataclass
@@ -156,14 +165,25 @@ _FEW_REASONS = 64
 
 
 def _reason_table(model: LeadModel, contrib: np.ndarray, top: int, x: np.ndarray,
-                  column) -> _Reasons:
-    """Per row, the ``top`` most positive then the ``top`` most negative contributions, with
-    feature, value and sentence. Missing values contribute too (LightGBM routes them); their
-    sentence says so plainly. Numeric values come from the model's matrix ``x``, categorical
-    ones from ``column(name)``, the rows' own values (a category the model never saw is
-    still named)."""
+                  column, lang: str = "en") -> _Reasons:
+    """Per row, the ``top`` contributions of largest magnitude, with feature, value and
+    sentence. Missing values contribute too (LightGBM routes them): where the catalogue has
+    words for a missing value they are the sentence, else the entry is passed over and the
+    next-largest takes its place. Numeric values come from the model's matrix ``x``,
+    categorical ones from ``column(name)``, the rows' own values (a category the model never
+    saw is still named)."""
     feats, categorical = model.features, model.categorical_mask
-    cols, contribs, keep = _pick(contrib, top)
+    shown = np.abs(contrib[:, :-1])
+    silent = [j for j, f in enumerate(feats) if _sentence(f, None, lang) is None]
+    num = [j for j in silent if not categorical[j]]
+    if num:
+        part = shown[:, num]
+        part[np.isnan(x[:, num])] = 0.0
+        shown[:, num] = part
+    for j in silent:
+        if categorical[j]:
+            shown[pd.isna(np.asarray(column(feats[j]), dtype=object)), j] = 0.0
+    cols, contribs, keep = _pick(contrib, top, shown)
     r, s = np.nonzero(keep)  # row-major: rows ascending, a row's reasons in order
     jk = cols[r, s]
     if len(r) <= _FEW_REASONS:  # each its own entry, its sentence from the cache
@@ -172,7 +192,7 @@ def _reason_table(model: LeadModel, contrib: np.ndarray, top: int, x: np.ndarray
         values = [_plain(column(f)[i]) if categorical[j] else None if v != v else v
                   for i, j, f, v in zip(r.tolist(), jk.tolist(), names, x[r, jk].tolist(),
                                         strict=True)]
-        sentences = list(map(_sentence, names, values))
+        sentences = [_sentence(f, v, lang) for f, v in zip(names, values, strict=True)]
     else:  # one entry per distinct (feature, value): values repeat across leads
         key = np.empty(len(r), dtype=np.intp)
         values: list = []
@@ -194,20 +214,49 @@ def _reason_table(model: LeadModel, contrib: np.ndarray, top: int, x: np.ndarray
                 u = [None if v != v else v for v in bits.view(np.float64).tolist()]
             key[sel] = len(values) + np.asarray(inv)
             values += u
-            sentences += _sentences(feats[j], u)
+            sentences += _sentences(feats[j], u, lang)
     return _Reasons(model.name, feats, r, jk, key, values, sentences,
                     np.round(contribs[r, s], 6))
 
 
+def _dedupe(tables: Sequence[_Reasons]) -> list[_Reasons]:
+    """Each sentence once per row ("Last active 79.6 days ago" from three models reads
+    once): the first stays, in the order of ``tables`` (the scorer's model order), then a
+    model's own order (largest first). Numpy over the reasons: distinct sentences are
+    numbered once, then (row, sentence) pairs keep their first occurrence."""
+    ids: dict[str, int] = {}
+    sids = [np.fromiter((ids.setdefault(x, len(ids)) for x in t.sentences), dtype=np.int64,
+                        count=len(t.sentences))[t.key] for t in tables]
+    if not sids or not sum(map(len, sids)):
+        return list(tables)
+    code = np.concatenate([t.row for t in tables]).astype(np.int64) * len(ids) \
+        + np.concatenate(sids)
+    _, first = np.unique(code, return_index=True)  # the first of each (row, sentence)
+    if len(first) == len(code):
+        return list(tables)
+    keep = np.zeros(len(code), dtype=bool)
+    keep[first] = True
+    out, start = [], 0
+    for t in tables:
+        m = keep[start:start + len(t.row)]
+        start += len(t.row)
+        out.append(t if m.all() else dataclasses.replace(
+            t, row=t.row[m], feature=t.feature[m], key=t.key[m],
+            contribution=t.contribution[m]))
+    return out
+
+
 def _reason_dicts(tables: Sequence[_Reasons], n: int) -> list[list[dict]]:
-    """The HTTP edge: per row the API's reason dicts, models in the order of ``tables``."""
+    """The HTTP edge: per row the API's reason dicts, models in the order of ``tables``;
+    ``sign`` is the contribution's ("-" for -0.0 too, as the text writes it)."""
     out: list[list[dict]] = [[] for _ in range(n)]
     for t in tables:
         name, feats, values, sentences = t.model, t.features, t.values, t.sentences
         for i, j, k, c in zip(t.row.tolist(), t.feature.tolist(), t.key.tolist(),
                               t.contribution.tolist(), strict=True):
             out[i].append({"model": name, "feature": feats[j], "value": values[k],
-                           "contribution": c, "sentence": sentences[k]})
+                           "contribution": c, "sign": "-" if math.copysign(1.0, c) < 0
+                           else "+", "sentence": sentences[k]})
     return out
 
 
@@ -220,6 +269,10 @@ _TEXT = pa.large_string()
 @functools.lru_cache(maxsize=4096)
 def _reason_head(model: str, feature: str) -> str:
     return f'{{"model": {_json_str(model)}, "feature": {_json_str(feature)}, "value": '
+
+
+#: the JSON of a reason's sign, by ``signbit`` of its contribution
+_SIGNS = pa.array(['"+"', '"-"'], _TEXT)
 
 
 def _text(literal: str) -> pa.Scalar:
@@ -246,6 +299,7 @@ def _reason_json(tables: Sequence[_Reasons], n: int) -> np.ndarray:
                 pa.array(t.feature)),
             pa.array(values, _TEXT).take(key), _text(', "contribution": '),
             pa.array(list(map(frepr, t.contribution.tolist())), _TEXT),
+            _text(', "sign": '), _SIGNS.take(pa.array(np.signbit(t.contribution).view(np.int8))),
             _text(', "sentence": '), pa.array(list(map(_json_str, t.sentences)), _TEXT).take(key),
             _text("}"), _text("")))
         rows.append(t.row)
@@ -284,6 +338,8 @@ class Scorer:
 
     ``models`` maps a model name (conversion, contact, churn, contact-slot) to its artifact; a
     model that is missing leaves its columns null, so a partial deployment still serves.
+    ``lang`` is the language reasons are written in unless a call asks for another (the
+    edges read the deployment's from ``LEADSCORE_LANG``).
     """
 
     #: requests with at least this many rows are split over ``split`` threads
@@ -295,7 +351,8 @@ class Scorer:
     _pool_lock = threading.Lock()
 
     def __init__(self, models: dict[str, LeadModel], num_threads: int = 1,
-                 rules: RulesFile | None = None, intent: IntentRules | None = None):
+                 rules: RulesFile | None = None, intent: IntentRules | None = None,
+                 lang: str = language.EN):
         from leadscore.scoring.contact_policy import RulesFile
         from leadscore.scoring.intent import IntentRules, model_thresholds
 
@@ -311,6 +368,8 @@ class Scorer:
         #: intent-grade thresholds per dealer over the models' own (the edges read
         #: LEADSCORE_INTENT_GRADES); like the contact rules, never read from the environment here
         self.intent = intent if intent is not None else IntentRules()
+        #: the reasons' language by default; like the rules, never read from the environment
+        self.lang = language.check(lang, "lang")
         #: per horizon, the default threshold the models were registered with (None: none)
         self.intent_defaults = model_thresholds(self.models)
         slot_layout = {f.name for f in catalog.SLOT_CATALOG}  # laid out by the slot search
@@ -339,7 +398,7 @@ class Scorer:
     @classmethod
     def from_registry(cls, names: Iterable[str] = ALL_MODELS, alias: str = "champion",
                       num_threads: int = 1, rules: RulesFile | None = None,
-                      intent: IntentRules | None = None) -> Scorer:
+                      intent: IntentRules | None = None, lang: str = language.EN) -> Scorer:
         from leadscore import registry
 
         loaded = {}
@@ -349,18 +408,20 @@ class Scorer:
                 log.warning("model leadscore-%s has no %s: its columns stay null", name, alias)
                 continue
             loaded[name] = got[0]
-        return cls(loaded, num_threads=num_threads, rules=rules, intent=intent)
+        return cls(loaded, num_threads=num_threads, rules=rules, intent=intent, lang=lang)
 
     # -- the two faces ------------------------------------------------------------------------
     def score(self, feats: pd.DataFrame, *, reasons: int = 3,
-              only: Iterable[str] | None = None, slots: int = 0) -> pd.DataFrame:
+              only: Iterable[str] | None = None, slots: int = 0,
+              lang: str | None = None) -> pd.DataFrame:
         """One output row per input row, columns as DESIGN.md's output contract.
 
-        ``reasons=0`` skips the contribution pass entirely (the fast batch path); ``only``
-        limits which models score (owners get churn risk, not a lead score).
+        ``reasons``: at most this many per model; 0 skips the contribution pass entirely
+        (the fast batch path); ``only`` limits which models score (owners get churn risk,
+        not a lead score); ``lang``: the reasons' language (None: the scorer's).
         """
         n = len(feats)
-        cols, tables = self._core(feats, n, reasons, only, slots, None)
+        cols, tables = self._core(feats, n, reasons, only, slots, None, self._lang(lang))
         out = pd.DataFrame({
             "lead_id": feats["lead_id"].astype(str).to_numpy(),
             "dealer_id": feats["dealer_id"].astype(str).to_numpy(),
@@ -377,12 +438,15 @@ class Scorer:
         return out[list(OUTPUT_COLUMNS)]
 
     def score_records(self, records: Sequence[dict], *, reasons: int = 3, slots: int = 3,
-                      split: int = 1, now: pd.Timestamp | None = None) -> list[dict]:
+                      split: int = 1, now: pd.Timestamp | None = None,
+                      lang: str | None = None) -> list[dict]:
         """The API's result records for feature records; with ``split`` > 1 a big request is
         cut into slices scored side by side (LightGBM releases the GIL; rows are independent,
         so the numbers are the same as in one piece). ``now``: the request's reference time (its
         ``as_of`` when given, else the wall clock): no slot before it (rows from a snapshot
-        taken hours ago still get slots after it)."""
+        taken hours ago still get slots after it). ``lang``: the reasons' language (None: the
+        scorer's)."""
+        lang = self._lang(lang)
         required = self._required_keys
         for rec in records:  # a missing column is a stale snapshot, not a missing value
             if not required <= rec.keys():
@@ -391,9 +455,12 @@ class Scorer:
             step = -(-len(records) // split)
             chunks = [records[i: i + step] for i in range(0, len(records), step)]
             parts = list(self._executor(split).map(
-                lambda c: self._records(c, reasons, slots, now), chunks))
+                lambda c: self._records(c, reasons, slots, now, lang), chunks))
             return [r for part in parts for r in part]
-        return self._records(records, reasons, slots, now)
+        return self._records(records, reasons, slots, now, lang)
+
+    def _lang(self, lang: str | None) -> str:
+        return self.lang if lang is None else language.check(lang, "lang")
 
     @classmethod
     def _ahead_pool(cls) -> ThreadPoolExecutor:
@@ -410,11 +477,11 @@ class Scorer:
             return cls._pool
 
     def _records(self, records: Sequence[dict], reasons: int, slots: int,
-                 now: pd.Timestamp | None = None) -> list[dict]:
+                 now: pd.Timestamp | None = None, lang: str = language.EN) -> list[dict]:
         names, n = self._names, len(records)
         rows = zip(*(map(r.get, names) for r in records), strict=True)  # one pass
         columns = dict(zip(names, rows, strict=False))  # no records: no columns
-        cols, tables = self._core(columns, n, reasons, None, slots, now)
+        cols, tables = self._core(columns, n, reasons, None, slots, now, lang)
         reason_lists = _reason_dicts(tables, n)
         versions = self.versions
 
@@ -448,10 +515,12 @@ class Scorer:
 
     # -- the core -----------------------------------------------------------------------------
     def _core(self, columns, n: int, reasons: int, only: Iterable[str] | None,
-              slots: int, now: pd.Timestamp | None) -> tuple[dict, list[_Reasons]]:
+              slots: int, now: pd.Timestamp | None,
+              lang: str = language.EN) -> tuple[dict, list[_Reasons]]:
         """Columns (arrays) of the output contract for ``n`` rows given as ``columns`` (name →
-        column: a frame, or a request's records as lists), and each model's reasons; a model
-        that does not score leaves its columns out."""
+        column: a frame, or a request's records as lists), and each model's reasons in
+        ``lang``, each sentence once per row; a model that does not score leaves its columns
+        out."""
         keep = set(self.models) if only is None else set(only) & set(self.models)
         cols: dict = {}
         tables: list[_Reasons] = []
@@ -479,7 +548,7 @@ class Scorer:
                 contrib = (ahead[name].result() if ahead is not None
                            else model.contributions(x, num_threads=self.num_threads))
                 raw = contrib.sum(axis=1)
-                tables.append(_reason_table(model, contrib, reasons, x, column))
+                tables.append(_reason_table(model, contrib, reasons, x, column, lang))
             else:
                 raw = model.raw(x, num_threads=self.num_threads)
             p = model.calibrator(raw)
@@ -492,8 +561,8 @@ class Scorer:
         self._time_to_order(columns, cols)
         slot = self.models.get(SLOT_MODEL)
         if slot is not None and SLOT_MODEL in keep:
-            self._recommend(slot, columns, n, cols, tables, reasons, slots, now)
-        return cols, tables
+            self._recommend(slot, columns, n, cols, tables, reasons, slots, now, lang)
+        return cols, _dedupe(tables)
 
     def _time_to_order(self, columns, cols: dict) -> None:
         """P(order within 7/15/30/90 days), non-decreasing in the horizon, and the intent
@@ -515,7 +584,8 @@ class Scorer:
             p, [str(d) for d in columns["dealer_id"]], self.intent, self.intent_defaults)
 
     def _recommend(self, slot: LeadModel, columns, n: int, cols: dict, tables: list[_Reasons],
-                   reasons: int, slots: int, now: pd.Timestamp | None) -> None:
+                   reasons: int, slots: int, now: pd.Timestamp | None,
+                   lang: str = language.EN) -> None:
         """Best slot and channel in the next 72 hours, urgency deciding how soon; the
         channel's reason joins the models' reasons."""
         from leadscore.scoring.contact_policy import SLOT_FEATURES, recommend_matrix
@@ -524,7 +594,8 @@ class Scorer:
             slot, slot.matrix(columns, absent=SLOT_FEATURES), columns["as_of"],
             columns["tz"] if "tz" in columns else [DEFAULT_TZ] * n,
             [str(d) for d in columns["dealer_id"]], cols.get("contact_urgency"), self.rules,
-            top=slots, reasons=reasons > 0, num_threads=self.num_threads, not_before=now)
+            top=slots, reasons=reasons > 0, num_threads=self.num_threads, not_before=now,
+            lang=lang)
         cols["best_slot_start"] = rec.best_slot_start
         cols["best_slot_local"] = rec.best_slot_local
         cols["best_channel"] = rec.best_channel

@@ -16,7 +16,7 @@ from typing import Annotated, Literal
 from zoneinfo import available_timezones
 
 import pandas as pd
-from fastapi import Body, FastAPI, HTTPException, Request, Security
+from fastapi import Body, FastAPI, Header, HTTPException, Request, Security
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.docs import get_swagger_ui_html
@@ -27,6 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from leadscore import contract
+from leadscore import lang as language
 from leadscore.schema import CHANNELS, OUTCOMES
 from leadscore.scoring.scorer import MissingFeatures, Scorer
 from leadscore.serving.auth import Tenant
@@ -184,7 +185,8 @@ class ScoreRequest(BaseModel):
         None, description="Cutoff for inline leads (default: now). Id lookups use the "
         "snapshot's own cutoff. Every lead's contact slots start after it (default: now) and "
         "after its features' cutoff.")
-    reasons: int = Field(3, ge=0, le=10, description="Top positive and negative reasons")
+    reasons: int = Field(3, ge=0, le=10, description="At most this many reasons per model: "
+                         "the largest contributions, for and against together")
 
     _as_of = field_validator("as_of")(lambda v: None if v is None else _not_future(v))
 
@@ -205,7 +207,11 @@ class ReasonOut(BaseModel):
     value: float | str | None = Field(description="The lead's value of the feature")
     contribution: float = Field(
         description="Its share of the model's score (log-odds): positive raises it")
-    sentence: str = Field(description="The reason in words an advisor can read")
+    sign: Literal["+", "-"] = Field(description="`+` raises the model's score, `-` lowers it")
+    sentence: str = Field(
+        description="The reason in words an advisor can read, in the language of "
+        "`Accept-Language` (`zh-CN` or `en`; else the deployment's); each sentence once per "
+        "lead")
 
 
 Channel = Literal[CHANNELS]  # type: ignore[valid-type]
@@ -318,12 +324,13 @@ RESPONSE_EXAMPLE = {"results": [{
     ],
     "reasons": [
         {"model": "conversion", "feature": "events_3d", "value": 10.0,
-         "contribution": 0.552905, "sentence": "10 interactions in the last 3 days"},
+         "contribution": 0.552905, "sign": "+",
+         "sentence": "10 interactions in the last 3 days"},
         {"model": "conversion", "feature": "days_since_finance_calc",
-         "value": 1.6767006081597222, "contribution": 0.394351,
+         "value": 1.6767006081597222, "contribution": 0.394351, "sign": "+",
          "sentence": "Used the finance calculator 1.7 days ago"},
         {"model": "conversion", "feature": "lead_age_days", "value": 59.31786181686343,
-         "contribution": -0.361652, "sentence": "Lead is 59 days old"},
+         "contribution": -0.361652, "sign": "-", "sentence": "Lead is 59 days old"},
     ],
     "model_versions": {"conversion": "1", "contact": "1", "churn": "1", "contact-slot": "1"},
 }, {
@@ -442,12 +449,12 @@ def slots_after(req: ScoreRequest) -> pd.Timestamp | None:
 
 
 def _score_leads(runtime: Runtime, req: ScoreRequest, tenant: Tenant, scorer: Scorer,
-                 as_of: pd.Timestamp | None) -> list[dict]:
+                 as_of: pd.Timestamp | None, lang: str | None = None) -> list[dict]:
     """Result records in request order, the request scored on its own."""
     records, quarantined = _records_for(runtime, req, tenant, as_of, scorer)
     after = slots_after(req)
     out = scorer.score_records(records, reasons=req.reasons, split=runtime.batch_threads,
-                               now=now_utc() if after is None else after)
+                               now=now_utc() if after is None else after, lang=lang)
     return _in_request_order(req, out, quarantined)
 
 
@@ -479,9 +486,10 @@ def _admit(runtime: Runtime, x_api_key: str | None) -> tuple[Scorer, Tenant]:
 
 
 async def _score(runtime: Runtime, coalescer: Coalescer, req: ScoreRequest,
-                 x_api_key: str | None) -> Response:
+                 x_api_key: str | None, accept_language: str | None = None) -> Response:
     """``POST /score`` after FastAPI has validated the body. Raises ``HTTPException`` for the
-    client's mistakes."""
+    client's mistakes. Reasons are in the language ``Accept-Language`` asks for when it is
+    one of ours, else the deployment's."""
     t0 = time.perf_counter()
     scorer, tenant = _admit(runtime, x_api_key)
     n_inline = 0
@@ -496,15 +504,17 @@ async def _score(runtime: Runtime, coalescer: Coalescer, req: ScoreRequest,
         as_of = as_of or (pd.Timestamp(req.as_of) if req.as_of else now_utc())
         if lead.created_at > as_of:
             return _field_error(f"leads.{i}.created_at", "after the request's as_of")
+    lang = language.accept_language(accept_language) or scorer.lang
     try:
         if n_inline == 0 and len(req.leads) <= LOOP_MAX_LEADS:
             records, quarantined = _records_for(runtime, req, tenant, as_of, scorer)
             results = _in_request_order(
                 req, await coalescer.score(scorer, records, reasons=req.reasons,
-                                           not_before=slots_after(req)), quarantined)
+                                           not_before=slots_after(req), lang=lang),
+                quarantined)
         else:
             results = await run_in_threadpool(_score_leads, runtime, req, tenant, scorer,
-                                              as_of)
+                                              as_of, lang)
     except KeyError as e:  # MissingFeatures, or LeadModel.frame's: feature names only
         if not isinstance(e, MissingFeatures) and "lacks" not in str(e):
             raise
@@ -517,7 +527,8 @@ async def _score(runtime: Runtime, coalescer: Coalescer, req: ScoreRequest,
         found = sum(r["status"] == "ok" for r in results)
         log.info("scored tenant=%s leads=%d found=%d inline=%d in %.1f ms", tenant.name,
                  len(req.leads), found, n_inline, 1e3 * (time.perf_counter() - t0))
-    return Response(body, media_type="application/json")
+    return Response(body, media_type="application/json",
+                    headers={"content-language": lang, "vary": "Accept-Language"})
 
 
 def _is_score(scope) -> bool:
@@ -657,7 +668,10 @@ def create_app(runtime: Runtime) -> FastAPI:
     async def score(
         req: ScoreBody,
         x_api_key: Annotated[str | None, Security(api_key_header)] = None,
+        accept_language: Annotated[str | None, Header(
+            description="`zh`, `zh-CN` or `zh-Hans`: reasons in Simplified Chinese; `en`: "
+            "English; anything else: the deployment's language (`LEADSCORE_LANG`)")] = None,
     ) -> Response:
-        return await _score(runtime, coalescer, req, x_api_key)
+        return await _score(runtime, coalescer, req, x_api_key, accept_language)
 
     return app

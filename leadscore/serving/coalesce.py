@@ -38,6 +38,7 @@ class _Job:
     reasons: int
     future: asyncio.Future
     not_before: pd.Timestamp | None = None  # the request's as_of; None: now when scored
+    lang: str | None = None
 
 
 @dataclass
@@ -60,14 +61,15 @@ class Coalescer:
         self._open: dict[asyncio.AbstractEventLoop, _Gathering] = {}
 
     async def score(self, scorer: Scorer, records: Sequence[dict], *, reasons: int,
-                    not_before: pd.Timestamp | None = None) -> list[dict]:
-        """What ``scorer.score_records(records, reasons=reasons, now=not_before or now)``
-        returns, scored beside the other requests of this moment (those with the same
-        ``not_before``: a slot search starts from one time per pass)."""
+                    not_before: pd.Timestamp | None = None,
+                    lang: str | None = None) -> list[dict]:
+        """What ``scorer.score_records(records, reasons=reasons, now=not_before or now,
+        lang=lang)`` returns, scored beside the other requests of this moment that ask for
+        the same (the same ``not_before``: a slot search starts from one time per pass)."""
         if not records:  # nothing of the tenant's: no reason to wait for anyone
             return []
         loop = asyncio.get_running_loop()
-        job = _Job(scorer, records, reasons, loop.create_future(), not_before)
+        job = _Job(scorer, records, reasons, loop.create_future(), not_before, lang)
         gathering = self._open.get(loop)
         if gathering is None:
             gathering = self._open[loop] = _Gathering()
@@ -92,7 +94,8 @@ class Coalescer:
         del self._open[loop]
         groups: dict[tuple, list[_Job]] = {}
         for job in gathering.jobs:
-            groups.setdefault((id(job.scorer), job.reasons, job.not_before), []).append(job)
+            groups.setdefault((id(job.scorer), job.reasons, job.not_before, job.lang),
+                              []).append(job)
         batches = list(groups.values())
         for k, jobs in enumerate(batches):
             try:
@@ -109,7 +112,8 @@ class Coalescer:
         try:
             out = first.scorer.score_records(
                 records, reasons=first.reasons, slots=self.slots,
-                now=now_utc() if first.not_before is None else first.not_before)
+                now=now_utc() if first.not_before is None else first.not_before,
+                lang=first.lang)
         except Exception as e:
             if len(jobs) == 1:
                 _settle(first.future, exc=e)

@@ -249,13 +249,14 @@ def _fallback_model(name: str, packed: Mapping[str, str]):
 def load_from_bento_store(names=ALL_MODELS, alias: str = "champion", num_threads: int = 1,
                           packed: Mapping[str, str] | None = None,
                           rules: RulesFile | None = None,
-                          intent: IntentRules | None = None) -> Scorer:
+                          intent: IntentRules | None = None, lang: str = "en") -> Scorer:
     """Resolve each champion in MLflow, import it into the BentoML store once, load it.
 
     The scorer searches contact slots under ``rules`` (the defaults when None; the service
     passes the file named by ``LEADSCORE_CONTACT_RULES``, read once at start-up) and grades
     intent by ``intent`` (the file named by ``LEADSCORE_INTENT_GRADES``; the models' own
-    thresholds when None).
+    thresholds when None), writing reasons in ``lang`` unless a request asks for another
+    (the service passes ``LEADSCORE_LANG``).
 
     When the registry is unreachable or has no champion, the model a built Bento packed is
     used (``packed``: store tag by model name), else the newest model in the store that was
@@ -285,7 +286,7 @@ def load_from_bento_store(names=ALL_MODELS, alias: str = "champion", num_threads
         if key.split(":")[0].removeprefix(BENTO_PREFIX) in models and id(_LOADED[key]) \
                 not in current:
             del _LOADED[key]
-    return Scorer(models, num_threads=num_threads, rules=rules, intent=intent)
+    return Scorer(models, num_threads=num_threads, rules=rules, intent=intent, lang=lang)
 
 
 class Runtime:

@@ -18,6 +18,8 @@ Settings come from the environment so a built Bento is configured at deploy time
   rules; read once when a worker starts)
 - ``LEADSCORE_INTENT_GRADES`` per-dealer intent-grade thresholds YAML (default: the models'
   own; read once when a worker starts)
+- ``LEADSCORE_LANG`` the reasons' language when a request's ``Accept-Language`` names neither
+  ``en`` nor ``zh-CN`` (``en`` or ``zh-CN``; default ``en``; read once when a worker starts)
 - ``LEADSCORE_BATCH_THREADS`` threads one big request is split over (default: cores/workers)
 - ``LEADSCORE_ACCESS_LOG`` 1 to have BentoML log every request (default off)
 - ``LEADSCORE_TRACE_SCORE`` 1 to trace ``/score`` with OpenTelemetry (default off; set it when
@@ -43,6 +45,7 @@ from pathlib import Path
 
 import bentoml
 
+from leadscore import lang as language
 from leadscore.scoring.contact_policy import RulesFile, rules_path_from_env
 from leadscore.scoring.intent import IntentRules
 from leadscore.scoring.intent import rules_path_from_env as intent_rules_path
@@ -179,9 +182,10 @@ class LeadScoreService:
         packed = _packed_models()
         rules = RulesFile.load(rules_path_from_env())  # a bad file stops the worker here
         intent = IntentRules.load(intent_rules_path())  # so does a bad intent-grades file
+        lang = language.from_env()  # and a language it does not know
         self.runtime = Runtime(
             loader=functools.partial(load_from_bento_store, packed=packed, rules=rules,
-                                     intent=intent),
+                                     intent=intent, lang=lang),
             store=OnlineStore(Path(os.environ.get("LEADSCORE_STORE", str(DEFAULT_STORE)))),
             keys=KeyRing.from_env(),
             reload_seconds=float(os.environ.get("LEADSCORE_RELOAD_SECONDS", "30")),
