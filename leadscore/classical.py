@@ -40,7 +40,7 @@ def inputs_for(events: Sequence[str] | None) -> dict[str, str] | None:
     from leadscore.features import catalog
 
     want = None if events is None else frozenset(events)
-    for slug, types, _ in catalog.HISTORY_GROUPS:
+    for slug, types, *_ in catalog.HISTORY_GROUPS:
         if (None if types is None else frozenset(types)) != want:
             continue
         names = {"active_days": f"{slug}_active_days", "since_last": f"{slug}_days_since_last",

@@ -225,9 +225,12 @@ def test_slot_reason_in_chinese():
     assert _channel_sentence(feats, "wechat", p) == (
         "50% of activity between 22:00 and 06:00; replies to 60% of messages, answers 20% of "
         "calls; best chance of an answer by wechat (by channel: wechat 55%, phone 30%, sms 10%)")
-    zh = _channel_sentence(feats, "wechat", p, ZH)
+    zh = _channel_sentence(feats, "wechat", p, lang=ZH)
     assert zh == ("50% 的活动在 22:00 至 06:00 之间；消息回复率 60%，电话接听率 20%；"
                   "通过微信联系最可能得到回应（各渠道：微信 55%，电话 30%，短信 10%）")
+    when = "Fri 11:00 (UTC+08:00)"  # the lead's local time, as the slot grid labels it
+    assert _channel_sentence(feats, "wechat", p, when, lang=ZH).endswith(
+        f"在 {when} 通过微信联系最可能得到回应（各渠道：微信 55%，电话 30%，短信 10%）")
 
 
 def test_csv_labels_each_reason_with_its_model_and_sign():
