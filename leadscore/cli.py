@@ -506,14 +506,42 @@ def rescore(
 
 
 @app.command()
+def worklist(
+    scores: Annotated[Path, typer.Option(help="A rescore output folder (Parquet parts)")],
+    top: Annotated[int, typer.Option(min=1, help="Leads to show")] = 20,
+    dealer: Annotated[str | None, typer.Option(help="Only this dealer's leads")] = None,
+    lang: Annotated[str | None, typer.Option(
+        "--lang", help="en or zh-CN [default: $LEADSCORE_LANG, else en]")] = None,
+) -> None:
+    """The top of a night's worklist as an advisor reads it: intent grade, expected time to
+    order, what changed, reasons, when and how to call (local time)."""
+    import pandas as pd
+
+    from leadscore import worklist as wl
+
+    lang = _language(lang)
+    try:
+        scored = pd.read_parquet(scores)
+    except (OSError, ValueError) as e:
+        _fail(f"{scores}: not a rescore output ({e})")
+    if dealer is not None:
+        scored = scored[scored["dealer_id"] == dealer]
+    for line in wl.lines(scored, top=top, lang=lang):
+        typer.echo(line)
+
+
+@app.command()
 def demo(
     workdir: Annotated[Path, typer.Option(help="Where the demo writes its data")] = Path(".demo"),
     leads: Annotated[int, typer.Option(help="Leads to simulate")] = 20_000,
+    lang: Annotated[str | None, typer.Option(
+        "--lang", help="The worklist's language: en or zh-CN [default: $LEADSCORE_LANG, "
+        "else en]")] = None,
 ) -> None:
     """Simulate → validate → features → train the models, printing each step."""
     from leadscore.demo import run
 
-    run(workdir, leads, rules=_contact_rules())
+    run(workdir, leads, rules=_contact_rules(), lang=_language(lang))
 
 
 if __name__ == "__main__":  # pragma: no cover

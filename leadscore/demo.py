@@ -7,7 +7,6 @@ gap to the simulator's oracle. Every step uses the same code paths as the real c
 from __future__ import annotations
 
 import contextlib
-import json
 import time
 from pathlib import Path
 
@@ -27,9 +26,10 @@ def _done(t0: float) -> None:
     typer.echo(f"   ({time.perf_counter() - t0:.1f}s)")
 
 
-def run(workdir: Path, n_leads: int = 20_000, rules=None) -> None:
+def run(workdir: Path, n_leads: int = 20_000, rules=None, lang: str = "en") -> None:
     """``rules``: the contact rules to train and rescore with (the CLI reads them at the edge;
-    the service started here reads ``LEADSCORE_CONTACT_RULES`` itself)."""
+    the service started here reads ``LEADSCORE_CONTACT_RULES`` itself); ``lang``: the nightly
+    reasons' and the worklist's language."""
     from leadscore import simulate as sim
     from leadscore.features import job
     from leadscore.training.config import ExperimentConfig
@@ -94,24 +94,20 @@ def run(workdir: Path, n_leads: int = 20_000, rules=None) -> None:
     _done(t0)
 
     t0 = _step("6. Nightly rescoring of every open lead (embedded engine)")
+    from leadscore import worklist
     from leadscore.nightly import batch
-    from leadscore.scoring.contact_policy import local_label
 
     res = batch.rescore(data, as_of, workdir / "scores", force=True, bucket_leads=10_000,
-                        rules=rules)
+                        rules=rules, lang=lang)
     scored = pd.read_parquet(workdir / "scores")
     typer.echo(f"   {res.rows:,} rows in {res.buckets} buckets → {workdir / 'scores'} "
                f"({res.seconds:.1f}s)")
-    now = scored[scored["contact_urgency"] == "now"].sort_values("p_convert", ascending=False)
-    top = (now if len(now) >= 10 else scored.sort_values("p_convert", ascending=False)).head(10)
-    typer.secho("   Top 10 leads to call now:", bold=True)
-    for r in top.itertuples():
-        when = local_label(r.best_slot_local) if pd.notna(r.best_slot_local) else "-"
-        typer.echo(f"   {r.lead_id} score {r.lead_score:>3} intent {r.intent_grade} "
-                   f"urgency {r.contact_urgency} → {r.best_channel or '-'} at {when}")
-        for reason in json.loads(r.reasons)[:3]:
-            if reason["contribution"] > 0:
-                typer.echo(f"       + {reason['sentence']}")
+    grades = scored["intent_grade"].value_counts().reindex(["H", "A", "B", "C", "N"]).fillna(0)
+    typer.echo("   intent grades: " + ", ".join(f"{g} {int(n):,}" for g, n in grades.items()))
+    typer.secho("   The advisor's worklist (leadscore worklist --scores "
+                f"{workdir / 'scores'} --lang {lang}):", bold=True)
+    for line in worklist.lines(scored, top=5, lang=lang):
+        typer.echo(f"   {line}")
     _done(t0)
 
     uri = registry.tracking_uri()
