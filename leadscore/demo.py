@@ -90,7 +90,7 @@ def run(workdir: Path, n_leads: int = 20_000, rules=None, lang: str = "en") -> N
     need = [*catalog.CATALOG, *catalog.vocabulary_features(registry.champions_vocabulary(NAMES))]
     online.write(job.to_pandas(job.compute(ds.con, [as_of], need, only_open=True), need),
                  workdir / "features.db")
-    _serve_and_ask(workdir, feats, data, as_of)
+    _serve_and_ask(workdir, feats, data, as_of, lang)
     _done(t0)
 
     t0 = _step("6. Nightly rescoring of every open lead (embedded engine)")
@@ -123,7 +123,8 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _serve_and_ask(workdir: Path, feats: pd.DataFrame, data: Path, as_of: pd.Timestamp) -> None:
+def _serve_and_ask(workdir: Path, feats: pd.DataFrame, data: Path, as_of: pd.Timestamp,
+                   lang: str = "en") -> None:
     """Start `leadscore serve` in the background, send CRM-style requests, stop it."""
     import os
     import secrets
@@ -165,8 +166,9 @@ def _serve_and_ask(workdir: Path, feats: pd.DataFrame, data: Path, as_of: pd.Tim
             raise RuntimeError(f"the service did not become ready; see {workdir / 'serve.log'}")
         typer.echo(f"   service ready on {base} (OpenAPI at {base}/docs)")
         hot = feats.sort_values("finance_calc_7d", ascending=False)["lead_id"].head(2).tolist()
+        asking = {"X-API-Key": key, "Accept-Language": lang}
         body = {"leads": [{"lead_id": i} for i in hot], "reasons": 3}
-        r = httpx.post(f"{base}/score", json=body, headers={"X-API-Key": key}, timeout=30)
+        r = httpx.post(f"{base}/score", json=body, headers=asking, timeout=30)
         typer.echo(f"   POST /score by lead_id → {r.status_code}")
         for res in r.json()["results"]:
             typer.echo(f"   {res['lead_id']}: score {res['lead_score']} "
@@ -185,7 +187,7 @@ def _serve_and_ask(workdir: Path, feats: pd.DataFrame, data: Path, as_of: pd.Tim
                              (27, "finance_calc"), (5, "config_view"), (4, "finance_calc"))
             ],
         }]}
-        r = httpx.post(f"{base}/score", json=inline, headers={"X-API-Key": key}, timeout=30)
+        r = httpx.post(f"{base}/score", json=inline, headers=asking, timeout=30)
         res = r.json()["results"][0]
         typer.echo(f"   POST /score with inline events → {r.status_code}: score "
                    f"{res['lead_score']} (intent {res['intent_grade']}), "
