@@ -72,7 +72,7 @@ def _top(key: np.ndarray, top: int) -> tuple[np.ndarray, np.ndarray]:
     """Per row, the columns of the ``top`` largest values of ``key`` (largest first, ties to
     the lower column, as a stable sort orders them) and those values. A block takes ``top``
     arg-max passes over its matrix, which it overwrites (a row-by-row partial sort,
-    ``argpartition`` along rows, took about three times as long)."""
+    ``argpartition`` along rows, was slower)."""
     k = min(top, key.shape[1])
     rows = np.arange(len(key))
     if len(key) <= 4:  # a request's few rows: one stable sort each beats the passes

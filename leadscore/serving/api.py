@@ -43,9 +43,9 @@ MAX_EVENTS = 5_000
 MAX_CONTACTS = 1_000
 MAX_BODY_BYTES = 8 * 1024 * 1024
 #: requests of at most this many leads by id are scored on the event loop, together with the
-#: others that arrive with them (:mod:`~leadscore.serving.coalesce`; about 1.5 ms for a lone
-#: lead, slot search and reasons included: a hop to a thread and back would cost a fifth of
-#: that and make the loop and the scorer fight over the GIL); bigger or inline ones go to the
+#: others that arrive with them (:mod:`~leadscore.serving.coalesce`: a lone lead, slot search
+#: and reasons included, takes little longer than a hop to a thread and back would, and the
+#: hop would make the loop and the scorer fight over the GIL); bigger or inline ones go to the
 #: thread pool so they never hold the loop up for long
 LOOP_MAX_LEADS = 4
 CLOCK_SKEW = timedelta(minutes=5)
