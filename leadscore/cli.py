@@ -457,6 +457,10 @@ def rescore(
         help="Where validated input rows are kept between runs, so a run validates only the "
              "files added since [default: DATA/.leadscore-intake]; deleting it costs one full "
              "validation")] = None,
+    previous: Annotated[Path | None, typer.Option(
+        help="The previous night's output to compare with (score_delta, trend, changes) "
+             "[default: the complete run beside --out with the latest earlier --as-of, if "
+             "any]")] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
     """Score every open lead (and owner, for churn) with the champion models."""
@@ -478,7 +482,7 @@ def rescore(
     try:
         res = batch.rescore(data, cutoff, target, models=names, reasons=reasons,
                             bucket_leads=bucket_leads, force=force, engine=engine.value,
-                            cache=cache, rules=rules, intent=intent)
+                            cache=cache, rules=rules, intent=intent, previous=previous)
     except (ContractError, FileExistsError, ValueError, IntakeError) as e:
         _fail(str(e))
     if out_format is OutFormat.csv:

@@ -44,6 +44,8 @@ from leadscore import atomic, contract
 from leadscore.features import catalog as cat
 from leadscore.features import job, rollup
 from leadscore.nightly import intake, per_bucket
+from leadscore.nightly import previous as last_run
+from leadscore.scoring import changes
 from leadscore.scoring.contact_policy import RulesFile
 from leadscore.scoring.intent import IntentRules
 from leadscore.scoring.scorer import ALL_MODELS, OUTPUT_COLUMNS, Scorer, iso_utc_column
@@ -133,7 +135,8 @@ def _with_lead_columns(work: Path, bucket: int, table: pa.Table,
 
 
 def _score_embedded(work: Path, buckets: Sequence[int], as_of: pd.Timestamp, scorer: Scorer,
-                    reasons: int, segments: Sequence[dict] | None = None):
+                    reasons: int, segments: Sequence[dict] | None = None,
+                    prev: last_run.Previous | None = None, lang: str = "en"):
     """The embedded engine: buckets one after another in this process, the features of the
     next ``AHEAD`` buckets computed on threads of their own while this one is scored and
     written. DuckDB, numpy and the tree walks release the GIL, so each phase's
@@ -155,15 +158,39 @@ def _score_embedded(work: Path, buckets: Sequence[int], as_of: pd.Timestamp, sco
             if i + AHEAD < len(buckets):
                 ahead.append(pool.submit(_bucket_features, work, buckets[i + AHEAD], as_of,
                                          segments, scorer.job_features))
-            yield b, per_bucket.score_features(feats, scorer, reasons)
+            scored = per_bucket.score_features(feats, scorer, reasons)
+            yield b, _compared(work, b, scored, feats, prev, scorer, segments, lang)
+
+
+def _compared(work: Path, bucket: int, scored: pd.DataFrame, feats: pd.DataFrame | None,
+              prev: last_run.Previous | None, scorer: Scorer,
+              segments: Sequence[dict] | None, lang: str) -> pd.DataFrame:
+    """A bucket's rows with what changed since ``prev`` (:mod:`leadscore.nightly.previous`);
+    the features at the previous cutoff come the way tonight's do (:func:`_bucket_features`)."""
+    if scored.empty:
+        return scored
+    return last_run.annotate(
+        scored, feats, prev, scorer,
+        lambda t, fs: _bucket_features(work, bucket, t, segments, fs), lang)
+
+
+def _spark_compared(results, work: Path, prev, scorer: Scorer, segments, lang: str):
+    """The Spark engine's buckets with what changed (features recomputed here, as the
+    workers' are not sent back); closing this closes the Spark jobs."""
+    try:
+        for b, scored in results:
+            yield b, _compared(work, b, scored, None, prev, scorer, segments, lang)
+    finally:
+        results.close()
 
 
 def _run_key(data_dir: Path, as_of: pd.Timestamp, versions: dict, bucket_leads: int,
-             reasons: int) -> str:
+             reasons: int, prev: dict | None = None, lang: str = "en") -> str:
     """Each input file's path, size and modification time (as ``make`` decides), the cutoff,
-    models and settings: a finished run is recognised without reading any rows."""
+    models, settings and the previous run compared with: a finished run is recognised
+    without reading any rows."""
     files = [[t, f["files"]] for t, f in intake.input_files(data_dir).items()]
-    blob = json.dumps([files, str(as_of), versions, bucket_leads, reasons])
+    blob = json.dumps([files, str(as_of), versions, bucket_leads, reasons, prev, lang])
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
@@ -214,6 +241,8 @@ def rescore(
     cache: Path | None = None,
     rules: RulesFile | None = None,
     intent: IntentRules | None = None,
+    previous: Path | bool | None = None,
+    lang: str = "en",
 ) -> RescoreResult:
     """Score every open lead (and owner, for churn) at ``as_of`` into the Parquet folder ``out``.
 
@@ -226,6 +255,10 @@ def rescore(
     files added since. Validation runs in a DuckDB capped at ``LEADSCORE_DUCKDB_MEMORY``
     (default ``DEFAULT_LOAD_MEMORY``) that spills to a hidden folder next to ``out``, so
     memory stays bounded whatever the size of the inputs.
+
+    ``previous``: the earlier run to compare with (``score_delta``, ``trend``, ``changes``);
+    None finds it beside ``out`` (:func:`leadscore.nightly.previous.resolve`), False: none.
+    ``lang``: the language of the change sentences.
     """
     if engine not in ENGINES:
         raise ValueError(f"unknown engine {engine!r}; expected one of {', '.join(ENGINES)}")
@@ -235,7 +268,8 @@ def rescore(
     try:
         return _rescore(data_dir, as_of, out, models=models, reasons=reasons,
                         bucket_leads=bucket_leads, force=force, scorer=scorer, engine=engine,
-                        spill=spill, cache=cache, rules=rules, intent=intent)
+                        spill=spill, cache=cache, rules=rules, intent=intent,
+                        previous=previous, lang=lang)
     finally:
         shutil.rmtree(spill, ignore_errors=True)
 
@@ -255,6 +289,8 @@ def _rescore(
     cache: Path | None = None,
     rules: RulesFile | None = None,
     intent: IntentRules | None = None,
+    previous: Path | bool | None = None,
+    lang: str = "en",
 ) -> RescoreResult:
     t0 = time.perf_counter()
     data_dir, out = Path(data_dir), Path(out)
@@ -265,7 +301,14 @@ def _rescore(
     if scorer is None:
         scorer = Scorer.from_registry(models, num_threads=2, rules=rules, intent=intent)
     log.info("rescore: models %s, scoring %s", scorer.versions, scorer.scoring_paths)
-    key = _run_key(data_dir, as_of, scorer.versions, bucket_leads, reasons)
+    prev = last_run.resolve(out, as_of, previous)
+    compared = prev.describe() if prev is not None else None
+    if prev is not None and prev.models.get("conversion") != scorer.versions.get("conversion"):
+        compared["model_changed"] = True
+        log.warning("rescore: the conversion model changed since %s (%s → %s): the changes "
+                    "explain tonight's model's view of both nights", prev.path,
+                    prev.models.get("conversion"), scorer.versions.get("conversion"))
+    key = _run_key(data_dir, as_of, scorer.versions, bucket_leads, reasons, compared, lang)
 
     manifest_path = out / MANIFEST
     manifest = None
@@ -290,7 +333,7 @@ def _rescore(
             shutil.rmtree(out)
         out.mkdir(parents=True)
         manifest = {"run_key": key, "as_of": str(as_of), "models": scorer.versions,
-                    "parts": {}, "complete": False}
+                    "previous": compared, "parts": {}, "complete": False}
         atomic.write_text(manifest_path, json.dumps(manifest, indent=1))
 
     done = {int(b) for b in manifest["parts"]}
@@ -319,10 +362,12 @@ def _rescore(
         if engine == "spark":
             from leadscore.nightly import spark
 
-            results = spark.rescore_buckets(cache, todo, as_of, scorer, reasons)
+            results = _spark_compared(
+                spark.rescore_buckets(cache, todo, as_of, scorer, reasons), cache, prev,
+                scorer, kept.state["segments"], lang)
         else:
             results = _score_embedded(cache, todo, as_of, scorer, reasons,
-                                      kept.state["segments"])
+                                      kept.state["segments"], prev, lang)
         progress = _Progress(n_buckets, len(done))
         try:
             for b, scored in results:  # in completion order; Spark runs several at once
@@ -348,10 +393,11 @@ def reasons_as_sentences(reasons_json: str | None) -> str:
 
 
 def export_csv(parquet_dir: Path, csv_path: Path) -> int:
-    """The same columns as Parquet, UTF-8, reasons as a readable sentence list, times as
+    """The same columns as Parquet, UTF-8, reasons and changes as readable sentence lists, times as
     the API writes them: UTC with ``Z`` and ``best_slot_local`` with the lead's offset."""
     df = pd.read_parquet(parquet_dir)
     df["reasons"] = df["reasons"].map(reasons_as_sentences)
+    df["changes"] = df["changes"].map(changes.as_sentences, na_action="ignore")
     for c in ("as_of", "best_slot_start"):
         df[c] = iso_utc_column(df[c])
     tmp = csv_path.with_name(f".{csv_path.name}.tmp")
