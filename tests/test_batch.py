@@ -448,7 +448,7 @@ def test_a_night_validates_only_its_new_files_and_scores_as_if_it_had_read_them_
     real, seen = contract.load, []
     monkeypatch.setattr(contract, "load", lambda *a, **kw: seen.append(kw.get("files")) or
                         real(*a, **kw))
-    batch.rescore(folders, env.as_of, tmp_path / "night-2")
+    batch.rescore(folders, env.as_of, tmp_path / "night-2", previous=False)  # as the reference
     assert [{t: [p.name for p in fs] for t, fs in f.items()} for f in seen] == [
         {t: ["2025-01-02.parquet"] for t in today}]
     assert_same_scores(read_sorted(tmp_path / "night-2"), reference.frame)

@@ -163,21 +163,28 @@ def compare(scored: pd.DataFrame, prev_scores: pd.Series | None,
     need = np.flatnonzero(np.abs(np.nan_to_num(d)) >= EXPLAIN_FROM)
     if len(need) and model is not None and features_at_previous is not None:
         ids = scored["lead_id"].astype(str).to_numpy()[need]
-        prev = features_at_previous(ids)
-        if prev is not None and len(prev):
-            prev = prev.assign(lead_id=prev["lead_id"].astype(str)).drop_duplicates("lead_id")
-            prev = prev.set_index("lead_id")
-            found = np.isin(ids, prev.index.to_numpy())
-            need, ids = need[found], ids[found]
-            tf = tonight_features(ids)
-            tf = tf.assign(lead_id=tf["lead_id"].astype(str))
-            tf = tf.drop_duplicates("lead_id").set_index("lead_id")
-            rows = explain(model, tf.loc[ids].reset_index(), prev.loc[ids].reset_index(),
-                           lang=lang, num_threads=num_threads)
+        prev, tf = features_at_previous(ids), tonight_features(ids)
+        at_prev, at_tonight = _positions(prev, ids), _positions(tf, ids)
+        found = (at_prev >= 0) & (at_tonight >= 0)  # a lead without features then: no changes
+        if found.any():
+            need = need[found]
+            rows = explain(model, tf.iloc[at_tonight[found]].reset_index(drop=True),
+                           prev.iloc[at_prev[found]].reset_index(drop=True), lang=lang,
+                           num_threads=num_threads)
             for i, row in zip(need.tolist(), rows, strict=True):
                 changes[i] = json.dumps(row, ensure_ascii=False)
     return pd.DataFrame({"score_delta": pd.Series(delta, dtype="Int64").to_numpy(),
                          "trend": tr.to_numpy(), "changes": changes}, index=scored.index)
+
+
+def _positions(frame: pd.DataFrame | None, ids: np.ndarray) -> np.ndarray:
+    """Row positions in ``frame`` of each id (its first row), -1 where it has none."""
+    if frame is None or not len(frame):
+        return np.full(len(ids), -1, dtype=np.intp)
+    lead = pd.Index(frame["lead_id"].astype(str).to_numpy())
+    first = ~lead.duplicated()
+    pos = np.flatnonzero(first)
+    return np.where((got := lead[first].get_indexer(ids)) >= 0, pos[got], -1)
 
 
 def as_sentences(changes_json: str | None) -> str:
