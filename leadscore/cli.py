@@ -461,6 +461,10 @@ def rescore(
         help="The previous night's output to compare with (score_delta, trend, changes) "
              "[default: the complete run beside --out with the latest earlier --as-of, if "
              "any]")] = None,
+    store: Annotated[Path | None, typer.Option(
+        help="The online feature store the HTTP service reads: the run's scores, deltas and "
+             "changes are written beside it (FILE.last-night.db) for /score by lead id")
+    ] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
     """Score every open lead (and owner, for churn) with the champion models."""
@@ -470,6 +474,7 @@ def rescore(
     from leadscore.contract import ContractError
     from leadscore.nightly import batch
     from leadscore.nightly.intake import IntakeError
+    from leadscore.serving.last_night import beside
 
     names = [m.strip() for m in models.split(",") if m.strip()]
     unknown = sorted(set(names) - {m.value for m in ModelName})
@@ -482,7 +487,8 @@ def rescore(
     try:
         res = batch.rescore(data, cutoff, target, models=names, reasons=reasons,
                             bucket_leads=bucket_leads, force=force, engine=engine.value,
-                            cache=cache, rules=rules, intent=intent, previous=previous)
+                            cache=cache, rules=rules, intent=intent, previous=previous,
+                            last_night=beside(store) if store is not None else None)
     except (ContractError, FileExistsError, ValueError, IntakeError) as e:
         _fail(str(e))
     if out_format is OutFormat.csv:

@@ -182,3 +182,66 @@ def test_an_explicit_previous_is_compared_with_and_is_part_of_the_run_key(
 
     with pytest.raises(FileExistsError):  # compared with nothing: not this run
         batch.rescore(nights.data, reg.as_of, out, previous=False, **nights.kw)
+
+
+def test_score_by_id_carries_last_night_for_the_tenants_leads_only(nights, reg, tmp_path,
+                                                                   monkeypatch):
+    from fastapi.testclient import TestClient
+
+    from leadscore.serving import store as online
+    from leadscore.serving.api import create_app
+    from leadscore.serving.auth import KeyRing, write_key_file
+    from leadscore.serving.last_night import beside
+    from leadscore.serving.runtime import Runtime
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", reg.uri)
+    path = tmp_path / "features.db"
+    res = CliRunner().invoke(app, ["rescore", "--data", str(nights.data), "--as-of",
+                                   str(reg.as_of), "--out", str(nights.runs / "night-2"),
+                                   "--reasons", "0", "--bucket-leads", "300",
+                                   "--store", str(path)])
+    assert res.exit_code == 0 and "no-op" in res.output, res.output  # the run was done
+    assert beside(path).is_file()
+    con = contract.load(nights.data).con
+    feats = job.to_pandas(job.compute(con, [reg.as_of]))
+    con.close()
+    online.write(feats[feats["is_open"]], path)
+    two = nights.two[nights.two["lead_score"].notna()].set_index("lead_id")
+    dealers = sorted(two["dealer_id"].unique())
+    north = dealers[: len(dealers) // 2]
+    keys = write_key_file(tmp_path / "keys.json", {"north": ("north-key-123456", north),
+                                                   "south": ("south-key-654321",
+                                                             dealers[len(north):])})
+    scorer = Scorer.from_registry()
+    runtime = Runtime(online.OnlineStore(path), KeyRing.from_file(keys),
+                      loader=lambda: scorer, reload_seconds=0)
+    assert runtime.reload()
+    mine = two[two["dealer_id"].isin(north)]
+    moved = mine[mine["score_delta"].abs() >= 5].index[:3].tolist()
+    new = mine[mine["trend"] == "new"].index[:1].tolist()
+    theirs = two[~two["dealer_id"].isin(north)].index[:1].tolist()
+    assert len(moved) == 3 and theirs
+    body = {"leads": [{"lead_id": i} for i in [*moved, *new, *theirs]], "reasons": 0}
+    with TestClient(create_app(runtime)) as client:
+        def post():
+            r = client.post("/score", json=body, headers={"X-API-Key": "north-key-123456"})
+            assert r.status_code == 200, r.text
+            return r.json()["results"]
+
+        got = post()
+        for rec in got[:len(moved) + len(new)]:
+            row = two.loc[rec["lead_id"]]
+            ln = rec["last_night"]
+            assert ln["lead_score"] == row["lead_score"] and ln["trend"] == row["trend"]
+            assert ln["score_delta"] == (None if pd.isna(row["score_delta"])
+                                         else row["score_delta"])
+            assert ln["changes"] == json.loads(row["changes"])
+            assert pd.Timestamp(ln["as_of"]) == reg.as_of
+        assert all(len(r["last_night"]["changes"]) >= 1 for r in got[:len(moved)])
+        # another tenant's lead: not found, nothing of its last night either
+        assert got[-1]["status"] == "not_found" and got[-1]["last_night"] is None
+        # no last-night file: the service keeps serving, last_night unknown
+        beside(path).unlink()
+        again = post()
+        assert [r["status"] for r in again] == [r["status"] for r in got]
+        assert all(r["last_night"] is None for r in again)

@@ -243,6 +243,7 @@ def rescore(
     intent: IntentRules | None = None,
     previous: Path | bool | None = None,
     lang: str = "en",
+    last_night: Path | None = None,
 ) -> RescoreResult:
     """Score every open lead (and owner, for churn) at ``as_of`` into the Parquet folder ``out``.
 
@@ -258,7 +259,9 @@ def rescore(
 
     ``previous``: the earlier run to compare with (``score_delta``, ``trend``, ``changes``);
     None finds it beside ``out`` (:func:`leadscore.nightly.previous.resolve`), False: none.
-    ``lang``: the language of the change sentences.
+    ``lang``: the language of the change sentences. ``last_night``: where to write the
+    complete run's scores, deltas and changes for the HTTP service
+    (:mod:`leadscore.serving.last_night`).
     """
     if engine not in ENGINES:
         raise ValueError(f"unknown engine {engine!r}; expected one of {', '.join(ENGINES)}")
@@ -266,12 +269,18 @@ def rescore(
     spill = out.parent / f".{out.name}.duckdb-tmp"
     shutil.rmtree(spill, ignore_errors=True)
     try:
-        return _rescore(data_dir, as_of, out, models=models, reasons=reasons,
-                        bucket_leads=bucket_leads, force=force, scorer=scorer, engine=engine,
-                        spill=spill, cache=cache, rules=rules, intent=intent,
-                        previous=previous, lang=lang)
+        res = _rescore(data_dir, as_of, out, models=models, reasons=reasons,
+                       bucket_leads=bucket_leads, force=force, scorer=scorer, engine=engine,
+                       spill=spill, cache=cache, rules=rules, intent=intent,
+                       previous=previous, lang=lang)
     finally:
         shutil.rmtree(spill, ignore_errors=True)
+    if last_night is not None:
+        from leadscore.serving import last_night as table
+
+        n = table.write(out, last_night)
+        log.info("rescore: %d leads' last-night scores written to %s", n, last_night)
+    return res
 
 
 def _rescore(
