@@ -39,6 +39,7 @@ from pathlib import Path
 
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from leadscore import atomic, contract
 from leadscore.features import catalog as cat
@@ -95,11 +96,13 @@ def _write_part(out: Path, bucket: int, scored: pd.DataFrame) -> int:
 
 def _bucket_features(work: Path, bucket: int, as_of: pd.Timestamp,
                      segments: Sequence[dict] | None = None,
-                     features: Sequence[cat.Feature] = cat.CATALOG) -> pd.DataFrame:
+                     features: Sequence[cat.Feature] = cat.CATALOG,
+                     only: Sequence[str] | None = None) -> pd.DataFrame:
     """A bucket's features: from the intake's kept rollups when they can give them (a UTC
     midnight cutoff; :mod:`leadscore.features.rollup`), else from its events. The rollups
-    keep every event type by name, so vocabulary features come from them too."""
-    table = (rollup.features(work, bucket, segments, as_of, features)
+    keep every event type by name, so vocabulary features come from them too. ``only``: the
+    rows of these lead ids (the rollups then reduce only theirs)."""
+    table = (rollup.features(work, bucket, segments, as_of, features, only)
              if segments is not None else None)
     lead_cols = [f for f in features if isinstance(f, cat.LeadColumn)]
     if table is not None and lead_cols:
@@ -110,6 +113,9 @@ def _bucket_features(work: Path, bucket: int, as_of: pd.Timestamp,
             table = job.compute(con, [as_of], features)
         finally:
             con.close()
+    if only is not None:
+        table = table.filter(pc.is_in(table.column("lead_id"), value_set=pa.array(
+            list(only), table.column("lead_id").type)))
     return per_bucket.entities(table, features)
 
 
@@ -166,12 +172,14 @@ def _compared(work: Path, bucket: int, scored: pd.DataFrame, feats: pd.DataFrame
               prev: last_run.Previous | None, scorer: Scorer,
               segments: Sequence[dict] | None, lang: str) -> pd.DataFrame:
     """A bucket's rows with what changed since ``prev`` (:mod:`leadscore.nightly.previous`);
-    the features at the previous cutoff come the way tonight's do (:func:`_bucket_features`)."""
+    the features at the previous cutoff come the way tonight's do (:func:`_bucket_features`),
+    for the leads whose score moved only. Runs after the bucket's features are computed,
+    so its kept rollups are touched by one thread at a time."""
     if scored.empty:
         return scored
     return last_run.annotate(
         scored, feats, prev, scorer,
-        lambda t, fs: _bucket_features(work, bucket, t, segments, fs), lang)
+        lambda t, fs, ids: _bucket_features(work, bucket, t, segments, fs, ids), lang)
 
 
 def _spark_compared(results, work: Path, prev, scorer: Scorer, segments, lang: str):

@@ -134,20 +134,21 @@ def needed_features(scorer: Scorer) -> list[cat.Feature]:
 
 
 def annotate(scored: pd.DataFrame, tonight: pd.DataFrame | None, prev: Previous | None,
-             scorer: Scorer, featurize: Callable[[pd.Timestamp, Sequence[cat.Feature]],
-                                                 pd.DataFrame],
+             scorer: Scorer,
+             featurize: Callable[[pd.Timestamp, Sequence[cat.Feature], Sequence[str]],
+                                 pd.DataFrame],
              lang: str = "en") -> pd.DataFrame:
     """Tonight's ``scored`` rows of one bucket with ``score_delta``, ``trend`` and ``changes``.
 
     ``tonight``: the bucket's feature rows as scored (None: recomputed by ``featurize``);
-    ``featurize(as_of, features)``: the bucket's feature rows at a cutoff, called for the
-    previous cutoff only when some lead's score moved."""
+    ``featurize(as_of, features, lead_ids)``: those leads' feature rows at a cutoff, called
+    for the leads whose score moved only."""
     model = scorer.models.get(changes.MODEL)
     feats = needed_features(scorer)
 
     def rows_at(as_of: pd.Timestamp, given: pd.DataFrame | None):
         def get(ids):
-            got = given if given is not None else featurize(as_of, feats)
+            got = given if given is not None else featurize(as_of, feats, list(ids))
             return got[got["lead_id"].astype(str).isin(ids)]
         return get
 
