@@ -453,16 +453,15 @@ class _Store:
             hist["d"] = hist["day"] - base
             hist["vis"] = np.zeros(len(hist["k"]), dtype=np.int32)
             rows["hist"] = hist
-        if only is not None:  # the other leads' rows left out: their features are dropped
-            keep = pc.is_in(leads.column("lead_id"),
-                            value_set=pa.array(list(only), leads.column("lead_id").type))
-            rows = _rows_of(rows, np.asarray(keep.to_numpy(zero_copy_only=False), bool))
+        if only is not None:  # those leads alone, numbered anew: the others' rows left out
+            keep = np.asarray(pc.is_in(leads.column("lead_id"), value_set=pa.array(
+                list(only), leads.column("lead_id").type)).to_numpy(zero_copy_only=False), bool)
+            rows = _rows_of(rows, keep)
+            leads, vs_order, vs_close = leads.filter(pa.array(keep)), vs_order[keep], \
+                vs_close[keep]
+            order = pc.sort_indices(leads.column("lead_id")).to_numpy()
         reduced = job.Reduced.of_rows(plan, grid, [a], leads, vs_order, vs_close, rows)
-        table = reduced.at(0, only_open=False, order=order)
-        if only is not None:
-            table = table.filter(pc.is_in(table.column("lead_id"), value_set=pa.array(
-                list(only), table.column("lead_id").type)))
-        return table
+        return reduced.at(0, only_open=False, order=order)
 
     def _leads(self, st: dict) -> pa.Table:
         """The bucket's leads in ``lk`` order (memory-mapped: read without a copy)."""
@@ -475,12 +474,17 @@ class _Store:
 
 def _rows_of(rows: dict, keep: np.ndarray) -> dict:
     """``rows`` (name → columns keyed by the lead index ``k``/``lk``, sessions by gap) with
-    only the rows of the leads ``keep`` marks."""
+    only the rows of the leads ``keep`` marks, their index renumbered among those leads."""
+    renumber = (np.cumsum(keep) - 1).astype(np.int64)
+
     def sub(d: dict) -> dict:
-        key = d["k"] if "k" in d else d["lk"]
+        name = "k" if "k" in d else "lk"
+        key = d[name]
         sel = keep[key]
-        return {c: (v[sel] if isinstance(v, np.ndarray) and len(v) == len(key) else v)
-                for c, v in d.items()}
+        out = {c: (v[sel] if isinstance(v, np.ndarray) and len(v) == len(key) else v)
+               for c, v in d.items()}
+        out[name] = renumber[key[sel]].astype(key.dtype, copy=False)
+        return out
 
     out = {}
     for name, d in rows.items():
