@@ -16,7 +16,8 @@ job validates only those (against the rows kept), reduces their events into the 
 rollups kept per bucket, computes every lead's features from those, scores and writes. The
 reasons=3 run starts from the same kept intake (a hardlink copy). "Nothing kept" is tonight's
 run with an empty intake (every file validated): the first night, or a night after the intake
-had to start over.
+had to start over. Every "tonight" run compares with yesterday's output (``previous``:
+``score_delta``, ``trend``, ``changes``), as the nightly job does.
 
   (a) tonight's ``rescore`` without reasons (validation of the new files, features from the
       stored events through the kept rollups, scoring, Parquet parts) in rows/s, against
@@ -161,7 +162,8 @@ def _timed(obj, name: str, acc: dict) -> None:
 
 
 def child_rescore(data: str, out: str, models_dir: str, as_of: str, reasons: int,
-                  bucket_leads: int, engine: str, cache: str, q) -> None:
+                  bucket_leads: int, engine: str, cache: str, previous: str, q) -> None:
+    """One ``rescore`` run; ``previous``: the run to compare with ("": none)."""
     from leadscore.features import job, rollup
     from leadscore.nightly import batch, intake
     from leadscore.scoring.scorer import Scorer
@@ -178,7 +180,7 @@ def child_rescore(data: str, out: str, models_dir: str, as_of: str, reasons: int
     t = time.perf_counter()
     res = batch.rescore(Path(data), pd.Timestamp(as_of), Path(out), reasons=reasons,
                         bucket_leads=bucket_leads, force=True, scorer=scorer, engine=engine,
-                        cache=Path(cache))
+                        cache=Path(cache), previous=Path(previous) if previous else False)
     ru = resource.getrusage(resource.RUSAGE_SELF)
     why, new = modes[0]
     q.put({"rows": res.rows, "seconds": time.perf_counter() - t, "buckets": res.buckets,
@@ -414,10 +416,11 @@ def main() -> None:
         shutil.rmtree(d, ignore_errors=True)
     staged = nightly_layout(data, nightly, cut)
 
-    def rescore(label: str, out: str, at: str, reasons: int, cache_dir: Path) -> tuple:
+    def rescore(label: str, out: str, at: str, reasons: int, cache_dir: Path,
+                previous: str = "out-yesterday") -> tuple:
         res, peak, cpu = run_child(child_rescore, str(nightly), str(root / out),
                                    str(models_dir), at, reasons, bucket, args.engine,
-                                   str(cache_dir))
+                                   str(cache_dir), str(root / previous) if previous else "")
         ph = ", ".join(f"{k} {v:.1f}s" for k, v in res["phases"].items())
         # in process only; the next bucket's features overlap the scoring of this one
         ph = f"; in-process phases (overlapping): {ph}" if args.engine == "duckdb" else ""
@@ -426,7 +429,7 @@ def main() -> None:
               f"{res['intake']}; peak RSS {peak / 1e9:.2f} GB{ph}")
         return res, peak, cpu
 
-    rescore("yesterday (validates all history)", "out-yesterday", cut, 0, cache)
+    rescore("yesterday (validates all history)", "out-yesterday", cut, 0, cache, "")
     for f in sorted(staged.rglob("*.parquet")):  # today's drop arrives
         os.replace(f, nightly / f.relative_to(staged))
     shutil.copytree(cache, kept, copy_function=os.link)  # segments are never rewritten

@@ -472,6 +472,14 @@ def rescore(
         help="Where validated input rows are kept between runs, so a run validates only the "
              "files added since [default: DATA/.leadscore-intake]; deleting it costs one full "
              "validation")] = None,
+    previous: Annotated[Path | None, typer.Option(
+        help="The previous night's output to compare with (score_delta, trend, changes) "
+             "[default: the complete run beside --out with the latest earlier --as-of, if "
+             "any]")] = None,
+    store: Annotated[Path | None, typer.Option(
+        help="The online feature store the HTTP service reads: the run's scores, deltas and "
+             "changes are written beside it (FILE.last-night.db) for /score by lead id")
+    ] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
     """Score every open lead (and owner, for churn) with the champion models."""
@@ -481,6 +489,7 @@ def rescore(
     from leadscore.contract import ContractError
     from leadscore.nightly import batch
     from leadscore.nightly.intake import IntakeError
+    from leadscore.serving import last_night
 
     names = [m.strip() for m in models.split(",") if m.strip()]
     unknown = sorted(set(names) - {m.value for m in ModelName})
@@ -494,9 +503,14 @@ def rescore(
     try:
         res = batch.rescore(data, cutoff, target, models=names, reasons=reasons,
                             bucket_leads=bucket_leads, force=force, engine=engine.value,
-                            cache=cache, rules=rules, intent=intent, lang=lang)
+                            cache=cache, rules=rules, intent=intent, lang=lang,
+                            previous=previous)
     except (ContractError, FileExistsError, ValueError, IntakeError) as e:
         _fail(str(e))
+    if store is not None:  # the service's copy of the run: scores, deltas, changes by lead
+        table = last_night.beside(store)
+        n = last_night.write(target, table)
+        typer.echo(f"rescore: {n:,} leads' last-night scores written to {table}")
     if out_format is OutFormat.csv:
         batch.export_csv(target, out, lang)
     state = "already complete (no-op)" if res.noop else "done"

@@ -36,7 +36,7 @@ from leadscore.features import job
 from leadscore.features.slots import add_slot_features
 from leadscore.nightly import batch, intake, per_bucket
 from leadscore.schema import CHANNELS
-from leadscore.scoring import intent
+from leadscore.scoring import changes, intent
 from leadscore.scoring.scorer import OUTPUT_COLUMNS, SLOT_MODEL, Scorer
 from leadscore.training import trainer
 
@@ -186,6 +186,11 @@ def assert_same_scores(a: pd.DataFrame, b: pd.DataFrame) -> None:
                                   b[rest].reset_index(drop=True), check_exact=True)
 
 
+def first_night(scored: pd.DataFrame) -> pd.DataFrame:
+    """The scorer's rows as a run with no previous run to compare with writes them."""
+    return scored.assign(**changes.compare(scored, None))
+
+
 def read_sorted(out: Path) -> pd.DataFrame:
     return pd.read_parquet(out).sort_values("lead_id").reset_index(drop=True)
 
@@ -296,7 +301,7 @@ def test_output_is_one_row_per_open_lead_or_owner_with_the_contract_columns(
         scorer.score(sample[~sample["is_open"]], only={"churn"}),
     ]).sort_values("lead_id")
     got = df.set_index("lead_id").loc[direct["lead_id"]].reset_index()
-    assert_same_scores(got, per_bucket.fmt_types(direct).reset_index(drop=True))
+    assert_same_scores(got, per_bucket.fmt_types(first_night(direct)).reset_index(drop=True))
 
 
 def _watch(proc: subprocess.Popen, out: Path, until_first_part: bool) -> int:
@@ -455,7 +460,7 @@ def test_a_night_validates_only_its_new_files_and_scores_as_if_it_had_read_them_
     real, seen = contract.load, []
     monkeypatch.setattr(contract, "load", lambda *a, **kw: seen.append(kw.get("files")) or
                         real(*a, **kw))
-    batch.rescore(folders, env.as_of, tmp_path / "night-2")
+    batch.rescore(folders, env.as_of, tmp_path / "night-2", previous=False)  # as the reference
     assert [{t: [p.name for p in fs] for t, fs in f.items()} for f in seen] == [
         {t: ["2025-01-02.parquet"] for t in today}]
     assert_same_scores(read_sorted(tmp_path / "night-2"), reference.frame)
@@ -522,7 +527,7 @@ def test_scores_equal_scoring_the_feature_jobs_rows(reference, env, data, tmp_pa
     rows = feats[feats["is_open"] | feats["is_owner"]].reset_index(drop=True)
     (tmp_path / "want").mkdir()
     batch._write_part(tmp_path / "want", 0,
-                      per_bucket.score_features(rows, Scorer.from_registry(), 3))
+                      first_night(per_bucket.score_features(rows, Scorer.from_registry(), 3)))
     assert_same_scores(got, read_sorted(tmp_path / "want"))
 
 

@@ -168,3 +168,19 @@ def test_spark_cli_run_killed_mid_way_resumes_to_the_same_result(reg, data, tmp_
         assert proc.wait(timeout=600) == 0, (tmp_path / "second.log").read_text()[-2000:]
     assert f"({len(m['parts'])} resumed)" in (tmp_path / "second.log").read_text()
     assert_same_scores(read_sorted(ref), read_sorted(out))
+
+
+def test_spark_compares_with_the_previous_night_as_the_embedded_engine_does(
+        spark_engine, scorer, reg, data, tmp_path):
+    """The Spark engine's buckets get score_delta, trend and changes on the driver (their
+    features recomputed there): the same rows as the embedded engine's."""
+    kw = {"bucket_leads": 120, "scorer": scorer, "reasons": 0, "cache": tmp_path / "kept"}
+    night1 = tmp_path / "night-1"
+    batch.rescore(data, reg.as_of - pd.Timedelta(days=3), night1, **kw)
+    emb = batch.rescore(data, reg.as_of, tmp_path / "embedded", previous=night1, **kw)
+    spk = batch.rescore(data, reg.as_of, tmp_path / "spark", previous=night1, engine="spark",
+                        **kw)
+    assert spk.buckets == emb.buckets >= 2
+    a, b = read_sorted(tmp_path / "embedded"), read_sorted(tmp_path / "spark")
+    assert (a["score_delta"].abs() >= 5).sum() > 0 and (a["changes"].str.len() > 2).any()
+    assert_same_scores(a, b)

@@ -82,11 +82,14 @@ def bucket_dir(cache: Path, bucket: int) -> Path:
 
 
 def features(cache: Path, bucket: int, segments: Sequence[dict], as_of: pd.Timestamp,
-             feature_list: Sequence[cat.Feature] = cat.CATALOG) -> pa.Table | None:
+             feature_list: Sequence[cat.Feature] = cat.CATALOG,
+             only: Sequence[str] | None = None) -> pa.Table | None:
     """``job.compute(con, [as_of], feature_list)`` for one bucket of the intake in ``cache``
     (whose kept segments are ``segments``), from the kept rollups, brought up to date first.
     None when they cannot give it: a cutoff that is not a UTC midnight, or one more than
-    ``SLACK_DAYS`` before the latest night's (see :meth:`_Store._sessions`)."""
+    ``SLACK_DAYS`` before the latest night's (see :meth:`_Store._sessions`). ``only``: the
+    rows of these lead ids alone, reducing only their rows (the previous night's features of
+    the leads whose score moved, :mod:`leadscore.nightly.previous`)."""
     if not applies(as_of):
         return None
     a = _us(as_of)
@@ -96,7 +99,7 @@ def features(cache: Path, bucket: int, segments: Sequence[dict], as_of: pd.Times
         store.update(segments, _session_days(plan), a)
     except _Unkeyable:
         return None
-    return store.features(plan, a)
+    return store.features(plan, a, only)
 
 
 def _us(ts: pd.Timestamp) -> int:
@@ -384,7 +387,8 @@ class _Store:
 
     # ------------------------------------------------------------------ one cutoff
 
-    def features(self, plan: job.Plan, a: int) -> pa.Table | None:
+    def features(self, plan: job.Plan, a: int, only: Sequence[str] | None = None
+                 ) -> pa.Table | None:
         D = a // DAY
         grid = job.Grid.for_cutoffs([a], plan.spans()["all"])
         base = grid.base // DAY  # grid buckets are days: d - base
@@ -449,6 +453,13 @@ class _Store:
             hist["d"] = hist["day"] - base
             hist["vis"] = np.zeros(len(hist["k"]), dtype=np.int32)
             rows["hist"] = hist
+        if only is not None:  # those leads alone, numbered anew: the others' rows left out
+            keep = np.asarray(pc.is_in(leads.column("lead_id"), value_set=pa.array(
+                list(only), leads.column("lead_id").type)).to_numpy(zero_copy_only=False), bool)
+            rows = _rows_of(rows, keep)
+            leads, vs_order, vs_close = leads.filter(pa.array(keep)), vs_order[keep], \
+                vs_close[keep]
+            order = pc.sort_indices(leads.column("lead_id")).to_numpy()
         reduced = job.Reduced.of_rows(plan, grid, [a], leads, vs_order, vs_close, rows)
         return reduced.at(0, only_open=False, order=order)
 
@@ -459,6 +470,31 @@ class _Store:
 
 
 # --------------------------------------------------------------------------- files
+
+
+def _rows_of(rows: dict, keep: np.ndarray) -> dict:
+    """``rows`` (name → columns keyed by the lead index ``k``/``lk``, sessions by gap) with
+    only the rows of the leads ``keep`` marks, their index renumbered among those leads."""
+    renumber = (np.cumsum(keep) - 1).astype(np.int64)
+
+    def sub(d: dict) -> dict:
+        name = "k" if "k" in d else "lk"
+        key = d[name]
+        sel = keep[key]
+        out = {c: (v[sel] if isinstance(v, np.ndarray) and len(v) == len(key) else v)
+               for c, v in d.items()}
+        out[name] = renumber[key[sel]].astype(key.dtype, copy=False)
+        return out
+
+    out = {}
+    for name, d in rows.items():
+        if name == "sess":
+            out[name] = {g: sub(x) for g, x in d.items()}
+        elif isinstance(d, dict):
+            out[name] = sub(d)
+        else:
+            out[name] = d
+    return out
 
 
 def _ts(us: int) -> str:

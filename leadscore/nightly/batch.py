@@ -39,12 +39,15 @@ from pathlib import Path
 
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from leadscore import atomic, contract
 from leadscore import lang as language
 from leadscore.features import catalog as cat
 from leadscore.features import job, rollup
 from leadscore.nightly import intake, per_bucket
+from leadscore.nightly import previous as last_run
+from leadscore.scoring import changes
 from leadscore.scoring.contact_policy import RulesFile
 from leadscore.scoring.intent import IntentRules
 from leadscore.scoring.scorer import ALL_MODELS, OUTPUT_COLUMNS, Scorer, iso_utc_column
@@ -94,11 +97,13 @@ def _write_part(out: Path, bucket: int, scored: pd.DataFrame) -> int:
 
 def _bucket_features(work: Path, bucket: int, as_of: pd.Timestamp,
                      segments: Sequence[dict] | None = None,
-                     features: Sequence[cat.Feature] = cat.CATALOG) -> pd.DataFrame:
+                     features: Sequence[cat.Feature] = cat.CATALOG,
+                     only: Sequence[str] | None = None) -> pd.DataFrame:
     """A bucket's features: from the intake's kept rollups when they can give them (a UTC
     midnight cutoff; :mod:`leadscore.features.rollup`), else from its events. The rollups
-    keep every event type by name, so vocabulary features come from them too."""
-    table = (rollup.features(work, bucket, segments, as_of, features)
+    keep every event type by name, so vocabulary features come from them too. ``only``: the
+    rows of these lead ids (the rollups then reduce only theirs)."""
+    table = (rollup.features(work, bucket, segments, as_of, features, only)
              if segments is not None else None)
     lead_cols = [f for f in features if isinstance(f, cat.LeadColumn)]
     if table is not None and lead_cols:
@@ -109,6 +114,9 @@ def _bucket_features(work: Path, bucket: int, as_of: pd.Timestamp,
             table = job.compute(con, [as_of], features)
         finally:
             con.close()
+    if only is not None:
+        table = table.filter(pc.is_in(table.column("lead_id"), value_set=pa.array(
+            list(only), table.column("lead_id").type)))
     return per_bucket.entities(table, features)
 
 
@@ -135,7 +143,7 @@ def _with_lead_columns(work: Path, bucket: int, table: pa.Table,
 
 def _score_embedded(work: Path, buckets: Sequence[int], as_of: pd.Timestamp, scorer: Scorer,
                     reasons: int, segments: Sequence[dict] | None = None,
-                    lang: str | None = None):
+                    prev: last_run.Previous | None = None, lang: str | None = None):
     """The embedded engine: buckets one after another in this process, the features of the
     next ``AHEAD`` buckets computed on threads of their own while this one is scored and
     written. DuckDB, numpy and the tree walks release the GIL, so each phase's
@@ -157,16 +165,44 @@ def _score_embedded(work: Path, buckets: Sequence[int], as_of: pd.Timestamp, sco
             if i + AHEAD < len(buckets):
                 ahead.append(pool.submit(_bucket_features, work, buckets[i + AHEAD], as_of,
                                          segments, scorer.job_features))
-            yield b, per_bucket.score_features(feats, scorer, reasons, lang)
+            scored = per_bucket.score_features(feats, scorer, reasons, lang)
+            yield b, _compared(work, b, scored, feats, prev, scorer, segments, lang)
+
+
+def _compared(work: Path, bucket: int, scored: pd.DataFrame, feats: pd.DataFrame | None,
+              prev: last_run.Previous | None, scorer: Scorer,
+              segments: Sequence[dict] | None, lang: str | None) -> pd.DataFrame:
+    """A bucket's rows with what changed since ``prev`` (:mod:`leadscore.nightly.previous`);
+    the features at the previous cutoff come the way tonight's do (:func:`_bucket_features`),
+    for the leads whose score moved only. Runs after the bucket's features are computed,
+    so its kept rollups are touched by one thread at a time."""
+    if scored.empty:
+        return scored
+    return last_run.annotate(
+        scored, feats, prev, scorer,
+        lambda t, fs, ids: _bucket_features(work, bucket, t, segments, fs, ids),
+        lang or scorer.lang)
+
+
+def _spark_compared(results, work: Path, prev, scorer: Scorer, segments, lang: str | None):
+    """The Spark engine's buckets with what changed (features recomputed here, as the
+    workers' are not sent back); closing this closes the Spark jobs."""
+    try:
+        for b, scored in results:
+            yield b, _compared(work, b, scored, None, prev, scorer, segments, lang)
+    finally:
+        results.close()
 
 
 def _run_key(data_dir: Path, as_of: pd.Timestamp, versions: dict, bucket_leads: int,
-             reasons: int, lang: str = language.EN) -> str:
+             reasons: int, lang: str = language.EN, prev: dict | None = None) -> str:
     """Each input file's path, size and modification time (as ``make`` decides), the cutoff,
-    models and settings: a finished run is recognised without reading any rows. English
-    adds nothing, so the runs written before reasons had a language keep their key."""
+    models, settings and the previous run compared with: a finished run is recognised
+    without reading any rows. English and no previous run add nothing, so the runs written
+    before those existed keep their key."""
     files = [[t, f["files"]] for t, f in intake.input_files(data_dir).items()]
-    settings = [bucket_leads, reasons] + ([lang] if lang != language.EN and reasons else [])
+    settings = [bucket_leads, reasons] + ([lang] if lang != language.EN else [])
+    settings += [prev] if prev is not None else []
     blob = json.dumps([files, str(as_of), versions, *settings])
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
@@ -219,6 +255,7 @@ def rescore(
     rules: RulesFile | None = None,
     intent: IntentRules | None = None,
     lang: str | None = None,
+    previous: Path | bool | None = None,
 ) -> RescoreResult:
     """Score every open lead (and owner, for churn) at ``as_of`` into the Parquet folder ``out``.
 
@@ -233,6 +270,11 @@ def rescore(
     files added since. Validation runs in a DuckDB capped at ``LEADSCORE_DUCKDB_MEMORY``
     (default ``DEFAULT_LOAD_MEMORY``) that spills to a hidden folder next to ``out``, so
     memory stays bounded whatever the size of the inputs.
+
+    ``previous``: the earlier run to compare with (``score_delta``, ``trend``, ``changes``);
+    None finds it beside ``out`` (:func:`leadscore.nightly.previous.resolve`), False: none.
+    ``lang`` also writes the change sentences. (The HTTP service's copy of a complete run's
+    scores, deltas and changes is written by the CLI: :mod:`leadscore.serving.last_night`.)
     """
     if engine not in ENGINES:
         raise ValueError(f"unknown engine {engine!r}; expected one of {', '.join(ENGINES)}")
@@ -240,11 +282,13 @@ def rescore(
     spill = out.parent / f".{out.name}.duckdb-tmp"
     shutil.rmtree(spill, ignore_errors=True)
     try:
-        return _rescore(data_dir, as_of, out, models=models, reasons=reasons,
-                        bucket_leads=bucket_leads, force=force, scorer=scorer, engine=engine,
-                        spill=spill, cache=cache, rules=rules, intent=intent, lang=lang)
+        res = _rescore(data_dir, as_of, out, models=models, reasons=reasons,
+                       bucket_leads=bucket_leads, force=force, scorer=scorer, engine=engine,
+                       spill=spill, cache=cache, rules=rules, intent=intent, lang=lang,
+                       previous=previous)
     finally:
         shutil.rmtree(spill, ignore_errors=True)
+    return res
 
 
 def _rescore(
@@ -263,6 +307,7 @@ def _rescore(
     rules: RulesFile | None = None,
     intent: IntentRules | None = None,
     lang: str | None = None,
+    previous: Path | bool | None = None,
 ) -> RescoreResult:
     t0 = time.perf_counter()
     data_dir, out = Path(data_dir), Path(out)
@@ -274,7 +319,14 @@ def _rescore(
         scorer = Scorer.from_registry(models, num_threads=2, rules=rules, intent=intent)
     lang = scorer.lang if lang is None else language.check(lang, "lang")
     log.info("rescore: models %s, scoring %s", scorer.versions, scorer.scoring_paths)
-    key = _run_key(data_dir, as_of, scorer.versions, bucket_leads, reasons, lang)
+    prev = last_run.resolve(out, as_of, previous)
+    compared = prev.describe() if prev is not None else None
+    if prev is not None and prev.models.get("conversion") != scorer.versions.get("conversion"):
+        compared["model_changed"] = True
+        log.warning("rescore: the conversion model changed since %s (%s → %s): the changes "
+                    "explain tonight's model's view of both nights", prev.path,
+                    prev.models.get("conversion"), scorer.versions.get("conversion"))
+    key = _run_key(data_dir, as_of, scorer.versions, bucket_leads, reasons, lang, compared)
 
     manifest_path = out / MANIFEST
     manifest = None
@@ -299,7 +351,7 @@ def _rescore(
             shutil.rmtree(out)
         out.mkdir(parents=True)
         manifest = {"run_key": key, "as_of": str(as_of), "models": scorer.versions,
-                    "parts": {}, "complete": False}
+                    "previous": compared, "parts": {}, "complete": False}
         atomic.write_text(manifest_path, json.dumps(manifest, indent=1))
 
     done = {int(b) for b in manifest["parts"]}
@@ -328,10 +380,12 @@ def _rescore(
         if engine == "spark":
             from leadscore.nightly import spark
 
-            results = spark.rescore_buckets(cache, todo, as_of, scorer, reasons, lang)
+            results = _spark_compared(
+                spark.rescore_buckets(cache, todo, as_of, scorer, reasons, lang), cache, prev,
+                scorer, kept.state["segments"], lang)
         else:
             results = _score_embedded(cache, todo, as_of, scorer, reasons,
-                                      kept.state["segments"], lang)
+                                      kept.state["segments"], prev, lang)
         progress = _Progress(n_buckets, len(done))
         try:
             for b, scored in results:  # in completion order; Spark runs several at once
@@ -359,12 +413,14 @@ def reasons_as_sentences(reasons_json: str | None, lang: str = language.EN) -> s
 
 
 def export_csv(parquet_dir: Path, csv_path: Path, lang: str = language.EN) -> int:
-    """The same columns as Parquet, UTF-8, reasons as a readable sentence list with model
-    labels in ``lang`` (the language the run wrote its sentences in), times as the API writes
-    them: UTC with ``Z`` and ``best_slot_local`` with the lead's offset."""
+    """The same columns as Parquet, UTF-8, reasons and changes as readable sentence lists
+    (reasons labelled with their model in ``lang``, the language the run wrote its sentences
+    in), times as the API writes them: UTC with ``Z`` and ``best_slot_local`` with the lead's
+    offset."""
     lang = language.check(lang, "lang")
     df = pd.read_parquet(parquet_dir)
     df["reasons"] = df["reasons"].map(lambda text: reasons_as_sentences(text, lang))
+    df["changes"] = df["changes"].map(changes.as_sentences, na_action="ignore")
     for c in ("as_of", "best_slot_start"):
         df[c] = iso_utc_column(df[c])
     tmp = csv_path.with_name(f".{csv_path.name}.tmp")

@@ -77,9 +77,10 @@ def fmt_types(df: pd.DataFrame) -> pd.DataFrame:
     for c in ("p_convert", "p_order_7d", "p_order_15d", "p_order_30d", "p_order_90d",
               "p_inquiry", "p_response", "p_churn"):
         df[c] = pd.to_numeric(df[c], errors="coerce").astype("float64")
-    df["lead_score"] = pd.to_numeric(df["lead_score"], errors="coerce").astype("Int64")
-    for c in ("lead_id", "dealer_id", "intent_grade", "contact_urgency", "best_slot_local",
-              "best_channel", "reasons", "model_versions"):
+    for c in ("lead_score", "score_delta"):
+        df[c] = pd.to_numeric(df[c], errors="coerce").astype("Int64")
+    for c in ("lead_id", "dealer_id", "intent_grade", "trend", "changes", "contact_urgency",
+              "best_slot_local", "best_channel", "reasons", "model_versions"):
         df[c] = df[c].astype("string")
     for c in ("as_of", "best_slot_start"):
         df[c] = pd.to_datetime(df[c], utc=True).astype("datetime64[us, UTC]")

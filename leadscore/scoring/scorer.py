@@ -51,10 +51,13 @@ SLOT_MODEL = "contact-slot"
 ALL_MODELS = (*PROBA_COLUMN, SLOT_MODEL)
 OUTPUT_COLUMNS = (
     "lead_id", "dealer_id", "as_of", "p_convert", "p_order_7d", "p_order_15d", "p_order_30d",
-    "p_order_90d", "lead_score", "intent_grade", "p_inquiry", "contact_urgency",
-    "best_slot_start", "best_slot_local", "best_channel", "p_response", "p_churn", "reasons",
-    "model_versions",
+    "p_order_90d", "lead_score", "intent_grade", "score_delta", "trend", "changes",
+    "p_inquiry", "contact_urgency", "best_slot_start", "best_slot_local", "best_channel",
+    "p_response", "p_churn", "reasons", "model_versions",
 )
+#: of OUTPUT_COLUMNS, the ones the nightly job fills by comparing with the previous run
+#: (:mod:`leadscore.scoring.changes`); the scorer leaves them null
+CHANGE_COLUMNS = ("score_delta", "trend", "changes")
 URGENCY = {"A": "now", "B": "within_3_days", "C": "nurture", "D": "nurture"}
 
 

@@ -214,6 +214,26 @@ class ReasonOut(BaseModel):
         "lead")
 
 
+class ChangeOut(BaseModel):
+    feature: str
+    value: float | str | None = Field(description="The lead's value of the feature that night")
+    previous: float | str | None = Field(description="Its value the night before")
+    points: float = Field(description="Lead-score points the change moved the score by")
+    sentence: str = Field(description="The change in words an advisor can read")
+
+
+class LastNightOut(BaseModel):
+    lead_score: int = Field(ge=0, le=100, description="The last nightly run's `lead_score`")
+    score_delta: int | None = Field(
+        description="`lead_score` minus the previous nightly run's (null: a new lead)")
+    trend: Literal["rising", "steady", "falling", "new"] = Field(
+        description="`rising`/`falling`: `score_delta` at least +3/-3; `steady` in between; "
+        "`new`: no previous score")
+    changes: list[ChangeOut] = Field(
+        description="The two or three feature changes that moved the score most")
+    as_of: datetime = Field(description="The nightly run's cutoff")
+
+
 Channel = Literal[CHANNELS]  # type: ignore[valid-type]
 CHANNEL_HELP = ("`phone`, `wechat` or `sms`, among those the dealer's contact rules allow at "
                 "that time")
@@ -280,6 +300,9 @@ class LeadScore(BaseModel):
     reasons: list[ReasonOut] = Field(default_factory=list)
     model_versions: dict[str, str] = Field(
         default_factory=dict, description="Registry version of each model that scored")
+    last_night: LastNightOut | None = Field(
+        None, description="Leads by id: the last nightly run's score, its change since the "
+        "night before and why (`rescore --store`); null when that run did not score the lead")
     quarantined: list[QuarantinedOut] = Field(
         default_factory=list, description="inline leads only: the lead's rows left out of its "
         "features because they break a rule the nightly job quarantines by (an event stamped "
@@ -307,7 +330,8 @@ def _error_example(description: str, error: str, **extra) -> dict:
             "content": {"application/json": {"example": body}}}
 
 
-#: a real answer (the test suite's simulated dealer group), cut to two slots and three reasons
+#: a real answer (the test suite's simulated dealer group), cut to two slots and three reasons;
+#: its ``last_night`` written to show the shape
 RESPONSE_EXAMPLE = {"results": [{
     "lead_id": "L0002256", "status": "ok", "dealer_id": "D02",
     "as_of": "2026-06-03T00:00:00Z", "p_convert": 0.36507936507936506,
@@ -333,6 +357,10 @@ RESPONSE_EXAMPLE = {"results": [{
          "contribution": -0.361652, "sign": "-", "sentence": "Lead is 59 days old"},
     ],
     "model_versions": {"conversion": "1", "contact": "1", "churn": "1", "contact-slot": "1"},
+    "last_night": {"lead_score": 37, "score_delta": 12, "trend": "rising", "changes": [
+        {"feature": "finance_calc_7d", "value": 2.0, "previous": 0.0, "points": 11.84,
+         "sentence": "Used the finance calculator 2 times in the last 7 days (was 0): +12"}],
+        "as_of": "2026-06-03T00:00:00Z"},
 }, {
     "lead_id": "L9999999", "status": "not_found", "dealer_id": None, "as_of": None,
     "p_convert": None, "p_order_7d": None, "p_order_15d": None, "p_order_30d": None,
@@ -458,6 +486,17 @@ def _score_leads(runtime: Runtime, req: ScoreRequest, tenant: Tenant, scorer: Sc
     return _in_request_order(req, out, quarantined)
 
 
+def _with_last_night(runtime: Runtime, req: ScoreRequest, tenant: Tenant,
+                     results: list[dict]) -> None:
+    """Each lead scored by id gets the last nightly run's row of it (the tenant's only)."""
+    ids = [lead.lead_id for lead, rec in zip(req.leads, results, strict=True)
+           if not lead.inline and rec["status"] == "ok"]
+    got = runtime.last_night.get(ids, dealers=tenant.dealers) if ids else {}
+    for lead, rec in zip(req.leads, results, strict=True):
+        if rec["status"] == "ok":
+            rec["last_night"] = None if lead.inline else got.get(lead.lead_id)
+
+
 def _field_error(field: str, message: str) -> JSONResponse:
     return JSONResponse({"error": f"{field}: {message}",
                          "errors": [{"field": field, "message": message}]},
@@ -521,6 +560,7 @@ async def _score(runtime: Runtime, coalescer: Coalescer, req: ScoreRequest,
         log.error("models and feature rows disagree: %s", e)
         raise HTTPException(503, detail="the feature snapshot does not match the models; "
                             "see the service log") from None
+    _with_last_night(runtime, req, tenant, results)
     body = json.dumps({"results": results}, ensure_ascii=False, allow_nan=False,
                       separators=(",", ":")).encode()
     if log.isEnabledFor(logging.INFO):

@@ -32,6 +32,7 @@ from leadscore.scoring.scorer import (
     Scorer,
 )
 from leadscore.serving.auth import KeyRing
+from leadscore.serving.last_night import LastNight, beside
 from leadscore.serving.store import OnlineStore
 
 log = logging.getLogger(__name__)
@@ -300,6 +301,8 @@ class Runtime:
         batch_threads: int = 1,
     ):
         self.store = store
+        #: the last nightly run's scores beside the store (``rescore --store``)
+        self.last_night = LastNight(beside(store.path))
         self.keys = keys
         self.loader = loader
         self.reload_seconds = reload_seconds
