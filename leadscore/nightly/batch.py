@@ -15,7 +15,10 @@ How it keeps its promises:
 - **idempotent**: a finished run with the same inputs (each file's path, size and modification
   time), cutoff, models and settings is a no-op unless ``force``, decided before reading any
   rows; different inputs into the same folder need ``force`` (which clears it). A rerun after a
-  crash finds the inputs already validated in the intake.
+  crash finds the inputs already validated in the intake;
+- **drift, every night**: each bucket's bin counts of the models' features and scores are
+  saved beside its part before the part is recorded, and ``_drift.json`` is written from
+  their sums at the end (:mod:`leadscore.nightly.watch`), a resumed run included.
 
 The functions of :mod:`leadscore.nightly.per_bucket` are what both engines run, the Spark
 engine (:mod:`leadscore.nightly.spark`) per partition: both hand their buckets' results
@@ -40,10 +43,10 @@ from pathlib import Path
 import pandas as pd
 import pyarrow as pa
 
-from leadscore import atomic, contract
+from leadscore import atomic, contract, drift
 from leadscore.features import catalog as cat
 from leadscore.features import job, rollup
-from leadscore.nightly import intake, per_bucket
+from leadscore.nightly import intake, per_bucket, watch
 from leadscore.scoring.contact_policy import RulesFile
 from leadscore.scoring.intent import IntentRules
 from leadscore.scoring.scorer import ALL_MODELS, OUTPUT_COLUMNS, Scorer
@@ -69,6 +72,12 @@ class RescoreResult:
     noop: bool
     quarantined: int
     model_versions: dict[str, str]
+    #: ``_drift.json``'s content: per model, PSI of the score and features, and the alerts
+    drift: dict | None = None
+
+    @property
+    def drift_alerts(self) -> dict[str, list[str]]:
+        return watch.alerts(self.drift or {})
 
 
 def _write_part(out: Path, bucket: int, scored: pd.DataFrame) -> int:
@@ -133,7 +142,8 @@ def _with_lead_columns(work: Path, bucket: int, table: pa.Table,
 
 
 def _score_embedded(work: Path, buckets: Sequence[int], as_of: pd.Timestamp, scorer: Scorer,
-                    reasons: int, segments: Sequence[dict] | None = None):
+                    reasons: int, segments: Sequence[dict] | None = None,
+                    counted=None):
     """The embedded engine: buckets one after another in this process, the features of the
     next ``AHEAD`` buckets computed on threads of their own while this one is scored and
     written. DuckDB, numpy and the tree walks release the GIL, so each phase's
@@ -141,7 +151,8 @@ def _score_embedded(work: Path, buckets: Sequence[int], as_of: pd.Timestamp, sco
     for 1,000,000 leads without reasons (features from the events, one ahead). Two ahead,
     the first two buckets' features start together instead of the first one alone (in
     process, with kept rollups: 15.7-16.0 s against 15.9-16.7 s). At most ``AHEAD`` buckets'
-    features wait, so memory stays bounded."""
+    features wait, so memory stays bounded. ``counted(bucket, features, rows)``: called with
+    each bucket's features and scored rows before it is handed on (the drift counts)."""
     if not buckets:
         return
     if segments is not None and not rollup.applies(as_of):
@@ -155,7 +166,10 @@ def _score_embedded(work: Path, buckets: Sequence[int], as_of: pd.Timestamp, sco
             if i + AHEAD < len(buckets):
                 ahead.append(pool.submit(_bucket_features, work, buckets[i + AHEAD], as_of,
                                          segments, scorer.job_features))
-            yield b, per_bucket.score_features(feats, scorer, reasons)
+            scored = per_bucket.score_features(feats, scorer, reasons)
+            if counted is not None:
+                counted(b, feats, scored)
+            yield b, scored
 
 
 def _run_key(data_dir: Path, as_of: pd.Timestamp, versions: dict, bucket_leads: int,
@@ -214,6 +228,7 @@ def rescore(
     cache: Path | None = None,
     rules: RulesFile | None = None,
     intent: IntentRules | None = None,
+    drift_alert: float = drift.DEFAULT_ALERT,
 ) -> RescoreResult:
     """Score every open lead (and owner, for churn) at ``as_of`` into the Parquet folder ``out``.
 
@@ -226,6 +241,11 @@ def rescore(
     files added since. Validation runs in a DuckDB capped at ``LEADSCORE_DUCKDB_MEMORY``
     (default ``DEFAULT_LOAD_MEMORY``) that spills to a hidden folder next to ``out``, so
     memory stays bounded whatever the size of the inputs.
+
+    Each model's features and score are compared with the training reference its artifact
+    carries; ``_drift.json`` in ``out`` holds the result, a feature or score whose PSI is at
+    least ``drift_alert`` an alert (:mod:`leadscore.nightly.watch`; also on a no-op rerun,
+    from the saved counts, so a new threshold applies).
     """
     if engine not in ENGINES:
         raise ValueError(f"unknown engine {engine!r}; expected one of {', '.join(ENGINES)}")
@@ -235,7 +255,8 @@ def rescore(
     try:
         return _rescore(data_dir, as_of, out, models=models, reasons=reasons,
                         bucket_leads=bucket_leads, force=force, scorer=scorer, engine=engine,
-                        spill=spill, cache=cache, rules=rules, intent=intent)
+                        spill=spill, cache=cache, rules=rules, intent=intent,
+                        drift_alert=drift_alert)
     finally:
         shutil.rmtree(spill, ignore_errors=True)
 
@@ -255,6 +276,7 @@ def _rescore(
     cache: Path | None = None,
     rules: RulesFile | None = None,
     intent: IntentRules | None = None,
+    drift_alert: float = drift.DEFAULT_ALERT,
 ) -> RescoreResult:
     t0 = time.perf_counter()
     data_dir, out = Path(data_dir), Path(out)
@@ -266,6 +288,7 @@ def _rescore(
         scorer = Scorer.from_registry(models, num_threads=2, rules=rules, intent=intent)
     log.info("rescore: models %s, scoring %s", scorer.versions, scorer.scoring_paths)
     key = _run_key(data_dir, as_of, scorer.versions, bucket_leads, reasons)
+    watched = watch.Watch(scorer.models)
 
     manifest_path = out / MANIFEST
     manifest = None
@@ -282,9 +305,10 @@ def _rescore(
             manifest = None
         elif manifest.get("complete"):
             log.warning("rescore: %s is already complete for these inputs: nothing to do", out)
+            report = watched.report(out, map(int, manifest["parts"]), drift_alert)
             return RescoreResult(out, manifest["rows"], manifest["buckets"],
                                  manifest["buckets"], time.perf_counter() - t0, True,
-                                 manifest.get("quarantined", 0), scorer.versions)
+                                 manifest.get("quarantined", 0), scorer.versions, report)
     if manifest is None:
         if out.exists():
             shutil.rmtree(out)
@@ -312,6 +336,7 @@ def _rescore(
                                 manifest["buckets"], n_buckets, len(done))
                     for part in out.glob("part-*.parquet"):
                         part.unlink()
+                    shutil.rmtree(out / watch.COUNTS_DIR, ignore_errors=True)
                     manifest["parts"], done = {}, set()
                 manifest.update(buckets=n_buckets, quarantined=quarantined)
                 atomic.write_text(manifest_path, json.dumps(manifest, indent=1))
@@ -319,10 +344,15 @@ def _rescore(
         if engine == "spark":
             from leadscore.nightly import spark
 
-            results = spark.rescore_buckets(cache, todo, as_of, scorer, reasons)
+            results = spark.rescore_buckets(cache, todo, as_of, scorer, reasons,
+                                            counts_out=out if watched.references else None)
         else:
+            def counted(b: int, feats: pd.DataFrame, scored: pd.DataFrame) -> None:
+                watched.save(out, b, watched.count(feats, scored))
+
             results = _score_embedded(cache, todo, as_of, scorer, reasons,
-                                      kept.state["segments"])
+                                      kept.state["segments"],
+                                      counted if watched.references else None)
         progress = _Progress(n_buckets, len(done))
         try:
             for b, scored in results:  # in completion order; Spark runs several at once
@@ -334,10 +364,11 @@ def _rescore(
             results.close()  # stops the Spark jobs still running if writing failed
             progress.close()
     rows = sum(p["rows"] for p in manifest["parts"].values())
+    report = watched.report(out, map(int, manifest["parts"]), drift_alert)
     manifest.update({"complete": True, "rows": rows})
     atomic.write_text(manifest_path, json.dumps(manifest, indent=1))
     return RescoreResult(out, rows, n_buckets, len(done), time.perf_counter() - t0, False,
-                         quarantined, scorer.versions)
+                         quarantined, scorer.versions, report)
 
 
 def reasons_as_sentences(reasons_json: str | None) -> str:
