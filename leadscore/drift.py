@@ -51,7 +51,8 @@ def numeric_edges(values: np.ndarray, bins: int = BINS) -> list[float]:
     v = v[~np.isnan(v)]
     if not len(v):
         return []
-    q = np.quantile(v, np.linspace(0, 1, bins + 1)[1:-1])
+    # observed values as edges (no interpolation): a count's bins stay whole counts
+    q = np.quantile(v, np.linspace(0, 1, bins + 1)[1:-1], method="inverted_cdf")
     return sorted({float(f"{e:.6g}") for e in q.tolist() if math.isfinite(e)})
 
 
