@@ -123,7 +123,7 @@ class Watch:
                 t["score"] = _add(t["score"], c["score"])
                 for f, v in c["features"].items():
                     t["features"][f] = _add(t["features"].get(f), v)
-        if lacking:  # parts written by a run that did not count drift
+        if lacking and self.references:  # parts written by a run that did not count drift
             log.warning("drift: %d of the parts have no drift counts (written by a run that "
                         "did not count them); the report covers the others", len(lacking))
         report: dict = {}
