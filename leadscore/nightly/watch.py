@@ -106,8 +106,8 @@ class Watch:
     def report(self, out: Path, buckets: Iterable[int],
                alert: float = drift.DEFAULT_ALERT) -> dict:
         """Sum the saved counts of ``buckets`` (the parts the manifest holds), compare each
-        model with its reference, write ``_drift.json`` (atomically) and log the alerts as
-        warnings (feature names only). Returns the report."""
+        model with its reference, write ``_drift.json`` (atomically; left as it is when the
+        same) and log the alerts as warnings (feature names only). Returns the report."""
         totals: dict[str, dict] = {}
         lacking = []
         for b in sorted(buckets):
@@ -139,7 +139,9 @@ class Watch:
                             ", ".join(report[name]["alerts"]))
         for name, why in self.skipped.items():
             report[name] = {"skipped": why}
-        atomic.write_text(Path(out) / DRIFT_FILE, json.dumps(report, indent=1))
+        path, text = Path(out) / DRIFT_FILE, json.dumps(report, indent=1)
+        if not path.is_file() or path.read_text() != text:  # a no-op rerun touches nothing
+            atomic.write_text(path, text)
         return report
 
 
