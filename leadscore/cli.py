@@ -70,6 +70,10 @@ def _timestamps(text: str, option: str = "--as-of") -> list:
     return out
 
 
+#: exit code of ``rescore --fail-on-drift`` when a model drifted (bad input exits with 2)
+DRIFT_EXIT = 3
+
+
 def _fail(msg: str) -> None:
     typer.secho(f"error: {msg}", fg=typer.colors.RED, err=True)
     raise typer.Exit(2)
@@ -480,11 +484,20 @@ def rescore(
         help="The online feature store the HTTP service reads: the run's scores, deltas and "
              "changes are written beside it (FILE.last-night.db) for /score by lead id")
     ] = None,
+    drift_alert: Annotated[float, typer.Option(
+        "--drift-alert", min=0.0,
+        help="PSI against the training reference at or above which a feature or score is a "
+             "drift alert (in _drift.json and the log)")] = 0.25,
+    fail_on_drift: Annotated[bool, typer.Option(
+        "--fail-on-drift",
+        help="Exit with code 3 when any model has a drift alert (after writing everything)")
+    ] = False,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
     """Score every open lead (and owner, for churn) with the champion models."""
     _logging(verbose)
-    for name in ("leadscore.nightly.batch", "leadscore.nightly.intake"):  # progress lines
+    for name in ("leadscore.nightly.batch", "leadscore.nightly.intake",  # progress lines
+                 "leadscore.nightly.watch"):
         logging.getLogger(name).setLevel(logging.INFO)
     from leadscore.contract import ContractError
     from leadscore.nightly import batch
@@ -504,7 +517,7 @@ def rescore(
         res = batch.rescore(data, cutoff, target, models=names, reasons=reasons,
                             bucket_leads=bucket_leads, force=force, engine=engine.value,
                             cache=cache, rules=rules, intent=intent, lang=lang,
-                            previous=previous)
+                            previous=previous, drift_alert=drift_alert)
     except (ContractError, FileExistsError, ValueError, IntakeError) as e:
         _fail(str(e))
     if store is not None:  # the service's copy of the run: scores, deltas, changes by lead
@@ -517,6 +530,12 @@ def rescore(
     typer.echo(f"rescore {state}: {res.rows:,} rows in {res.buckets} buckets "
                f"({res.skipped_buckets} resumed) → {out} in {res.seconds:.1f}s; "
                f"models {res.model_versions}; {res.quarantined:,} input rows quarantined")
+    drifted = res.drift_alerts
+    typer.echo(f"drift: {target / '_drift.json'}; " + (
+        "; ".join(f"{m}: {', '.join(a)}" for m, a in drifted.items()) if drifted
+        else f"no alert (PSI < {drift_alert:g})"))
+    if drifted and fail_on_drift:
+        raise typer.Exit(DRIFT_EXIT)
 
 
 @app.command()

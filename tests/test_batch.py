@@ -34,7 +34,7 @@ from leadscore.artifact import Calibrator, LeadModel
 from leadscore.cli import app
 from leadscore.features import job
 from leadscore.features.slots import add_slot_features
-from leadscore.nightly import batch, intake, per_bucket
+from leadscore.nightly import batch, intake, per_bucket, watch
 from leadscore.schema import CHANNELS
 from leadscore.scoring import changes, intent
 from leadscore.scoring.scorer import OUTPUT_COLUMNS, SLOT_MODEL, Scorer
@@ -430,7 +430,7 @@ def test_a_rerun_after_a_crash_scores_from_the_validated_buckets(
     monkeypatch.setattr(contract, "load", lambda *a, **kw: loads.append(1))
     res = batch.rescore(data, env.as_of, out, bucket_leads=100)
     assert loads == [] and res.skipped_buckets == 2 and res.buckets == kept["buckets"]
-    assert {p.name for p in out.iterdir()} == {batch.MANIFEST} | {
+    assert {p.name for p in out.iterdir()} == {batch.MANIFEST, watch.DRIFT_FILE} | {
         f"part-{b:05d}.parquet" for b in range(res.buckets)}
     again = batch.rescore(data, env.as_of, out, bucket_leads=100)
     assert again.noop and loads == []

@@ -15,7 +15,10 @@ How it keeps its promises:
 - **idempotent**: a finished run with the same inputs (each file's path, size and modification
   time), cutoff, models and settings is a no-op unless ``force``, decided before reading any
   rows; different inputs into the same folder need ``force`` (which clears it). A rerun after a
-  crash finds the inputs already validated in the intake.
+  crash finds the inputs already validated in the intake;
+- **drift, every night**: each bucket's bin counts of the models' features and scores are
+  saved beside its part before the part is recorded, and ``_drift.json`` is written from
+  their sums at the end (:mod:`leadscore.nightly.watch`), a resumed run included.
 
 The functions of :mod:`leadscore.nightly.per_bucket` are what both engines run, the Spark
 engine (:mod:`leadscore.nightly.spark`) per partition: both hand their buckets' results
@@ -41,11 +44,11 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from leadscore import atomic, contract
+from leadscore import atomic, contract, drift
 from leadscore import lang as language
 from leadscore.features import catalog as cat
 from leadscore.features import job, rollup
-from leadscore.nightly import intake, per_bucket
+from leadscore.nightly import intake, per_bucket, watch
 from leadscore.nightly import previous as last_run
 from leadscore.scoring import changes
 from leadscore.scoring.contact_policy import RulesFile
@@ -73,6 +76,12 @@ class RescoreResult:
     noop: bool
     quarantined: int
     model_versions: dict[str, str]
+    #: ``_drift.json``'s content: per model, PSI of the score and features, and the alerts
+    drift: dict | None = None
+
+    @property
+    def drift_alerts(self) -> dict[str, list[str]]:
+        return watch.alerts(self.drift or {})
 
 
 def _write_part(out: Path, bucket: int, scored: pd.DataFrame) -> int:
@@ -143,7 +152,8 @@ def _with_lead_columns(work: Path, bucket: int, table: pa.Table,
 
 def _score_embedded(work: Path, buckets: Sequence[int], as_of: pd.Timestamp, scorer: Scorer,
                     reasons: int, segments: Sequence[dict] | None = None,
-                    prev: last_run.Previous | None = None, lang: str | None = None):
+                    prev: last_run.Previous | None = None, lang: str | None = None,
+                    counted=None):
     """The embedded engine: buckets one after another in this process, the features of the
     next ``AHEAD`` buckets computed on threads of their own while this one is scored and
     written. DuckDB, numpy and the tree walks release the GIL, so each phase's
@@ -151,7 +161,8 @@ def _score_embedded(work: Path, buckets: Sequence[int], as_of: pd.Timestamp, sco
     for 1,000,000 leads without reasons (features from the events, one ahead). Two ahead,
     the first two buckets' features start together instead of the first one alone (in
     process, with kept rollups: 15.7-16.0 s against 15.9-16.7 s). At most ``AHEAD`` buckets'
-    features wait, so memory stays bounded."""
+    features wait, so memory stays bounded. ``counted(bucket, features, rows)``: called with
+    each bucket's features and scored rows before it is handed on (the drift counts)."""
     if not buckets:
         return
     if segments is not None and not rollup.applies(as_of):
@@ -166,6 +177,8 @@ def _score_embedded(work: Path, buckets: Sequence[int], as_of: pd.Timestamp, sco
                 ahead.append(pool.submit(_bucket_features, work, buckets[i + AHEAD], as_of,
                                          segments, scorer.job_features))
             scored = per_bucket.score_features(feats, scorer, reasons, lang)
+            if counted is not None:
+                counted(b, feats, scored)
             yield b, _compared(work, b, scored, feats, prev, scorer, segments, lang)
 
 
@@ -256,6 +269,7 @@ def rescore(
     intent: IntentRules | None = None,
     lang: str | None = None,
     previous: Path | bool | None = None,
+    drift_alert: float = drift.DEFAULT_ALERT,
 ) -> RescoreResult:
     """Score every open lead (and owner, for churn) at ``as_of`` into the Parquet folder ``out``.
 
@@ -275,6 +289,11 @@ def rescore(
     None finds it beside ``out`` (:func:`leadscore.nightly.previous.resolve`), False: none.
     ``lang`` also writes the change sentences. (The HTTP service's copy of a complete run's
     scores, deltas and changes is written by the CLI: :mod:`leadscore.serving.last_night`.)
+
+    Each model's features and score are compared with the training reference its artifact
+    carries; ``_drift.json`` in ``out`` holds the result, a feature or score whose PSI is at
+    least ``drift_alert`` an alert (:mod:`leadscore.nightly.watch`; also on a no-op rerun,
+    from the saved counts, so a new threshold applies).
     """
     if engine not in ENGINES:
         raise ValueError(f"unknown engine {engine!r}; expected one of {', '.join(ENGINES)}")
@@ -285,7 +304,7 @@ def rescore(
         res = _rescore(data_dir, as_of, out, models=models, reasons=reasons,
                        bucket_leads=bucket_leads, force=force, scorer=scorer, engine=engine,
                        spill=spill, cache=cache, rules=rules, intent=intent, lang=lang,
-                       previous=previous)
+                       previous=previous, drift_alert=drift_alert)
     finally:
         shutil.rmtree(spill, ignore_errors=True)
     return res
@@ -308,6 +327,7 @@ def _rescore(
     intent: IntentRules | None = None,
     lang: str | None = None,
     previous: Path | bool | None = None,
+    drift_alert: float = drift.DEFAULT_ALERT,
 ) -> RescoreResult:
     t0 = time.perf_counter()
     data_dir, out = Path(data_dir), Path(out)
@@ -327,6 +347,7 @@ def _rescore(
                     "explain tonight's model's view of both nights", prev.path,
                     prev.models.get("conversion"), scorer.versions.get("conversion"))
     key = _run_key(data_dir, as_of, scorer.versions, bucket_leads, reasons, lang, compared)
+    watched = watch.Watch(scorer.models)
 
     manifest_path = out / MANIFEST
     manifest = None
@@ -343,9 +364,10 @@ def _rescore(
             manifest = None
         elif manifest.get("complete"):
             log.warning("rescore: %s is already complete for these inputs: nothing to do", out)
+            report = watched.report(out, map(int, manifest["parts"]), drift_alert)
             return RescoreResult(out, manifest["rows"], manifest["buckets"],
                                  manifest["buckets"], time.perf_counter() - t0, True,
-                                 manifest.get("quarantined", 0), scorer.versions)
+                                 manifest.get("quarantined", 0), scorer.versions, report)
     if manifest is None:
         if out.exists():
             shutil.rmtree(out)
@@ -373,6 +395,7 @@ def _rescore(
                                 manifest["buckets"], n_buckets, len(done))
                     for part in out.glob("part-*.parquet"):
                         part.unlink()
+                    shutil.rmtree(out / watch.COUNTS_DIR, ignore_errors=True)
                     manifest["parts"], done = {}, set()
                 manifest.update(buckets=n_buckets, quarantined=quarantined)
                 atomic.write_text(manifest_path, json.dumps(manifest, indent=1))
@@ -381,11 +404,16 @@ def _rescore(
             from leadscore.nightly import spark
 
             results = _spark_compared(
-                spark.rescore_buckets(cache, todo, as_of, scorer, reasons, lang), cache, prev,
-                scorer, kept.state["segments"], lang)
+                spark.rescore_buckets(cache, todo, as_of, scorer, reasons, lang,
+                                      counts_out=out if watched.references else None),
+                cache, prev, scorer, kept.state["segments"], lang)
         else:
+            def counted(b: int, feats: pd.DataFrame, scored: pd.DataFrame) -> None:
+                watched.save(out, b, watched.count(feats, scored))
+
             results = _score_embedded(cache, todo, as_of, scorer, reasons,
-                                      kept.state["segments"], prev, lang)
+                                      kept.state["segments"], prev, lang,
+                                      counted if watched.references else None)
         progress = _Progress(n_buckets, len(done))
         try:
             for b, scored in results:  # in completion order; Spark runs several at once
@@ -397,10 +425,11 @@ def _rescore(
             results.close()  # stops the Spark jobs still running if writing failed
             progress.close()
     rows = sum(p["rows"] for p in manifest["parts"].values())
+    report = watched.report(out, map(int, manifest["parts"]), drift_alert)
     manifest.update({"complete": True, "rows": rows})
     atomic.write_text(manifest_path, json.dumps(manifest, indent=1))
     return RescoreResult(out, rows, n_buckets, len(done), time.perf_counter() - t0, False,
-                         quarantined, scorer.versions)
+                         quarantined, scorer.versions, report)
 
 
 def reasons_as_sentences(reasons_json: str | None, lang: str = language.EN) -> str:

@@ -138,6 +138,7 @@ def stop() -> None:
 # --------------------------------------------------------------------------- models on workers
 
 _worker_scorer: tuple[str, object] | None = None  # (payload key, Scorer), per worker process
+_worker_watch: tuple[str, object] | None = None  # (payload key, Watch), per worker process
 
 
 def _payload(scorer) -> tuple[str, bytes]:
@@ -181,17 +182,26 @@ def _buckets_of(batches) -> Iterator[int]:
 
 
 def _score_task(batches, *, work: str, as_of: str, key: str, payload, reasons: int,
-                schema: pa.Schema, lang: str | None = None):
-    """Runs in a Spark Python worker: score whole buckets, yield their rows as Arrow."""
-    from leadscore.nightly import per_bucket
+                schema: pa.Schema, lang: str | None = None, counts_out: str | None = None):
+    """Runs in a Spark Python worker: score whole buckets, yield their rows as Arrow.
+    ``counts_out``: the output folder the bucket's drift counts are saved in, before its
+    rows go back to the driver (which records the part after)."""
+    global _worker_watch
+    from leadscore.nightly import per_bucket, watch
 
     scorer = _scorer_on_worker(key, payload)
+    if counts_out is not None and (_worker_watch is None or _worker_watch[0] != key):
+        _worker_watch = (key, watch.Watch(scorer.models))
     for b in _buckets_of(batches):
         con = per_bucket.bucket_connection(Path(work), b, threads=1)
         try:
-            scored = per_bucket.score_bucket(con, pd.Timestamp(as_of), scorer, reasons, lang)
+            feats = per_bucket.bucket_features(con, pd.Timestamp(as_of), scorer.job_features)
         finally:
             con.close()
+        scored = per_bucket.score_features(feats, scorer, reasons, lang)
+        if counts_out is not None:
+            w = _worker_watch[1]
+            w.save(Path(counts_out), b, w.count(feats, scored))
         table = pa.Table.from_pandas(per_bucket.fmt_types(scored), schema=schema,
                                      preserve_index=False)
         yield from table.to_batches(max_chunksize=BATCH_ROWS)
@@ -271,9 +281,11 @@ def _run_buckets(buckets: Sequence[int], task: Callable, schema: pa.Schema,
 
 
 def rescore_buckets(work: Path, buckets: Sequence[int], as_of: pd.Timestamp, scorer,
-                    reasons: int, lang: str | None = None
+                    reasons: int, lang: str | None = None, counts_out: Path | None = None,
                     ) -> Iterator[tuple[int, pd.DataFrame]]:
     """Score the given buckets of ``work`` on Spark; yield (bucket, rows) as each finishes.
+    ``counts_out``: where the tasks save each bucket's drift counts
+    (:mod:`leadscore.nightly.watch`; a folder every executor can write).
 
     The rows are exactly :func:`per_bucket.score_bucket`'s, typed as the parts are; the caller
     (:func:`batch.rescore`) writes them with the same atomic part writer as the embedded
@@ -288,7 +300,9 @@ def rescore_buckets(work: Path, buckets: Sequence[int], as_of: pd.Timestamp, sco
     task = functools.partial(_score_task, work=str(Path(work).resolve()),
                              as_of=pd.Timestamp(as_of).isoformat(), key=key,
                              payload=payload, reasons=int(reasons), schema=schema,
-                             lang=lang)
+                             lang=lang,
+                             counts_out=None if counts_out is None
+                             else str(Path(counts_out).resolve()))
     try:
         for b, table in _run_buckets(buckets, task, schema, "rescore"):
             yield b, table.to_pandas()

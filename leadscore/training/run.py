@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 
 from leadscore import contract, models, registry
+from leadscore.drift import REFERENCE_KEY
 from leadscore.features import catalog
 from leadscore.models.spec import ModelSpec
 from leadscore.scoring.contact_policy import RulesFile
@@ -408,6 +409,8 @@ def _log_run(spec, cfg, ts, fr, test, p, m, fp, truth_note, register: bool,
                           if f.startswith((catalog.VOCAB_PREFIX, catalog.COLUMN_PREFIX))]},
             indent=1))
         (d / "cutoffs.json").write_text(json.dumps([str(c) for c in ts.cutoffs], indent=1))
+        if REFERENCE_KEY in final.meta:  # what the nightly job compares with (also in the model)
+            (d / "drift_reference.json").write_text(json.dumps(final.meta[REFERENCE_KEY]))
         if ts.btyd_fits:
             (d / "btyd_fits.json").write_text(json.dumps(ts.btyd_fits, indent=1))
         (d / "model_card.md").write_text(model_card(spec, ts, fr, m, fp, refit_rows,

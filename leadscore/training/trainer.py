@@ -14,7 +14,7 @@ from sklearn.linear_model import LogisticRegression
 from leadscore.artifact import Calibrator, LeadModel, check_booster
 from leadscore.features import catalog
 from leadscore.models.spec import ModelSpec
-from leadscore.training import lgb_params
+from leadscore.training import lgb_params, reference
 from leadscore.training.dataset import TrainingSet, lead_share
 
 log = logging.getLogger(__name__)
@@ -166,7 +166,8 @@ def fit(
 ) -> FitResult:
     """The evaluation fit: boosted on ``fit``, stopped early on ``valid``, calibrated on
     ``calib``; the holdout (``test``) stays unseen. ``init``: a column of starting margins
-    (LightGBM's ``init_score``) on every part."""
+    (LightGBM's ``init_score``) on every part. The model carries the drift reference of the
+    ``fit`` rows (:mod:`leadscore.training.reference`)."""
     features = list(spec.features)
     fit_df, valid_df, calib_df = ts.part("fit"), ts.part("valid"), ts.part("calib")
     _two_classes(spec, {"fit": fit_df, "valid": valid_df, "calib": calib_df})
@@ -180,7 +181,9 @@ def fit(
     model = _calibrated(spec, booster, features, cats, calib_df, num_threads, init)
     log.info("%s: %d trees, calibrated (%s) on %d rows", spec.name, best, spec.calibration,
              len(calib_df))
-    return FitResult(model=model, best_iteration=best, params=params, init=init)
+    fr = FitResult(model=model, best_iteration=best, params=params, init=init)
+    reference.attach(model, fit_df, fr.predict_proba(fit_df, num_threads), spec.entity)
+    return fr
 
 
 #: share of leads the refit keeps out of boosting to calibrate on
@@ -201,8 +204,8 @@ def refit(
     labelled row (the holdout and the purged cutoffs too) except a lead-grouped tenth kept to
     calibrate on. Out-of-time evaluation holds back the most recent months, exactly the ones
     closest to the leads the model will score; the evaluation fit measured the recipe, this
-    applies it to all the data. ``init``: as in :func:`fit`. Returns the model and the rows
-    it was boosted on."""
+    applies it to all the data. ``init``: as in :func:`fit`. Returns the model (with the
+    drift reference of the rows it was boosted on) and their number."""
     rows = ts.labelled()
     calib = lead_share(rows["lead_id"], seed + 1) < REFIT_CALIB_SHARE
     train_df, calib_df = rows[~calib], rows[calib]
@@ -214,5 +217,7 @@ def refit(
     booster, _ = _booster(spec, features, cats, train_df, None, params, trees, None, init)
     log.info("%s: refit with %d trees on %d rows, calibrated on %d", spec.name, trees,
              len(train_df), len(calib_df))
-    return (_calibrated(spec, booster, features, cats, calib_df, num_threads, init),
-            len(train_df))
+    model = _calibrated(spec, booster, features, cats, calib_df, num_threads, init)
+    p = model.calibrator(margin(model, train_df, init, num_threads))
+    reference.attach(model, train_df, p, spec.entity)
+    return model, len(train_df)

@@ -1,0 +1,176 @@
+"""Drift against the training reference: the binning and the population stability index
+shared by training (which stores the reference with the model) and the nightly job (which
+counts tonight's rows into the same bins).
+
+Why histograms and numpy, not Evidently: Evidently compares two raw datasets, so every
+model would have to ship its training rows (lead-level data, in the registry) and each night
+would hold all of tonight's rows in one frame. A reference of bin edges and shares is a few
+kilobytes in the artifact's metadata, and tonight's bin counts add up bucket by bucket, so
+the job needs no second pass and its memory is bins x features. The maths is a few lines:
+
+- numeric feature: up to ``BINS`` quantile bins of the training rows' non-missing values
+  (equal edges merged; a value equal to an edge goes to the bin above it) plus a missing bin;
+- categorical feature: one bin per training level, one for levels never seen in training
+  ("unseen") and one for missing;
+- the score: ``BINS`` quantile bins of the calibrated probability.
+
+PSI (Siddiqi, *Credit Risk Scorecards*, 2006; Yurdakul, *Statistical properties of the
+population stability index*, 2018) is ``sum_i (a_i - e_i) * ln(a_i / e_i)`` over the bins,
+``e`` the training shares and ``a`` tonight's, each floored at ``EPS`` so that an empty bin
+on either side counts as a rare one rather than an infinite drift. Usual reading: below 0.1
+stable, 0.1-0.25 a moderate shift, 0.25 and above a shift to act on (``DEFAULT_ALERT``).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+
+#: where the reference lives in the artifact's metadata (:attr:`LeadModel.meta`)
+REFERENCE_KEY = "drift_reference"
+REFERENCE_VERSION = 1
+#: quantile bins of a numeric feature and of the score
+BINS = 10
+#: floor of a bin's share in the PSI: an empty bin reads as a rare one
+EPS = 1e-4
+#: PSI at or above which a feature (or the score) is an alert
+DEFAULT_ALERT = 0.25
+#: the populations a reference can be compared with tonight's rows: models trained on other
+#: rows (the slot model: logged contact attempts) describe another population than the
+#: open leads the job scores
+NIGHTLY_POPULATIONS = ("open", "open_or_owner")
+
+
+def numeric_edges(values: np.ndarray, bins: int = BINS) -> list[float]:
+    """Interior quantile edges of the non-missing ``values`` (equal ones merged), rounded
+    to 6 significant digits: the stored edges are the ones counted against, everywhere."""
+    v = np.asarray(values, dtype=np.float64)
+    v = v[~np.isnan(v)]
+    if not len(v):
+        return []
+    # observed values as edges (no interpolation): a count's bins stay whole counts
+    q = np.quantile(v, np.linspace(0, 1, bins + 1)[1:-1], method="inverted_cdf")
+    return sorted({float(f"{e:.6g}") for e in q.tolist() if math.isfinite(e)})
+
+
+def as_float(col) -> np.ndarray:
+    """A column as float64 numbers, missing as NaN (what the model's matrix makes of it)."""
+    if isinstance(col, np.ndarray) and col.dtype == np.float64:
+        return col
+    s = pd.Series(col) if not isinstance(col, pd.Series) else col
+    if pd.api.types.is_numeric_dtype(s.dtype) and not isinstance(s.dtype, pd.CategoricalDtype):
+        return s.to_numpy(dtype=np.float64, na_value=np.nan)
+    return pd.to_numeric(s, errors="coerce").astype("float64").to_numpy()
+
+
+def numeric_bins(x: np.ndarray, edges: Sequence[float]) -> np.ndarray:
+    """Per row, its bin: 0..len(edges) by value, len(edges) + 1 when missing (uint8).
+    A sum of comparisons: for the few edges of a bin set, several times faster than
+    ``searchsorted``."""
+    k = len(edges)
+    if k == 0:
+        idx = np.zeros(len(x), dtype=np.uint8)
+    else:
+        idx = (x >= edges[0]).view(np.uint8).copy()
+        for e in edges[1:]:
+            idx += (x >= e).view(np.uint8)
+    idx[np.isnan(x)] = k + 1
+    return idx
+
+
+def categorical_bins(col, levels: Sequence[str]) -> np.ndarray:
+    """Per row, its bin: the training level's position, len(levels) for a level never seen
+    in training, len(levels) + 1 when missing."""
+    s = col if isinstance(col, pd.Series) else pd.Series(col)
+    obj = s.astype("object")
+    missing = obj.isna().to_numpy()
+    codes = pd.Categorical(obj.where(~missing, None), categories=list(levels)).codes
+    idx = np.where(codes >= 0, codes, len(levels)).astype(np.int64)
+    idx[missing] = len(levels) + 1
+    return idx
+
+
+def n_bins(spec: Mapping) -> int:
+    """Bins of a stored feature (or score) reference: values, then unseen (categorical), then
+    missing."""
+    return len(spec["levels"]) + 2 if "levels" in spec else len(spec["edges"]) + 2
+
+
+def bins_of(col, spec: Mapping) -> np.ndarray:
+    """The bins of ``col``'s rows under a stored reference entry."""
+    if "levels" in spec:
+        return categorical_bins(col, spec["levels"])
+    return numeric_bins(as_float(col), spec["edges"])
+
+
+def shares(counts: np.ndarray) -> list[float]:
+    counts = np.asarray(counts, dtype=np.float64)
+    total = counts.sum()
+    if total <= 0:
+        return [0.0] * len(counts)
+    return [round(float(c), 6) for c in counts / total]
+
+
+def psi(expected: Sequence[float], actual_counts: Sequence[float]) -> float:
+    """Population stability index of tonight's bin counts against the training shares
+    (module docstring); NaN without rows tonight."""
+    a = np.asarray(actual_counts, dtype=np.float64)
+    if a.sum() <= 0:
+        return math.nan
+    e = np.maximum(np.asarray(expected, dtype=np.float64), EPS)
+    a = np.maximum(a / a.sum(), EPS)
+    return float(np.sum((a - e) * np.log(a / e)))
+
+
+def entry(col, *, levels: Sequence[str] | None = None,
+          edges: Sequence[float] | None = None) -> dict:
+    """A reference entry of one column: its bins and their shares over ``col``'s rows
+    (categorical with ``levels``, else numeric with ``edges`` or the column's own quantile
+    edges)."""
+    if levels is not None:
+        spec: dict = {"levels": [str(v) for v in levels]}
+    else:
+        x = as_float(col)
+        spec = {"edges": list(edges) if edges is not None else numeric_edges(x)}
+    counts = np.bincount(bins_of(col, spec), minlength=n_bins(spec))
+    spec["shares"] = shares(counts)
+    return spec
+
+
+def compare(reference: Mapping, counts: Mapping, alert: float = DEFAULT_ALERT) -> dict:
+    """One model's drift report from its stored reference and tonight's summed counts
+    (``{"rows", "features": {name: counts}, "score": counts}``): PSI of the score and of
+    every feature, missing shares (training, tonight) of the features missing on either
+    side, tonight's share of unseen levels per categorical feature, and the alerts (PSI at
+    or above ``alert``), the score first, then by PSI, largest first."""
+    feats = reference["features"]
+    out: dict = {"rows": int(counts.get("rows", 0)),
+                 "reference_rows": int(reference.get("rows", 0))}
+    score = reference.get("score")
+    out["score_psi"] = (_round(psi(score["shares"], counts["score"]))
+                        if score is not None and "score" in counts else None)
+    out["features"], out["missing"], out["unseen"] = {}, {}, {}
+    for name, spec in feats.items():
+        c = counts["features"].get(name)
+        if c is None:
+            continue
+        c = np.asarray(c, dtype=np.float64)
+        out["features"][name] = _round(psi(spec["shares"], c))
+        total = c.sum()
+        train_missing, night_missing = spec["shares"][-1], (c[-1] / total if total else 0.0)
+        if train_missing > 0 or night_missing > 0:
+            out["missing"][name] = [round(train_missing, 6), round(float(night_missing), 6)]
+        if "levels" in spec:
+            out["unseen"][name] = round(float(c[-2] / total), 6) if total else 0.0
+    ranked = sorted(((v, k) for k, v in out["features"].items()
+                     if v is not None and v >= alert), key=lambda t: (-t[0], t[1]))
+    out["alerts"] = ((["score"] if out["score_psi"] is not None and out["score_psi"] >= alert
+                      else []) + [k for _, k in ranked])
+    return out
+
+
+def _round(v: float) -> float | None:
+    return None if v != v else round(v, 6)
