@@ -52,6 +52,7 @@ from leadscore.scoring.intent import rules_path_from_env as intent_rules_path
 from leadscore.serving import upstream_shims
 from leadscore.serving.api import create_app
 from leadscore.serving.auth import KeyRing
+from leadscore.serving.last_night import LastNight
 from leadscore.serving.metrics import HttpMetrics
 from leadscore.serving.runtime import BENTO_PREFIX, Runtime, champion_model, load_from_bento_store
 from leadscore.serving.store import DEFAULT_STORE, OnlineStore
@@ -89,6 +90,12 @@ class _CurrentRuntime:
         if self.runtime is None:
             raise RuntimeError("the service is not initialised yet")
         return self.runtime.store
+
+    @property
+    def last_night(self) -> LastNight:
+        if self.runtime is None:
+            raise RuntimeError("the service is not initialised yet")
+        return self.runtime.last_night
 
     @property
     def ready(self) -> bool:
