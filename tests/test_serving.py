@@ -79,8 +79,11 @@ def score(served, body, headers=NORTH):
     return served.client.post("/score", json=body, headers=headers)
 
 
-def by_id(served, ids, headers=NORTH, reasons=3) -> list[dict]:
-    r = score(served, {"leads": [{"lead_id": i} for i in ids], "reasons": reasons}, headers)
+def by_id(served, ids, headers=NORTH, reasons=3, as_of=None) -> list[dict]:
+    body = {"leads": [{"lead_id": i} for i in ids], "reasons": reasons}
+    if as_of is not None:  # the slot search starts from it (else from now)
+        body["as_of"] = pd.Timestamp(as_of).isoformat()
+    r = score(served, body, headers)
     assert r.status_code == 200, r.text
     return r.json()["results"]
 
@@ -283,7 +286,8 @@ def test_inline_events_score_exactly_like_the_snapshot_lookup(served, sim_data, 
     r = score(served, {"as_of": served.as_of.isoformat(), "leads": leads})
     assert r.status_code == 200, r.text
     inline = {x["lead_id"]: x for x in r.json()["results"]}
-    stored = {x["lead_id"]: x for x in by_id(served, ids)}
+    # the same as_of: both slot searches start from it (without it, from the wall clock)
+    stored = {x["lead_id"]: x for x in by_id(served, ids, as_of=served.as_of)}
     for lead_id in ids:
         a, b = inline[lead_id], stored[lead_id]
         assert a["status"] == b["status"] == "ok"
