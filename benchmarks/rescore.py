@@ -194,9 +194,9 @@ def child_reference(data: str, work: str, models_dir: str, as_of: str, bucket_le
     import shap
 
     from leadscore import contract
-    from leadscore.features import job
+    from leadscore.features import catalog, job
     from leadscore.nightly import per_bucket
-    from leadscore.scoring.scorer import PROBA_COLUMN
+    from leadscore.scoring.scorer import ALL_MODELS, PROBA_COLUMN
 
     scorer = load_scorer(Path(models_dir))
     ds = contract.load(Path(data))
@@ -252,14 +252,27 @@ def child_reference(data: str, work: str, models_dir: str, as_of: str, bucket_le
         secs, cpu = time.perf_counter() - t, time.process_time() - c
         ours = model.contributions(sample, num_threads=2)[:, :-1]
         np.testing.assert_allclose(ours, sv, rtol=1e-9, atol=1e-9)
-        # the reasons written by rescore are SHAP's top 3 for and against
+        # the reasons written by rescore are SHAP's 3 largest in magnitude (ties: the lower
+        # feature), leaving out a missing value that says nothing and, in a row, a sentence an
+        # earlier model already gave (README, "Reasons")
         checked = 0
-        for lead, contrib in zip(sample["lead_id"].head(500), sv[:500], strict=False):
-            rs = [r for r in json.loads(written.at[lead, "reasons"]) if r["model"] == name]
-            order = np.argsort(-contrib, kind="stable")
-            pos = [model.features[j] for j in order[:3] if contrib[j] > 0]
-            neg = [model.features[j] for j in order[::-1][:3] if contrib[j] < 0]
-            assert [r["feature"] for r in rs] == pos + neg, (lead, name)
+        rank = {m: i for i, m in enumerate(ALL_MODELS)}
+        for i, (lead, contrib) in enumerate(zip(sample["lead_id"].head(500), sv[:500],
+                                                strict=False)):
+            every = json.loads(written.at[lead, "reasons"])
+            rs = [r for r in every if r["model"] == name]
+            said = {r["sentence"] for r in every if rank[r["model"]] < rank[name]}
+            row = sample.iloc[i]
+
+            def says(f, row=row):
+                v = row[f]
+                return catalog.feature(f).sentence(None if pd.isna(v) else v)
+
+            eligible = [j for j in range(len(contrib))
+                        if contrib[j] != 0 and says(model.features[j]) is not None]
+            top = sorted(eligible, key=lambda j: (-abs(contrib[j]), j))[:3]
+            want = [model.features[j] for j in top if says(model.features[j]) not in said]
+            assert [r["feature"] for r in rs] == want, (lead, name)
             for r in rs:
                 j = model.features.index(r["feature"])
                 assert abs(r["contribution"] - contrib[j]) <= 1e-6
