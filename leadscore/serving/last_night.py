@@ -11,13 +11,13 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
-import threading
 from collections.abc import Sequence
 from pathlib import Path
 
 import pandas as pd
 
 from leadscore.scoring.scorer import iso_utc
+from leadscore.serving.store import ReadOnlyFile
 
 _MAX_PARAMS = 900
 COLUMNS = ("lead_id", "dealer_id", "as_of", "lead_score", "score_delta", "trend", "changes")
@@ -56,28 +56,9 @@ def write(run: Path, path: Path) -> int:
     return len(df)
 
 
-class LastNight:
+class LastNight(ReadOnlyFile):
     """Read side: thread-safe lookups, reopened when the file is replaced; nothing when it
     is missing or unreadable (the service keeps serving)."""
-
-    def __init__(self, path: Path):
-        self.path = Path(path)
-        self._local = threading.local()
-
-    def _con(self) -> sqlite3.Connection | None:
-        try:
-            st = self.path.stat()
-        except FileNotFoundError:
-            return None
-        stamp = (st.st_ino, st.st_mtime_ns)
-        con = getattr(self._local, "con", None)
-        if con is None or self._local.stamp != stamp:
-            if con is not None:
-                con.close()
-            con = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True,
-                                  check_same_thread=False)
-            self._local.con, self._local.stamp = con, stamp
-        return con
 
     def get(self, lead_ids: Sequence[str], dealers: frozenset[str] | set[str] | None = None
             ) -> dict[str, dict]:

@@ -62,10 +62,11 @@ def write(frame: pd.DataFrame, path: Path = DEFAULT_STORE) -> int:
     return len(latest)
 
 
-class OnlineStore:
-    """Read side: thread-safe lookups, reopened when the file is replaced."""
+class ReadOnlyFile:
+    """A SQLite file written by a job and replaced atomically: one read-only connection per
+    thread, reopened when the file is replaced; None while it is missing."""
 
-    def __init__(self, path: Path = DEFAULT_STORE):
+    def __init__(self, path: Path):
         self.path = Path(path)
         self._local = threading.local()
 
@@ -83,6 +84,13 @@ class OnlineStore:
                                   check_same_thread=False)
             self._local.con, self._local.stamp = con, stamp
         return con
+
+
+class OnlineStore(ReadOnlyFile):
+    """Read side: thread-safe lookups, reopened when the file is replaced."""
+
+    def __init__(self, path: Path = DEFAULT_STORE):
+        super().__init__(path)
 
     @property
     def available(self) -> bool:
