@@ -18,6 +18,7 @@ import pandas as pd
 
 from leadscore.artifact import LeadModel
 from leadscore.features import catalog
+from leadscore.scoring.scorer import plain_value
 
 #: |score_delta| at or above this (lead-score points) is ``rising``/``falling``, below it
 #: ``steady``: smaller moves are within what a night's rounding and noise make of a steady lead
@@ -78,20 +79,10 @@ def change_sentence(feature: str, value, previous, points: float, lang: str = "e
     return f"{said} (was {_fmt(feature, previous, lang)}): {_fmt_points(points)}"
 
 
-def _plain(v):
-    if v is None or v is pd.NA:
-        return None
-    if isinstance(v, (float, np.floating)):
-        return None if np.isnan(v) else float(v)
-    if isinstance(v, (int, np.integer)):
-        return float(v)
-    return str(v)
-
-
 def _values(model: LeadModel, x: np.ndarray, feats: pd.DataFrame, i: int, j: int):
     if model.categorical_mask[j]:
-        return _plain(feats[model.features[j]].iloc[i])
-    return _plain(x[i, j])
+        return plain_value(feats[model.features[j]].iloc[i])
+    return plain_value(x[i, j])
 
 
 def explain(model: LeadModel, tonight: pd.DataFrame, previous: pd.DataFrame,

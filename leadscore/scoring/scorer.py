@@ -61,7 +61,8 @@ CHANGE_COLUMNS = ("score_delta", "trend", "changes")
 URGENCY = {"A": "now", "B": "within_3_days", "C": "nurture", "D": "nurture"}
 
 
-def _plain(v) -> float | str | None:
+def plain_value(v) -> float | str | None:
+    """A feature value as a reason carries it: None when missing, float or str."""
     if v is None or v is pd.NA:
         return None
     if isinstance(v, (float, np.floating)):
@@ -192,7 +193,7 @@ def _reason_table(model: LeadModel, contrib: np.ndarray, top: int, x: np.ndarray
     if len(r) <= _FEW_REASONS:  # each its own entry, its sentence from the cache
         key = np.arange(len(r))
         names = [feats[j] for j in jk.tolist()]
-        values = [_plain(column(f)[i]) if categorical[j] else None if v != v else v
+        values = [plain_value(column(f)[i]) if categorical[j] else None if v != v else v
                   for i, j, f, v in zip(r.tolist(), jk.tolist(), names, x[r, jk].tolist(),
                                         strict=True)]
         sentences = [_sentence(f, v, lang) for f, v in zip(names, values, strict=True)]
@@ -206,7 +207,7 @@ def _reason_table(model: LeadModel, contrib: np.ndarray, top: int, x: np.ndarray
             if categorical[j]:
                 raw, pos, u, inv = column(feats[j]), {}, [], []
                 for i in r[sel].tolist():
-                    v = _plain(raw[i])
+                    v = plain_value(raw[i])
                     k = v if type(v) is str else (repr(v),)  # -0.0 apart from 0.0
                     if k not in pos:
                         pos[k] = len(u)
