@@ -530,9 +530,11 @@ def rescore(
     typer.echo(f"rescore {state}: {res.rows:,} rows in {res.buckets} buckets "
                f"({res.skipped_buckets} resumed) → {out} in {res.seconds:.1f}s; "
                f"models {res.model_versions}; {res.quarantined:,} input rows quarantined")
+    from leadscore.nightly import watch
+
     drifted = res.drift_alerts
     typer.echo(f"drift: {target / '_drift.json'}; " + (
-        "; ".join(f"{m}: {', '.join(a)}" for m, a in drifted.items()) if drifted
+        "; ".join(f"{m}: {watch.describe(a)}" for m, a in drifted.items()) if drifted
         else f"no alert (PSI < {drift_alert:g})"))
     if drifted and fail_on_drift:
         raise typer.Exit(DRIFT_EXIT)

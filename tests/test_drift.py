@@ -342,3 +342,13 @@ def test_an_artifact_without_a_reference_is_skipped_with_one_log_line(world, tmp
     assert "conversion" in res.drift and "score_psi" in res.drift["conversion"]
     lines = [r for r in caplog.records if "contact skipped" in r.getMessage()]
     assert len(lines) == 1
+
+
+def test_a_night_where_everything_moved_logs_one_readable_line():
+    """The log names the largest alerts and counts the rest (all are in _drift.json)."""
+    from leadscore.nightly import watch
+
+    assert watch.describe(["score", "a"]) == "score, a"
+    many = ["score", *(f"f{i}" for i in range(30))]
+    line = watch.describe(many)
+    assert line.startswith("score, f0, f1") and line.endswith("and 23 more (see _drift.json)")

@@ -136,7 +136,7 @@ class Watch:
                 report[name]["buckets_without_counts"] = lacking
             if report[name]["alerts"]:
                 log.warning("drift: %s: PSI >= %g for %s", name, alert,
-                            ", ".join(report[name]["alerts"]))
+                            describe(report[name]["alerts"]))
         for name, why in self.skipped.items():
             report[name] = {"skipped": why}
         path, text = Path(out) / DRIFT_FILE, json.dumps(report, indent=1)
@@ -147,6 +147,14 @@ class Watch:
 
 def _add(a: list | None, b: list) -> list:
     return list(b) if a is None else [x + y for x, y in zip(a, b, strict=True)]
+
+
+def describe(alerts: list[str], shown: int = 8) -> str:
+    """Alerts (largest PSI first) as one log line: the first ``shown`` and how many more are
+    in ``_drift.json``, so a night where everything moved stays one readable line."""
+    more = len(alerts) - shown
+    head = ", ".join(alerts[:shown])
+    return head if more <= 0 else f"{head} and {more} more (see {DRIFT_FILE})"
 
 
 def alerts(report: Mapping) -> dict[str, list[str]]:
