@@ -35,6 +35,7 @@ from leadscore.cli import app
 from leadscore.features import job
 from leadscore.features.slots import add_slot_features
 from leadscore.nightly import batch, intake, per_bucket, watch
+from leadscore.nightly import previous as last_run
 from leadscore.schema import CHANNELS
 from leadscore.scoring import changes, intent
 from leadscore.scoring.scorer import OUTPUT_COLUMNS, SLOT_MODEL, Scorer
@@ -430,8 +431,12 @@ def test_a_rerun_after_a_crash_scores_from_the_validated_buckets(
     monkeypatch.setattr(contract, "load", lambda *a, **kw: loads.append(1))
     res = batch.rescore(data, env.as_of, out, bucket_leads=100)
     assert loads == [] and res.skipped_buckets == 2 and res.buckets == kept["buckets"]
-    assert {p.name for p in out.iterdir()} == {batch.MANIFEST, watch.DRIFT_FILE} | {
+    assert {p.name for p in out.iterdir()} == {
+        batch.MANIFEST, watch.DRIFT_FILE, last_run.FEATURES_DIR} | {
         f"part-{b:05d}.parquet" for b in range(res.buckets)}
+    # tomorrow's changes find the features of every part, those before the crash included
+    assert {p.name for p in (out / last_run.FEATURES_DIR).iterdir()} == {
+        last_run.features_path(out, b).name for b in range(res.buckets)}
     again = batch.rescore(data, env.as_of, out, bucket_leads=100)
     assert again.noop and loads == []
     assert_same_scores(read_sorted(out), reference.frame)

@@ -18,6 +18,7 @@ from leadscore import contract
 from leadscore.cli import app
 from leadscore.features import job
 from leadscore.nightly import batch
+from leadscore.nightly import previous as last_run
 from leadscore.scoring import changes
 from leadscore.scoring.scorer import Scorer
 
@@ -265,3 +266,60 @@ def test_the_previous_nights_features_of_a_few_leads_are_theirs_of_all(nights, r
 
     pd.testing.assert_frame_equal(plain(few.reset_index(drop=True)), plain(want),
                                   check_exact=True)
+
+
+def _rerun_night_2(nights, reg, monkeypatch, previous, out):
+    """Night 2 again into ``out`` against ``previous``, counting the feature recomputations
+    for the leads whose score moved (``_bucket_features`` called with ``only``)."""
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", reg.uri)
+    real, calls = batch._bucket_features, []
+
+    def counted(*a, **k):
+        if k.get("only") is not None or len(a) > 5:
+            calls.append(a[2])
+        return real(*a, **k)
+
+    monkeypatch.setattr(batch, "_bucket_features", counted)
+    batch.rescore(nights.data, reg.as_of, out, previous=previous, **nights.kw)
+    return read_sorted(out), calls
+
+
+def test_the_previous_nights_kept_features_explain_the_changes(nights, reg, monkeypatch,
+                                                                tmp_path):
+    """Night 1 kept the features it scored with; night 2 reads them rather than recomputing
+    the features at night 1's cutoff, with the same changes."""
+    kept = sorted((nights.runs / "night-1" / last_run.FEATURES_DIR).iterdir())
+    assert len(kept) == nights.first.buckets
+    two, calls = _rerun_night_2(nights, reg, monkeypatch, nights.runs / "night-1",
+                                tmp_path / "again")
+    assert calls == []
+    pd.testing.assert_series_equal(two["changes"], nights.two["changes"])
+    assert (two["changes"].str.len() > 2).sum() >= 10
+
+
+def test_a_previous_run_without_kept_features_has_them_recomputed(nights, reg, monkeypatch,
+                                                                  tmp_path):
+    old = tmp_path / "night-1"
+    shutil.copytree(nights.runs / "night-1", old)
+    shutil.rmtree(old / last_run.FEATURES_DIR)
+    two, calls = _rerun_night_2(nights, reg, monkeypatch, old, tmp_path / "again")
+    assert calls and all(t == reg.as_of - pd.Timedelta(days=3) for t in calls)
+    pd.testing.assert_series_equal(two["changes"], nights.two["changes"])
+
+
+def test_kept_features_are_found_by_lead_id_in_whichever_file_holds_them(tmp_path):
+    """Tomorrow's bucketing may differ: a lead's kept row is found by its id, not its bucket;
+    ids kept nowhere are left out; owners (not open) are not kept."""
+    feats = pd.DataFrame({"lead_id": [f"L{i}" for i in range(10)],
+                          "is_open": [i != 3 for i in range(10)],
+                          "events_7d": np.arange(10, dtype=float),
+                          "source": pd.Categorical(["web", "app"] * 5)})
+    keep = [f for f in last_run.cat.CATALOG if f.name in ("events_7d", "source")]
+    last_run.save_features(tmp_path, 0, feats.iloc[:6], keep)
+    last_run.save_features(tmp_path, 1, feats.iloc[6:], keep)
+    stored = last_run.Stored([last_run.features_path(tmp_path, b) for b in (0, 1)])
+    got = stored.rows(["L8", "L1", "L3", "nobody", "L5"]).sort_values("lead_id")
+    assert got["lead_id"].tolist() == ["L1", "L5", "L8"]
+    assert got["events_7d"].tolist() == [1.0, 5.0, 8.0]
+    assert got["source"].astype(str).tolist() == ["app", "app", "web"]
+    assert stored.rows(["nobody"]).empty

@@ -19,6 +19,8 @@ How it keeps its promises:
 - **drift, every night**: each bucket's bin counts of the models' features and scores are
   saved beside its part before the part is recorded, and ``_drift.json`` is written from
   their sums at the end (:mod:`leadscore.nightly.watch`), a resumed run included.
+- **what changed**: each bucket's conversion features are kept beside its part too, for the
+  next night's changes (:mod:`leadscore.nightly.previous`; embedded engine only).
 
 The functions of :mod:`leadscore.nightly.per_bucket` are what both engines run, the Spark
 engine (:mod:`leadscore.nightly.spark`) per partition: both hand their buckets' results
@@ -90,7 +92,7 @@ def _write_part(out: Path, bucket: int, scored: pd.DataFrame) -> int:
 
     Straight to the parts' Arrow schema: the same file as
     ``per_bucket.fmt_types(scored).to_parquet`` (schema, metadata and values; tested), without
-    converting every column in pandas first (0.095 s → 0.052 s for 78,600 rows)."""
+    converting every column in pandas first (about half the time)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -157,12 +159,10 @@ def _score_embedded(work: Path, buckets: Sequence[int], as_of: pd.Timestamp, sco
     """The embedded engine: buckets one after another in this process, the features of the
     next ``AHEAD`` buckets computed on threads of their own while this one is scored and
     written. DuckDB, numpy and the tree walks release the GIL, so each phase's
-    single-threaded stretches (pandas, Parquet) leave a core to the other: 32.1 s → 28.6 s
-    for 1,000,000 leads without reasons (features from the events, one ahead). Two ahead,
-    the first two buckets' features start together instead of the first one alone (in
-    process, with kept rollups: 15.7-16.0 s against 15.9-16.7 s). At most ``AHEAD`` buckets'
-    features wait, so memory stays bounded. ``counted(bucket, features, rows)``: called with
-    each bucket's features and scored rows before it is handed on (the drift counts)."""
+    single-threaded stretches (pandas, Parquet) leave a core to the other; at most ``AHEAD``
+    buckets' features wait, so memory stays bounded. ``counted(bucket, features, rows)``:
+    called with each bucket's features and scored rows before it is handed on (the drift
+    counts, the features kept for tomorrow's changes)."""
     if not buckets:
         return
     if segments is not None and not rollup.applies(as_of):
@@ -396,6 +396,7 @@ def _rescore(
                     for part in out.glob("part-*.parquet"):
                         part.unlink()
                     shutil.rmtree(out / watch.COUNTS_DIR, ignore_errors=True)
+                    shutil.rmtree(out / last_run.FEATURES_DIR, ignore_errors=True)
                     manifest["parts"], done = {}, set()
                 manifest.update(buckets=n_buckets, quarantined=quarantined)
                 atomic.write_text(manifest_path, json.dumps(manifest, indent=1))
@@ -408,12 +409,16 @@ def _rescore(
                                       counts_out=out if watched.references else None),
                 cache, prev, scorer, kept.state["segments"], lang)
         else:
+            keep = last_run.needed_features(scorer)
+
             def counted(b: int, feats: pd.DataFrame, scored: pd.DataFrame) -> None:
-                watched.save(out, b, watched.count(feats, scored))
+                if watched.references:
+                    watched.save(out, b, watched.count(feats, scored))
+                if keep:  # for tomorrow's changes
+                    last_run.save_features(out, b, feats, keep)
 
             results = _score_embedded(cache, todo, as_of, scorer, reasons,
-                                      kept.state["segments"], prev, lang,
-                                      counted if watched.references else None)
+                                      kept.state["segments"], prev, lang, counted)
         progress = _Progress(n_buckets, len(done))
         try:
             for b, scored in results:  # in completion order; Spark runs several at once

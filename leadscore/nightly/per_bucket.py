@@ -117,8 +117,7 @@ def bucket_connection(work: Path, bucket: int, threads: int = 2):
 
     The biggest file of a table comes first: DuckDB estimates a scan of several files as the
     first one's rows times their number, and a night's small file first made that estimate
-    fall a hundredfold short, so the feature job's joins were planned the wrong way round
-    (1,000,000 leads with one night appended: 21.4 s of feature time instead of 19.1 s)."""
+    fall a hundredfold short, so the feature job's joins were planned the wrong way round."""
     con = contract.connect(threads=threads)
     for table, columns in contract.TABLES.items():
         files = sorted((work / table / f"bucket={bucket}").glob("*.parquet"),

@@ -6,6 +6,13 @@ naming it: the CLI exits 2); found automatically among ``--out``'s siblings, the
 with the latest ``as_of`` before tonight's is taken, and one that cannot be read is skipped
 with a warning. Only the written ``lead_id``/``lead_score`` columns are read: the deltas are
 differences of written scores.
+
+The changes explain a delta with the conversion model's features at both cutoffs. Each run
+keeps the features it scored its leads with (``_changes-features/``, one file per bucket), so
+the next night reads the previous ones instead of recomputing them: cheaper, and the previous
+side is then exactly what the previous score was computed from, even when events dated before
+that cutoff arrived since. A run without them (the Spark engine's, or an older one) is
+recomputed from the kept rollups, for the leads whose score moved only.
 """
 
 from __future__ import annotations
@@ -16,9 +23,12 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
+import pyarrow as pa
+from pyarrow import feather
 
-from leadscore import contract
+from leadscore import atomic, contract
 from leadscore.features import catalog as cat
 from leadscore.scoring import changes
 from leadscore.scoring.scorer import Scorer
@@ -26,6 +36,52 @@ from leadscore.scoring.scorer import Scorer
 log = logging.getLogger(__name__)
 
 MANIFEST = "_manifest.json"
+#: the features each run scored its leads with, kept for the next night's changes
+FEATURES_DIR = "_changes-features"
+
+
+def features_path(out: Path, bucket: int) -> Path:
+    return Path(out) / FEATURES_DIR / f"bucket-{bucket:05d}.arrow"
+
+
+def save_features(out: Path, bucket: int, feats: pd.DataFrame,
+                  features: Sequence[cat.Feature]) -> None:
+    """Keep the open leads' rows of ``feats`` (the leads a ``lead_score`` is written for;
+    their ``features`` only), atomically, before the bucket's part is recorded: a resumed run
+    has them for every recorded part. Arrow IPC, compressed, read memory-mapped: the next
+    night takes a few rows of each file, not all of them."""
+    rows = feats.loc[feats["is_open"].to_numpy(dtype=bool),
+                     ["lead_id", *(f.name for f in features if f.name in feats.columns)]]
+    table = pa.Table.from_pandas(rows, preserve_index=False)
+    path = features_path(out, bucket)
+    path.parent.mkdir(exist_ok=True)
+    atomic.write_with(path, lambda tmp: feather.write_feather(table, tmp, compression="zstd"))
+
+
+class Stored:
+    """A previous run's kept features, found by lead id whatever bucket holds them (the
+    bucketing may differ between the nights); only the lead ids are read up front."""
+
+    def __init__(self, files: list[Path]):
+        self.files = files
+        ids = [feather.read_table(f, columns=["lead_id"], memory_map=True).column("lead_id")
+               for f in files]
+        self.index = pd.Index(pa.chunked_array(
+            [c.cast(pa.string()) for c in ids], pa.string()).to_numpy(zero_copy_only=False))
+        sizes = [len(c) for c in ids]
+        self.file_of = np.repeat(np.arange(len(files)), sizes)
+        self.start = np.concatenate([[0], np.cumsum(sizes)])[:-1]
+
+    def rows(self, lead_ids: Sequence[str]) -> pd.DataFrame:
+        """The kept feature rows of ``lead_ids`` (those without one left out)."""
+        at = self.index.get_indexer(pd.Index(list(lead_ids), dtype=object))
+        at = np.sort(at[at >= 0])
+        parts = [feather.read_table(self.files[f], memory_map=True).take(
+                     pa.array(at[self.file_of[at] == f] - self.start[f]))
+                 for f in np.unique(self.file_of[at])]
+        if not parts:
+            return feather.read_table(self.files[0], memory_map=True).slice(0, 0).to_pandas()
+        return pa.concat_tables(parts, promote_options="permissive").to_pandas()
 
 
 @dataclass
@@ -36,6 +92,8 @@ class Previous:
     models: dict
     #: the written ``lead_score`` by ``lead_id`` (leads with a score only)
     scores: pd.Series
+    #: the features the run scored with, when it kept them for every part
+    stored: Stored | None = None
 
     def describe(self) -> dict:
         """What this run's manifest records about it."""
@@ -74,7 +132,16 @@ def load(path: Path) -> Previous:
     df = df[df["lead_score"].notna()]
     scores = pd.Series(pd.array(df["lead_score"], dtype="Int64"),
                        index=df["lead_id"].astype(str).to_numpy())
-    return Previous(path, as_of, str(m.get("run_key")), m.get("models") or {}, scores)
+    kept = [features_path(path, int(b)) for b in m.get("parts", {})]
+    stored = None
+    if kept and all(f.is_file() for f in kept):
+        try:
+            stored = Stored(kept)
+        except Exception as e:  # damaged: recomputed instead, as for a run without them
+            log.warning("rescore: %s: its kept features are unreadable (%s); the changes "
+                        "recompute them", path, e)
+    return Previous(path, as_of, str(m.get("run_key")), m.get("models") or {}, scores,
+                    stored)
 
 
 def discover(out: Path, as_of: pd.Timestamp) -> Path | None:
@@ -153,9 +220,12 @@ def annotate(scored: pd.DataFrame, tonight: pd.DataFrame | None, prev: Previous 
         return get
 
     has_prev = prev is not None and model is not None
+    if has_prev and prev.stored is not None:
+        at_prev = prev.stored.rows
+    else:
+        at_prev = rows_at(prev.as_of, None) if has_prev else None
     cols = changes.compare(
-        scored, prev.scores if prev is not None else None,
-        rows_at(prev.as_of, None) if has_prev else None,
+        scored, prev.scores if prev is not None else None, at_prev,
         rows_at(pd.Timestamp(scored["as_of"].iloc[0]), tonight) if has_prev else None,
         model, lang=lang, num_threads=scorer.num_threads)
     out = scored.copy()
