@@ -12,7 +12,10 @@ item 6). Every data set comes in through its shipped mapping (``examples/``), as
   as a forecast made that day could (few cutoffs: the log starts 7 months earlier). Its
   init_score row takes the path ``train`` takes: BG/NBD fitted on half A at anchor cutoffs
   from the whole-history features (``btyd.feature_summaries``), each cutoff started from the
-  fit at or before it, half B from the fit at the cutoff.
+  fit at or before it, half B from the fit at the cutoff. Its "btyd auto as train" row keeps
+  the better of that row and the trees alone on half A's valid leads, by the function
+  ``train`` uses (``btyd.choose_start``); ``auto_start`` is the share of splits where the
+  start was kept.
 - Olist (marketing funnel): "closes within 30 days", leadscore's conversion model trained as
   ``train`` does (weekly cutoffs, out-of-time holdout) against a plain LightGBM on the lead's
   own columns (origin, landing page, age) on the same rows.
@@ -20,7 +23,8 @@ item 6). Every data set comes in through its shipped mapping (``examples/``), as
   list): leadscore's conversion model with the vocabulary ``train`` learns against a plain
   LightGBM on per-step counts over the whole history, pooled over the same cutoffs.
 - The simulator: conversion and churn against its oracle probability on the same holdout;
-  churn also with ``btyd.use: init_score`` as ``train`` runs it (averaged over ``--seeds``).
+  churn also with ``btyd.use: init_score`` and ``auto`` as ``train`` runs them (averaged over
+  ``--seeds``; ``auto_start``: the share of worlds where auto kept the start).
 
 Prints ROC AUC, PR-AUC (the task's positive class) and expected calibration error (10 bins)
 beside ``ece_floor``: what a perfectly calibrated model would show on a holdout of that size.
@@ -147,12 +151,25 @@ def online_retail(realdata: Path, seed: int, kind: str, weeks: int | None) -> pd
                 btyd_start=rows["btyd_start"].to_numpy()))
             variants["  windows closed by the cutoff, + served bgnbd start (as train)"] = (
                 spec, "btyd_start")
+        fitted, seconds = {}, {}
         for name, (sp, init) in variants.items():
             t = time.perf_counter()
-            fr = fit(sp, strict if name.startswith("  windows closed") else ts, seed=seed,
-                     num_threads=2, init=init)
-            p = 1 - fr.predict_proba(test, num_threads=2)
-            out.append(_row(name, y_buy, p, time.perf_counter() - t))
+            fitted[name] = fit(sp, strict if name.startswith("  windows closed") else ts,
+                               seed=seed, num_threads=2, init=init)
+            p = 1 - fitted[name].predict_proba(test, num_threads=2)
+            seconds[name] = time.perf_counter() - t
+            out.append(_row(name, y_buy, p, seconds[name]))
+        if kind == "bgnbd":  # btyd.use auto: the better of the two on half A's valid leads
+            trees = f"  windows closed by the cutoff only ({n_closed} cutoffs)"
+            started = "  windows closed by the cutoff, + served bgnbd start (as train)"
+            t = time.perf_counter()
+            choice = btyd.choose_start(strict.part("valid"), fitted[trees], fitted[started],
+                                       num_threads=2)
+            kept = fitted[started if choice.use_start else trees]
+            p = 1 - kept.predict_proba(test, num_threads=2)
+            out.append({**_row("  windows closed by the cutoff, btyd auto as train", y_buy, p,
+                               seconds[trees] + seconds[started] + time.perf_counter() - t),
+                        "auto_start": float(choice.use_start)})
     table = pd.DataFrame(out)
     table.insert(0, "data set", "Online Retail: buys again within 150 d of 2011-07-01")
     table["n_test"] = len(y_buy)
@@ -300,10 +317,16 @@ def own_step_names(seed: int) -> pd.DataFrame:
 def simulator(seed: int) -> pd.DataFrame:
     """A simulated dealer group: leadscore's conversion and churn models against the
     simulator's oracle probability on the same holdout rows; churn also boosted from the
-    classical start as ``train`` does with ``btyd.use: init_score`` (its own functions)."""
+    classical start as ``train`` does with ``btyd.use: init_score``, and with ``auto``
+    choosing between the two on the valid part (its own functions)."""
     from leadscore import simulate as sim
     from leadscore.training.config import ExperimentConfig
-    from leadscore.training.run import _btyd_baseline, _btyd_input, load_truth
+    from leadscore.training.run import (
+        _btyd_baseline,
+        _btyd_input,
+        _evaluation_fit,
+        load_truth,
+    )
 
     with tempfile.TemporaryDirectory() as tmp:
         data = Path(tmp) / "sim"
@@ -311,21 +334,24 @@ def simulator(seed: int) -> pd.DataFrame:
         ds = contract.load(data, quarantine_dir=Path(tmp) / "q")
         truth = load_truth(data)
         out = []
-        for name, use in (("conversion", None), ("churn", None), ("churn", "init_score")):
+        for name, use in (("conversion", None), ("churn", None), ("churn", "init_score"),
+                          ("churn", "auto")):
             spec = models.get(name)
             ts = dataset.build(ds.con, spec, split="auto", seed=seed)
-            init = None
+            init = start = fitted = choice = None
             t = time.perf_counter()
+            cfg = ExperimentConfig(model=name, seed=seed, btyd={"use": use or "off"})
             if use is not None:
-                cfg = ExperimentConfig(model=name, seed=seed, btyd={"use": use})
                 _, fitted = _btyd_baseline(ds.con, spec, cfg, ts)
-                spec, init, _, _ = _btyd_input(spec, cfg, ts, fitted)
+                spec, init, _, start = _btyd_input(spec, cfg, ts, fitted)
             test = ts.part("test")
             y = test["label"].to_numpy()
-            fr = fit(spec, ts, seed=seed, num_threads=2, init=init)
+            fr, _, _, _, choice = _evaluation_fit(spec, ts, cfg, 2, init, start, fitted)
             p = fr.predict_proba(test, num_threads=2)
             label = f"leadscore {name}" + (f" (btyd.use {use})" if use else "")
             row = _row(label, y, p, time.perf_counter() - t)
+            if choice is not None:
+                row["auto_start"] = float(choice.use_start)
             o = evaluate.oracle(test, truth, spec.truth_column, p)
             out.append({**row, "n_test": len(y), "positives": int(y.sum()),
                         "oracle_auc": o.get("oracle_auc", np.nan),

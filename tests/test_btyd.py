@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import duckdb
 import numpy as np
 import pandas as pd
@@ -159,7 +161,8 @@ def small_sim(tmp_path_factory):
 
 def test_churn_run_logs_the_classical_baseline(small_sim):
     """Each churn run fits the classical model and logs its holdout metrics beside
-    LightGBM's (in the run's metrics and in MLflow), with the fits' parameters."""
+    LightGBM's (in the run's metrics and in MLflow), with the fits' parameters. By default
+    (``btyd.use: auto``) it also logs which fit it kept and the valid AUCs it chose on."""
     import mlflow
 
     from leadscore.training.config import ExperimentConfig
@@ -175,6 +178,17 @@ def test_churn_run_logs_the_classical_baseline(small_sim):
     assert run.data.params["btyd_model"] == "bgnbd"
     fits = mlflow.artifacts.load_dict(f"runs:/{res.run_id}/btyd_fits.json")
     assert len(fits) == 2 and {"r", "alpha", "a", "b"} <= set(fits[0])
+    assert run.data.params["btyd_use"] == "auto"
+    auc_t = run.data.metrics["btyd_auto_valid_auc_trees"]
+    auc_s = run.data.metrics["btyd_auto_valid_auc_start"]
+    kept = run.data.params["btyd_auto_choice"]
+    if abs(auc_s - auc_t) >= btyd.AUTO_AUC_TIE:
+        assert kept == ("init_score" if auc_s > auc_t else "none")
+    assert kept in ("init_score", "none")
+    note = [n for n in res.notes if n.startswith("btyd.use auto: kept")]
+    assert len(note) == 1 and f"{auc_t:.4f}" in note[0] and f"{auc_s:.4f}" in note[0]
+    card = mlflow.artifacts.load_text(f"runs:/{res.run_id}/model_card.md")
+    assert note[0] in card
 
 
 def test_init_score_run_registers_a_model_carrying_the_classical_start(small_sim):
@@ -208,6 +222,41 @@ def test_init_score_run_registers_a_model_carrying_the_classical_start(small_sim
     np.testing.assert_allclose(m.raw(x), trees + m.start.margin_of(
         x[:, [m.index[f] for f in m.start.features]]), atol=1e-9)
     assert np.ptp(m.raw(x) - trees) > 0.1  # the start differs between rows
+
+
+@pytest.mark.parametrize("use_start", [True, False])
+def test_auto_registers_the_kept_fit(small_sim, monkeypatch, use_start):
+    """Whichever fit auto keeps is the one evaluated, refit and registered: the start goes
+    into the artifact only when it was chosen (the choice forced here both ways)."""
+    import mlflow
+
+    from leadscore import registry
+    from leadscore.training.config import ExperimentConfig
+    from leadscore.training.run import train
+
+    real = btyd.choose_start
+    seen = []
+
+    def forced(valid, trees, started, num_threads=1):
+        seen.append((trees.init, started.init, set(valid["split"])))
+        return replace(real(valid, trees, started, num_threads), use_start=use_start)
+
+    monkeypatch.setattr(btyd, "choose_start", forced)
+    res = train(small_sim, ExperimentConfig(model="churn", btyd={"refits": 2}))
+    assert seen == [(None, "btyd_init", {"valid"})]
+    m = registry.load_version("churn", res.version)
+    assert (m.start is not None) is use_start
+    run = mlflow.get_run(res.run_id)
+    assert run.data.params["btyd_auto_choice"] == ("init_score" if use_start else "none")
+    assert ("btyd_start_r" in run.data.params) is use_start
+    assert any("boosted from the classical" in n for n in res.notes) is use_start
+    # the registered model is the refit of the kept fit: it scores the logged holdout with
+    # the start added to its trees exactly when it carries one
+    holdout = pd.read_parquet(mlflow.artifacts.download_artifacts(
+        f"runs:/{res.run_id}/holdout.parquet"))
+    x = m.matrix(holdout)
+    trees = m.booster.predict(x, raw_score=True)
+    assert bool(np.ptp(m.raw(x) - trees) > 0.1) is use_start
 
 
 def _engagement():

@@ -9,7 +9,9 @@ With ``btyd.use: init_score`` the trees do not start from a constant: they are b
 the classical repeat-purchase model's churn margin (BG/NBD, fitted without labels on the
 engagement group's whole-history features), and the registered model carries that fit and
 adds its margin at scoring (:class:`leadscore.classical.Start`). Short histories are where the
-classical model's structure pays; the trees add what behaviour says beyond it.
+classical model's structure pays; the trees add what behaviour says beyond it. Where they
+already say it, the start can cost: the default, ``btyd.use: auto``, fits both and keeps the
+one that ranks the valid part better (the run's notes and model card say which, and why).
 """
 
 from leadscore.features.catalog import HISTORY, LEAD_BEHAVIOUR

@@ -34,6 +34,7 @@ import pandas as pd
 
 from leadscore import classical
 from leadscore.classical import bgnbd_p_none
+from leadscore.training import evaluate
 
 log = logging.getLogger(__name__)
 
@@ -238,3 +239,63 @@ def start_margins(frame: pd.DataFrame, fits: list[tuple[pd.Timestamp, Fitted]],
         m = rows.to_numpy()
         out[m] = start(f, horizon_days, inputs).margin_of(cols[m])
     return out
+
+
+#: valid ROC AUCs closer than this are a tie between the two fits of ``btyd.use: auto``,
+#: settled by valid log-loss (a difference that small is within the valid part's noise)
+AUTO_AUC_TIE = 1e-3
+
+
+@dataclass(frozen=True)
+class AutoChoice:
+    """What ``btyd.use: auto`` kept, and the valid metrics it chose on."""
+
+    use_start: bool
+    auc_trees: float
+    auc_start: float
+    log_loss_trees: float
+    log_loss_start: float
+
+    @property
+    def choice(self) -> str:
+        """The ``btyd_auto_choice`` param: the explicit ``btyd.use`` it amounts to."""
+        return "init_score" if self.use_start else "none"
+
+    @property
+    def tie(self) -> bool:
+        return abs(self.auc_start - self.auc_trees) < AUTO_AUC_TIE
+
+    def metrics(self) -> dict[str, float]:
+        return {"btyd_auto_valid_auc_trees": self.auc_trees,
+                "btyd_auto_valid_auc_start": self.auc_start,
+                "btyd_auto_valid_log_loss_trees": self.log_loss_trees,
+                "btyd_auto_valid_log_loss_start": self.log_loss_start}
+
+    def note(self) -> str:
+        kept = "the classical start" if self.use_start else "the trees alone"
+        why = (f"valid ROC AUC {self.auc_start:.4f} from the start, {self.auc_trees:.4f} "
+               "trees alone")
+        if self.tie:
+            why += (f"; a tie, settled by valid log-loss {self.log_loss_start:.4f} against "
+                    f"{self.log_loss_trees:.4f}")
+        return f"btyd.use auto: kept {kept} ({why})"
+
+
+def choose_start(valid: pd.DataFrame, trees, started, num_threads: int = 1) -> AutoChoice:
+    """``btyd.use: auto``: keep the fit boosted from the classical start (``started``) or the
+    trees alone (``trees``; both :class:`~leadscore.training.trainer.FitResult` of the same
+    spec and seed), whichever ranks the ``valid`` part better: ROC AUC, the promotion gate's
+    metric, on calibrated probabilities as served. AUCs within :data:`AUTO_AUC_TIE` are a
+    tie, settled by valid log-loss (then the trees, the simpler model). The valid part, never
+    the holdout: test stays unseen until the kept fit is evaluated. Both fits stopped early
+    on these rows alike, so neither is favoured."""
+    y = valid["label"].to_numpy()
+    mt = evaluate.metrics(y, trees.predict_proba(valid, num_threads=num_threads))
+    ms = evaluate.metrics(y, started.predict_proba(valid, num_threads=num_threads))
+    if abs(ms["roc_auc"] - mt["roc_auc"]) >= AUTO_AUC_TIE:
+        use_start = ms["roc_auc"] > mt["roc_auc"]
+    else:
+        use_start = ms["log_loss"] < mt["log_loss"]
+    return AutoChoice(use_start=bool(use_start), auc_trees=mt["roc_auc"],
+                      auc_start=ms["roc_auc"], log_loss_trees=mt["log_loss"],
+                      log_loss_start=ms["log_loss"])

@@ -64,12 +64,15 @@ class Btyd(BaseModel):
     LightGBM from the logit of its churn probability, and the registered model carries the
     fit (BG/NBD only: serving computes it from the model's features); ``feature`` gives the
     probability to LightGBM as a feature: an experiment, evaluated and logged but not
-    registered, since serving does not compute it. ``off``: none. The default stays
-    ``baseline``: boosting from the start helped churn on real logs with short histories but
-    lowered it on the simulator (``benchmarks/real_data.py``; figures in the README)."""
+    registered, since serving does not compute it. ``off``: none. The default ``auto`` is
+    ``baseline`` plus both fits, trees alone and from the start, keeping the one better on
+    the valid part (:func:`leadscore.training.btyd.choose_start`): the start helped churn on
+    real logs with short histories but lowered it on the simulator, so no fixed choice suits
+    every data set. Where the start cannot run (no library, no servable inputs, Pareto/NBD),
+    ``auto`` is ``baseline`` with a note."""
 
     model_config = ConfigDict(extra="forbid")
-    use: Literal["off", "baseline", "init_score", "feature"] = "baseline"
+    use: Literal["auto", "off", "baseline", "init_score", "feature"] = "auto"
     model: Literal["bgnbd", "pareto_nbd"] = "bgnbd"
     #: fits per run, at cutoffs spread over the run's; each cutoff is scored by the latest
     #: fit at or before it (population parameters drift slowly; a fit costs seconds)

@@ -118,43 +118,100 @@ def _btyd_baseline(con, spec: ModelSpec, cfg: ExperimentConfig, ts: dataset.Trai
 
 def _btyd_input(spec: ModelSpec, cfg: ExperimentConfig, ts: dataset.TrainingSet,
                 fitted: _Classical | None) -> tuple[ModelSpec, str | None, bool, object]:
-    """``btyd.use`` init_score / feature. init_score: LightGBM is boosted from the classical
-    churn margin (each row's by the fit of its cutoff) and the model carries the latest
-    anchor's BG/NBD as its starting margin (:class:`leadscore.classical.Start`), computed
-    from its own features at scoring: registered like any model. feature: the classical
-    probability as a feature, which serving does not compute: an experiment, evaluated and
-    logged, never registered. Returns the spec, the starting-margin column, whether the run
-    is an experiment and the start the registered model carries (or None)."""
+    """``btyd.use`` init_score / feature / auto. init_score: LightGBM is boosted from the
+    classical churn margin (each row's by the fit of its cutoff) and the model carries the
+    latest anchor's BG/NBD as its starting margin (:class:`leadscore.classical.Start`),
+    computed from its own features at scoring: registered like any model. feature: the
+    classical probability as a feature, which serving does not compute: an experiment,
+    evaluated and logged, never registered. auto: the margins and start of init_score, the
+    run then choosing between them and the trees alone (:func:`_evaluation_fit`); where
+    init_score would stop with an error, auto is baseline with a note. Returns the spec,
+    the starting-margin column, whether the run is an experiment and the start the
+    registered model carries (or None)."""
     from dataclasses import replace
 
     from leadscore.training import btyd
 
     use = cfg.btyd.use
-    if spec.name != "churn" or use not in ("init_score", "feature"):
+    if spec.name != "churn" or use not in ("init_score", "feature", "auto"):
         return spec, None, False, None
+
+    def trees_alone(why: str) -> tuple[ModelSpec, None, bool, None]:
+        ts.notes.append(f"btyd.use auto: the trees alone ({why})")
+        return spec, None, False, None
+
     if fitted is None:
+        if use == "auto":
+            return trees_alone("the classical model did not run")
         raise btyd.MissingLibrary(f"btyd.use {use!r} needs PyMC-Marketing: "
                                   "pip install 'leadscore[btyd]'")
     if use == "feature":
         ts.notes.append("experiment btyd.use=feature: evaluated, not registered (serving "
                         "does not compute the classical probability as a feature)")
         return replace(spec, features=(*spec.features, btyd.COLUMN)), None, True, None
+    if use == "auto" and cfg.btyd.model != "bgnbd":
+        return trees_alone(f"a {cfg.btyd.model} start cannot be computed at serving")
     inputs = fitted.inputs
     if inputs is None:
+        if use == "auto":
+            return trees_alone("the engagement events have no whole-history feature group "
+                               "to compute a starting score from at serving")
         raise ValueError(
             f"btyd.use init_score: the engagement events {list(spec.label.events)} have no "
             "whole-history feature group to compute the starting score from at serving "
             "(use the default engagement events, or btyd.use baseline)")
     lacking = [f for f in inputs.values() if f not in spec.features]
     if lacking:
+        if use == "auto":
+            return trees_alone(f"the start reads the excluded features {lacking}")
         raise ValueError(f"btyd.use init_score reads the features {lacking}: do not exclude "
                          "them (exclude_features)")
     ts.frame = ts.frame.assign(btyd_init=btyd.start_margins(
         ts.frame, fitted.fits, spec.label.days, inputs))
+    if use == "init_score":
+        ts.notes.append(_start_note(fitted))
+    return spec, "btyd_init", False, btyd.start(fitted.fits[-1][1], spec.label.days, inputs)
+
+
+def _start_note(fitted: _Classical) -> str:
     anchor, last = fitted.fits[-1]
-    ts.notes.append(f"boosted from the classical {last.kind} churn margin; the model carries "
-                    f"the fit at {anchor.date()} as its starting score")
-    return spec, "btyd_init", False, btyd.start(last, spec.label.days, inputs)
+    return (f"boosted from the classical {last.kind} churn margin; the model carries the fit "
+            f"at {anchor.date()} as its starting score")
+
+
+def _evaluation_fit(spec: ModelSpec, ts: dataset.TrainingSet, cfg: ExperimentConfig,
+                    num_threads: int, init: str | None, start, fitted: _Classical | None):
+    """The run's evaluation fit (after its sweep, if any), boosted from ``init`` when given.
+    Under ``btyd.use: auto`` with a start (``init`` set), the trees alone are fitted too,
+    each with its own sweep, the same spec and seed, and the better on the valid part is
+    kept (:func:`leadscore.training.btyd.choose_start`). Returns the fit, its settings, its
+    starting-margin column and start (None for the trees alone) and the choice (None when
+    nothing was chosen)."""
+    from leadscore.training import btyd
+
+    variants = [(init, start)]
+    if cfg.btyd.use == "auto" and init is not None:
+        variants.insert(0, (None, None))
+    fits = []
+    for v_init, v_start in variants:
+        if cfg.sweep is not None:
+            from leadscore.training.sweep import best_params
+
+            overrides = best_params(spec, ts, cfg, num_threads=num_threads, init=v_init)
+        else:
+            overrides = cfg.params
+        fr = fit(spec, ts, seed=cfg.seed, num_threads=num_threads, overrides=overrides,
+                 init=v_init)
+        fits.append((fr, overrides, v_init, v_start))
+    if len(fits) == 1:
+        return (*fits[0], None)
+    choice = btyd.choose_start(ts.part("valid"), fits[0][0], fits[1][0], num_threads)
+    log.info("%s", choice.note())
+    ts.notes.append(choice.note())
+    if choice.use_start:
+        assert fitted is not None
+        ts.notes.append(_start_note(fitted))
+    return (*fits[1 if choice.use_start else 0], choice)
 
 
 def _vocabulary(con, spec: ModelSpec, cfg: ExperimentConfig, ts: dataset.TrainingSet,
@@ -478,14 +535,13 @@ def train(
     registry.configure()
     mlflow.set_experiment(spec.registered_name)
     with mlflow.start_run(run_name=cfg.run_name or f"{spec.name}-{ts.split_kind}") as run:
-        if cfg.sweep is not None:
-            from leadscore.training.sweep import best_params
-
-            overrides = best_params(spec, ts, cfg, num_threads=num_threads, init=init)
-        else:
-            overrides = cfg.params
-        fr = fit(spec, ts, seed=cfg.seed, num_threads=num_threads, overrides=overrides,
-                 init=init)
+        fr, overrides, init, start, choice = _evaluation_fit(spec, ts, cfg, num_threads,
+                                                             init, start, fitted)
+        if spec.name == "churn" and cfg.btyd.use == "auto":
+            mlflow.log_param("btyd_auto_choice", choice.choice if choice else "none")
+            if choice is not None:
+                mlflow.log_metrics({k: v for k, v in choice.metrics().items()
+                                    if np.isfinite(v)})
         test = ts.part("test")
         p = fr.predict_proba(test, num_threads=num_threads)
         m = evaluate.metrics(test["label"].to_numpy(), p)

@@ -43,7 +43,9 @@ def best_params(spec: ModelSpec, ts: TrainingSet, cfg: ExperimentConfig,
                  init=init)
         p = fr.predict_proba(valid, num_threads=num_threads)
         m = evaluate.metrics(valid["label"].to_numpy(), p)
-        with mlflow.start_run(run_name=f"trial-{trial.number}", nested=True):
+        # btyd.use auto sweeps twice, trees alone and from the start: names tell them apart
+        name = f"trial-{trial.number}" + ("-start" if init is not None else "")
+        with mlflow.start_run(run_name=name, nested=True):
             mlflow.log_params(params)
             mlflow.log_metrics({f"valid_{k}": v for k, v in m.items() if np.isfinite(v)})
         return m[sweep.metric]
