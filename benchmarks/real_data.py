@@ -13,7 +13,7 @@ item 6). Every data set comes in through its shipped mapping (``examples/``), as
   init_score row takes the path ``train`` takes: BG/NBD fitted on half A at anchor cutoffs
   from the whole-history features (``btyd.feature_summaries``), each cutoff started from the
   fit at or before it, half B from the fit at the cutoff. Its "btyd auto as train" row keeps
-  the better of that row and the trees alone on half A's valid leads, by the function
+  that row or the trees alone by half A's held-out (valid, calib) leads, by the function
   ``train`` uses (``btyd.choose_start``); ``auto_start`` is the share of splits where the
   start was kept.
 - Olist (marketing funnel): "closes within 30 days", leadscore's conversion model trained as
@@ -163,8 +163,9 @@ def online_retail(realdata: Path, seed: int, kind: str, weeks: int | None) -> pd
             trees = f"  windows closed by the cutoff only ({n_closed} cutoffs)"
             started = "  windows closed by the cutoff, + served bgnbd start (as train)"
             t = time.perf_counter()
-            choice = btyd.choose_start(strict.part("valid"), fitted[trees], fitted[started],
-                                       num_threads=2)
+            choice = btyd.choose_start(btyd.held_out(strict.frame), fitted[trees],
+                                       fitted[started], num_threads=2,
+                                       seed=seed)
             kept = fitted[started if choice.use_start else trees]
             p = 1 - kept.predict_proba(test, num_threads=2)
             out.append({**_row("  windows closed by the cutoff, btyd auto as train", y_buy, p,

@@ -179,12 +179,11 @@ def test_churn_run_logs_the_classical_baseline(small_sim):
     fits = mlflow.artifacts.load_dict(f"runs:/{res.run_id}/btyd_fits.json")
     assert len(fits) == 2 and {"r", "alpha", "a", "b"} <= set(fits[0])
     assert run.data.params["btyd_use"] == "auto"
-    auc_t = run.data.metrics["btyd_auto_valid_auc_trees"]
-    auc_s = run.data.metrics["btyd_auto_valid_auc_start"]
+    auc_t = run.data.metrics["btyd_auto_heldout_auc_trees"]
+    auc_s = run.data.metrics["btyd_auto_heldout_auc_start"]
+    win = run.data.metrics["btyd_auto_trees_win_share"]
     kept = run.data.params["btyd_auto_choice"]
-    if abs(auc_s - auc_t) >= btyd.AUTO_AUC_TIE:
-        assert kept == ("init_score" if auc_s > auc_t else "none")
-    assert kept in ("init_score", "none")
+    assert kept == ("none" if win >= btyd.AUTO_CLEAR_WIN else "init_score")
     note = [n for n in res.notes if n.startswith("btyd.use auto: kept")]
     assert len(note) == 1 and f"{auc_t:.4f}" in note[0] and f"{auc_s:.4f}" in note[0]
     card = mlflow.artifacts.load_text(f"runs:/{res.run_id}/model_card.md")
@@ -237,13 +236,13 @@ def test_auto_registers_the_kept_fit(small_sim, monkeypatch, use_start):
     real = btyd.choose_start
     seen = []
 
-    def forced(valid, trees, started, num_threads=1):
-        seen.append((trees.init, started.init, set(valid["split"])))
-        return replace(real(valid, trees, started, num_threads), use_start=use_start)
+    def forced(held, trees, started, num_threads=1, seed=0):
+        seen.append((trees.init, started.init, set(held["split"])))
+        return replace(real(held, trees, started, num_threads, seed), use_start=use_start)
 
     monkeypatch.setattr(btyd, "choose_start", forced)
     res = train(small_sim, ExperimentConfig(model="churn", btyd={"refits": 2}))
-    assert seen == [(None, "btyd_init", {"valid"})]
+    assert seen == [(None, "btyd_init", {"valid", "calib"})]
     m = registry.load_version("churn", res.version)
     assert (m.start is not None) is use_start
     run = mlflow.get_run(res.run_id)

@@ -183,8 +183,8 @@ def _evaluation_fit(spec: ModelSpec, ts: dataset.TrainingSet, cfg: ExperimentCon
                     num_threads: int, init: str | None, start, fitted: _Classical | None):
     """The run's evaluation fit (after its sweep, if any), boosted from ``init`` when given.
     Under ``btyd.use: auto`` with a start (``init`` set), the trees alone are fitted too,
-    each with its own sweep, the same spec and seed, and the better on the valid part is
-    kept (:func:`leadscore.training.btyd.choose_start`). Returns the fit, its settings, its
+    each with its own sweep, the same spec and seed, and one is kept by the held-out leads
+    (:func:`leadscore.training.btyd.choose_start`). Returns the fit, its settings, its
     starting-margin column and start (None for the trees alone) and the choice (None when
     nothing was chosen)."""
     from leadscore.training import btyd
@@ -205,7 +205,8 @@ def _evaluation_fit(spec: ModelSpec, ts: dataset.TrainingSet, cfg: ExperimentCon
         fits.append((fr, overrides, v_init, v_start))
     if len(fits) == 1:
         return (*fits[0], None)
-    choice = btyd.choose_start(ts.part("valid"), fits[0][0], fits[1][0], num_threads)
+    choice = btyd.choose_start(btyd.held_out(ts.frame), fits[0][0], fits[1][0], num_threads,
+                               seed=cfg.seed)
     log.info("%s", choice.note())
     ts.notes.append(choice.note())
     if choice.use_start:

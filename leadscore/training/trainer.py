@@ -32,8 +32,11 @@ class FitResult:
     #: (:attr:`~leadscore.artifact.LeadModel.start`)
     init: str | None = None
 
+    def margin(self, df: pd.DataFrame, num_threads: int = 1) -> np.ndarray:
+        return margin(self.model, df, self.init, num_threads)
+
     def predict_proba(self, df: pd.DataFrame, num_threads: int = 1) -> np.ndarray:
-        return self.model.calibrator(margin(self.model, df, self.init, num_threads))
+        return self.model.calibrator(self.margin(df, num_threads))
 
 
 def margin(model: LeadModel, df: pd.DataFrame, init: str | None, num_threads: int = 1):
