@@ -87,7 +87,7 @@ def test_per_dealer_auc_and_ece_equal_independent_ones(conversion_run, sim_data,
         by = got["rate_by_grade"]
         assert sum(g["n"] for g in by.values()) == len(d)
         assert set(by) <= {"H", "A", "B", "C", "N"}
-    assert rep["grade_kind"] == "intent_grade"
+    assert rep["grade_kind"] == "intent_grade" and rep["horizon_days"] == 30
     assert set(rep["sources"]) and sum(s["n"] for s in rep["sources"].values()) == len(ref)
 
 
@@ -123,6 +123,16 @@ def test_churn_by_deciles_and_logged_to_the_run(trained, sim_data, as_of, tmp_pa
     got = {a.path for a in registry.client().list_artifacts(rep["run_id"], where)}
     assert got == {f"{where}/backtest.json", f"{where}/backtest.html"}
     assert 'lang="en"' in (tmp_path / "backtest.html").read_text()
+
+
+def test_contact_by_urgency_with_its_own_horizon(trained, sim_data, as_of, tmp_path):
+    res = _cli(sim_data, as_of, tmp_path, "--model", "contact")
+    assert res.exit_code == 0, res.output
+    rep = json.loads((tmp_path / "backtest.json").read_text())
+    assert rep["horizon_days"] == 3 and rep["grade_kind"] == "contact_urgency"
+    by = rep["overall"]["rate_by_grade"]
+    assert set(by) <= {"now", "within_3_days", "nurture"}
+    assert sum(g["n"] for g in by.values()) == rep["overall"]["n"]
 
 
 def test_unknown_version_and_slot_model_exit_2(trained, sim_data, as_of, tmp_path):
