@@ -593,8 +593,8 @@ def backtest(
     did next: per dealer and lead source, AUC, calibration and the realised rate by grade
     (backtest.json), and a page of charts a sales manager reads (backtest.html)."""
     _logging(verbose)
-    from leadscore import backtest as bt
     from leadscore.contract import ContractError
+    from leadscore.training import backtest as bt
 
     (cutoff,) = _timestamps(as_of)[:1]
     end = _timestamps(observed_until, "--observed-until")[0] if observed_until else None

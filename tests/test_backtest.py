@@ -13,10 +13,11 @@ import pytest
 from sklearn.metrics import roc_auc_score
 from typer.testing import CliRunner
 
-from leadscore import backtest, registry
+from leadscore import registry
 from leadscore.cli import app
 from leadscore.features import catalog, job
 from leadscore.scoring.scorer import Scorer
+from leadscore.training import backtest
 
 runner = CliRunner()
 

@@ -1,4 +1,5 @@
-"""Diagnostic plots logged with every run (matplotlib, headless)."""
+"""Diagnostic plots logged with every run (matplotlib, headless). Every title names the model
+(``model``): a plot downloaded from a run or pasted into a report still says whose it is."""
 
 from __future__ import annotations
 
@@ -13,7 +14,8 @@ import numpy as np
 import pandas as pd
 
 
-def calibration_curve(y: np.ndarray, p: np.ndarray, path: Path, bins: int = 10) -> Path:
+def calibration_curve(y: np.ndarray, p: np.ndarray, path: Path, model: str,
+                      bins: int = 10) -> Path:
     q = np.quantile(p, np.linspace(0, 1, bins + 1))
     idx = np.clip(np.searchsorted(q, p, side="right") - 1, 0, bins - 1)
     df = pd.DataFrame({"b": idx, "y": y, "p": p}).groupby("b").mean()
@@ -22,7 +24,7 @@ def calibration_curve(y: np.ndarray, p: np.ndarray, path: Path, bins: int = 10) 
     ax.plot(df["p"], df["y"], "o-", label="model")
     ax.set_xlabel("predicted probability")
     ax.set_ylabel("observed rate")
-    ax.set_title("Calibration (equal-mass bins)")
+    ax.set_title(f"{model}: calibration (equal-mass bins)")
     ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=80)
@@ -30,7 +32,7 @@ def calibration_curve(y: np.ndarray, p: np.ndarray, path: Path, bins: int = 10) 
     return path
 
 
-def gains_chart(y: np.ndarray, p: np.ndarray, path: Path) -> Path:
+def gains_chart(y: np.ndarray, p: np.ndarray, path: Path, model: str) -> Path:
     order = np.argsort(-p, kind="stable")
     cum = np.cumsum(y[order]) / max(y.sum(), 1)
     share = np.arange(1, len(y) + 1) / len(y)
@@ -39,7 +41,7 @@ def gains_chart(y: np.ndarray, p: np.ndarray, path: Path) -> Path:
     ax.plot([0, 1], [0, 1], "--", color="grey", label="random")
     ax.set_xlabel("share of leads called (highest score first)")
     ax.set_ylabel("share of positives reached")
-    ax.set_title("Cumulative gains")
+    ax.set_title(f"{model}: cumulative gains")
     ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=80)
@@ -47,19 +49,20 @@ def gains_chart(y: np.ndarray, p: np.ndarray, path: Path) -> Path:
     return path
 
 
-def importance(names: list[str], gain: np.ndarray, path: Path, top: int = 20) -> Path:
+def importance(names: list[str], gain: np.ndarray, path: Path, model: str,
+               top: int = 20) -> Path:
     order = np.argsort(gain)[::-1][:top][::-1]
     fig, ax = plt.subplots(figsize=(6, 6))
     ax.barh([names[i] for i in order], gain[order])
     ax.set_xlabel("total gain")
-    ax.set_title("Feature importance")
+    ax.set_title(f"{model}: feature importance")
     fig.tight_layout()
     fig.savefig(path, dpi=80)
     plt.close(fig)
     return path
 
 
-def shap_summary(contrib: np.ndarray, X: pd.DataFrame, path: Path) -> Path:
+def shap_summary(contrib: np.ndarray, X: pd.DataFrame, path: Path, model: str) -> Path:
     """SHAP beeswarm from LightGBM's exact contributions (same values as TreeExplainer)."""
     import shap
 
@@ -69,6 +72,7 @@ def shap_summary(contrib: np.ndarray, X: pd.DataFrame, path: Path) -> Path:
             Xn[c] = Xn[c].cat.codes.astype(float)
     shap.summary_plot(contrib[:, :-1], Xn, show=False, max_display=20)
     fig = plt.gcf()
+    fig.axes[0].set_title(f"{model}: contributions to the margin (SHAP)")
     fig.tight_layout()
     fig.savefig(path, dpi=80)
     plt.close(fig)

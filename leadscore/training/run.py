@@ -388,7 +388,7 @@ def resolve_spec(cfg: ExperimentConfig) -> ModelSpec:
 def model_card(spec: ModelSpec, ts: dataset.TrainingSet, fr: FitResult,
                m: dict[str, float], fingerprint: str, refit_rows: int | None = None,
                extra: str = "") -> str:
-    counts = ts.counts()
+    parts = ", ".join(f"{k} {v:,}" for k, v in ts.counts().items())
     registered = (
         "the evaluation fit itself." if refit_rows is None else
         f"refit with the same settings and {fr.best_iteration} trees on {refit_rows:,} rows: "
@@ -404,7 +404,7 @@ def model_card(spec: ModelSpec, ts: dataset.TrainingSet, fr: FitResult,
 **Predicts:** {spec.description}
 **Label:** {spec.label.describe()}; entity: {spec.entity} leads at each cutoff.
 **Data window:** cutoffs {cut}, data end {ts.data_end}; fingerprint `{fingerprint}`.
-**Validation:** {ts.split_kind} split; rows {counts}. {' '.join(ts.notes)}
+**Validation:** {ts.split_kind} split; rows: {parts}. {' '.join(ts.notes)}
 **Model:** LightGBM, {fr.best_iteration} trees, {len(spec.features)} features,
 calibration {spec.calibration}; monotone increasing in {', '.join(spec.monotone) or 'nothing'}.
 **Registered model:** {registered}
@@ -478,10 +478,11 @@ def _log_run(spec, cfg, ts, fr, test, p, m, fp, truth_note, register: bool,
         by_dealer.to_csv(d / "metrics_by_dealer.csv", index=False)
         by_source.to_csv(d / "metrics_by_source.csv", index=False)
         y = test["label"].to_numpy()
-        plots.calibration_curve(y, p, d / "calibration_curve.png")
-        plots.gains_chart(y, p, d / "gains_chart.png")
-        plots.importance(list(spec.features), gain, d / "feature_importance.png")
-        plots.shap_summary(contrib, final.frame(contrib_rows), d / "shap_summary.png")
+        who = spec.registered_name
+        plots.calibration_curve(y, p, d / "calibration_curve.png", who)
+        plots.gains_chart(y, p, d / "gains_chart.png", who)
+        plots.importance(list(spec.features), gain, d / "feature_importance.png", who)
+        plots.shap_summary(contrib, final.frame(contrib_rows), d / "shap_summary.png", who)
         # every catalogue feature, not just this spec's: promotion scores this holdout with
         # the champion too, which may use other features
         feats = [*(f.name for f in catalog.CATALOG if f.name in test.columns),
