@@ -288,3 +288,32 @@ def test_decision_json_is_plain_data():
     d = promote.judge(holdout, a, b, Gate(), DealerGate(), "1", "2")
     back = json.loads(json.dumps(d.as_dict()))
     assert back["blocked_by"] == [WORSE] and back["decision"] == "kept"
+
+
+def test_retrain_end_to_end_on_a_small_simulated_group(tmp_path):
+    """The real path: simulate, retrain (the first version becomes champion), retrain again
+    on the same data (same settings and seed: no gain, so the champion stays), and the
+    challenger's run holds the per-dealer table."""
+    import mlflow
+
+    from leadscore import simulate as sim
+
+    mp = private_env(tmp_path)
+    try:
+        sim.write(sim.simulate(sim.SimConfig(n_leads=700, days=120, seed=21)), tmp_path / "d")
+        args = ["retrain", "--data", str(tmp_path / "d"), "--models", "conversion"]
+        r = CliRunner().invoke(cli.app, args)
+        assert r.exit_code == 0, r.output
+        assert registry.resolve("conversion").version == "1"
+        r = CliRunner().invoke(cli.app, args)
+        assert r.exit_code == 0, r.output
+        assert "conversion: kept: challenger v2" in r.output
+        assert registry.resolve("conversion").version == "1"
+        run_id = registry.resolve("conversion", registry.CHALLENGER).run_id
+        got = mlflow.artifacts.load_dict(f"runs:/{run_id}/{promote.DECISION_FILE}")
+        assert got["decision"] == "kept" and got["dealers"]
+        assert {d["dealer_id"] for d in got["dealers"]} == set(
+            pd.read_parquet(tmp_path / "d" / "leads.parquet")["dealer_id"])
+        assert [h["version"] for h in registry.champion_history("conversion")] == ["1"]
+    finally:
+        mp.undo()
