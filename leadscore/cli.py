@@ -326,19 +326,105 @@ def train(
         typer.echo(res.as_json())
 
 
+MinPositivesOption = Annotated[int | None, typer.Option(
+    "--min-positives", min=1,
+    help="Dealer gate: dealers with fewer holdout positives are not judged [default: the "
+         "model spec's, 30]")]
+ToleranceOption = Annotated[float | None, typer.Option(
+    "--tolerance", min=0.0, max=0.99,
+    help="Dealer gate: the AUC a judged dealer may lose before it blocks promotion "
+         "[default: the model spec's, 0.02]")]
+
+
 @app.command()
 def promote(
     model: Annotated[ModelName, typer.Option(help="Which model")],
     version: Annotated[str | None, typer.Option(help="Make this version champion")] = None,
     best: Annotated[bool, typer.Option("--best", help="Promote the challenger if it wins")] = False,
+    rollback: Annotated[bool, typer.Option(
+        "--rollback", help="Make the previous champion (from the registry's history) champion "
+                           "again")] = False,
+    min_positives: MinPositivesOption = None,
+    tolerance: ToleranceOption = None,
 ) -> None:
-    """Move the champion alias: by hand (--version) or through the spec's gate (--best)."""
+    """Move the champion alias: by hand (--version), through the spec's gates (--best: overall
+    and per dealer) or back to the previous champion (--rollback). Every change is recorded
+    in the registry."""
     from leadscore.training import promote as pr
 
-    if (version is None) == (not best):
-        _fail("give exactly one of --version V or --best")
-    d = pr.promote_version(model.value, version) if version else pr.promote_best(model.value)
+    if sum((version is not None, best, rollback)) != 1:
+        _fail("give exactly one of --version V, --best or --rollback")
+    if not best and (min_positives is not None or tolerance is not None):
+        _fail("--min-positives and --tolerance go with --best")
+    try:
+        if version is not None:
+            d = pr.promote_version(model.value, version)
+        elif rollback:
+            d = pr.rollback(model.value)
+        else:
+            d = pr.promote_best(model.value, min_positives=min_positives, tolerance=tolerance)
+    except pr.PromotionError as e:
+        _fail(str(e))
     typer.echo(d.reason)
+
+
+@app.command()
+def retrain(
+    data: Annotated[Path, typer.Option(help="Folder with leads/events/contacts files")],
+    models: Annotated[str, typer.Option(help="Comma-separated models to retrain")] = (
+        "conversion,order-7d,order-15d,order-90d,contact,churn,contact-slot"
+    ),
+    min_positives: MinPositivesOption = None,
+    tolerance: ToleranceOption = None,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+) -> None:
+    """Guarded retraining, for cron: train a challenger per model on the latest data (as
+    `train` does with the model's defaults) and promote it only if it beats the champion on
+    the same recent holdout overall and no dealer with enough positives loses beyond the
+    tolerance. Each decision and its reason go to the log and the challenger's MLflow run.
+    A kept champion is a normal outcome (exit 0); bad input exits 2."""
+    _logging(verbose)
+    log = logging.getLogger("leadscore.retrain")
+    log.setLevel(logging.INFO)  # the decisions are what a cron log is for
+    from leadscore import registry
+    from leadscore.contract import ContractError
+    from leadscore.training import promote as pr
+    from leadscore.training.config import ExperimentConfig
+    from leadscore.training.run import train as run_train
+
+    names = list(dict.fromkeys(m.strip() for m in models.split(",") if m.strip()))
+    unknown = sorted(set(names) - {m.value for m in ModelName})
+    if unknown or not names:
+        _fail(f"--models: unknown {', '.join(unknown)}" if unknown else "--models: none given")
+    if not data.is_dir():
+        _fail(f"--data {data}: no such folder")
+    rules = _contact_rules()
+    failed = []
+    for name in names:
+        try:
+            res = run_train(data, ExperimentConfig(model=name), rules=rules)
+        except ContractError as e:
+            _fail(str(e))
+        except ValueError as e:  # this model cannot be trained on this data: the others can
+            log.error("%s: not retrained: %s", name, e)
+            failed.append(name)
+            continue
+        if res.version is None:
+            log.warning("%s: run %s registered no version: nothing to promote", name,
+                        res.run_id)
+            continue
+        if res.alias == registry.CHAMPION:  # the first version: nothing to compare with
+            d = pr.Decision(True, res.version, res.version, "roc_auc", None, None,
+                            f"version {res.version} is the first: champion without a gate",
+                            challenger_run_id=res.run_id)
+            pr.record(d)
+        else:
+            d = pr.promote_best(name, min_positives=min_positives, tolerance=tolerance)
+        line = f"{name}: {'promoted' if d.promoted else 'kept'}: {d.reason}"
+        log.log(logging.INFO if d.promoted else logging.WARNING, "%s", line)
+        typer.echo(line)
+    if failed:
+        _fail(f"not retrained: {', '.join(failed)} (see the log)")
 
 
 @app.command()

@@ -230,3 +230,135 @@ def latest_version(model: str) -> str | None:
     if not versions:
         return None
     return str(max(int(v.version) for v in versions))
+
+
+# -- who was champion when ---------------------------------------------------------------------
+#: registered-model tag: JSON list of {version, from, until, reason[, rolled_back]}, oldest first
+HISTORY_TAG = "champion_history"
+#: model-version tags: when the version last became champion, and when it stopped
+FROM_TAG = "champion_from"
+UNTIL_TAG = "champion_until"
+HISTORY_KEEP = 20
+#: some MLflow stores hold a tag value in 5,000 characters
+HISTORY_MAX_CHARS = 4500
+REASON_MAX_CHARS = 160
+
+
+def _now() -> str:
+    from datetime import UTC, datetime
+
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+def champion_history(model: str) -> list[dict]:
+    """The champion changes recorded for ``model``, oldest first (empty when none)."""
+    import json
+
+    from mlflow.exceptions import MlflowException
+
+    try:
+        rm = client().get_registered_model(registered_name(model))
+    except MlflowException:
+        return []
+    raw = rm.tags.get(HISTORY_TAG)
+    if not raw:
+        return []
+    try:
+        got = json.loads(raw)
+    except ValueError:
+        log.warning("%s: tag %s is not JSON; history starts again", rm.name, HISTORY_TAG)
+        return []
+    return [e for e in got if isinstance(e, dict) and "version" in e] if isinstance(got,
+                                                                                    list) else []
+
+
+def _synced(model: str, history: list[dict]) -> list[dict]:
+    """The history with the current champion as its open last entry, also when the alias
+    was moved outside :func:`make_champion` (by hand in the MLflow UI, an older registry)."""
+    cur = resolve(model, CHAMPION)
+    if cur is None:
+        return history
+    if history and history[-1]["version"] == cur.version and history[-1].get("until") is None:
+        return history
+    if history and history[-1].get("until") is None:
+        history[-1]["until"] = _now()
+    mv = client().get_model_version(registered_name(model), cur.version)
+    history.append({"version": cur.version, "from": mv.tags.get(FROM_TAG), "until": None,
+                    "reason": "set outside leadscore"})
+    return history
+
+
+def _write_history(name: str, history: list[dict]) -> None:
+    import json
+
+    history = history[-HISTORY_KEEP:]
+    text = json.dumps(history, ensure_ascii=False)
+    while len(text) > HISTORY_MAX_CHARS and len(history) > 1:
+        history = history[1:]
+        text = json.dumps(history, ensure_ascii=False)
+    client().set_registered_model_tag(name, HISTORY_TAG, text)
+
+
+def make_champion(model: str, version: str, reason: str, *, rollback: bool = False) -> str | None:
+    """Point ``@champion`` at ``version`` and record the change: the one way every champion
+    change goes (first training, gate, by hand, rollback), so the history can be trusted.
+
+    Sets ``champion_from`` on the new version and ``champion_until`` on the one it replaces,
+    and appends to the registered model's ``champion_history`` (``rollback`` marks the replaced
+    entry rolled back, so a later rollback passes over it). Returns the replaced version.
+    """
+    version = str(version)
+    name = registered_name(model)
+    c = client()
+    history = _synced(model, champion_history(model))
+    old = history[-1]["version"] if history and history[-1].get("until") is None else None
+    if old == version:
+        return old
+    now = _now()
+    c.set_registered_model_alias(name, CHAMPION, version)
+    c.set_model_version_tag(name, version, FROM_TAG, now)
+    if UNTIL_TAG in c.get_model_version(name, version).tags:  # champion again: open term
+        c.delete_model_version_tag(name, version, UNTIL_TAG)
+    if old is not None:
+        c.set_model_version_tag(name, old, UNTIL_TAG, now)
+        history[-1]["until"] = now
+        if rollback:
+            history[-1]["rolled_back"] = True
+    history.append({"version": version, "from": now, "until": None,
+                    "reason": reason if len(reason) <= REASON_MAX_CHARS
+                    else reason[:REASON_MAX_CHARS - 1] + "…"})
+    _write_history(name, history)
+    log.info("%s: champion v%s (was %s): %s", name, version, f"v{old}" if old else "none",
+             reason)
+    return old
+
+
+def rollback_target(model: str) -> tuple[str, str] | None:
+    """(the current champion, the champion to go back to), or None when there is none.
+
+    The target is the latest earlier champion other than the current one whose latest term
+    did not end in a rollback: rolling back twice goes two champions back, not to and fro.
+    """
+    history = _synced(model, champion_history(model))
+    if not history or history[-1].get("until") is not None:
+        return None
+    current = history[-1]["version"]
+    seen = {current}
+    for entry in reversed(history[:-1]):
+        v = entry["version"]
+        if v in seen:
+            continue
+        seen.add(v)
+        if not entry.get("rolled_back") and version_exists(model, v):
+            return current, v
+    return None
+
+
+def version_exists(model: str, version: str) -> bool:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        client().get_model_version(registered_name(model), version)
+    except MlflowException:
+        return False
+    return True

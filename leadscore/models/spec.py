@@ -65,6 +65,28 @@ class Gate:
         return gain >= self.min_gain
 
 
+@dataclass(frozen=True)
+class DealerGate:
+    """Per dealer, on the same holdout: a challenger better overall may still rank one
+    dealer's leads worse. A dealer with at least ``min_positives`` positives whose AUC drops
+    by more than ``tolerance`` blocks promotion; smaller dealers are too noisy to judge."""
+
+    min_positives: int = 30
+    tolerance: float = 0.02
+
+    def __post_init__(self) -> None:
+        if self.min_positives < 1:
+            raise ValueError("min_positives must be at least 1")
+        if not 0.0 <= self.tolerance < 1.0:
+            raise ValueError("tolerance must be in [0, 1)")
+
+    def judged(self, positives: int) -> bool:
+        return positives >= self.min_positives
+
+    def blocks(self, challenger: float, champion: float) -> bool:
+        return champion - challenger > self.tolerance
+
+
 DEFAULT_PARAMS: dict = {
     "objective": "binary",
     "learning_rate": 0.05,
@@ -100,6 +122,7 @@ class ModelSpec:
     monotone: dict[str, int] = field(default_factory=dict)
     calibration: str = "isotonic"  # or "sigmoid" (Platt)
     gate: Gate = field(default_factory=Gate)
+    dealer_gate: DealerGate = field(default_factory=DealerGate)
     #: lead-score grade cut-offs on the calibrated probability: A >= a, B >= b, C >= c, else D
     grades: tuple[float, float, float] = (0.5, 0.25, 0.1)
     #: rolling snapshot cadence for training cutoffs

@@ -66,12 +66,13 @@ def metrics(y: np.ndarray, p: np.ndarray) -> dict[str, float]:
 
 
 def by_group(frame: pd.DataFrame, p: np.ndarray, column: str) -> pd.DataFrame:
-    """Per-dealer / per-source table: n, positive rate, mean score, AUC."""
+    """Per-dealer / per-source table: n, positives, positive rate, mean score, AUC."""
     df = pd.DataFrame({"g": frame[column].astype("object").fillna("(missing)").to_numpy(),
                        "y": frame["label"].to_numpy(), "p": p})
     rows = []
     for g, d in df.groupby("g", sort=True):
-        rows.append({column: g, "n": len(d), "positive_rate": d["y"].mean(),
+        rows.append({column: g, "n": len(d), "positives": int(d["y"].sum()),
+                     "positive_rate": d["y"].mean(),
                      "mean_score": d["p"].mean(), "roc_auc": _safe_auc(d["y"], d["p"])})
     return pd.DataFrame(rows)
 

@@ -408,7 +408,9 @@ def model_card(spec: ModelSpec, ts: dataset.TrainingSet, fr: FitResult,
 **Model:** LightGBM, {fr.best_iteration} trees, {len(spec.features)} features,
 calibration {spec.calibration}; monotone increasing in {', '.join(spec.monotone) or 'nothing'}.
 **Registered model:** {registered}
-**Promotion gate:** {spec.gate.metric} must beat the champion by {spec.gate.min_gain}.
+**Promotion gate:** {spec.gate.metric} must beat the champion by {spec.gate.min_gain}, and no
+dealer with {spec.dealer_gate.min_positives}+ positives may lose more than
+{spec.dealer_gate.tolerance} AUC.
 
 ## Holdout metrics
 | metric | value |
@@ -595,6 +597,9 @@ def train(
     if version is not None:
         champion = registry.resolve(spec.name, registry.CHAMPION)
         alias = registry.CHALLENGER if champion else registry.CHAMPION
-        registry.set_alias(spec.name, alias, version)
+        if champion:
+            registry.set_alias(spec.name, alias, version)
+        else:  # the first champion is in the history too: a later rollback can reach it
+            registry.make_champion(spec.name, version, "first registered version")
     return RunResult(model=spec.name, run_id=run_id, version=version, alias=alias,
                      metrics=m, notes=ts.notes, seconds=time.perf_counter() - t0)
