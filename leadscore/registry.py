@@ -101,29 +101,15 @@ def registered_name(model: str) -> str:
     return model if model.startswith(PREFIX) else f"{PREFIX}{model}"
 
 
-def _pyfunc_class():
-    import mlflow.pyfunc
-
-    class LeadModelPyfunc(mlflow.pyfunc.PythonModel):
-        """Calibrated probability from a feature frame; categories as strings."""
-
-        def load_context(self, context):
-            self.model = LeadModel.load(find_artifact_dir(Path(context.artifacts["leadmodel"])))
-
-        def predict(self, context, model_input, params=None):
-            p = self.model.predict_proba(pd.DataFrame(model_input))
-            return pd.DataFrame({"probability": p})
-
-    return LeadModelPyfunc
-
-
 def signature_frame(model: LeadModel, df: pd.DataFrame) -> pd.DataFrame:
     """MLflow signatures know no category type and break on integer columns with missing
     values: categories go as strings, every number as float."""
     out = model.frame(df)
     for f in model.categories:
         out[f] = out[f].astype("object").where(out[f].notna(), None)
-    return out
+    ints = [c for c in out.columns
+            if c not in model.categories and pd.api.types.is_integer_dtype(out[c].dtype)]
+    return out.astype(dict.fromkeys(ints, "float64")) if ints else out
 
 
 def log_model(
@@ -142,7 +128,7 @@ def log_model(
         art = model.save(Path(tmp) / "leadmodel")
         info = mlflow.pyfunc.log_model(
             name="model",
-            python_model=_pyfunc_class()(),
+            python_model=str(Path(__file__).with_name("pyfunc_model.py")),
             artifacts={"leadmodel": str(art)},
             signature=signature,
             input_example=example,
@@ -153,6 +139,19 @@ def log_model(
         )
     version = getattr(info, "registered_model_version", None)
     return info.model_uri, (str(version) if version is not None else None)
+
+
+#: MLflow's limit on a description (the SQL stores' column)
+_DESCRIPTION_CHARS = 5000
+
+
+def describe(model: str, version: str, summary: str, card: str) -> None:
+    """The registered model's description (what it predicts) and the version's (its model
+    card, Markdown), so the registry UI says what a version is without opening its run."""
+    c = client()
+    name = registered_name(model)
+    c.update_registered_model(name, description=summary[:_DESCRIPTION_CHARS])
+    c.update_model_version(name, version, description=card[:_DESCRIPTION_CHARS])
 
 
 def _requirements() -> list[str]:

@@ -428,9 +428,11 @@ dealer with {spec.dealer_gate.min_positives}+ positives may lose more than
 def _log_run(spec, cfg, ts, fr, test, p, m, fp, truth_note, register: bool,
              final, refit_rows: int | None, log_model: bool = True,
              vocab: list[str] | None = None, lead_cols: dict[str, str] | None = None,
-             card_extra: str = "", grade_table: pd.DataFrame | None = None):
-    """``fr``: the evaluation fit (metrics, plots of its holdout predictions ``p``);
-    ``final``: the model registered (the refit, or the evaluation model itself)."""
+             card_extra: str = "", grade_table: pd.DataFrame | None = None,
+             source: Path | None = None):
+    """``source``: the data folder; ``fr``: the evaluation fit (metrics, plots of its
+    holdout predictions ``p``); ``final``: the model registered (the refit, or the
+    evaluation model itself)."""
     import mlflow
 
     by_dealer = evaluate.by_group(test, p, "dealer_id")
@@ -459,6 +461,7 @@ def _log_run(spec, cfg, ts, fr, test, p, m, fp, truth_note, register: bool,
                      "leadscore.lead_columns": json.dumps(lead_cols or {})[:5000],
                      **({"data_warning": obs.note()} if obs and obs.note() else {})})
     mlflow.log_metrics({k: v for k, v in m.items() if np.isfinite(v)})
+    _log_training_data(spec, ts, fp, source)
     with tempfile.TemporaryDirectory() as tmp:
         d = Path(tmp)
         (d / "config.json").write_text(cfg.model_dump_json(indent=1))
@@ -493,13 +496,42 @@ def _log_run(spec, cfg, ts, fr, test, p, m, fp, truth_note, register: bool,
         keep = ["lead_id", "dealer_id", "as_of", *feats, "label"]
         # p_eval: the evaluation fit's predictions, which promotion compares (a refit model
         # has seen these rows)
-        test[keep].assign(p_eval=p).to_parquet(d / "holdout.parquet")
+        held = test[keep].copy()  # one block: the columns were joined one by one
+        held["p_eval"] = p
+        held.to_parquet(d / "holdout.parquet")
         mlflow.log_artifacts(str(d))
     if not log_model:
         return None
     _, version = registry.log_model(final, ts.part("fit")[list(spec.features)],
                                     spec.registered_name if register else None)
+    if version is not None:
+        registry.describe(spec.name, version, spec.description,
+                          model_card(spec, ts, fr, m, fp, refit_rows, card_extra))
     return version
+
+
+def _log_training_data(spec: ModelSpec, ts: dataset.TrainingSet, fp: str,
+                       source: Path | None) -> None:
+    """The labelled rows as the run's MLflow dataset input: where they came from (the data
+    folder), their fingerprint as its digest, how many and which cutoffs, so a run says what
+    it was trained on in MLflow's own terms (the UI's Datasets column, ``run.inputs``)."""
+    import warnings
+
+    import mlflow
+
+    with warnings.catch_warnings():
+        # a model-signature hint (integer labels are never missing here), and MLflow's own
+        # local-path source registered twice (either reading gives the same source)
+        warnings.filterwarnings("ignore", message=".*integer column", category=UserWarning)
+        warnings.filterwarnings("ignore", message=".*interpreted in multiple ways",
+                                category=UserWarning)
+        data = mlflow.data.from_pandas(ts.frame, digest=fp[:32],
+                                       source=str(Path(source).resolve()) if source else "",
+                                       name=f"{spec.name}-training-rows")
+        span = (f"{ts.cutoffs[0].date()}..{ts.cutoffs[-1].date()}" if ts.cutoffs else "")
+        mlflow.log_input(data, context="training", tags={  # the schema is inferred here
+            "rows": str(len(ts.frame)), "cutoffs": str(len(ts.cutoffs)), "span": span,
+            "data_end": str(ts.data_end), "fingerprint": fp})
 
 
 def train(
@@ -591,7 +623,8 @@ def train(
                     lm.meta[JOINT_KEY] = thr["joint"]
         version = _log_run(spec, cfg, ts, fr, test, p, m, fp, truth_note, register, final,
                            refit_rows, log_model=not experiment, vocab=vocab,
-                           lead_cols=lead_cols, card_extra=card_extra, grade_table=table)
+                           lead_cols=lead_cols, card_extra=card_extra, grade_table=table,
+                           source=data_dir)
         run_id = run.info.run_id
     alias = None
     if version is not None:
