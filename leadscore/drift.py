@@ -19,6 +19,11 @@ population stability index*, 2018) is ``sum_i (a_i - e_i) * ln(a_i / e_i)`` over
 ``e`` the training shares and ``a`` tonight's, each floored at ``EPS`` so that an empty bin
 on either side counts as a rare one rather than an infinite drift. Usual reading: below 0.1
 stable, 0.1-0.25 a moderate shift, 0.25 and above a shift to act on (``DEFAULT_ALERT``).
+
+Segments: a shift in one lead source or one dealer is diluted by the others in the
+population's PSI, so the reference also keeps, per value of each of ``SEGMENTS`` with enough
+training rows, the shares of its rows in the population's bins (the same bins, so the
+segments' counts add up to the population's), and ``compare`` reports and alerts per segment.
 """
 
 from __future__ import annotations
@@ -31,7 +36,8 @@ import pandas as pd
 
 #: where the reference lives in the artifact's metadata (:attr:`LeadModel.meta`)
 REFERENCE_KEY = "drift_reference"
-REFERENCE_VERSION = 1
+#: 2: with ``segments`` (version 1 references have none and are compared without them)
+REFERENCE_VERSION = 2
 #: quantile bins of a numeric feature and of the score
 BINS = 10
 #: floor of a bin's share in the PSI: an empty bin reads as a rare one
@@ -42,6 +48,14 @@ DEFAULT_ALERT = 0.25
 #: rows (the slot model: logged contact attempts) describe another population than the
 #: open leads the job scores
 NIGHTLY_POPULATIONS = ("open", "open_or_owner")
+#: columns whose values are segments, each compared with its own training rows
+SEGMENTS = ("source", "dealer_id")
+#: rows a segment value needs, in training and tonight, to be compared: a segment's PSI
+#: grows with its bins over its rows by chance alone (about bins / rows), so smaller
+#: segments would raise alerts on noise
+MIN_SEGMENT_ROWS = 500
+#: segment values kept per segment column (the largest), so the reference stays small
+MAX_SEGMENT_VALUES = 30
 
 
 def numeric_edges(values: np.ndarray, bins: int = BINS) -> list[float]:
@@ -140,12 +154,64 @@ def entry(col, *, levels: Sequence[str] | None = None,
     return spec
 
 
-def compare(reference: Mapping, counts: Mapping, alert: float = DEFAULT_ALERT) -> dict:
+def segment_values(col, min_rows: int = MIN_SEGMENT_ROWS,
+                   cap: int = MAX_SEGMENT_VALUES) -> list[str]:
+    """The values of a segment column (as text, missing left out) with at least
+    ``min_rows`` rows, the ``cap`` largest (ties by value)."""
+    vc = pd.Series(col).astype("string").value_counts(dropna=True)
+    kept = sorted(((int(n), str(v)) for v, n in vc.items() if n >= min_rows),
+                  key=lambda t: (-t[0], t[1]))
+    return [v for _, v in kept[:cap]]
+
+
+def segment_codes(col, values: Sequence[str]) -> np.ndarray:
+    """Per row, the position of its segment value in ``values``; -1 for any other value
+    and for missing."""
+    s = pd.Series(col).astype("string")
+    return pd.Categorical(s, categories=list(values)).codes.astype(np.int64)
+
+
+def segment_counts(bins: np.ndarray, codes: np.ndarray, n_values: int,
+                   n: int) -> np.ndarray:
+    """Bin counts per segment value, shape (``n_values``, ``n`` bins), of the rows whose
+    ``codes`` (:func:`segment_codes`) name one."""
+    keep = codes >= 0
+    flat = codes[keep] * n + np.asarray(bins)[keep]
+    return np.bincount(flat, minlength=n_values * n).reshape(n_values, n)
+
+
+def segment_entries(col, features: Mapping[str, np.ndarray], specs: Mapping[str, Mapping],
+                    score_bins: np.ndarray, score_spec: Mapping) -> dict:
+    """The reference of one segment column: per kept value (:func:`segment_values`), its
+    rows and the shares of its rows in each feature's and the score's population bins
+    (``features``: each feature's bins per row; ``score_bins``: the score's)."""
+    values = segment_values(col)
+    if not values:
+        return {}
+    codes = segment_codes(col, values)
+    rows = np.bincount(codes[codes >= 0], minlength=len(values))
+    out = {v: {"rows": int(rows[i]), "features": {}, "score": None}
+           for i, v in enumerate(values)}
+    for f, b in features.items():
+        c = segment_counts(b, codes, len(values), n_bins(specs[f]))
+        for i, v in enumerate(values):
+            out[v]["features"][f] = shares(c[i])
+    c = segment_counts(score_bins, codes, len(values), n_bins(score_spec))
+    for i, v in enumerate(values):
+        out[v]["score"] = shares(c[i])
+    return out
+
+
+def compare(reference: Mapping, counts: Mapping, alert: float = DEFAULT_ALERT,
+            min_rows: int = MIN_SEGMENT_ROWS) -> dict:
     """One model's drift report from its stored reference and tonight's summed counts
-    (``{"rows", "features": {name: counts}, "score": counts}``): PSI of the score and of
-    every feature, missing shares (training, tonight) of the features missing on either
-    side, tonight's share of unseen levels per categorical feature, and the alerts (PSI at
-    or above ``alert``), the score first, then by PSI, largest first."""
+    (``{"rows", "features": {name: counts}, "score": counts, "segments": {column: {value:
+    {"rows", "features", "score"}}}}``): PSI of the score and of every feature, missing
+    shares (training, tonight) of the features missing on either side, tonight's share of
+    unseen levels per categorical feature, the same PSIs per segment value with at least
+    ``min_rows`` rows on both sides, and the alerts (PSI at or above ``alert``): the score
+    first, then the features by PSI, largest first, then the segments' as
+    ``feature@column=value`` (:func:`segment_alerts`)."""
     feats = reference["features"]
     out: dict = {"rows": int(counts.get("rows", 0)),
                  "reference_rows": int(reference.get("rows", 0))}
@@ -169,7 +235,43 @@ def compare(reference: Mapping, counts: Mapping, alert: float = DEFAULT_ALERT) -
                      if v is not None and v >= alert), key=lambda t: (-t[0], t[1]))
     out["alerts"] = ((["score"] if out["score_psi"] is not None and out["score_psi"] >= alert
                       else []) + [k for _, k in ranked])
+    out["segments"] = _segments(reference.get("segments") or {}, counts.get("segments") or {},
+                                min_rows)
+    out["alerts"] += segment_alerts(out["segments"], alert)
     return out
+
+
+def _segments(reference: Mapping, counts: Mapping, min_rows: int) -> dict:
+    out: dict = {}
+    for column, values in reference.items():
+        tonight = counts.get(column) or {}
+        got = {}
+        for value, ref in values.items():
+            c = tonight.get(value)
+            if c is None or c["rows"] < min_rows or ref["rows"] < min_rows:
+                continue
+            feats = {f: _round(psi(s, c["features"][f])) for f, s in ref["features"].items()
+                     if f in c["features"]}
+            got[value] = {"rows": int(c["rows"]), "features": feats,
+                          "score_psi": _round(psi(ref["score"], c["score"]))
+                          if c.get("score") is not None else None}
+        if got:
+            out[column] = got
+    return out
+
+
+def segment_alerts(segments: Mapping, alert: float) -> list[str]:
+    """``feature@column=value`` (``score@...`` for the score) for every segment PSI at or
+    above ``alert``, largest first. Judged like the population's: a segment is compared with
+    its own training rows only when both have enough rows for noise to stay well under the
+    threshold (``MIN_SEGMENT_ROWS``)."""
+    found = []
+    for column, values in segments.items():
+        for value, r in values.items():
+            named = [("score", r["score_psi"]), *r["features"].items()]
+            found += [(v, f"{f}@{column}={value}") for f, v in named
+                      if v is not None and v >= alert]
+    return [k for _, k in sorted(found, key=lambda t: (-t[0], t[1]))]
 
 
 def _round(v: float) -> float | None:

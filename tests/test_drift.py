@@ -107,6 +107,94 @@ def test_bucket_counts_add_up_to_the_counts_of_all_rows():
     assert sum(whole["conversion"]["score"]) == int(feats["is_open"].sum())
 
 
+def segmented_world(n: int = 4000, seed: int = 0) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Features and scores of ``n`` rows in three dealers and three sources (a few sources
+    missing, one dealer too small to be a segment)."""
+    rng = np.random.default_rng(seed)
+    dealer = rng.choice(["D1", "D2", "D3"], n, p=[0.5, 0.45, 0.05])
+    feats = pd.DataFrame({
+        "lead_id": [f"L{i}" for i in range(n)],
+        "dealer_id": pd.Series(dealer, dtype="string"),
+        "is_open": rng.random(n) < 0.8,
+        "source": pd.Series(np.where(rng.random(n) < 0.02, None,
+                                     rng.choice(["web", "app", "walk"], n)),
+                            dtype="object").astype("category"),
+        "x": np.where(rng.random(n) < 0.1, np.nan, rng.normal(0, 1, n))})
+    scored = pd.DataFrame({"lead_id": feats["lead_id"], "p_churn": rng.random(n)})
+    return feats, scored.sample(frac=1.0, random_state=seed).reset_index(drop=True)
+
+
+def test_segment_references_and_counts_add_up_and_alert_on_one_shifted_dealer():
+    """The reference keeps each large enough dealer's and source's shares in the population's
+    bins; tonight's counts per segment add up over buckets and to the population's; a shift
+    in one dealer is diluted over all rows but alerts as ``x@dealer_id=D1``."""
+    from leadscore.training import reference
+
+    feats, scored = segmented_world()
+    model = SimpleNamespace(features=["x", "source"], categories={"source": ["app", "web"]},
+                            meta={})
+    ref = reference.build(model, feats, scored.set_index("lead_id")
+                          .loc[feats["lead_id"], "p_churn"].to_numpy(), "open_or_owner")
+    assert ref["version"] == drift.REFERENCE_VERSION == 2
+    assert set(ref["segments"]) == {"dealer_id", "source"}
+    assert set(ref["segments"]["dealer_id"]) == {"D1", "D2"}  # D3: under MIN_SEGMENT_ROWS
+    assert set(ref["segments"]["source"]) == {"web", "app", "walk"}
+    for column, values in ref["segments"].items():
+        for v, seg in values.items():
+            assert seg["rows"] >= drift.MIN_SEGMENT_ROWS
+            assert seg["rows"] == int((feats[column].astype("string") == v).sum())
+            for f, spec in ref["features"].items():
+                assert len(seg["features"][f]) == drift.n_bins(spec)
+                assert sum(seg["features"][f]) == pytest.approx(1.0, abs=1e-4)
+    w = watch.Watch({"churn": SimpleNamespace(meta={drift.REFERENCE_KEY: ref})})
+    whole = w.count(feats, scored)["churn"]
+    halves = [w.count(feats.iloc[:1500], scored)["churn"],
+              w.count(feats.iloc[1500:], scored)["churn"]]
+    summed: dict = {}
+    for h in halves:
+        watch._add_segments(summed, h["segments"])
+    assert summed == whole["segments"]
+    # every row in one source or none: the sources' counts and the missing ones add up
+    src = whole["segments"]["source"]
+    missing = feats["source"].isna().to_numpy()
+    for f in ("x", "source"):
+        total = np.sum([src[v]["features"][f] for v in src], axis=0)
+        alone = np.bincount(drift.bins_of(feats.loc[missing, f], ref["features"][f]),
+                            minlength=len(total))
+        assert (total + alone).tolist() == whole["features"][f]
+    assert sum(src[v]["rows"] for v in src) == len(feats) - missing.sum()
+    assert sum(np.sum([src[v]["score"] for v in src], axis=0)) == len(feats) - missing.sum()
+    # the training rows against themselves: nothing moved
+    same = drift.compare(ref, whole)
+    assert same["alerts"] == []
+    assert set(same["segments"]["dealer_id"]) == {"D1", "D2"}
+    assert all(abs(v) < 1e-3 for v in same["segments"]["dealer_id"]["D1"]["features"].values())
+    # D1's x moves by one standard deviation: over all rows under the alert, in D1 over it
+    moved = feats.copy()
+    d1 = moved["dealer_id"] == "D1"
+    moved.loc[d1, "x"] = moved.loc[d1, "x"] + 1.0
+    got = drift.compare(ref, w.count(moved, scored)["churn"], alert=0.25)
+    assert got["features"]["x"] < 0.25 <= got["segments"]["dealer_id"]["D1"]["features"]["x"]
+    assert "x@dealer_id=D1" in got["alerts"] and "x" not in got["alerts"]
+    assert not [a for a in got["alerts"] if "D2" in a or "source=" in a]
+    # a segment with too few rows tonight is left out
+    few = drift.compare(ref, w.count(moved.iloc[:600], scored)["churn"])
+    assert set(few["segments"].get("dealer_id", {})) <= {"D1", "D2"}
+    assert all(r["rows"] >= drift.MIN_SEGMENT_ROWS
+               for vals in few["segments"].values() for r in vals.values())
+
+
+def test_a_version_1_reference_without_segments_is_still_compared():
+    feats, scored = segmented_world(n=800)
+    ref = {"version": 1, "population": "open_or_owner", "rows": 800,
+           "features": {"x": drift.entry(feats["x"])}, "score": drift.entry(scored["p_churn"])}
+    w = watch.Watch({"churn": SimpleNamespace(meta={drift.REFERENCE_KEY: ref})})
+    counts = w.count(feats, scored)["churn"]
+    assert "segments" not in counts
+    got = drift.compare(ref, counts)
+    assert got["segments"] == {} and got["alerts"] == []
+
+
 # --------------------------------------------------------------------------- a held-out world
 
 
