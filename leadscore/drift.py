@@ -56,6 +56,9 @@ SEGMENTS = ("source", "dealer_id")
 MIN_SEGMENT_ROWS = 500
 #: segment values kept per segment column (the largest), so the reference stays small
 MAX_SEGMENT_VALUES = 30
+#: share of a segment's change the population must show for the segment's PSI to be an
+#: alert (see ``_segments``): 1 when the segment alone moved, about 0 when others offset it
+SEGMENT_FOLLOWS = 0.75
 
 
 def numeric_edges(values: np.ndarray, bins: int = BINS) -> list[float]:
@@ -211,7 +214,7 @@ def compare(reference: Mapping, counts: Mapping, alert: float = DEFAULT_ALERT,
     unseen levels per categorical feature, the same PSIs per segment value with at least
     ``min_rows`` rows on both sides, and the alerts (PSI at or above ``alert``): the score
     first, then the features by PSI, largest first, then the segments' as
-    ``feature@column=value`` (:func:`segment_alerts`)."""
+    ``feature@column=value`` (``score@...``; see ``_segments``), by PSI too."""
     feats = reference["features"]
     out: dict = {"rows": int(counts.get("rows", 0)),
                  "reference_rows": int(reference.get("rows", 0))}
@@ -235,43 +238,77 @@ def compare(reference: Mapping, counts: Mapping, alert: float = DEFAULT_ALERT,
                      if v is not None and v >= alert), key=lambda t: (-t[0], t[1]))
     out["alerts"] = ((["score"] if out["score_psi"] is not None and out["score_psi"] >= alert
                       else []) + [k for _, k in ranked])
-    out["segments"] = _segments(reference.get("segments") or {}, counts.get("segments") or {},
-                                min_rows)
-    out["alerts"] += segment_alerts(out["segments"], alert)
+    out["segments"], found = _segments(reference, counts, min_rows, alert)
+    out["alerts"] += [k for _, k in sorted(found, key=lambda t: (-t[0], t[1]))]
     return out
 
 
-def _segments(reference: Mapping, counts: Mapping, min_rows: int) -> dict:
+def follows(e: Sequence[float], a: Sequence[float], e_seg: Sequence[float],
+            a_seg: Sequence[float], weight: float) -> float:
+    """How much of a segment's change of shares shows in the population's: the population's
+    change (``a - e``) projected on the segment's, weighted by its share of tonight's rows
+    (``weight * (a_seg - e_seg)``), as a fraction of the latter. About 1 when the segment
+    alone moved; near 0 or below when the other segments offset it; NaN when the segment's
+    shares did not change."""
+    dp = np.asarray(a, np.float64) - np.asarray(e, np.float64)
+    ds = weight * (np.asarray(a_seg, np.float64) - np.asarray(e_seg, np.float64))
+    norm = float(ds @ ds)
+    return float(dp @ ds) / norm if norm > 0 else math.nan
+
+
+def _segments(reference: Mapping, counts: Mapping, min_rows: int,
+              alert: float) -> tuple[dict, list[tuple[float, str]]]:
+    """The segments' report and their alerts (PSI, ``feature@column=value``).
+
+    A segment's PSI at or above ``alert`` is an alert when the population moved with it
+    (:func:`follows` at least ``SEGMENT_FOLLOWS``): a shift of one source's or one dealer's
+    rows reaches the population in proportion to its share, diluted but in the same
+    direction. When the other segments offset it, the population the model scores did not
+    move that way: the segments differ from their training rows among themselves (in a
+    simulated world with another seed, the dealers are other dealers), which is not a shift
+    to act on; such PSIs stay in the report, under ``offset`` with their fraction."""
+    ref_segments, night = reference.get("segments") or {}, counts.get("segments") or {}
+    total = max(int(counts.get("rows", 0)), 1)
     out: dict = {}
-    for column, values in reference.items():
-        tonight = counts.get(column) or {}
+    found: list[tuple[float, str]] = []
+    for column, values in ref_segments.items():
+        tonight = night.get(column) or {}
         got = {}
         for value, ref in values.items():
             c = tonight.get(value)
             if c is None or c["rows"] < min_rows or ref["rows"] < min_rows:
                 continue
-            feats = {f: _round(psi(s, c["features"][f])) for f, s in ref["features"].items()
-                     if f in c["features"]}
-            got[value] = {"rows": int(c["rows"]), "features": feats,
-                          "score_psi": _round(psi(ref["score"], c["score"]))
-                          if c.get("score") is not None else None}
+            pairs = {f: (reference["features"][f]["shares"], counts["features"][f], s,
+                         c["features"][f])
+                     for f, s in ref["features"].items()
+                     if f in c["features"] and f in counts["features"]}
+            if c.get("score") is not None and counts.get("score") is not None:
+                pairs["score"] = (reference["score"]["shares"], counts["score"], ref["score"],
+                                  c["score"])
+            r: dict = {"rows": int(c["rows"]), "features": {}, "score_psi": None, "offset": {}}
+            weight = c["rows"] / total
+            for f, (e, a, e_seg, a_seg) in pairs.items():
+                v = _round(psi(e_seg, a_seg))
+                if f == "score":
+                    r["score_psi"] = v
+                else:
+                    r["features"][f] = v
+                if v is None or v < alert:
+                    continue
+                share = follows(e, _norm(a), e_seg, _norm(a_seg), weight)
+                if share >= SEGMENT_FOLLOWS:
+                    found.append((v, f"{f}@{column}={value}"))
+                else:
+                    r["offset"][f] = _round(share)
+            got[value] = r
         if got:
             out[column] = got
-    return out
+    return out, found
 
 
-def segment_alerts(segments: Mapping, alert: float) -> list[str]:
-    """``feature@column=value`` (``score@...`` for the score) for every segment PSI at or
-    above ``alert``, largest first. Judged like the population's: a segment is compared with
-    its own training rows only when both have enough rows for noise to stay well under the
-    threshold (``MIN_SEGMENT_ROWS``)."""
-    found = []
-    for column, values in segments.items():
-        for value, r in values.items():
-            named = [("score", r["score_psi"]), *r["features"].items()]
-            found += [(v, f"{f}@{column}={value}") for f, v in named
-                      if v is not None and v >= alert]
-    return [k for _, k in sorted(found, key=lambda t: (-t[0], t[1]))]
+def _norm(counts: Sequence[float]) -> np.ndarray:
+    c = np.asarray(counts, dtype=np.float64)
+    return c / c.sum() if c.sum() > 0 else c
 
 
 def _round(v: float) -> float | None:
