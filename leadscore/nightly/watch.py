@@ -1,5 +1,6 @@
-"""Drift, every night: each bucket's bin counts of every model feature and score, saved
-beside the parts, and ``_drift.json`` from their sums at the end of the run.
+"""Drift, every night: each bucket's bin counts of every model feature and score (over all
+rows and per segment value of the reference: lead source, dealer), saved beside the parts,
+and ``_drift.json`` from their sums at the end of the run.
 
 Each model is compared over the rows it scored, as :func:`leadscore.nightly.per_bucket.
 score_features` scores them: the lead models over open leads, churn over open leads and
