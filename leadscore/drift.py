@@ -19,6 +19,11 @@ population stability index*, 2018) is ``sum_i (a_i - e_i) * ln(a_i / e_i)`` over
 ``e`` the training shares and ``a`` tonight's, each floored at ``EPS`` so that an empty bin
 on either side counts as a rare one rather than an infinite drift. Usual reading: below 0.1
 stable, 0.1-0.25 a moderate shift, 0.25 and above a shift to act on (``DEFAULT_ALERT``).
+
+Segments: a shift in one lead source or one dealer is diluted by the others in the
+population's PSI, so the reference also keeps, per value of each of ``SEGMENTS`` with enough
+training rows, the shares of its rows in the population's bins (the same bins, so the
+segments' counts add up to the population's), and ``compare`` reports and alerts per segment.
 """
 
 from __future__ import annotations
@@ -31,7 +36,8 @@ import pandas as pd
 
 #: where the reference lives in the artifact's metadata (:attr:`LeadModel.meta`)
 REFERENCE_KEY = "drift_reference"
-REFERENCE_VERSION = 1
+#: 2: with ``segments`` (version 1 references have none and are compared without them)
+REFERENCE_VERSION = 2
 #: quantile bins of a numeric feature and of the score
 BINS = 10
 #: floor of a bin's share in the PSI: an empty bin reads as a rare one
@@ -42,6 +48,17 @@ DEFAULT_ALERT = 0.25
 #: rows (the slot model: logged contact attempts) describe another population than the
 #: open leads the job scores
 NIGHTLY_POPULATIONS = ("open", "open_or_owner")
+#: columns whose values are segments, each compared with its own training rows
+SEGMENTS = ("source", "dealer_id")
+#: rows a segment value needs, in training and tonight, to be compared: a segment's PSI
+#: grows with its bins over its rows by chance alone (about bins / rows), so smaller
+#: segments would raise alerts on noise
+MIN_SEGMENT_ROWS = 500
+#: segment values kept per segment column (the largest), so the reference stays small
+MAX_SEGMENT_VALUES = 30
+#: share of a segment's change the population must show for the segment's PSI to be an
+#: alert (see ``_segments``): 1 when the segment alone moved, about 0 when others offset it
+SEGMENT_FOLLOWS = 0.75
 
 
 def numeric_edges(values: np.ndarray, bins: int = BINS) -> list[float]:
@@ -140,12 +157,64 @@ def entry(col, *, levels: Sequence[str] | None = None,
     return spec
 
 
-def compare(reference: Mapping, counts: Mapping, alert: float = DEFAULT_ALERT) -> dict:
+def segment_values(col, min_rows: int = MIN_SEGMENT_ROWS,
+                   cap: int = MAX_SEGMENT_VALUES) -> list[str]:
+    """The values of a segment column (as text, missing left out) with at least
+    ``min_rows`` rows, the ``cap`` largest (ties by value)."""
+    vc = pd.Series(col).astype("string").value_counts(dropna=True)
+    kept = sorted(((int(n), str(v)) for v, n in vc.items() if n >= min_rows),
+                  key=lambda t: (-t[0], t[1]))
+    return [v for _, v in kept[:cap]]
+
+
+def segment_codes(col, values: Sequence[str]) -> np.ndarray:
+    """Per row, the position of its segment value in ``values``; -1 for any other value
+    and for missing."""
+    s = pd.Series(col).astype("string")
+    return pd.Categorical(s, categories=list(values)).codes.astype(np.int64)
+
+
+def segment_counts(bins: np.ndarray, codes: np.ndarray, n_values: int,
+                   n: int) -> np.ndarray:
+    """Bin counts per segment value, shape (``n_values``, ``n`` bins), of the rows whose
+    ``codes`` (:func:`segment_codes`) name one."""
+    keep = codes >= 0
+    flat = codes[keep] * n + np.asarray(bins)[keep]
+    return np.bincount(flat, minlength=n_values * n).reshape(n_values, n)
+
+
+def segment_entries(col, features: Mapping[str, np.ndarray], specs: Mapping[str, Mapping],
+                    score_bins: np.ndarray, score_spec: Mapping) -> dict:
+    """The reference of one segment column: per kept value (:func:`segment_values`), its
+    rows and the shares of its rows in each feature's and the score's population bins
+    (``features``: each feature's bins per row; ``score_bins``: the score's)."""
+    values = segment_values(col)
+    if not values:
+        return {}
+    codes = segment_codes(col, values)
+    rows = np.bincount(codes[codes >= 0], minlength=len(values))
+    out = {v: {"rows": int(rows[i]), "features": {}, "score": None}
+           for i, v in enumerate(values)}
+    for f, b in features.items():
+        c = segment_counts(b, codes, len(values), n_bins(specs[f]))
+        for i, v in enumerate(values):
+            out[v]["features"][f] = shares(c[i])
+    c = segment_counts(score_bins, codes, len(values), n_bins(score_spec))
+    for i, v in enumerate(values):
+        out[v]["score"] = shares(c[i])
+    return out
+
+
+def compare(reference: Mapping, counts: Mapping, alert: float = DEFAULT_ALERT,
+            min_rows: int = MIN_SEGMENT_ROWS) -> dict:
     """One model's drift report from its stored reference and tonight's summed counts
-    (``{"rows", "features": {name: counts}, "score": counts}``): PSI of the score and of
-    every feature, missing shares (training, tonight) of the features missing on either
-    side, tonight's share of unseen levels per categorical feature, and the alerts (PSI at
-    or above ``alert``), the score first, then by PSI, largest first."""
+    (``{"rows", "features": {name: counts}, "score": counts, "segments": {column: {value:
+    {"rows", "features", "score"}}}}``): PSI of the score and of every feature, missing
+    shares (training, tonight) of the features missing on either side, tonight's share of
+    unseen levels per categorical feature, the same PSIs per segment value with at least
+    ``min_rows`` rows on both sides, and the alerts (PSI at or above ``alert``): the score
+    first, then the features by PSI, largest first, then the segments' as
+    ``feature@column=value`` (``score@...``; see ``_segments``), by PSI too."""
     feats = reference["features"]
     out: dict = {"rows": int(counts.get("rows", 0)),
                  "reference_rows": int(reference.get("rows", 0))}
@@ -169,7 +238,77 @@ def compare(reference: Mapping, counts: Mapping, alert: float = DEFAULT_ALERT) -
                      if v is not None and v >= alert), key=lambda t: (-t[0], t[1]))
     out["alerts"] = ((["score"] if out["score_psi"] is not None and out["score_psi"] >= alert
                       else []) + [k for _, k in ranked])
+    out["segments"], found = _segments(reference, counts, min_rows, alert)
+    out["alerts"] += [k for _, k in sorted(found, key=lambda t: (-t[0], t[1]))]
     return out
+
+
+def follows(e: Sequence[float], a: Sequence[float], e_seg: Sequence[float],
+            a_seg: Sequence[float], weight: float) -> float:
+    """How much of a segment's change of shares shows in the population's: the population's
+    change (``a - e``) projected on the segment's, weighted by its share of tonight's rows
+    (``weight * (a_seg - e_seg)``), as a fraction of the latter. About 1 when the segment
+    alone moved; near 0 or below when the other segments offset it; NaN when the segment's
+    shares did not change."""
+    dp = np.asarray(a, np.float64) - np.asarray(e, np.float64)
+    ds = weight * (np.asarray(a_seg, np.float64) - np.asarray(e_seg, np.float64))
+    norm = float(ds @ ds)
+    return float(dp @ ds) / norm if norm > 0 else math.nan
+
+
+def _segments(reference: Mapping, counts: Mapping, min_rows: int,
+              alert: float) -> tuple[dict, list[tuple[float, str]]]:
+    """The segments' report and their alerts (PSI, ``feature@column=value``).
+
+    A segment's PSI at or above ``alert`` is an alert when the population moved with it
+    (:func:`follows` at least ``SEGMENT_FOLLOWS``): a shift of one source's or one dealer's
+    rows reaches the population in proportion to its share, diluted but in the same
+    direction. When the other segments offset it, the population the model scores did not
+    move that way: the segments differ from their training rows among themselves (in a
+    simulated world with another seed, the dealers are other dealers), which is not a shift
+    to act on; such PSIs stay in the report, under ``offset`` with their fraction."""
+    ref_segments, night = reference.get("segments") or {}, counts.get("segments") or {}
+    total = max(int(counts.get("rows", 0)), 1)
+    out: dict = {}
+    found: list[tuple[float, str]] = []
+    for column, values in ref_segments.items():
+        tonight = night.get(column) or {}
+        got = {}
+        for value, ref in values.items():
+            c = tonight.get(value)
+            if c is None or c["rows"] < min_rows or ref["rows"] < min_rows:
+                continue
+            pairs = {f: (reference["features"][f]["shares"], counts["features"][f], s,
+                         c["features"][f])
+                     for f, s in ref["features"].items()
+                     if f in c["features"] and f in counts["features"]}
+            if c.get("score") is not None and counts.get("score") is not None:
+                pairs["score"] = (reference["score"]["shares"], counts["score"], ref["score"],
+                                  c["score"])
+            r: dict = {"rows": int(c["rows"]), "features": {}, "score_psi": None, "offset": {}}
+            weight = c["rows"] / total
+            for f, (e, a, e_seg, a_seg) in pairs.items():
+                v = _round(psi(e_seg, a_seg))
+                if f == "score":
+                    r["score_psi"] = v
+                else:
+                    r["features"][f] = v
+                if v is None or v < alert:
+                    continue
+                share = follows(e, _norm(a), e_seg, _norm(a_seg), weight)
+                if share >= SEGMENT_FOLLOWS:
+                    found.append((v, f"{f}@{column}={value}"))
+                else:
+                    r["offset"][f] = _round(share)
+            got[value] = r
+        if got:
+            out[column] = got
+    return out, found
+
+
+def _norm(counts: Sequence[float]) -> np.ndarray:
+    c = np.asarray(counts, dtype=np.float64)
+    return c / c.sum() if c.sum() > 0 else c
 
 
 def _round(v: float) -> float | None:

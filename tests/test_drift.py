@@ -107,6 +107,103 @@ def test_bucket_counts_add_up_to_the_counts_of_all_rows():
     assert sum(whole["conversion"]["score"]) == int(feats["is_open"].sum())
 
 
+def segmented_world(n: int = 4000, seed: int = 0) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Features and scores of ``n`` rows in three dealers and three sources (a few sources
+    missing, one dealer too small to be a segment); D2's x is one higher than the others'."""
+    rng = np.random.default_rng(seed)
+    dealer = rng.choice(["D1", "D2", "D3"], n, p=[0.5, 0.45, 0.05])
+    feats = pd.DataFrame({
+        "lead_id": [f"L{i}" for i in range(n)],
+        "dealer_id": pd.Series(dealer, dtype="string"),
+        "is_open": rng.random(n) < 0.8,
+        "source": pd.Series(np.where(rng.random(n) < 0.02, None,
+                                     rng.choice(["web", "app", "walk"], n)),
+                            dtype="object").astype("category"),
+        "x": np.where(rng.random(n) < 0.1, np.nan, rng.normal(0, 1, n) + (dealer == "D2"))})
+    scored = pd.DataFrame({"lead_id": feats["lead_id"], "p_churn": rng.random(n)})
+    return feats, scored.sample(frac=1.0, random_state=seed).reset_index(drop=True)
+
+
+def test_segment_references_and_counts_add_up_and_alert_on_one_shifted_dealer():
+    """The reference keeps each large enough dealer's and source's shares in the population's
+    bins; tonight's counts per segment add up over buckets and to the population's; a shift
+    in one dealer is diluted over all rows but alerts as ``x@dealer_id=D1``; dealers that
+    swap their rows (the population unchanged) do not alert."""
+    from leadscore.training import reference
+
+    feats, scored = segmented_world()
+    model = SimpleNamespace(features=["x", "source"], categories={"source": ["app", "web"]},
+                            meta={})
+    ref = reference.build(model, feats, scored.set_index("lead_id")
+                          .loc[feats["lead_id"], "p_churn"].to_numpy(), "open_or_owner")
+    assert ref["version"] == drift.REFERENCE_VERSION == 2
+    assert set(ref["segments"]) == {"dealer_id", "source"}
+    assert set(ref["segments"]["dealer_id"]) == {"D1", "D2"}  # D3: under MIN_SEGMENT_ROWS
+    assert set(ref["segments"]["source"]) == {"web", "app", "walk"}
+    for column, values in ref["segments"].items():
+        for v, seg in values.items():
+            assert seg["rows"] >= drift.MIN_SEGMENT_ROWS
+            assert seg["rows"] == int((feats[column].astype("string") == v).sum())
+            for f, spec in ref["features"].items():
+                assert len(seg["features"][f]) == drift.n_bins(spec)
+                assert sum(seg["features"][f]) == pytest.approx(1.0, abs=1e-4)
+    w = watch.Watch({"churn": SimpleNamespace(meta={drift.REFERENCE_KEY: ref})})
+    whole = w.count(feats, scored)["churn"]
+    halves = [w.count(feats.iloc[:1500], scored)["churn"],
+              w.count(feats.iloc[1500:], scored)["churn"]]
+    summed: dict = {}
+    for h in halves:
+        watch._add_segments(summed, h["segments"])
+    assert summed == whole["segments"]
+    # every row in one source or none: the sources' counts and the missing ones add up
+    src = whole["segments"]["source"]
+    missing = feats["source"].isna().to_numpy()
+    for f in ("x", "source"):
+        total = np.sum([src[v]["features"][f] for v in src], axis=0)
+        alone = np.bincount(drift.bins_of(feats.loc[missing, f], ref["features"][f]),
+                            minlength=len(total))
+        assert (total + alone).tolist() == whole["features"][f]
+    assert sum(src[v]["rows"] for v in src) == len(feats) - missing.sum()
+    assert sum(np.sum([src[v]["score"] for v in src], axis=0)) == len(feats) - missing.sum()
+    # the training rows against themselves: nothing moved
+    same = drift.compare(ref, whole)
+    assert same["alerts"] == []
+    assert set(same["segments"]["dealer_id"]) == {"D1", "D2"}
+    assert all(abs(v) < 1e-3 for v in same["segments"]["dealer_id"]["D1"]["features"].values())
+    # D1's x moves by one standard deviation: over all rows under the alert, in D1 over it
+    moved = feats.copy()
+    d1 = moved["dealer_id"] == "D1"
+    moved.loc[d1, "x"] = moved.loc[d1, "x"] + 1.0
+    got = drift.compare(ref, w.count(moved, scored)["churn"], alert=0.25)
+    assert got["features"]["x"] < 0.25 <= got["segments"]["dealer_id"]["D1"]["features"]["x"]
+    assert "x@dealer_id=D1" in got["alerts"] and "x" not in got["alerts"]
+    assert not [a for a in got["alerts"] if "D2" in a or "source=" in a]
+    # D1 and D2 swap their rows: each differs from its training rows, the population does
+    # not (the others offset it): no alert, the PSIs kept under offset
+    swapped = feats.copy()
+    swapped["dealer_id"] = feats["dealer_id"].replace({"D1": "D2", "D2": "D1"})
+    got = drift.compare(ref, w.count(swapped, scored)["churn"], alert=0.25)
+    d1 = got["segments"]["dealer_id"]["D1"]
+    assert d1["features"]["x"] >= 0.25 and "x" in d1["offset"]
+    assert got["alerts"] == []
+    # a segment with too few rows tonight is left out
+    few = drift.compare(ref, w.count(moved.iloc[:600], scored)["churn"])
+    assert set(few["segments"].get("dealer_id", {})) <= {"D1", "D2"}
+    assert all(r["rows"] >= drift.MIN_SEGMENT_ROWS
+               for vals in few["segments"].values() for r in vals.values())
+
+
+def test_a_version_1_reference_without_segments_is_still_compared():
+    feats, scored = segmented_world(n=800)
+    ref = {"version": 1, "population": "open_or_owner", "rows": 800,
+           "features": {"x": drift.entry(feats["x"])}, "score": drift.entry(scored["p_churn"])}
+    w = watch.Watch({"churn": SimpleNamespace(meta={drift.REFERENCE_KEY: ref})})
+    counts = w.count(feats, scored)["churn"]
+    assert "segments" not in counts
+    got = drift.compare(ref, counts)
+    assert got["segments"] == {} and got["alerts"] == []
+
+
 # --------------------------------------------------------------------------- a held-out world
 
 
@@ -200,7 +297,7 @@ def training_cutoffs(name: str) -> list[pd.Timestamp]:
 def pooled(world, data: Path) -> dict:
     """The nightly job run on ``data`` at every training cutoff of the compared models (what
     their reference pools: open leads at weekly cutoffs), each model's counts summed over its
-    own cutoffs and compared with its reference."""
+    own cutoffs (per segment too) and compared with its reference."""
     cutoffs = {m: training_cutoffs(m) for m in COMPARED}
     counts: dict = {}
     for t in sorted(set().union(*cutoffs.values())):
@@ -216,6 +313,7 @@ def pooled(world, data: Path) -> dict:
                 got["score"] = watch._add(got["score"], c["score"])
                 for f, v in c["features"].items():
                     got["features"][f] = watch._add(got["features"].get(f), v)
+                watch._add_segments(got.setdefault("segments", {}), c.get("segments") or {})
     return {m: drift.compare(world.scorer.models[m].meta[drift.REFERENCE_KEY], c)
             for m, c in counts.items()}
 
@@ -234,8 +332,7 @@ def test_no_alert_on_a_held_out_world_scored_as_the_models_were_trained(world):
     report = pooled(world, world.data)
     assert set(report) == set(COMPARED)
     for name, r in report.items():
-        assert r["alerts"] == [], (name, {f: r["features"][f] for f in r["alerts"]
-                                          if f != "score"}, r["score_psi"])
+        assert r["alerts"] == [], (name, r["alerts"], r["score_psi"])
         assert r["score_psi"] < 0.1, name
         assert set(r["features"]) == set(world.scorer.models[name].features)
 
@@ -270,26 +367,53 @@ def rises(before: dict, after: dict) -> dict[str, list[tuple[float, str]]]:
                       reverse=True) for m, r in before.items()}
 
 
-def test_a_source_tagging_finance_events_twice_moves_the_finance_features(world, unshifted):
+def largest(world, column: str) -> str:
+    """The world's largest lead source or dealer (the one the shifts below change)."""
+    return str(pd.read_parquet(world.data / "leads.parquet")[column].value_counts().index[0])
+
+
+def segment_alerts(report: dict, names, column: str, value: str) -> dict[str, list[str]]:
+    """Per model using any of ``names``, its alerts naming one of them in ``column=value``."""
+    return {m: [a for a in r["alerts"] if a.split("@")[0] in names
+                and a.endswith(f"@{column}={value}")]
+            for m, r in report.items() if set(names) & set(r["features"])}
+
+
+def test_a_source_tagging_finance_events_twice_alerts_on_that_source(world, unshifted):
     """The largest source (about a quarter of the leads) tags every finance-calculator event
     twice: the finance features are the ones that move, most for every model. Over the whole
-    population their PSI stays under the default alert (the other sources dilute it): see
-    the report; an alert per source needs references per source."""
+    population their PSI stays under the alert (the other sources dilute it); within the
+    source, every model using finance features alerts on one of them, named with the
+    source."""
     report = pooled(world, shifted(world, "finance", finance_twice))
     for name, ranked in rises(unshifted, report).items():
         assert ranked[0][1] in FINANCE, (name, ranked[:5])
         assert ranked[0][0] > 0.01, (name, ranked[:5])
+    source = largest(world, "source")
+    named = segment_alerts(report, FINANCE, "source", source)
+    assert set(named) == set(COMPARED), named
+    for name, got in named.items():
+        assert got, (name, report[name]["alerts"],
+                     report[name]["segments"].get("source", {}).get(source))
+    # the unshifted world has no alert at all (see above), segments included
+    assert not any(r["alerts"] for r in unshifted.values())
 
 
-def test_a_dealer_clock_shift_moves_the_hour_features(world, unshifted):
+def test_a_dealer_clock_shift_alerts_on_the_hour_features_of_that_dealer(world, unshifted):
     """The largest dealer's clock runs 8 hours ahead: the hour features (local-time activity
-    shares) are the ones that move, most for every model; as above, under the default alert
-    over all dealers."""
+    shares) are the ones that move, most for every model; as above, under the alert over all
+    dealers, over it within the dealer, named with the dealer."""
     report = pooled(world, shifted(world, "clock", clock_shift))
     for name, ranked in rises(unshifted, report).items():
         assert ranked[0][1] in HOURS, (name, ranked[:5])
         assert {f for _, f in ranked[:3]} <= set(HOURS), (name, ranked[:5])
         assert ranked[0][0] > 0.05, (name, ranked[:5])
+    dealer = largest(world, "dealer_id")
+    named = segment_alerts(report, HOURS, "dealer_id", dealer)
+    assert set(named) == set(COMPARED), named
+    for name, got in named.items():
+        assert got, (name, report[name]["alerts"],
+                     report[name]["segments"].get("dealer_id", {}).get(dealer))
 
 
 def test_fail_on_drift_exits_3_after_writing_everything(world, tmp_path):

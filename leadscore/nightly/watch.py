@@ -1,5 +1,6 @@
-"""Drift, every night: each bucket's bin counts of every model feature and score, saved
-beside the parts, and ``_drift.json`` from their sums at the end of the run.
+"""Drift, every night: each bucket's bin counts of every model feature and score (over all
+rows and per segment value of the reference: lead source, dealer), saved beside the parts,
+and ``_drift.json`` from their sums at the end of the run.
 
 Each model is compared over the rows it scored, as :func:`leadscore.nightly.per_bucket.
 score_features` scores them: the lead models over open leads, churn over open leads and
@@ -61,8 +62,9 @@ class Watch:
 
     def count(self, feats: pd.DataFrame, scored: pd.DataFrame) -> dict:
         """One bucket's counts per model: ``{"rows", "features": {name: counts}, "score":
-        counts}`` over the rows the model scored. A feature binned alike for several models
-        (same bins) is binned once."""
+        counts, "segments": {column: {value: {"rows", "features", "score"}}}}`` over the rows
+        the model scored (segments: the reference's values present in the bucket). A feature
+        binned alike for several models (same bins) is binned once."""
         out: dict = {}
         if not self.references:
             return out
@@ -72,7 +74,8 @@ class Watch:
         for name, ref in self.references.items():
             lead = self._lead[name]
             rows = int(is_open.sum()) if lead else len(feats)
-            counts = {}
+            slot = 1 if lead and not everyone else 2
+            counts, bins = {}, {}
             for f, spec in ref["features"].items():
                 if f not in feats.columns:
                     continue
@@ -80,16 +83,62 @@ class Watch:
                 got = cache.get(key)
                 if got is None:
                     got = cache[key] = [drift.bins_of(feats[f], spec), None, None]
-                slot = 1 if lead and not everyone else 2
                 if got[slot] is None:
                     idx = got[0][is_open] if slot == 1 else got[0]
                     got[slot] = np.bincount(idx, minlength=drift.n_bins(spec)).tolist()
                 counts[f] = got[slot]
+                bins[f] = (key, got[0])
             p = drift.as_float(scored[PROBA_COLUMN[name]]) if len(scored) else np.zeros(0)
-            p = p[~np.isnan(p)]
-            score = np.bincount(drift.bins_of(p, ref["score"]),
-                                minlength=drift.n_bins(ref["score"])).tolist()
+            scored_ok = ~np.isnan(p)
+            p = p[scored_ok]
+            score_bins = drift.bins_of(p, ref["score"])
+            score = np.bincount(score_bins, minlength=drift.n_bins(ref["score"])).tolist()
             out[name] = {"rows": rows, "features": counts, "score": score}
+            segments = ref.get("segments") or {}
+            if segments:
+                mask = is_open if slot == 1 else None
+                out[name]["segments"] = self._segments(
+                    segments, feats, scored, scored_ok, score_bins, ref, bins, mask, cache)
+        return out
+
+    @staticmethod
+    def _segments(segments: Mapping, feats: pd.DataFrame, scored: pd.DataFrame,
+                  scored_ok: np.ndarray, score_bins: np.ndarray, ref: Mapping,
+                  bins: Mapping, mask: np.ndarray | None, cache: dict) -> dict:
+        """A model's counts per segment value (``bins``: feature → (cache key, bins per
+        row); ``mask``: the rows it scored, None for all). The score's rows are matched
+        with the features' by lead."""
+        out: dict = {}
+        for column, ref_values in segments.items():
+            if column not in feats.columns:
+                continue
+            values = list(ref_values)  # the reference's order: every bucket codes alike
+            ckey = ("segment", column, tuple(values))
+            codes = cache.get(ckey)
+            if codes is None:
+                codes = cache[ckey] = drift.segment_codes(feats[column], values)
+            rows_codes = codes if mask is None else np.where(mask, codes, -1)
+            n_rows = np.bincount(rows_codes[rows_codes >= 0], minlength=len(values))
+            present = np.flatnonzero(n_rows)
+            if not len(present):
+                continue
+            per = {values[i]: {"rows": int(n_rows[i]), "features": {}, "score": None}
+                   for i in present}
+            for f, (fkey, b) in bins.items():
+                skey = (fkey, ckey, mask is None)
+                c = cache.get(skey)
+                if c is None:
+                    c = cache[skey] = drift.segment_counts(b, rows_codes, len(values),
+                                                           drift.n_bins(ref["features"][f]))
+                for i in present:
+                    per[values[i]]["features"][f] = c[i].tolist()
+            at = pd.Index(feats["lead_id"]).get_indexer(scored["lead_id"])
+            score_codes = np.where(at >= 0, codes[np.maximum(at, 0)], -1)[scored_ok]
+            c = drift.segment_counts(score_bins, score_codes, len(values),
+                                     drift.n_bins(ref["score"]))
+            for i in present:
+                per[values[i]]["score"] = c[i].tolist()
+            out[column] = per
         return out
 
     # -- beside the parts ---------------------------------------------------------------------
@@ -123,6 +172,7 @@ class Watch:
                 t["score"] = _add(t["score"], c["score"])
                 for f, v in c["features"].items():
                     t["features"][f] = _add(t["features"].get(f), v)
+                _add_segments(t.setdefault("segments", {}), c.get("segments") or {})
         if lacking and self.references:  # parts written by a run that did not count drift
             log.warning("drift: %d of the parts have no drift counts (written by a run that "
                         "did not count them); the report covers the others", len(lacking))
@@ -147,6 +197,19 @@ class Watch:
 
 def _add(a: list | None, b: list) -> list:
     return list(b) if a is None else [x + y for x, y in zip(a, b, strict=True)]
+
+
+def _add_segments(total: dict, counts: Mapping) -> None:
+    """Add a bucket's per-segment counts into ``total`` (both ``{column: {value: {"rows",
+    "features", "score"}}}``)."""
+    for column, values in counts.items():
+        into = total.setdefault(column, {})
+        for value, c in values.items():
+            t = into.setdefault(value, {"rows": 0, "features": {}, "score": None})
+            t["rows"] += c["rows"]
+            t["score"] = _add(t["score"], c["score"])
+            for f, v in c["features"].items():
+                t["features"][f] = _add(t["features"].get(f), v)
 
 
 def describe(alerts: list[str], shown: int = 8) -> str:
