@@ -278,6 +278,13 @@ def _fmt(v: float | None, digits: int = 3) -> str:
     return "–" if v is None else f"{v:.{digits}f}"
 
 
+def _when(ts: str) -> str:
+    """A timestamp as a manager reads it: the date, and the UTC time when not midnight."""
+    t = pd.Timestamp(ts)
+    t = t.tz_convert("UTC") if t.tzinfo is not None else t
+    return str(t.date()) if t == t.normalize() else t.strftime("%Y-%m-%d %H:%M UTC")
+
+
 def _label(kind: str, grade: str, w: dict) -> str:
     return w["urgency"].get(grade, grade) if kind == "contact_urgency" else grade
 
@@ -389,8 +396,9 @@ def page(rep: dict, lang: str) -> str:
         cards.append(f'<div class="card">{chart(g, kind, w, title)}<p>{e(note)}</p>'
                      f"{small}</div>")
     model_name = w["model"].get(rep["model"], rep["model"])
-    sub = w["sub"].format(as_of=rep["as_of"], days=rep["horizon_days"],
-                          end=rep["observed_until"], censored=f"{rep['overall']['n_censored']:,}")
+    sub = w["sub"].format(as_of=_when(rep["as_of"]), days=rep["horizon_days"],
+                          end=_when(rep["observed_until"]),
+                          censored=f"{rep['overall']['n_censored']:,}")
     legend = (f'<p class="legend">{e(w["grade_by"].format(kind=w["kind"][kind]))}'
               f'<span class="sw" style="background:#4a7bb7"></span>{e(w["legend_bar"])}'
               f'<span class="sw" style="background:#d9822b;height:3px"></span>'
