@@ -323,3 +323,7 @@ def test_kept_features_are_found_by_lead_id_in_whichever_file_holds_them(tmp_pat
     assert got["events_7d"].tolist() == [1.0, 5.0, 8.0]
     assert got["source"].astype(str).tolist() == ["app", "app", "web"]
     assert stored.rows(["nobody"]).empty
+    # a lead kept twice (a copy of a file): found once, its first row
+    last_run.save_features(tmp_path, 2, feats.iloc[4:7], keep)
+    again = last_run.Stored([last_run.features_path(tmp_path, b) for b in (0, 1, 2)])
+    assert again.rows(["L5", "L6"])["lead_id"].tolist() == ["L5", "L6"]

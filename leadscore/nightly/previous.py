@@ -66,8 +66,10 @@ class Stored:
         self.files = files
         ids = [feather.read_table(f, columns=["lead_id"], memory_map=True).column("lead_id")
                for f in files]
-        self.index = pd.Index(pa.chunked_array(
+        every = pd.Index(pa.chunked_array(
             [c.cast(pa.string()) for c in ids], pa.string()).to_numpy(zero_copy_only=False))
+        first = ~every.duplicated()  # one row per lead and run; a copy is the same lead's
+        self.index, self.row = every[first], np.flatnonzero(first)
         sizes = [len(c) for c in ids]
         self.file_of = np.repeat(np.arange(len(files)), sizes)
         self.start = np.concatenate([[0], np.cumsum(sizes)])[:-1]
@@ -75,7 +77,7 @@ class Stored:
     def rows(self, lead_ids: Sequence[str]) -> pd.DataFrame:
         """The kept feature rows of ``lead_ids`` (those without one left out)."""
         at = self.index.get_indexer(pd.Index(list(lead_ids), dtype=object))
-        at = np.sort(at[at >= 0])
+        at = np.sort(self.row[at[at >= 0]])
         parts = [feather.read_table(self.files[f], memory_map=True).take(
                      pa.array(at[self.file_of[at] == f] - self.start[f]))
                  for f in np.unique(self.file_of[at])]
