@@ -11,7 +11,8 @@ engagement group's whole-history features), and the registered model carries tha
 adds its margin at scoring (:class:`leadscore.classical.Start`). Short histories are where the
 classical model's structure pays; the trees add what behaviour says beyond it. Where they
 already say it, the start can cost: the default, ``btyd.use: auto``, fits both and keeps the
-one that ranks the valid part better (the run's notes and model card say which, and why).
+start unless the trees alone rank held-out training leads clearly better
+(:func:`leadscore.training.btyd.choose_start`; the run's notes and model card say which).
 """
 
 from leadscore.features.catalog import HISTORY, LEAD_BEHAVIOUR
