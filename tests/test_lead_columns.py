@@ -232,6 +232,7 @@ def test_http_inline_attributes_score_as_the_batch(run, tmp_path):
     ds = contract.load(data)
     leads = ds.frame("leads").set_index("lead_id")
     ev = ds.frame("events")
+    ct = ds.frame("contacts")
     ids = [i for i in want.index if leads.loc[i, "lead_origin"] == "referral"][:2]
     (tmp_path / "features.db").parent.mkdir(exist_ok=True)
     online_rows = want.reset_index().drop(columns=["p"])
@@ -254,7 +255,12 @@ def test_http_inline_attributes_score_as_the_batch(run, tmp_path):
                         **({"value": v} if v == v and v is not None else {}),
                         **({"ingested_at": i.isoformat()} if not pd.isna(i) else {})}
                        for t, e, m, v, i in mine[["ts", "event_type", "model", "value",
-                                                  "ingested_at"]].itertuples(index=False)]}
+                                                  "ingested_at"]].itertuples(index=False)],
+            # the lead's contacts too: the batch reference counts them
+            "contacts": [{"ts": t.isoformat(), "channel": c, "outcome": o}
+                         for t, c, o in ct[ct["lead_id"] == lead_id][
+                             ["ts", "channel", "outcome"]].itertuples(index=False)
+                         if t < as_of]}
 
     a, b = ids
     body = {"as_of": as_of.isoformat(), "leads": [

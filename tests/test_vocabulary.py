@@ -161,7 +161,7 @@ def test_http_inline_and_by_id_score_as_the_batch(run, tmp_path):
     runtime = Runtime(online.OnlineStore(tmp_path / "features.db"), KeyRing.from_file(keys),
                       loader=lambda: scorer, reload_seconds=0)
     assert runtime.reload()
-    ev = ds.frame("events")
+    ev, ct = ds.frame("events"), ds.frame("contacts")
     lead_id = ev.loc[(ev["event_type"] == CUSTOM) & (ev["ts"] < as_of)
                      & ev["lead_id"].isin(want.index), "lead_id"].iloc[-1]
     lead = ds.frame("leads").set_index("lead_id").loc[lead_id]
@@ -176,6 +176,10 @@ def test_http_inline_and_by_id_score_as_the_batch(run, tmp_path):
                     **({"ingested_at": i.isoformat()} if not pd.isna(i) else {})}
                    for t, e, m, v, i in mine[["ts", "event_type", "model", "value",
                                               "ingested_at"]].itertuples(index=False)],
+        # the lead's contacts too: the batch reference counts them
+        "contacts": [{"ts": t.isoformat(), "channel": c, "outcome": o}
+                     for t, c, o in ct[ct["lead_id"] == lead_id][
+                         ["ts", "channel", "outcome"]].itertuples(index=False) if t < as_of],
     }
     for c in ("intended_model", "budget", "city"):
         if not pd.isna(lead[c]):
