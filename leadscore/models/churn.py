@@ -25,7 +25,10 @@ SPEC = ModelSpec(
     entity="open_or_owner",
     label=NoneWithin(INBOUND_TYPES, days=30),
     features=(*LEAD_BEHAVIOUR, *HISTORY),
-    calibration="isotonic",
+    # Platt scaling, not isotonic: it keeps the trees' ranking (isotonic's steps tie leads,
+    # which costs AUC) and does not push the ends to 0 or 1 on a small calibration part
+    # (benchmarks/real_data.py: higher ROC AUC on every data set, better churn calibration)
+    calibration="sigmoid",
     gate=Gate("roc_auc", min_gain=0.002),
     grades=(0.7, 0.5, 0.3),
     truth_column="p_churn",

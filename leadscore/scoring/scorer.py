@@ -551,10 +551,11 @@ class Scorer:
             if reasons > 0 and name not in NO_REASONS:
                 contrib = (ahead[name].result() if ahead is not None
                            else model.contributions(x, num_threads=self.num_threads))
-                raw = contrib.sum(axis=1)
                 tables.append(_reason_table(model, contrib, reasons, x, column, lang))
-            else:
-                raw = model.raw(x, num_threads=self.num_threads)
+            # the score from the raw-score path whatever the reasons and the batch: the
+            # contributions add up to it only to rounding, and their kernel depends on the
+            # number of rows, so a lead would otherwise score an ulp apart alone and together
+            raw = model.raw(x, num_threads=self.num_threads)
             p = model.calibrator(raw)
             cols[col] = p
             if name == "conversion":
