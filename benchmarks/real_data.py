@@ -31,6 +31,12 @@ beside ``ece_floor``: what a perfectly calibrated model would show on a holdout 
 
     PYTHONPATH=. python benchmarks/real_data.py [--realdata DIR] [--seed S] [--seeds N]
         [--weeks W] [--btyd bgnbd|pareto_nbd] [--only online_retail,simulator,...]
+        [--log MAPPING.yaml:CUTOFF:HORIZON_DAYS ...]
+
+``--log`` runs another transaction log (your own, or a published one such as CDNOW) through
+Online Retail's protocol; its mapping makes each purchase an ``order`` event, as
+``examples/onlineretail/mapping.yaml`` does. Without closed label windows before the cutoff
+(a horizon as long as the history), the strictly point-in-time rows are left out.
 
 Needs the ``btyd`` extra (PyMC-Marketing).
 """
@@ -41,7 +47,7 @@ import argparse
 import logging
 import tempfile
 import time
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -60,13 +66,37 @@ MAPPINGS = Path(__file__).resolve().parents[1] / "examples"
 PURCHASE = "order"
 
 
-def onlineretail_contract(csv: Path, out: Path) -> Path:
-    """Online Retail as contract files, by the shipped mapping (the user's own first step):
+@dataclass(frozen=True)
+class TransactionLog:
+    """A repeat-purchase question on a transaction log: "buys again within ``horizon`` days
+    of ``cutoff``", the log imported by ``mapping`` (its purchases as ``order`` events,
+    customers as owners; ``data_dir``: where its files are, else the mapping's own)."""
+
+    name: str
+    mapping: Path
+    cutoff: pd.Timestamp
+    horizon: float
+    data_dir: Path | None = None
+
+    @classmethod
+    def parse(cls, text: str) -> TransactionLog:
+        """``MAPPING.yaml:CUTOFF:HORIZON_DAYS``, e.g. ``my/mapping.yaml:1998-01-01:180``."""
+        try:
+            mapping, cutoff, horizon = text.rsplit(":", 2)
+            return cls(Path(mapping).stem if Path(mapping).stem != "mapping"
+                       else Path(mapping).parent.name, Path(mapping),
+                       pd.Timestamp(cutoff, tz="UTC"), float(horizon))
+        except ValueError as e:
+            raise argparse.ArgumentTypeError(
+                f"--log {text!r}: expected MAPPING.yaml:CUTOFF:HORIZON_DAYS ({e})") from None
+
+
+def online_retail_log(realdata: Path) -> TransactionLog:
+    """Online Retail as the shipped mapping imports it (the user's own first step):
     customers as owners from their first invoice, every invoice one ``order`` worth its
     amount, cancellations as ``return`` events."""
-    importer.run(MAPPINGS / "onlineretail" / "mapping.yaml", out,
-                 sources=(f"invoices={csv}",))
-    return out
+    return TransactionLog("Online Retail", MAPPINGS / "onlineretail" / "mapping.yaml", CUTOFF,
+                          HORIZON, data_dir=realdata)
 
 
 def _row(name: str, y: np.ndarray, p_buy: np.ndarray, seconds: float) -> dict:
@@ -75,19 +105,22 @@ def _row(name: str, y: np.ndarray, p_buy: np.ndarray, seconds: float) -> dict:
             "ece_floor": evaluate.ece_floor(p_buy), "seconds": seconds}
 
 
-def online_retail(realdata: Path, seed: int, kind: str, weeks: int | None) -> pd.DataFrame:
+def transaction_log(log: TransactionLog, seed: int, kind: str, weeks: int | None
+                    ) -> pd.DataFrame:
+    cutoff, horizon = log.cutoff, log.horizon
     with tempfile.TemporaryDirectory() as tmp:
-        data = onlineretail_contract(realdata / "onlineretail.csv.gz", Path(tmp) / "or")
+        data = Path(tmp) / "log"
+        importer.run(log.mapping, data, data_dir=log.data_dir)
         ds = contract.load(data, quarantine_dir=Path(tmp) / "q")
         con = ds.con
-        spec = models.get("churn").with_horizon(HORIZON)
+        spec = models.get("churn").with_horizon(horizon)
         spec = replace(spec, label=replace(spec.label, events=(PURCHASE,)))
-        # as `train` does: weekly cutoffs from the warm-up on, here ending at CUTOFF (or the
+        # as `train` does: weekly cutoffs from the warm-up on, here ending at cutoff (or the
         # last `weeks` of them)
         if weeks is None:
             first = dataset.data_start(con) + pd.Timedelta(days=dataset.WARMUP_DAYS)
-            weeks = int((CUTOFF - first).days // spec.cutoff_every_days)
-        cutoffs = [CUTOFF - pd.Timedelta(days=spec.cutoff_every_days * k)
+            weeks = int((cutoff - first).days // spec.cutoff_every_days)
+        cutoffs = [cutoff - pd.Timedelta(days=spec.cutoff_every_days * k)
                    for k in range(weeks, -1, -1)]
         feats = job.to_pandas(job.compute(con, cutoffs))
         rows = feats[feats["is_open"] | feats["is_owner"]].reset_index(drop=True).copy()
@@ -96,12 +129,12 @@ def online_retail(realdata: Path, seed: int, kind: str, weeks: int | None) -> pd
         assert not lab["censored"].any(), "the label window passes the data's end"
         rows = rows.assign(label=lab["label"].to_numpy())  # churn: no purchase in the horizon
         # the halves split customers, not rows: half A's rows at every cutoff train, half B
-        # at CUTOFF is scored
+        # at cutoff is scored
         rng = np.random.default_rng(seed)
         ids = np.sort(rows["lead_id"].unique())
         half_a = set(ids[rng.random(len(ids)) < 0.5])
         first = rows["lead_id"].isin(half_a).to_numpy()
-        at_cut = (rows["as_of"] == CUTOFF).to_numpy()
+        at_cut = (rows["as_of"] == cutoff).to_numpy()
         test_rows = ~first & at_cut
         y_buy = 1 - rows.loc[test_rows, "label"].to_numpy()
         out = []
@@ -111,9 +144,9 @@ def online_retail(realdata: Path, seed: int, kind: str, weeks: int | None) -> pd
         for k in ("bgnbd", "pareto_nbd"):
             t = time.perf_counter()
             fits[k] = btyd.fit(summ[first & at_cut], k, seed)
-            p = fits[k].p_purchase(summ[test_rows], HORIZON)
+            p = fits[k].p_purchase(summ[test_rows], horizon)
             out.append(_row(f"{k} (fit on half A)", y_buy, p, time.perf_counter() - t))
-        p_buy = fits[kind].p_purchase(summ, HORIZON)
+        p_buy = fits[kind].p_purchase(summ, horizon)
         p_churn = np.clip(1 - p_buy, 1e-4, 1 - 1e-4)
         u = dataset.lead_share(rows["lead_id"], seed)
         rows = rows.assign(**{
@@ -133,18 +166,21 @@ def online_retail(realdata: Path, seed: int, kind: str, weeks: int | None) -> pd
         # the rows above train on half A's label windows up to the cutoff, which overlap half
         # B's scoring window (other customers, the same months); strictly point-in-time, only
         # windows closed by the cutoff train, as a forecast made on that day would be
-        closed = (rows["as_of"] + pd.Timedelta(days=HORIZON) <= CUTOFF).to_numpy()
+        closed = (rows["as_of"] + pd.Timedelta(days=horizon) <= cutoff).to_numpy()
         strict = replace(ts, frame=rows.assign(split=np.where(
             test_rows | closed, rows["split"], "unused")))
         n_closed = len(np.unique(rows.loc[closed, "as_of"]))
         variants[f"  windows closed by the cutoff only ({n_closed} cutoffs)"] = (spec, None)
         variants[f"  windows closed by the cutoff, + {kind} as init_score"] = (
             spec, "btyd_init")
-        if kind == "bgnbd":  # the served start: feature summaries, fits at anchor cutoffs
+        if n_closed == 0:  # a horizon as long as the history before the cutoff
+            variants = {k: v for k, v in variants.items()
+                        if not k.startswith("  windows closed")}
+        if kind == "bgnbd" and n_closed:  # the served start: feature summaries, fits at anchors
             inputs = classical.inputs_for((PURCHASE,))
             fsumm = btyd.feature_summaries(rows, inputs)
-            _, anchored = btyd.at_cutoffs_of(fsumm[first], HORIZON, kind=kind, seed=seed)
-            rows = rows.assign(btyd_start=btyd.start_margins(rows, anchored, HORIZON, inputs))
+            _, anchored = btyd.at_cutoffs_of(fsumm[first], horizon, kind=kind, seed=seed)
+            rows = rows.assign(btyd_start=btyd.start_margins(rows, anchored, horizon, inputs))
             ts = replace(ts, frame=rows)
             test = ts.part("test")
             strict = replace(strict, frame=strict.frame.assign(
@@ -159,11 +195,11 @@ def online_retail(realdata: Path, seed: int, kind: str, weeks: int | None) -> pd
             p = 1 - fitted[name].predict_proba(test, num_threads=2)
             seconds[name] = time.perf_counter() - t
             out.append(_row(name, y_buy, p, seconds[name]))
-        if kind == "bgnbd":  # btyd.use auto: the better of the two on half A's valid leads
+        if kind == "bgnbd" and n_closed:  # btyd.use auto: the better on half A's valid leads
             trees = f"  windows closed by the cutoff only ({n_closed} cutoffs)"
             started = "  windows closed by the cutoff, + served bgnbd start (as train)"
             t = time.perf_counter()
-            choice = btyd.choose_start(btyd.held_out(strict.frame), fitted[trees],
+            choice = btyd.choose_start(dataset.held_out(strict.frame), fitted[trees],
                                        fitted[started], num_threads=2,
                                        seed=seed)
             kept = fitted[started if choice.use_start else trees]
@@ -172,7 +208,8 @@ def online_retail(realdata: Path, seed: int, kind: str, weeks: int | None) -> pd
                                seconds[trees] + seconds[started] + time.perf_counter() - t),
                         "auto_start": float(choice.use_start)})
     table = pd.DataFrame(out)
-    table.insert(0, "data set", "Online Retail: buys again within 150 d of 2011-07-01")
+    table.insert(0, "data set", f"{log.name}: buys again within {horizon:g} d of "
+                 f"{cutoff.date()}")
     table["n_test"] = len(y_buy)
     table["positives"] = int(y_buy.sum())
     return table
@@ -391,6 +428,10 @@ def main() -> None:
                          "worlds, averaged")
     ap.add_argument("--only", default="online_retail,olist,own_steps,simulator",
                     help="comma-separated parts to run")
+    ap.add_argument("--log", type=TransactionLog.parse, action="append", default=[],
+                    metavar="MAPPING.yaml:CUTOFF:HORIZON_DAYS",
+                    help="another transaction log, imported by its mapping (purchases as "
+                         "'order' events), under Online Retail's protocol; repeatable")
     ap.add_argument("--per-seed", action="store_true",
                     help="print each split's and world's ROC AUC before the means")
     a = ap.parse_args()
@@ -399,9 +440,10 @@ def main() -> None:
     t0 = time.perf_counter()
     seeds = range(a.seed, a.seed + a.seeds)
     tables = []
-    if "online_retail" in only:
-        tables.append(_mean([online_retail(a.realdata, seed, a.btyd, a.weeks)
-                             for seed in seeds], f"mean of {a.seeds} splits", a.per_seed))
+    logs = ([online_retail_log(a.realdata)] if "online_retail" in only else []) + a.log
+    for log in logs:
+        tables.append(_mean([transaction_log(log, seed, a.btyd, a.weeks) for seed in seeds],
+                            f"mean of {a.seeds} splits", a.per_seed))
     if "olist" in only:
         tables.append(olist(a.realdata, a.seed))
     if "own_steps" in only:
