@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 
 from leadscore import classical, models
-from leadscore.training import btyd
+from leadscore.training import btyd, dataset
 from leadscore.training.config import ExperimentConfig
 from leadscore.training.dataset import TrainingSet, lead_share
 from leadscore.training.run import _btyd_input, _Classical, _evaluation_fit, resolve_spec
@@ -79,7 +79,7 @@ def test_auto_keeps_the_fit_better_on_valid(start_informative):
     assert any("boosted from the classical" in n for n in ts.notes) is start_informative
     valid = ts.part("valid")
     assert choice.metrics()["btyd_auto_heldout_auc_start"] == choice.auc_start
-    assert choice.rows == len(btyd.held_out(ts.frame))
+    assert choice.rows == len(dataset.held_out(ts.frame))
     assert 0.5 < max(choice.auc_start, choice.auc_trees) <= 1.0
     assert fr.predict_proba(valid).shape == (len(valid),)
 
@@ -155,7 +155,7 @@ def test_the_choice_is_made_on_held_out_rows_of_the_later_cutoffs():
     """valid and calib rows (never fit or test) of the later half of their cutoffs: the rows
     most like the days the model will score."""
     ts = _sim(True)
-    held = btyd.held_out(ts.frame)
+    held = dataset.held_out(ts.frame)
     assert set(held["split"]) == {"valid", "calib"}
     cuts = sorted(ts.frame["as_of"].unique())
     assert sorted(held["as_of"].unique()) == cuts[2:]

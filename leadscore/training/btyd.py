@@ -275,15 +275,6 @@ class AutoChoice:
                 f"leads, {AUTO_CLEAR_WIN:.0%} needed)")
 
 
-def held_out(frame: pd.DataFrame) -> pd.DataFrame:
-    """The rows ``btyd.use: auto`` chooses on: the valid and calib parts (boosting never saw
-    them; never the holdout) at the later half of their cutoffs, the ones most like the days
-    the model will score. Earlier rows reward the fit of the training period's own months."""
-    held = frame[frame["split"].isin(["valid", "calib"])]
-    cuts = np.sort(held["as_of"].unique())
-    return held[held["as_of"] >= cuts[len(cuts) // 2]] if len(cuts) else held
-
-
 def choose_start(held: pd.DataFrame, trees, started, num_threads: int = 1,
                  seed: int = 0) -> AutoChoice:
     """``btyd.use: auto``: keep the fit boosted from the classical start (``started``) unless
@@ -295,8 +286,9 @@ def choose_start(held: pd.DataFrame, trees, started, num_threads: int = 1,
     a prior. On few held-out leads an AUC difference is mostly noise (one split of a short
     real log chose the trees on its valid part while the test preferred the start), and
     there the prior is the safer bet; with many, the trees win where behaviour says more.
-    ``held``: rows boosting never saw (:func:`held_out`), never the holdout. Raw
-    margins: AUC is a ranking, which calibration does not change (but can tie)."""
+    ``held``: rows boosting never saw (:func:`~leadscore.training.dataset.held_out`), never
+    the holdout. Raw margins: AUC is a ranking, which calibration does not change (but can
+    tie)."""
     from sklearn.metrics import roc_auc_score
 
     y = held["label"].to_numpy()

@@ -271,6 +271,16 @@ def assign_splits(
     return split, notes, kind
 
 
+def held_out(frame: pd.DataFrame) -> pd.DataFrame:
+    """The rows a run chooses between two fits on (``btyd.use: auto``, a horizon's ranking):
+    the valid and calib parts (boosting never saw them; never the holdout) at the later half
+    of their cutoffs, the ones most like the days the model will score. Earlier rows reward
+    the fit of the training period's own months."""
+    held = frame[frame["split"].isin(["valid", "calib"])]
+    cuts = np.sort(held["as_of"].unique())
+    return held[held["as_of"] >= cuts[len(cuts) // 2]] if len(cuts) else held
+
+
 def check_holdout(ts: TrainingSet, model: str) -> None:
     """Stop before anything is logged when the test part has one class: its metrics would
     be undefined (AUC NaN) and the model registered untested. The usual cause is an end of

@@ -18,7 +18,7 @@ from leadscore.drift import REFERENCE_KEY
 from leadscore.features import catalog
 from leadscore.models.spec import ModelSpec
 from leadscore.scoring.contact_policy import RulesFile
-from leadscore.training import dataset, evaluate, plots, vocabulary
+from leadscore.training import dataset, evaluate, horizons, plots, vocabulary
 from leadscore.training.config import ExperimentConfig
 from leadscore.training.trainer import FitResult, fit, refit
 
@@ -205,7 +205,7 @@ def _evaluation_fit(spec: ModelSpec, ts: dataset.TrainingSet, cfg: ExperimentCon
         fits.append((fr, overrides, v_init, v_start))
     if len(fits) == 1:
         return (*fits[0], None)
-    choice = btyd.choose_start(btyd.held_out(ts.frame), fits[0][0], fits[1][0], num_threads,
+    choice = btyd.choose_start(dataset.held_out(ts.frame), fits[0][0], fits[1][0], num_threads,
                                seed=cfg.seed)
     log.info("%s", choice.note())
     ts.notes.append(choice.note())
@@ -213,6 +213,30 @@ def _evaluation_fit(spec: ModelSpec, ts: dataset.TrainingSet, cfg: ExperimentCon
         assert fitted is not None
         ts.notes.append(_start_note(fitted))
     return (*fits[1 if choice.use_start else 0], choice)
+
+
+def _horizon_ranking(spec: ModelSpec, ts: dataset.TrainingSet, cfg: ExperimentConfig,
+                     fr: FitResult, overrides, init: str | None, num_threads: int):
+    """A 7-, 15- or 90-day run (rows with :data:`horizons.LABEL_30D`): the same trees boosted
+    on the 30-day labels too, and the better ranking of the horizon's held-out orders kept
+    (:func:`leadscore.training.horizons.choose`). Returns the kept fit, the choice and the
+    30-day-ranking fit (None, None for other runs, or when the 30-day labels cannot train)."""
+    import mlflow
+
+    if horizons.LABEL_30D not in ts.frame.columns:
+        return fr, None, None
+    try:
+        fr_30d = fit(spec, ts, seed=cfg.seed, num_threads=num_threads, overrides=overrides,
+                     init=init, boost_label=horizons.LABEL_30D)
+    except ValueError as e:  # e.g. no observed 30-day window among the valid rows
+        ts.notes.append(f"time to order: the 30-day ranking was not fitted ({e})")
+        return fr, None, None
+    choice = horizons.choose(dataset.held_out(ts.frame), fr, fr_30d, num_threads)
+    log.info("%s: %s", spec.name, choice.note())
+    ts.notes.append(choice.note())
+    mlflow.log_param("ranking", "30d" if choice.borrowed else "own")
+    mlflow.log_metrics({k: v for k, v in choice.metrics().items() if np.isfinite(v)})
+    return (fr_30d if choice.borrowed else fr), choice, fr_30d
 
 
 def _vocabulary(con, spec: ModelSpec, cfg: ExperimentConfig, ts: dataset.TrainingSet,
@@ -278,6 +302,7 @@ def _horizon_of(spec: ModelSpec) -> int | None:
 
 def time_to_order(con, days: int, test: pd.DataFrame, p: np.ndarray, data_end,
                   notes: list[str], others: dict | None = None,
+                  same_rows_30d: np.ndarray | None = None,
                   ) -> tuple[dict, dict[str, float], pd.DataFrame | None]:
     """A time-to-order run's threshold, metrics and per-grade table on its holdout.
 
@@ -285,8 +310,11 @@ def time_to_order(con, days: int, test: pd.DataFrame, p: np.ndarray, data_end,
     holdout's open leads (no labels: the rows it is checked on may be the same). The other
     horizons are scored by ``others`` (horizon → LeadModel; default: their champions). Labels
     of every horizon come from the events, a window not observed by ``data_end`` being
-    missing, never negative. Returns the threshold's metadata, metrics (the 30-day model's
-    AUC and ECE on this horizon's labels) and the table (None without all four horizons)."""
+    missing, never negative. ``same_rows_30d``: the holdout scored by the 30-day ranking
+    fitted on this run's rows (:mod:`leadscore.training.horizons`), the yardstick of this
+    horizon's AUC; not the 30-day champion, which may have trained on these cutoffs. Returns
+    the threshold's metadata, metrics (the 30-day ranking's AUC and ECE on this horizon's
+    labels) and the table (None without all four horizons)."""
     from mlflow.exceptions import MlflowException
 
     from leadscore.scoring import intent
@@ -321,9 +349,9 @@ def time_to_order(con, days: int, test: pd.DataFrame, p: np.ndarray, data_end,
         labels[d] = y
     m: dict[str, float] = {"intent_threshold": thr["threshold"]}
     y_own = labels[days]
-    if days != 30 and 30 in q:
+    if days != 30 and same_rows_30d is not None:
         ok = ~np.isnan(y_own)
-        m30 = evaluate.metrics(y_own[ok], q[30][ok])
+        m30 = evaluate.metrics(y_own[ok], np.asarray(same_rows_30d)[ok])
         m["model_30d_roc_auc"] = m30["roc_auc"]
         m["model_30d_ece"] = m30["ece"]
     table = None
@@ -356,9 +384,11 @@ def _grade_card(days: int, thr: dict, m: dict[str, float], table: pd.DataFrame |
         "maximum above), the 30-day model untouched (`p_order_30d` = `p_convert`).",
     ]
     if "model_30d_roc_auc" in m:
-        lines.append(f"The 30-day model on this horizon's labels: ROC AUC "
-                     f"{m['model_30d_roc_auc']:.4f}, ECE {m['model_30d_ece']:.4f} (this "
-                     "model's own are in the metrics above).")
+        lines.append(f"The 30-day ranking on this horizon's labels (the same trees boosted "
+                     f"on the 30-day labels of this run's rows, calibrated on this horizon's): "
+                     f"ROC AUC {m['model_30d_roc_auc']:.4f}, ECE {m['model_30d_ece']:.4f} "
+                     "(this model's own are in the metrics above; the run kept the better "
+                     "ranking on held-out training rows, see the notes).")
     if "joint" in thr:
         lines.append("Thresholds of the four horizons chosen together on this holdout (in "
                      "grade order, each takes the next leads up to its cumulative share "
@@ -565,6 +595,9 @@ def train(
                        feature_cache=cache, observed=obs)
     dataset.check_holdout(ts, spec.name)
     spec, vocab, lead_cols = _vocabulary(ds.con, spec, cfg, ts)
+    days = _horizon_of(spec)
+    if days not in (None, 30):  # the 30-day ranking is fitted too (leadscore.training.horizons)
+        ts.frame = horizons.with_30_day_labels(ds.con, ts.frame, ts.data_end)
     bt, fitted = _btyd_baseline(ds.con, spec, cfg, ts)
     spec, init, experiment, start = _btyd_input(spec, cfg, ts, fitted)
     register = register and not experiment
@@ -578,6 +611,7 @@ def train(
             if choice is not None:
                 mlflow.log_metrics({k: v for k, v in choice.metrics().items()
                                     if np.isfinite(v)})
+        fr, ranking, fr_30d = _horizon_ranking(spec, ts, cfg, fr, overrides, init, num_threads)
         test = ts.part("test")
         p = fr.predict_proba(test, num_threads=num_threads)
         m = evaluate.metrics(test["label"].to_numpy(), p)
@@ -594,15 +628,16 @@ def train(
             try:
                 final, refit_rows = refit(spec, ts, fr.best_iteration, seed=cfg.seed,
                                           num_threads=num_threads, overrides=overrides,
-                                          init=init)
+                                          init=init, boost_label=ranking and ranking.boost_label)
             except ValueError as e:  # e.g. a calibration tenth with one class: keep the
                 log.warning("%s: refit skipped (%s); registering the evaluation fit",
                             spec.name, e)  # evaluated model rather than fail the run
                 ts.notes.append(f"refit skipped: {e}")
         card_extra, table, thr = "", None, None
-        days = _horizon_of(spec)
         if days is not None:
-            thr, tm, table = time_to_order(ds.con, days, test, p, ts.data_end, ts.notes)
+            p_30d = None if fr_30d is None else fr_30d.predict_proba(test, num_threads)
+            thr, tm, table = time_to_order(ds.con, days, test, p, ts.data_end, ts.notes,
+                                           same_rows_30d=p_30d)
             m.update(tm)
             card_extra = _grade_card(days, thr, tm, table)
         if start is not None:  # served: the trees plus the classical margin they start from

@@ -138,6 +138,15 @@ def _booster(spec: ModelSpec, features: list[str], cats: dict, train_df: pd.Data
     return booster, int(best)
 
 
+def boosted_rows(df: pd.DataFrame, boost_label: str | None) -> pd.DataFrame:
+    """The rows boosting learns from: all of ``df``, or with ``boost_label`` as their label
+    and the rows without one (a window not observed) left out."""
+    if boost_label is None:
+        return df
+    has = df[boost_label].notna()
+    return df[has].assign(label=df.loc[has, boost_label].astype("int8"))
+
+
 def _calibrated(spec: ModelSpec, booster: lgb.Booster, features: list[str], cats: dict,
                 calib_df: pd.DataFrame, num_threads: int, init: str | None = None) -> LeadModel:
     model = LeadModel(
@@ -166,19 +175,24 @@ def fit(
     num_threads: int = 2,
     overrides: dict | None = None,
     init: str | None = None,
+    boost_label: str | None = None,
 ) -> FitResult:
     """The evaluation fit: boosted on ``fit``, stopped early on ``valid``, calibrated on
     ``calib``; the holdout (``test``) stays unseen. ``init``: a column of starting margins
-    (LightGBM's ``init_score``) on every part. The model carries the drift reference of the
+    (LightGBM's ``init_score``) on every part. ``boost_label``: a column of other labels the
+    trees learn their ranking from (boosting and early stopping); calibration always maps
+    the margin to the spec's own ``label``. The model carries the drift reference of the
     ``fit`` rows (:mod:`leadscore.training.reference`)."""
     features = list(spec.features)
     fit_df, valid_df, calib_df = ts.part("fit"), ts.part("valid"), ts.part("calib")
-    _two_classes(spec, {"fit": fit_df, "valid": valid_df, "calib": calib_df})
+    boost_fit, boost_valid = boosted_rows(fit_df, boost_label), boosted_rows(valid_df,
+                                                                              boost_label)
+    _two_classes(spec, {"fit": boost_fit, "valid": boost_valid, "calib": calib_df})
     cats = categories_of(fit_df, features)
     params = booster_params(spec, features, seed, num_threads, overrides,
-                            rows_per_lead(fit_df))
+                            rows_per_lead(boost_fit))
     merged = merged_params(spec, overrides)
-    booster, best = _booster(spec, features, cats, fit_df, valid_df, params,
+    booster, best = _booster(spec, features, cats, boost_fit, boost_valid, params,
                              int(merged.get("num_boost_round", 2000)),
                              int(merged.get("early_stopping_rounds", 100)), init)
     model = _calibrated(spec, booster, features, cats, calib_df, num_threads, init)
@@ -202,22 +216,24 @@ def refit(
     num_threads: int = 2,
     overrides: dict | None = None,
     init: str | None = None,
+    boost_label: str | None = None,
 ) -> tuple[LeadModel, int]:
     """The model to register: the evaluation's settings and tree count, boosted on every
     labelled row (the holdout and the purged cutoffs too) except a lead-grouped tenth kept to
     calibrate on. Out-of-time evaluation holds back the most recent months, exactly the ones
     closest to the leads the model will score; the evaluation fit measured the recipe, this
-    applies it to all the data. ``init``: as in :func:`fit`. Returns the model (with the
-    drift reference of the rows it was boosted on) and their number."""
+    applies it to all the data. ``init``, ``boost_label``: as in :func:`fit`. Returns the
+    model (with the drift reference of the rows it was boosted on) and their number."""
     rows = ts.labelled()
     calib = lead_share(rows["lead_id"], seed + 1) < REFIT_CALIB_SHARE
     train_df, calib_df = rows[~calib], rows[calib]
-    _two_classes(spec, {"refit": train_df, "refit calibration": calib_df})
+    boost_df = boosted_rows(train_df, boost_label)
+    _two_classes(spec, {"refit": boost_df, "refit calibration": calib_df})
     features = list(spec.features)
     cats = categories_of(train_df, features)
     params = booster_params(spec, features, seed, num_threads, overrides,
-                            rows_per_lead(train_df))
-    booster, _ = _booster(spec, features, cats, train_df, None, params, trees, None, init)
+                            rows_per_lead(boost_df))
+    booster, _ = _booster(spec, features, cats, boost_df, None, params, trees, None, init)
     log.info("%s: refit with %d trees on %d rows, calibrated on %d", spec.name, trees,
              len(train_df), len(calib_df))
     model = _calibrated(spec, booster, features, cats, calib_df, num_threads, init)
