@@ -22,6 +22,8 @@ item 6). Every data set comes in through its shipped mapping (``examples/``), as
 - A funnel with its own step names (the simulator's events renamed, none in the standard
   list): leadscore's conversion model with the vocabulary ``train`` learns against a plain
   LightGBM on per-step counts over the whole history, pooled over the same cutoffs.
+- Time to order on simulated worlds: each of the 7/15/90-day models taught by its own labels,
+  by the 30-day labels of the same rows, and the one ``train`` keeps, on its own holdout.
 - The simulator: conversion and churn against its oracle probability on the same holdout;
   churn also with ``btyd.use: init_score`` and ``auto`` as ``train`` runs them (averaged over
   ``--seeds``; ``auto_start``: the share of worlds where auto kept the start).
@@ -399,6 +401,42 @@ def simulator(seed: int) -> pd.DataFrame:
     return table
 
 
+def horizons_on_simulator(seed: int) -> pd.DataFrame:
+    """Time to order on a simulated world (6,000 leads, 300 days, out-of-time holdout): per
+    horizon, the trees taught by its own labels, by the 30-day labels of the same rows (the
+    fair yardstick: same rows and period), and the one ``train`` keeps
+    (:func:`leadscore.training.horizons.choose`), all on the horizon's own holdout labels."""
+    from leadscore import simulate as sim
+    from leadscore.training import horizons
+
+    out = []
+    with tempfile.TemporaryDirectory() as tmp:
+        data = Path(tmp) / "sim"
+        sim.write(sim.simulate(sim.SimConfig(n_leads=6000, days=300, seed=seed + 303)), data)
+        ds = contract.load(data, quarantine_dir=Path(tmp) / "q")
+        for name in ("order-7d", "order-15d", "order-90d"):
+            spec = models.get(name)
+            ts = dataset.build(ds.con, spec, split="time", seed=seed)
+            ts.frame = horizons.with_30_day_labels(ds.con, ts.frame, ts.data_end)
+            test = ts.part("test")
+            y = test["label"].to_numpy()
+            t = time.perf_counter()
+            own = fit(spec, ts, seed=seed, num_threads=2)
+            r30 = fit(spec, ts, seed=seed, num_threads=2, boost_label=horizons.LABEL_30D)
+            choice = horizons.choose(dataset.held_out(ts.frame), own, r30, 2)
+            took = time.perf_counter() - t
+            for label, fr in ((f"{name}: own labels", own),
+                              (f"{name}: 30-day ranking, same rows", r30),
+                              (f"{name}: kept as train", r30 if choice.borrowed else own)):
+                row = _row(label, y, fr.predict_proba(test, num_threads=2), took)
+                if label.endswith("as train"):
+                    row["kept_30d"] = float(choice.borrowed)
+                out.append({**row, "n_test": len(y), "positives": int(y.sum())})
+    table = pd.DataFrame(out)
+    table.insert(0, "data set", "Simulator, time to order (6,000 leads, 300 days)")
+    return table
+
+
 def _mean(parts: list[pd.DataFrame], what: str, show: bool = False) -> pd.DataFrame:
     """Per-seed tables averaged per (data set, model), in their order (``show``: print each
     seed's ROC AUC first)."""
@@ -426,7 +464,7 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, default=3,
                     help="random halves of the Online Retail customers, and simulated "
                          "worlds, averaged")
-    ap.add_argument("--only", default="online_retail,olist,own_steps,simulator",
+    ap.add_argument("--only", default="online_retail,olist,own_steps,simulator,horizons",
                     help="comma-separated parts to run")
     ap.add_argument("--log", type=TransactionLog.parse, action="append", default=[],
                     metavar="MAPPING.yaml:CUTOFF:HORIZON_DAYS",
@@ -450,6 +488,9 @@ def main() -> None:
         tables.append(own_step_names(a.seed))
     if "simulator" in only:
         tables.append(_mean([simulator(seed) for seed in seeds],
+                            f"mean of {a.seeds} worlds", a.per_seed))
+    if "horizons" in only:
+        tables.append(_mean([horizons_on_simulator(seed) for seed in seeds],
                             f"mean of {a.seeds} worlds", a.per_seed))
     table = pd.concat(tables, ignore_index=True)
     with pd.option_context("display.width", 160, "display.max_columns", 20):
