@@ -417,7 +417,8 @@ def horizons_on_simulator(seed: int) -> pd.DataFrame:
         for name in ("order-7d", "order-15d", "order-90d"):
             spec = models.get(name)
             ts = dataset.build(ds.con, spec, split="time", seed=seed)
-            ts.frame = horizons.with_30_day_labels(ds.con, ts.frame, ts.data_end)
+            y30 = horizons.labels_30d(ds.con, ts.frame, ts.data_end)
+            ts.add_columns(**{horizons.LABEL_30D: y30})
             test = ts.part("test")
             y = test["label"].to_numpy()
             t = time.perf_counter()

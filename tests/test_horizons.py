@@ -26,7 +26,7 @@ def world(tmp_path_factory):
     ds = contract.load(out)
     spec = models.get("order-15d")
     ts = dataset.build(ds.con, spec, split="entity", seed=0)
-    ts.frame = horizons.with_30_day_labels(ds.con, ts.frame, ts.data_end)
+    ts.add_columns(**{horizons.LABEL_30D: horizons.labels_30d(ds.con, ts.frame, ts.data_end)})
     return SimpleNamespace(ds=ds, spec=spec, ts=ts)
 
 

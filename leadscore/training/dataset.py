@@ -43,6 +43,13 @@ class TrainingSet:
     observed: ObservedEnd | None = None  # how data_end was found, what lies after it
     btyd_fits: list[dict] = field(default_factory=list)  # churn's classical fits, if any
 
+    def add_columns(self, **columns) -> None:
+        """Columns added to (or replaced in) ``frame`` by one concat: an insert into a frame
+        of a few hundred feature columns warns of fragmentation."""
+        new = pd.DataFrame(columns, index=self.frame.index)
+        self.frame = pd.concat([self.frame.drop(columns=list(new.columns), errors="ignore"),
+                                new], axis=1)
+
     def part(self, name: str) -> pd.DataFrame:
         return self.frame[self.frame["split"] == name]
 

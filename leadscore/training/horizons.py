@@ -26,16 +26,16 @@ from leadscore import models
 LABEL_30D = "label_30d"
 
 
-def with_30_day_labels(con, frame: pd.DataFrame, data_end: pd.Timestamp) -> pd.DataFrame:
-    """``frame`` with :data:`LABEL_30D`: whether each lead ordered within 30 days of its
-    cutoff, by the conversion model's own label rule; missing where that window is not
-    observed by ``data_end`` (never a negative)."""
+def labels_30d(con, frame: pd.DataFrame, data_end: pd.Timestamp) -> np.ndarray:
+    """Per row of ``frame``: whether the lead ordered within 30 days of its cutoff, by the
+    conversion model's own label rule; NaN where that window is not observed by
+    ``data_end`` (never a negative). The column :data:`LABEL_30D` of a horizon run."""
     from leadscore.training import dataset
 
     lab = dataset.label_rows(con, frame, models.get("conversion"), data_end)
     y = lab["label"].to_numpy(dtype="float64", copy=True)
     y[lab["censored"].to_numpy()] = np.nan
-    return pd.concat([frame, pd.Series(y, index=frame.index, name=LABEL_30D)], axis=1)
+    return y
 
 
 @dataclass(frozen=True)

@@ -107,7 +107,7 @@ def _btyd_baseline(con, spec: ModelSpec, cfg: ExperimentConfig, ts: dataset.Trai
                                      spec.label.days, **kw)
     else:
         p, fits = btyd.at_cutoffs(con, ts.frame, spec.label.events, spec.label.days, **kw)
-    ts.frame = ts.frame.assign(**{btyd.COLUMN: p.to_numpy()})
+    ts.add_columns(**{btyd.COLUMN: p.to_numpy()})
     ts.btyd_fits = [{"anchor": str(a), "n": f.n, **f.params} for a, f in fits]
     test = ts.part("test")
     m = evaluate.metrics(test["label"].to_numpy(), 1.0 - test[btyd.COLUMN].to_numpy())
@@ -166,8 +166,8 @@ def _btyd_input(spec: ModelSpec, cfg: ExperimentConfig, ts: dataset.TrainingSet,
             return trees_alone(f"the start reads the excluded features {lacking}")
         raise ValueError(f"btyd.use init_score reads the features {lacking}: do not exclude "
                          "them (exclude_features)")
-    ts.frame = ts.frame.assign(btyd_init=btyd.start_margins(
-        ts.frame, fitted.fits, spec.label.days, inputs))
+    ts.add_columns(btyd_init=btyd.start_margins(ts.frame, fitted.fits, spec.label.days,
+                                                inputs))
     if use == "init_score":
         ts.notes.append(_start_note(fitted))
     return spec, "btyd_init", False, btyd.start(fitted.fits[-1][1], spec.label.days, inputs)
@@ -597,7 +597,8 @@ def train(
     spec, vocab, lead_cols = _vocabulary(ds.con, spec, cfg, ts)
     days = _horizon_of(spec)
     if days not in (None, 30):  # the 30-day ranking is fitted too (leadscore.training.horizons)
-        ts.frame = horizons.with_30_day_labels(ds.con, ts.frame, ts.data_end)
+        ts.add_columns(**{horizons.LABEL_30D: horizons.labels_30d(ds.con, ts.frame,
+                                                                   ts.data_end)})
     bt, fitted = _btyd_baseline(ds.con, spec, cfg, ts)
     spec, init, experiment, start = _btyd_input(spec, cfg, ts, fitted)
     register = register and not experiment
