@@ -224,13 +224,6 @@ def set_alias(model: str, alias: str, version: str) -> None:
     client().set_registered_model_alias(registered_name(model), alias, str(version))
 
 
-def latest_version(model: str) -> str | None:
-    versions = client().search_model_versions(f"name='{registered_name(model)}'")
-    if not versions:
-        return None
-    return str(max(int(v.version) for v in versions))
-
-
 # -- who was champion when ---------------------------------------------------------------------
 #: registered-model tag: JSON list of {version, from, until, reason[, rolled_back]}, oldest first
 HISTORY_TAG = "champion_history"

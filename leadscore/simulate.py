@@ -170,7 +170,6 @@ DAY_PROFILE = _norm([0.08, 0.04, 0.03, 0.03, 0.03, 0.05, 0.2, 0.5, 0.8, 0.9, 1.0
 NIGHT_PROFILE = _norm([2.2, 2.0, 1.6, 1.1, 0.7, 0.4, 0.15, 0.08, 0.08, 0.1, 0.12, 0.15,
                        0.25, 0.25, 0.2, 0.2, 0.2, 0.25, 0.3, 0.4, 0.5, 0.8, 1.6, 2.1])
 STORE_PROFILE = _norm([0] * 9 + [0.6, 1.2, 1.1, 0.6, 0.8, 1.2, 1.3, 1.2, 1.0, 0.7, 0.4] + [0] * 4)
-NIGHT_HOURS = np.array([h >= 22 or h < 6 for h in range(24)])
 
 # Advisors' logging policy: weights over local hour and weekday (Mon=0).
 POLICY_HOUR = np.array([0.01] * 8 + [0.25, 1.0, 1.2, 1.1, 0.5, 0.7, 1.1, 1.2, 1.1, 0.9, 0.6,

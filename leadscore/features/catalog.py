@@ -180,10 +180,6 @@ class History(Feature):
     window_days: int | None = None
 
 
-HISTORY_STATS = ("count", "value_sum", "value_mean", "tenure", "since_last", "active_days",
-                 "typical_gap", "overdue", "pace_trend")
-
-
 @dataclass(frozen=True)
 class SlotFeature(Feature):
     """A property of a candidate contact slot (hour, weekday, channel) rather than of the lead's
@@ -568,8 +564,6 @@ SLOT_CATALOG: tuple[SlotFeature, ...] = (
 BY_NAME: dict[str, Feature] = {f.name: f for f in (*CATALOG, *SLOT_CATALOG)}
 
 #: Feature services: the feature lists models pick from.
-STATIC = tuple(f.name for f in CATALOG if isinstance(f, Static))
-CONTACT_HISTORY = tuple(f.name for f in CATALOG if isinstance(f, ContactStat))
 LEAD_BEHAVIOUR = tuple(f.name for f in CATALOG if f.name != "tz"
                        and not isinstance(f, History))
 #: Whole-history features (tenure, lifetime counts, rhythm, value): churn and conversion.

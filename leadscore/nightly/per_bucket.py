@@ -62,13 +62,6 @@ def score_features(feats: pd.DataFrame, scorer: Scorer, reasons: int,
     return out.sort_values("lead_id", kind="stable").reset_index(drop=True)
 
 
-def score_bucket(con, as_of: pd.Timestamp, scorer: Scorer, reasons: int,
-                 lang: str | None = None) -> pd.DataFrame:
-    """Features and scores for the leads in ``con``'s leads/events/contacts tables."""
-    return score_features(bucket_features(con, as_of, scorer.job_features), scorer, reasons,
-                          lang)
-
-
 def fmt_types(df: pd.DataFrame) -> pd.DataFrame:
     """Stable column types so every part has one schema (null columns included), whichever
     engine produced the rows: timestamps are pinned to microseconds (DuckDB's unit), so an

@@ -4,7 +4,7 @@ Nothing here computes a feature or a score. The driver validates the inputs and 
 buckets of leads (hash of ``lead_id``) exactly as the embedded engine does
 (:mod:`leadscore.nightly.batch`); then each bucket is one Spark task that opens the bucket's
 Parquet files with DuckDB (:func:`~leadscore.nightly.per_bucket.bucket_connection`) and runs
-the very same :func:`~leadscore.nightly.per_bucket.score_bucket` (feature SQL of
+the very same :func:`~leadscore.nightly.per_bucket.bucket_features` (feature SQL of
 :mod:`leadscore.features.job`, then :meth:`Scorer.score`) or :func:`job.compute`. So the two
 engines agree by construction; the parity tests prove it.
 
@@ -287,9 +287,9 @@ def rescore_buckets(work: Path, buckets: Sequence[int], as_of: pd.Timestamp, sco
     ``counts_out``: where the tasks save each bucket's drift counts
     (:mod:`leadscore.nightly.watch`; a folder every executor can write).
 
-    The rows are exactly :func:`per_bucket.score_bucket`'s, typed as the parts are; the caller
-    (:func:`batch.rescore`) writes them with the same atomic part writer as the embedded
-    engine and records them in the manifest.
+    The rows are the ones :func:`per_bucket.score_features` gives, typed as the parts are;
+    the caller (:func:`batch.rescore`) writes them with the same atomic part writer as the
+    embedded engine and records them in the manifest.
     """
     from leadscore.nightly import per_bucket
 

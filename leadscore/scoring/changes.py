@@ -30,7 +30,6 @@ MIN_POINTS = 1.0
 EXPLAIN_FROM = 1
 #: the model whose score ``lead_score`` is
 MODEL = "conversion"
-TRENDS = ("rising", "steady", "falling", "new")
 
 
 def trend(delta: pd.Series) -> pd.Series:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import json
 import logging
 import os
 from collections.abc import Sequence
@@ -557,7 +556,3 @@ def recommend(
           else pd.Series([DEFAULT_TZ] * len(feats)))
     return recommend_matrix(model, X, feats["as_of"], tz, feats["dealer_id"].astype(str),
                             urgency, rules, top=top, num_threads=num_threads).records()
-
-
-def slots_json(rec: dict) -> str:
-    return json.dumps(rec.get("slots", []))

@@ -55,9 +55,6 @@ OUTPUT_COLUMNS = (
     "p_inquiry", "contact_urgency", "best_slot_start", "best_slot_local", "best_channel",
     "p_response", "p_churn", "reasons", "model_versions",
 )
-#: of OUTPUT_COLUMNS, the ones the nightly job fills by comparing with the previous run
-#: (:mod:`leadscore.scoring.changes`); the scorer leaves them null
-CHANGE_COLUMNS = ("score_delta", "trend", "changes")
 URGENCY = {"A": "now", "B": "within_3_days", "C": "nurture", "D": "nurture"}
 
 
