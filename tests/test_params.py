@@ -230,3 +230,49 @@ def test_the_fit_sizes_leaves_by_its_own_rows_per_lead():
                      split_kind="entity")
     fr = trainer.fit(spec, ts, seed=0, num_threads=1, overrides={"min_leads_in_leaf": 10})
     assert fr.params["min_data_in_leaf"] == 10 * k
+
+
+def test_recency_weights_halve_every_half_life_and_are_off_by_default():
+    as_of = pd.Series(pd.to_datetime(["2026-01-01", "2026-03-02", "2026-05-01"], utc=True))
+    w = trainer.recency_weights(as_of, 60.0)
+    assert w == pytest.approx([0.5 ** 2, 0.5, 1.0])
+    assert trainer.recency_weights(as_of, None) is None
+    assert models.get("conversion").params["recency_half_life_days"] == 90
+    assert models.get("order-7d").params["recency_half_life_days"] == 90  # the same spec
+    assert "recency_half_life_days" not in models.get("churn").params
+    with pytest.raises(ValueError, match="recency_half_life_days"):
+        _cfg("model: conversion\nparams: {recency_half_life_days: 0}")
+
+
+def test_with_a_half_life_the_recent_cutoffs_teach_the_trees_most():
+    """A signal that turned around: the feature raised orders at the older cutoffs and lowers
+    them at the recent ones. Unweighted, the older (more numerous) rows win; with a short
+    half-life the model follows the recent months."""
+    from leadscore.training.dataset import TrainingSet, lead_share
+
+    rng = np.random.default_rng(1)
+    cuts = pd.date_range("2025-01-06", periods=40, freq="7D", tz="UTC")
+    n = 300
+    frame = pd.DataFrame({"lead_id": np.repeat([f"L{i}" for i in range(n)], len(cuts)),
+                          "as_of": np.tile(cuts, n)})
+    x = rng.random(len(frame))
+    recent = (frame["as_of"] >= cuts[-10]).to_numpy()  # the last quarter of the cutoffs
+    p = np.where(recent, 0.8 - 0.6 * x, 0.2 + 0.6 * x)
+    frame["lead_age_days"] = x
+    frame["label"] = (rng.random(len(frame)) < p).astype(int)
+    u = lead_share(frame["lead_id"], 0)
+    frame["split"] = np.select([u < 0.7, u < 0.85], ["fit", "valid"], "calib")
+    spec = replace(models.get("conversion"), features=("lead_age_days",), monotone={})
+    ts = TrainingSet(frame=frame, cutoffs=list(cuts), data_end=cuts[-1], n_censored=0,
+                     split_kind="entity")
+    probe = pd.DataFrame({"lead_age_days": [0.1, 0.9]})
+
+    def slope(half_life):
+        fr = trainer.fit(spec, ts, seed=0, num_threads=1,
+                         overrides={"recency_half_life_days": half_life, "max_depth": 2,
+                                    "min_leads_in_leaf": 10})
+        lo, hi = fr.model.raw(probe)
+        return hi - lo
+
+    assert slope(1e6) > 0  # (practically) unweighted: the older rows' direction
+    assert slope(14.0) < 0  # the recent rows' direction

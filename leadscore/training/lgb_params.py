@@ -75,6 +75,8 @@ SUPPORTED: dict[str, Setting] = {
                                                       "n_iter_no_change")),
     # the leaf size in leads, turned into LightGBM's min_data_in_leaf (rows) by the trainer
     "min_leads_in_leaf": Setting(int, 1),
+    # rows weighted by the age of their cutoff, halving every this many days (the trainer)
+    "recency_half_life_days": Setting(float, 0.0, low_open=True),
 }
 
 #: settings LightGBM has that leadscore refuses, with the reason

@@ -19,7 +19,8 @@ from leadscore.training.dataset import TrainingSet, lead_share
 
 log = logging.getLogger(__name__)
 
-_NOT_BOOSTER_PARAMS = ("num_boost_round", "early_stopping_rounds", "min_leads_in_leaf")
+_NOT_BOOSTER_PARAMS = ("num_boost_round", "early_stopping_rounds", "min_leads_in_leaf",
+                       "recency_half_life_days")
 
 
 @dataclass
@@ -31,6 +32,8 @@ class FitResult:
     #: to the trees' margin here; a served model carries its start itself
     #: (:attr:`~leadscore.artifact.LeadModel.start`)
     init: str | None = None
+    #: the training rows' recency half-life in days (:func:`recency_weights`), if any
+    half_life: float | None = None
 
     def margin(self, df: pd.DataFrame, num_threads: int = 1) -> np.ndarray:
         return margin(self.model, df, self.init, num_threads)
@@ -112,11 +115,25 @@ def fit_calibrator(method: str, margin: np.ndarray, y: np.ndarray) -> Calibrator
     return Calibrator("sigmoid", a=float(lr.coef_[0, 0]), b=float(lr.intercept_[0]))
 
 
+def recency_weights(as_of: pd.Series, half_life_days: float | None) -> np.ndarray | None:
+    """Training-row weights that halve every ``half_life_days`` of a row's cutoff before the
+    latest one (None: every row counts the same). Buyers, sources and seasons drift: the
+    cutoffs nearest the days a model will score teach it most, while older ones still count
+    where recent rows are few."""
+    if not half_life_days:
+        return None
+    t = pd.to_datetime(as_of, utc=True)
+    age = (t.max() - t).dt.total_seconds().to_numpy() / 86_400.0
+    return np.exp2(-age / float(half_life_days))
+
+
 def _booster(spec: ModelSpec, features: list[str], cats: dict, train_df: pd.DataFrame,
              valid_df: pd.DataFrame | None, params: dict, rounds: int,
-             patience: int | None, init: str | None = None) -> tuple[lgb.Booster, int]:
+             patience: int | None, init: str | None = None,
+             half_life: float | None = None) -> tuple[lgb.Booster, int]:
     """Boost ``rounds`` trees, stopping early on ``valid_df`` when given; keeps only the trees
-    early stopping chose, so serving cannot use a different count."""
+    early stopping chose, so serving cannot use a different count. ``half_life``: the
+    training rows' :func:`recency_weights` (early stopping weighs every valid row alike)."""
     proto = LeadModel(spec.name, booster=None, features=features, categories=cats,  # type: ignore[arg-type]
                       calibrator=Calibrator("none"))
     def start(df):
@@ -124,7 +141,8 @@ def _booster(spec: ModelSpec, features: list[str], cats: dict, train_df: pd.Data
 
     dtrain = lgb.Dataset(proto.frame(train_df), label=train_df["label"].to_numpy(),
                          categorical_feature=list(cats), free_raw_data=False,
-                         init_score=start(train_df))
+                         init_score=start(train_df),
+                         weight=recency_weights(train_df["as_of"], half_life))
     kw: dict = {}
     if valid_df is not None:
         kw["valid_sets"] = [lgb.Dataset(proto.frame(valid_df), label=valid_df["label"].to_numpy(),
@@ -192,13 +210,15 @@ def fit(
     params = booster_params(spec, features, seed, num_threads, overrides,
                             rows_per_lead(boost_fit))
     merged = merged_params(spec, overrides)
+    half_life = merged.get("recency_half_life_days")
     booster, best = _booster(spec, features, cats, boost_fit, boost_valid, params,
                              int(merged.get("num_boost_round", 2000)),
-                             int(merged.get("early_stopping_rounds", 100)), init)
+                             int(merged.get("early_stopping_rounds", 100)), init, half_life)
     model = _calibrated(spec, booster, features, cats, calib_df, num_threads, init)
     log.info("%s: %d trees, calibrated (%s) on %d rows", spec.name, best, spec.calibration,
              len(calib_df))
-    fr = FitResult(model=model, best_iteration=best, params=params, init=init)
+    fr = FitResult(model=model, best_iteration=best, params=params, init=init,
+                   half_life=half_life)
     reference.attach(model, fit_df, fr.predict_proba(fit_df, num_threads), spec.entity)
     return fr
 
@@ -233,7 +253,8 @@ def refit(
     cats = categories_of(train_df, features)
     params = booster_params(spec, features, seed, num_threads, overrides,
                             rows_per_lead(boost_df))
-    booster, _ = _booster(spec, features, cats, boost_df, None, params, trees, None, init)
+    booster, _ = _booster(spec, features, cats, boost_df, None, params, trees, None, init,
+                          merged_params(spec, overrides).get("recency_half_life_days"))
     log.info("%s: refit with %d trees on %d rows, calibrated on %d", spec.name, trees,
              len(train_df), len(calib_df))
     model = _calibrated(spec, booster, features, cats, calib_df, num_threads, init)
