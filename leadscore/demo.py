@@ -39,7 +39,10 @@ def run(workdir: Path, n_leads: int = 20_000, rules=None, lang: str = "en") -> N
     data = workdir / "data"
 
     t0 = _step(f"1. Simulating a dealer group: {n_leads:,} leads over 180 days")
-    summary = sim.write(sim.simulate(sim.SimConfig(n_leads=n_leads, days=180, seed=7)), data)
+    # leads keep arriving to the last day, so the night's worklist has new leads beside old
+    # ones, as a live dealer's has
+    summary = sim.write(sim.simulate(sim.SimConfig(n_leads=n_leads, days=180, seed=7,
+                                                   arrival_share=1.0)), data)
     for k, v in summary.items():
         if not isinstance(v, dict):
             typer.echo(f"   {k}: {v}")

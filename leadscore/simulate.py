@@ -11,9 +11,9 @@ Dealers. ``D01..`` each have an IANA zone (most ``Asia/Shanghai``; also ``Asia/U
 ``Europe/Berlin``), a contact diligence and a phone bias. Local hour and weekday always come from
 converting the exact UTC instant to the dealer's zone (so Berlin's DST is honoured).
 
-Leads. A lead is created on a uniform day of the first 2/3 of the run (online leads at an hour
-of their habit, showroom/referral leads in opening hours), by a source (website, autohome,
-dongchedi, douyin, showroom, referral). It draws latent traits:
+Leads. A lead is created on a uniform day of the first 2/3 of the run (``arrival_share``;
+online leads at an hour of their habit, showroom/referral leads in opening hours), by a source
+(website, autohome, dongchedi, douyin, showroom, referral). It draws latent traits:
 
 * ``intent`` in (0, 1) ~ Beta, its mean depending on the source (referral/showroom best, douyin
   worst); a stated ``budget`` is likelier for high intent;
@@ -225,6 +225,9 @@ class SimConfig:
     start: pd.Timestamp = pd.Timestamp("2026-01-05", tz="UTC")  # noqa: RUF009 (immutable)
     truth_every_days: int = 7  # cadence of truth cutoffs
     churn_horizon_days: int = 30
+    #: leads are created over this share of the run; the rest lets the last ones' outcomes
+    #: unfold (1.0: leads keep arriving to the end, as a live dealer's worklist has them)
+    arrival_share: float = 2 / 3
 
 
 @dataclass
@@ -437,7 +440,7 @@ def simulate(cfg: SimConfig) -> SimData:
     end_us = start_us + D * DAY_US
 
     # --- creation ----------------------------------------------------------------------------
-    n_create_days = max(1, round(D * 2 / 3))
+    n_create_days = max(1, min(D, round(D * cfg.arrival_share)))
     d0 = rng.integers(0, n_create_days, n)
     owl_draw = rng.random(n) < lp.night_share
     comp = np.where(WALK_IN[lp.source], 2, owl_draw.astype(int))

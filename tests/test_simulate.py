@@ -370,3 +370,16 @@ def test_full_size_is_fast_and_calibrated():
     s = sim.summary(d)
     assert 0.20 <= s["order_rate"] <= 0.28
     assert 0.25 <= s["lost_rate"] <= 0.40
+
+
+def test_leads_arrive_over_the_first_two_thirds_unless_told_to_the_end():
+    """By default the last third lets the last leads' outcomes unfold; the demo has leads
+    arriving to the last day, so its night's worklist holds new leads beside old ones."""
+    def created_days(share):
+        cfg = sim.SimConfig(n_leads=1500, days=90, seed=3, arrival_share=share)
+        created = pd.to_datetime(sim.simulate(cfg).leads["created_at"], utc=True)
+        return (created - cfg.start).dt.days
+
+    assert created_days(2 / 3).max() < 60
+    late = created_days(1.0)
+    assert late.max() >= 85 and (late >= 60).mean() == pytest.approx(1 / 3, abs=0.05)
