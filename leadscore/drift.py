@@ -174,13 +174,27 @@ def segment_codes(col, values: Sequence[str]) -> np.ndarray:
     return pd.Categorical(s, categories=list(values)).codes.astype(np.int64)
 
 
+class SegmentRows:
+    """The rows whose ``codes`` (:func:`segment_codes`) name one of ``n_values`` segment
+    values, found once and reused for every feature's counts (a night counts each of a
+    bucket's features per source and per dealer)."""
+
+    def __init__(self, codes: np.ndarray, n_values: int):
+        self.rows = np.flatnonzero(np.asarray(codes) >= 0)
+        self.codes = np.asarray(codes)[self.rows]
+        self.n_values = n_values
+
+    def counts(self, bins: np.ndarray, n: int) -> np.ndarray:
+        """Bin counts per segment value, shape (``n_values``, ``n`` bins)."""
+        flat = np.asarray(bins)[self.rows] * self.n_values + self.codes
+        return np.bincount(flat, minlength=n * self.n_values).reshape(n, self.n_values).T
+
+
 def segment_counts(bins: np.ndarray, codes: np.ndarray, n_values: int,
                    n: int) -> np.ndarray:
     """Bin counts per segment value, shape (``n_values``, ``n`` bins), of the rows whose
     ``codes`` (:func:`segment_codes`) name one."""
-    keep = codes >= 0
-    flat = codes[keep] * n + np.asarray(bins)[keep]
-    return np.bincount(flat, minlength=n_values * n).reshape(n_values, n)
+    return SegmentRows(codes, n_values).counts(bins, n)
 
 
 def segment_entries(col, features: Mapping[str, np.ndarray], specs: Mapping[str, Mapping],
@@ -195,11 +209,12 @@ def segment_entries(col, features: Mapping[str, np.ndarray], specs: Mapping[str,
     rows = np.bincount(codes[codes >= 0], minlength=len(values))
     out = {v: {"rows": int(rows[i]), "features": {}, "score": None}
            for i, v in enumerate(values)}
+    kept = SegmentRows(codes, len(values))
     for f, b in features.items():
-        c = segment_counts(b, codes, len(values), n_bins(specs[f]))
+        c = kept.counts(b, n_bins(specs[f]))
         for i, v in enumerate(values):
             out[v]["features"][f] = shares(c[i])
-    c = segment_counts(score_bins, codes, len(values), n_bins(score_spec))
+    c = kept.counts(score_bins, n_bins(score_spec))
     for i, v in enumerate(values):
         out[v]["score"] = shares(c[i])
     return out

@@ -124,6 +124,22 @@ def segmented_world(n: int = 4000, seed: int = 0) -> tuple[pd.DataFrame, pd.Data
     return feats, scored.sample(frac=1.0, random_state=seed).reset_index(drop=True)
 
 
+def test_segment_counts_are_each_values_bin_counts():
+    """Per kept value, the bin counts of its rows alone; rows of other values (code -1) in
+    no row of the result."""
+    rng = np.random.default_rng(3)
+    codes = rng.integers(-1, 4, 5000)
+    bins = rng.integers(0, 7, 5000)
+    got = drift.segment_counts(bins, codes, 4, 7)
+    assert got.shape == (4, 7)
+    for v in range(4):
+        assert got[v].tolist() == np.bincount(bins[codes == v], minlength=7).tolist()
+    rows = drift.SegmentRows(codes, 4)  # reused for another feature's bins
+    other = rng.integers(0, 3, 5000)
+    assert rows.counts(other, 3)[2].tolist() == np.bincount(other[codes == 2],
+                                                            minlength=3).tolist()
+
+
 def test_segment_references_and_counts_add_up_and_alert_on_one_shifted_dealer():
     """The reference keeps each large enough dealer's and source's shares in the population's
     bins; tonight's counts per segment add up over buckets and to the population's; a shift

@@ -124,15 +124,21 @@ class Watch:
                 continue
             per = {values[i]: {"rows": int(n_rows[i]), "features": {}, "score": None}
                    for i in present}
+            rkey = ("rows", ckey, mask is None)
+            kept = cache.get(rkey)
+            if kept is None:
+                kept = cache[rkey] = drift.SegmentRows(rows_codes, len(values))
             for f, (fkey, b) in bins.items():
                 skey = (fkey, ckey, mask is None)
                 c = cache.get(skey)
                 if c is None:
-                    c = cache[skey] = drift.segment_counts(b, rows_codes, len(values),
-                                                           drift.n_bins(ref["features"][f]))
+                    c = cache[skey] = kept.counts(b, drift.n_bins(ref["features"][f]))
                 for i in present:
                     per[values[i]]["features"][f] = c[i].tolist()
-            at = pd.Index(feats["lead_id"]).get_indexer(scored["lead_id"])
+            at = cache.get("scored_at")
+            if at is None:  # each scored row's row among the features (every model alike)
+                at = cache["scored_at"] = pd.Index(feats["lead_id"]).get_indexer(
+                    scored["lead_id"])
             score_codes = np.where(at >= 0, codes[np.maximum(at, 0)], -1)[scored_ok]
             c = drift.segment_counts(score_bins, score_codes, len(values),
                                      drift.n_bins(ref["score"]))
