@@ -424,7 +424,7 @@ def horizons_on_simulator(seed: int) -> pd.DataFrame:
             t = time.perf_counter()
             own = fit(spec, ts, seed=seed, num_threads=2)
             r30 = fit(spec, ts, seed=seed, num_threads=2, boost_label=horizons.LABEL_30D)
-            choice = horizons.choose(dataset.held_out(ts.frame), own, r30, 2)
+            choice = horizons.choose(dataset.held_out(ts.frame), own, r30, 2, seed)
             took = time.perf_counter() - t
             for label, fr in ((f"{name}: own labels", own),
                               (f"{name}: 30-day ranking, same rows", r30),

@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 
 from leadscore import classical, models
-from leadscore.training import btyd, dataset
+from leadscore.training import btyd, dataset, evaluate
 from leadscore.training.config import ExperimentConfig
 from leadscore.training.dataset import TrainingSet, lead_share
 from leadscore.training.run import _btyd_input, _Classical, _evaluation_fit, resolve_spec
@@ -123,7 +123,7 @@ def test_the_start_is_kept_unless_the_trees_win_clearly():
         c = btyd.choose_start(held, _Margins(trees), _Margins(start))
         assert c.auc_trees > c.auc_start
         assert c.use_start is not trees_kept, (n_leads, edge, c)
-        assert (c.trees_win >= btyd.AUTO_CLEAR_WIN) is trees_kept
+        assert (c.trees_win >= evaluate.CLEAR_WIN) is trees_kept
         assert c.note().startswith("btyd.use auto: kept")
     # the start ranking better: always kept
     held, z = _held(150)

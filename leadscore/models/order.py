@@ -4,9 +4,10 @@ The conversion model is the 30-day one; these are the same spec at the other hor
 features, monotone constraints, calibration, point-in-time and censoring rules: a cutoff whose
 window is not observed is censored, never a negative). Each horizon is its own binary model:
 a 7-day label has its own signal (a finance calculator opened yesterday), which the 30-day
-model mixes with slower buyers. Where the 30-day labels teach a better ranking of the
-horizon's own orders (a 90-day window is observed for fewer, older cutoffs), the run keeps
-that one instead (:mod:`leadscore.training.horizons`). Per-horizon models can cross (a lead's
+model mixes with slower buyers. Yet its labels are sparse (a 90-day window is observed
+for fewer, older cutoffs, a 7-day one has few positives), so the run keeps the ranking the
+30-day labels teach on the same rows unless its own is clearly better
+(:mod:`leadscore.training.horizons`). Per-horizon models can cross (a lead's
 7-day probability above its 15-day one); scoring takes running minima below 30 days and a
 maximum above it
 (:func:`leadscore.scoring.intent.monotone`), so P(order within h) never falls as h grows and

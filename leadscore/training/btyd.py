@@ -34,6 +34,7 @@ import pandas as pd
 
 from leadscore import classical
 from leadscore.classical import bgnbd_p_none
+from leadscore.training.evaluate import CLEAR_WIN, RESAMPLES, win_share
 
 log = logging.getLogger(__name__)
 
@@ -240,12 +241,6 @@ def start_margins(frame: pd.DataFrame, fits: list[tuple[pd.Timestamp, Fitted]],
     return out
 
 
-#: ``btyd.use: auto``: bootstrap resamples of the held-out leads, and the share of them in
-#: which the trees alone must rank better to be kept over the classical start
-AUTO_RESAMPLES = 200
-AUTO_CLEAR_WIN = 0.9
-
-
 @dataclass(frozen=True)
 class AutoChoice:
     """What ``btyd.use: auto`` kept, and the held-out figures it chose on."""
@@ -271,8 +266,8 @@ class AutoChoice:
         kept = "the classical start" if self.use_start else "the trees alone"
         return (f"btyd.use auto: kept {kept} (held-out ROC AUC {self.auc_start:.4f} from the "
                 f"start, {self.auc_trees:.4f} trees alone, on {self.rows:,} rows; the trees "
-                f"ranked better in {self.trees_win:.0%} of {AUTO_RESAMPLES} resamples of the "
-                f"leads, {AUTO_CLEAR_WIN:.0%} needed)")
+                f"ranked better in {self.trees_win:.0%} of {RESAMPLES} resamples of the "
+                f"leads, {CLEAR_WIN:.0%} needed)")
 
 
 def choose_start(held: pd.DataFrame, trees, started, num_threads: int = 1,
@@ -280,7 +275,7 @@ def choose_start(held: pd.DataFrame, trees, started, num_threads: int = 1,
     """``btyd.use: auto``: keep the fit boosted from the classical start (``started``) unless
     the trees alone (``trees``; both :class:`~leadscore.training.trainer.FitResult` of the
     same spec and seed) rank the ``held`` rows clearly better: a higher ROC AUC in at least
-    :data:`AUTO_CLEAR_WIN` of bootstrap resamples of the leads.
+    :data:`~leadscore.training.evaluate.CLEAR_WIN` of bootstrap resamples of the leads.
 
     The start is the classical model's answer, learnt from every customer's purchase rhythm:
     a prior. On few held-out leads an AUC difference is mostly noise (one split of a short
@@ -295,16 +290,6 @@ def choose_start(held: pd.DataFrame, trees, started, num_threads: int = 1,
     mt = trees.margin(held, num_threads=num_threads)
     ms = started.margin(held, num_threads=num_threads)
     auc_t, auc_s = float(roc_auc_score(y, mt)), float(roc_auc_score(y, ms))
-    codes, leads = pd.factorize(held["lead_id"])
-    rng = np.random.default_rng(seed)
-    wins = 0
-    for _ in range(AUTO_RESAMPLES):
-        w = np.bincount(rng.integers(0, len(leads), len(leads)), minlength=len(leads))[codes]
-        on = w > 0
-        if y[on].min() == y[on].max():
-            continue  # one class drawn: no ranking to compare, not a win
-        wins += roc_auc_score(y[on], mt[on], sample_weight=w[on]) > \
-            roc_auc_score(y[on], ms[on], sample_weight=w[on])
-    share = wins / AUTO_RESAMPLES
-    return AutoChoice(use_start=share < AUTO_CLEAR_WIN, auc_trees=auc_t, auc_start=auc_s,
+    share = win_share(y, mt, ms, held["lead_id"], seed)
+    return AutoChoice(use_start=share < CLEAR_WIN, auc_trees=auc_t, auc_start=auc_s,
                       trees_win=share, rows=len(held))

@@ -218,9 +218,10 @@ def _evaluation_fit(spec: ModelSpec, ts: dataset.TrainingSet, cfg: ExperimentCon
 def _horizon_ranking(spec: ModelSpec, ts: dataset.TrainingSet, cfg: ExperimentConfig,
                      fr: FitResult, overrides, init: str | None, num_threads: int):
     """A 7-, 15- or 90-day run (rows with :data:`horizons.LABEL_30D`): the same trees boosted
-    on the 30-day labels too, and the better ranking of the horizon's held-out orders kept
-    (:func:`leadscore.training.horizons.choose`). Returns the kept fit, the choice and the
-    30-day-ranking fit (None, None for other runs, or when the 30-day labels cannot train)."""
+    on the 30-day labels too, kept unless the own labels rank the horizon's held-out orders
+    clearly better (:func:`leadscore.training.horizons.choose`). Returns the kept fit, the
+    choice and the 30-day-ranking fit (None, None for other runs, or when the 30-day labels
+    cannot train)."""
     import mlflow
 
     if horizons.LABEL_30D not in ts.frame.columns:
@@ -231,7 +232,8 @@ def _horizon_ranking(spec: ModelSpec, ts: dataset.TrainingSet, cfg: ExperimentCo
     except ValueError as e:  # e.g. no observed 30-day window among the valid rows
         ts.notes.append(f"time to order: the 30-day ranking was not fitted ({e})")
         return fr, None, None
-    choice = horizons.choose(dataset.held_out(ts.frame), fr, fr_30d, num_threads)
+    choice = horizons.choose(dataset.held_out(ts.frame), fr, fr_30d, num_threads,
+                             cfg.seed)
     log.info("%s: %s", spec.name, choice.note())
     ts.notes.append(choice.note())
     mlflow.log_param("ranking", "30d" if choice.borrowed else "own")
