@@ -99,7 +99,8 @@ def test_the_30_day_ranking_is_kept_unless_the_own_labels_rank_clearly_better():
     assert c.auc_own > c.auc_30d and c.borrowed and c.own_win < 0.9
     # one class held out: nothing to rank on, the default
     one = held.assign(label=0)
-    assert horizons.choose(one, good, noise).borrowed
+    c = horizons.choose(one, good, noise)
+    assert c.borrowed and "one class" in c.note() and "nan" not in c.note()
 
 
 def test_the_30_day_yardstick_is_the_same_rows_ranking_not_the_champion(world):

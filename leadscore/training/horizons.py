@@ -64,6 +64,9 @@ class RankingChoice:
 
     def note(self) -> str:
         kept = "the 30-day ranking" if self.borrowed else "its own labels' ranking"
+        if np.isnan(self.own_win):
+            return (f"time to order: kept {kept} (the held-out rows hold one class: nothing "
+                    "to rank on; calibrated on this horizon's labels)")
         return (f"time to order: kept {kept} (held-out ROC AUC on this horizon's labels "
                 f"{self.auc_own:.4f} own, {self.auc_30d:.4f} from the 30-day labels, on "
                 f"{self.rows:,} rows; own better in {self.own_win:.0%} of {RESAMPLES} "
