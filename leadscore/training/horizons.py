@@ -5,7 +5,7 @@ a 90-day window is observed for fewer, older cutoffs, and a 7-day one has few po
 a horizon run also boosts the same trees on the 30-day labels of the same rows ("the 30-day
 ranking") and keeps it unless the own labels' ranking ranks the horizon's held-out orders
 clearly better. The 30-day labels are the denser teacher, and the default: a horizon model
-then ranks exactly as the 30-day ranking of its rows does, never worse by noise. Either way
+then ranks exactly as the 30-day ranking of its rows does. Either way
 the model is calibrated on the horizon's own labels and stays one booster, so serving,
 reasons and the monotone correction do not change.
 
