@@ -54,6 +54,11 @@ SEGMENTS = ("source", "dealer_id")
 #: grows with its bins over its rows by chance alone (about bins / rows), so smaller
 #: segments would raise alerts on noise
 MIN_SEGMENT_ROWS = 500
+#: distinct leads a segment value needs in training (whose rows repeat each lead at every
+#: cutoff it was open): with 250 on each side, a PSI over 12 bins reaches the alert by chance
+#: about once in a thousand (PSI ~ (1/n + 1/m) chi2 with 11 degrees of freedom, Yurdakul
+#: 2018; its 0.999 quantile is 31.3, and 31.3 * 2 / 250 = 0.25)
+MIN_SEGMENT_LEADS = 250
 #: segment values kept per segment column (the largest), so the reference stays small
 MAX_SEGMENT_VALUES = 30
 #: share of a segment's change the population must show for the segment's PSI to be an
@@ -157,12 +162,20 @@ def entry(col, *, levels: Sequence[str] | None = None,
     return spec
 
 
-def segment_values(col, min_rows: int = MIN_SEGMENT_ROWS,
-                   cap: int = MAX_SEGMENT_VALUES) -> list[str]:
+def segment_values(col, min_rows: int = MIN_SEGMENT_ROWS, cap: int = MAX_SEGMENT_VALUES,
+                   leads=None) -> list[str]:
     """The values of a segment column (as text, missing left out) with at least
-    ``min_rows`` rows, the ``cap`` largest (ties by value)."""
-    vc = pd.Series(col).astype("string").value_counts(dropna=True)
-    kept = sorted(((int(n), str(v)) for v, n in vc.items() if n >= min_rows),
+    ``min_rows`` rows, the ``cap`` largest (ties by value). ``leads``: each row's lead, when
+    rows repeat leads (training pools cutoffs): a value also needs
+    :data:`MIN_SEGMENT_LEADS` distinct leads."""
+    s = pd.Series(col).astype("string")
+    vc = s.value_counts(dropna=True)
+    enough = vc >= min_rows
+    if leads is not None:
+        first = ~pd.DataFrame({"v": s.to_numpy(), "l": np.asarray(leads)}).duplicated()
+        distinct = s[first.to_numpy()].value_counts(dropna=True)
+        enough &= distinct.reindex(vc.index, fill_value=0) >= MIN_SEGMENT_LEADS
+    kept = sorted(((int(n), str(v)) for v, n in vc[enough].items()),
                   key=lambda t: (-t[0], t[1]))
     return [v for _, v in kept[:cap]]
 
@@ -198,17 +211,23 @@ def segment_counts(bins: np.ndarray, codes: np.ndarray, n_values: int,
 
 
 def segment_entries(col, features: Mapping[str, np.ndarray], specs: Mapping[str, Mapping],
-                    score_bins: np.ndarray, score_spec: Mapping) -> dict:
+                    score_bins: np.ndarray, score_spec: Mapping, leads=None) -> dict:
     """The reference of one segment column: per kept value (:func:`segment_values`), its
-    rows and the shares of its rows in each feature's and the score's population bins
-    (``features``: each feature's bins per row; ``score_bins``: the score's)."""
-    values = segment_values(col)
+    rows (and distinct ``leads``, each row's lead, when given) and the shares of its rows in
+    each feature's and the score's population bins (``features``: each feature's bins per
+    row; ``score_bins``: the score's)."""
+    values = segment_values(col, leads=leads)
     if not values:
         return {}
     codes = segment_codes(col, values)
     rows = np.bincount(codes[codes >= 0], minlength=len(values))
     out = {v: {"rows": int(rows[i]), "features": {}, "score": None}
            for i, v in enumerate(values)}
+    if leads is not None:
+        first = ~pd.DataFrame({"c": codes, "l": np.asarray(leads)}).duplicated().to_numpy()
+        distinct = np.bincount(codes[first & (codes >= 0)], minlength=len(values))
+        for i, v in enumerate(values):
+            out[v]["leads"] = int(distinct[i])
     kept = SegmentRows(codes, len(values))
     for f, b in features.items():
         c = kept.counts(b, n_bins(specs[f]))
@@ -291,7 +310,8 @@ def _segments(reference: Mapping, counts: Mapping, min_rows: int,
         got = {}
         for value, ref in values.items():
             c = tonight.get(value)
-            if c is None or c["rows"] < min_rows or ref["rows"] < min_rows:
+            if c is None or c["rows"] < min_rows or ref["rows"] < min_rows or \
+                    ref.get("leads", MIN_SEGMENT_LEADS) < MIN_SEGMENT_LEADS:
                 continue
             pairs = {f: (reference["features"][f]["shares"], counts["features"][f], s,
                          c["features"][f])

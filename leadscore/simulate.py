@@ -228,6 +228,9 @@ class SimConfig:
     #: leads are created over this share of the run; the rest lets the last ones' outcomes
     #: unfold (1.0: leads keep arriving to the end, as a live dealer's worklist has them)
     arrival_share: float = 2 / 3
+    #: draw the dealers (share, contact diligence, phone bias) as the world of this seed
+    #: does: other leads of the same dealer group (None: this world's own dealers)
+    dealer_seed: int | None = None
 
 
 @dataclass
@@ -428,7 +431,9 @@ def simulate(cfg: SimConfig) -> SimData:
     rng = np.random.default_rng(cfg.seed)
     n, D = cfg.n_leads, cfg.days
     W = max(30, cfg.churn_horizon_days, 3)
-    dealers = _dealers(cfg, rng)
+    dealers = _dealers(cfg, rng)  # the world's first draws
+    if cfg.dealer_seed is not None:  # the dealers of that seed's world, the rest this one's
+        dealers = _dealers(cfg, np.random.default_rng(cfg.dealer_seed))
     zones = dealers["tz"].tolist()
     clock = _Clock(cfg.start, D + W + 2, zones)
     ch_given_hour = _channel_given_hour(dealers["phone_bias"].to_numpy())

@@ -383,3 +383,27 @@ def test_leads_arrive_over_the_first_two_thirds_unless_told_to_the_end():
     assert created_days(2 / 3).max() < 60
     late = created_days(1.0)
     assert late.max() >= 85 and (late >= 60).mean() == pytest.approx(1 / 3, abs=0.05)
+
+
+def test_a_dealer_seed_gives_another_world_the_dealers_of_that_seeds_world(monkeypatch):
+    """Other leads of the same dealer group: the dealers' contact habits are drawn as the
+    world of ``dealer_seed`` draws them, the leads as this seed's; the dealer seed of a world
+    is its own seed by default, so naming it changes nothing."""
+    seen = []
+    real = sim._channel_given_hour
+    monkeypatch.setattr(sim, "_channel_given_hour",
+                        lambda bias: seen.append(bias.copy()) or real(bias))
+
+    def world(seed, dealer_seed=None):
+        return sim.simulate(sim.SimConfig(n_leads=300, days=60, seed=seed,
+                                          dealer_seed=dealer_seed))
+
+    own, named, other = world(5), world(5, dealer_seed=5), world(6, dealer_seed=5)
+    pd.testing.assert_frame_equal(own.leads, named.leads)
+    pd.testing.assert_frame_equal(own.contacts, named.contacts)
+    np.testing.assert_array_equal(seen[0], seen[1])
+    np.testing.assert_array_equal(seen[0], seen[2])  # world 5's dealers
+    world(6)
+    assert not np.array_equal(seen[0], seen[3])  # world 6's own differ
+    assert not own.leads["lead_id"].equals(other.leads["lead_id"]) or \
+        not own.leads["created_at"].equals(other.leads["created_at"])

@@ -200,7 +200,7 @@ def fit(
     (LightGBM's ``init_score``) on every part. ``boost_label``: a column of other labels the
     trees learn their ranking from (boosting and early stopping); calibration always maps
     the margin to the spec's own ``label``. The model carries the drift reference of the
-    ``fit`` rows (:mod:`leadscore.training.reference`)."""
+    ``fit`` rows at the latest cutoffs (:mod:`leadscore.training.reference`)."""
     features = list(spec.features)
     fit_df, valid_df, calib_df = ts.part("fit"), ts.part("valid"), ts.part("calib")
     boost_fit, boost_valid = boosted_rows(fit_df, boost_label), boosted_rows(valid_df,
@@ -219,7 +219,8 @@ def fit(
              len(calib_df))
     fr = FitResult(model=model, best_iteration=best, params=params, init=init,
                    half_life=half_life)
-    reference.attach(model, fit_df, fr.predict_proba(fit_df, num_threads), spec.entity)
+    ref_rows = reference.latest(fit_df)
+    reference.attach(model, ref_rows, fr.predict_proba(ref_rows, num_threads), spec.entity)
     return fr
 
 
@@ -243,7 +244,8 @@ def refit(
     calibrate on. Out-of-time evaluation holds back the most recent months, exactly the ones
     closest to the leads the model will score; the evaluation fit measured the recipe, this
     applies it to all the data. ``init``, ``boost_label``: as in :func:`fit`. Returns the
-    model (with the drift reference of the rows it was boosted on) and their number."""
+    model (with the drift reference of the rows it was boosted on, at the latest cutoffs)
+    and their number."""
     rows = ts.labelled()
     calib = lead_share(rows["lead_id"], seed + 1) < REFIT_CALIB_SHARE
     train_df, calib_df = rows[~calib], rows[calib]
@@ -258,6 +260,7 @@ def refit(
     log.info("%s: refit with %d trees on %d rows, calibrated on %d", spec.name, trees,
              len(train_df), len(calib_df))
     model = _calibrated(spec, booster, features, cats, calib_df, num_threads, init)
-    p = model.calibrator(margin(model, train_df, init, num_threads))
-    reference.attach(model, train_df, p, spec.entity)
+    ref_rows = reference.latest(train_df)
+    p = model.calibrator(margin(model, ref_rows, init, num_threads))
+    reference.attach(model, ref_rows, p, spec.entity)
     return model, len(train_df)
