@@ -89,7 +89,7 @@ def features(cache: Path, bucket: int, segments: Sequence[dict], as_of: pd.Times
     None when they cannot give it: a cutoff that is not a UTC midnight, or one more than
     ``SLACK_DAYS`` before the latest night's (see :meth:`_Store._sessions`). ``only``: the
     rows of these lead ids alone, reducing only their rows (the previous night's features of
-    the leads whose score moved, :mod:`leadscore.nightly.previous`)."""
+    the leads whose score rose or fell, :mod:`leadscore.nightly.previous`)."""
     if not applies(as_of):
         return None
     a = _us(as_of)

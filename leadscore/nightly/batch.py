@@ -187,7 +187,7 @@ def _compared(work: Path, bucket: int, scored: pd.DataFrame, feats: pd.DataFrame
               segments: Sequence[dict] | None, lang: str | None) -> pd.DataFrame:
     """A bucket's rows with what changed since ``prev`` (:mod:`leadscore.nightly.previous`);
     the features at the previous cutoff come the way tonight's do (:func:`_bucket_features`),
-    for the leads whose score moved only. Runs after the bucket's features are computed,
+    for the leads whose score rose or fell only. Runs after the bucket's features are computed,
     so its kept rollups are touched by one thread at a time."""
     if scored.empty:
         return scored

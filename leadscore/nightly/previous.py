@@ -12,7 +12,7 @@ keeps the features it scored its leads with (``_changes-features/``, one file pe
 the next night reads the previous ones instead of recomputing them: cheaper, and the previous
 side is then exactly what the previous score was computed from, even when events dated before
 that cutoff arrived since. A run without them (the Spark engine's, or an older one) is
-recomputed from the kept rollups, for the leads whose score moved only.
+recomputed from the kept rollups, for the leads whose score rose or fell only.
 """
 
 from __future__ import annotations
@@ -211,7 +211,7 @@ def annotate(scored: pd.DataFrame, tonight: pd.DataFrame | None, prev: Previous 
 
     ``tonight``: the bucket's feature rows as scored (None: recomputed by ``featurize``);
     ``featurize(as_of, features, lead_ids)``: those leads' feature rows at a cutoff, called
-    for the leads whose score moved only."""
+    for the leads whose score rose or fell only."""
     model = scorer.models.get(changes.MODEL)
     feats = needed_features(scorer)
 

@@ -26,8 +26,10 @@ TREND_POINTS = 3
 #: changes kept per lead, and the smallest |points| a change needs to be shown
 TOP_CHANGES = 3
 MIN_POINTS = 1.0
-#: rows with |score_delta| below this get no changes computed (the nightly cost)
-EXPLAIN_FROM = 1
+#: rows with |score_delta| below this get no changes computed: the leads the trend calls
+#: ``steady``, whose move is rounding and noise; explaining it would name a feature as the
+#: cause of noise (and cost a night ten times the contributions)
+EXPLAIN_FROM = TREND_POINTS
 #: the model whose score ``lead_score`` is
 MODEL = "conversion"
 
