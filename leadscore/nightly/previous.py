@@ -76,7 +76,8 @@ class Stored:
 
     def rows(self, lead_ids: Sequence[str]) -> pd.DataFrame:
         """The kept feature rows of ``lead_ids`` (those without one left out)."""
-        at = self.index.get_indexer(pd.Index(list(lead_ids), dtype=object))
+        # the index's own dtype: another one would cast the whole index on every call
+        at = self.index.get_indexer(pd.Index(list(lead_ids), dtype=self.index.dtype))
         at = np.sort(self.row[at[at >= 0]])
         parts = [feather.read_table(self.files[f], memory_map=True).take(
                      pa.array(at[self.file_of[at] == f] - self.start[f]))
