@@ -180,7 +180,9 @@ class LeadModel:
             flat = [v if type(v) is float and codes is None else _number(v, codes)
                     for f, codes in self._spec for v in columns.get(f, none)]
             return np.array(flat, dtype=np.float64).reshape(len(self.features), -1).T.copy()
-        X = np.full((len(columns), len(self.features)), np.nan)
+        # filled a column at a time in column order, then made row-major in one copy:
+        # writing columns straight into a row-major matrix strides through memory
+        X = np.full((len(columns), len(self.features)), np.nan, order="F")
         for j, (f, codes) in enumerate(self._spec):
             if f not in columns:
                 continue
@@ -192,7 +194,7 @@ class LeadModel:
                 X[:, j] = col.to_numpy(dtype=np.float64, na_value=np.nan)
             else:
                 X[:, j] = pd.to_numeric(col, errors="coerce").astype("float64").to_numpy()
-        return X
+        return np.ascontiguousarray(X)
 
     # -- scoring (a frame, or a ready matrix from :meth:`matrix`) ----------------------------
     # LightGBM's own predict is the reference path; the compiled kernels of
