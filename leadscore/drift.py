@@ -172,12 +172,17 @@ def segment_values(col, min_rows: int = MIN_SEGMENT_ROWS, cap: int = MAX_SEGMENT
     vc = s.value_counts(dropna=True)
     enough = vc >= min_rows
     if leads is not None:
-        first = ~pd.DataFrame({"v": s.to_numpy(), "l": np.asarray(leads)}).duplicated()
-        distinct = s[first.to_numpy()].value_counts(dropna=True)
-        enough &= distinct.reindex(vc.index, fill_value=0) >= MIN_SEGMENT_LEADS
+        enough &= leads_per_value(s, leads).reindex(vc.index, fill_value=0) >= MIN_SEGMENT_LEADS
     kept = sorted(((int(n), str(v)) for v, n in vc[enough].items()),
                   key=lambda t: (-t[0], t[1]))
     return [v for _, v in kept[:cap]]
+
+
+def leads_per_value(col, leads) -> pd.Series:
+    """Distinct ``leads`` (each row's lead) per value of a segment column, as text."""
+    s = pd.Series(col).astype("string")
+    first = ~pd.DataFrame({"v": s.to_numpy(), "l": np.asarray(leads)}).duplicated()
+    return s[first.to_numpy()].value_counts(dropna=True)
 
 
 def segment_codes(col, values: Sequence[str]) -> np.ndarray:
@@ -224,10 +229,9 @@ def segment_entries(col, features: Mapping[str, np.ndarray], specs: Mapping[str,
     out = {v: {"rows": int(rows[i]), "features": {}, "score": None}
            for i, v in enumerate(values)}
     if leads is not None:
-        first = ~pd.DataFrame({"c": codes, "l": np.asarray(leads)}).duplicated().to_numpy()
-        distinct = np.bincount(codes[first & (codes >= 0)], minlength=len(values))
-        for i, v in enumerate(values):
-            out[v]["leads"] = int(distinct[i])
+        distinct = leads_per_value(col, leads)
+        for v in values:
+            out[v]["leads"] = int(distinct[v])
     kept = SegmentRows(codes, len(values))
     for f, b in features.items():
         c = kept.counts(b, n_bins(specs[f]))
